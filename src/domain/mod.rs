@@ -1,0 +1,6 @@
+//! The pure core: money, payment codes, request ids and the payment state machine. No I/O,
+//! no clock: time is passed in.
+
+pub mod code;
+pub mod money;
+pub mod request_id;

@@ -1,0 +1,16 @@
+//! posd: the payment daemon of a checkout terminal.
+//!
+//! # Layout
+//! - [`domain`]: money, payment codes, request ids, the payment state machine (pure).
+//! - `gateway`: the Alipay+ AMS client, request signing, and the embedded sandbox gateway.
+//! - `store`: SQLite (migrations from `migrations/`), the only module that touches rusqlite.
+//! - `engine`: the tokio tasks that drive payments, the reversal queue worker, recovery.
+//! - `api`: the local HTTP API and the notification endpoint.
+//! - `devices`: scanner, printer, receipt layout.
+//! - `cli`, `config`: the `posd` command line and `config.toml`.
+//!
+//! ARCHITECTURE.md has the code map and the invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod domain;
