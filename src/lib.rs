@@ -14,3 +14,5 @@
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod config;
+pub mod gateway;
