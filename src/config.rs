@@ -37,13 +37,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{s:?} is not a duration ({e}); write e.g. \"3s\", \"250ms\" or \"10m\""
-                ))
-            })
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration ({e}); write e.g. \"3s\", \"250ms\" or \"10m\""
+            ))
+        })
     }
 }
 
@@ -483,11 +481,12 @@ impl Config {
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
         cfg.base_dir = base_dir.to_path_buf();
-        cfg.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
         Ok(cfg)
     }
 
@@ -547,7 +546,10 @@ impl Config {
             }
         }
         if g.key_version.trim().is_empty() || !g.key_version.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(("gateway.key_version", "must be a number such as \"1\"".into()));
+            return Err((
+                "gateway.key_version",
+                "must be a number such as \"1\"".into(),
+            ));
         }
         let f = &self.flow;
         if !(10..=20).contains(&f.inquiry_max) {
@@ -593,8 +595,14 @@ impl Config {
                 ),
             ));
         }
-        if c.prefixes.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(("codes.prefixes", "every prefix must be digits, e.g. \"28\"".into()));
+        if c.prefixes
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err((
+                "codes.prefixes",
+                "every prefix must be digits, e.g. \"28\"".into(),
+            ));
         }
         if !self.notify.path.starts_with('/') {
             return Err(("notify.path", "must start with '/'".into()));
@@ -602,7 +610,10 @@ impl Config {
         if !["stdin", "serial", "evdev", "none"].contains(&self.scanner.kind.as_str()) {
             return Err((
                 "scanner.kind",
-                format!("{:?}: use \"stdin\", \"serial\", \"evdev\" or \"none\"", self.scanner.kind),
+                format!(
+                    "{:?}: use \"stdin\", \"serial\", \"evdev\" or \"none\"",
+                    self.scanner.kind
+                ),
             ));
         }
         if !["file", "serial", "usb", "network", "none"].contains(&self.printer.kind.as_str()) {
@@ -617,13 +628,19 @@ impl Config {
         if !["text", "json", "journald"].contains(&self.log.format.as_str()) {
             return Err((
                 "log.format",
-                format!("{:?}: use \"text\", \"json\" or \"journald\"", self.log.format),
+                format!(
+                    "{:?}: use \"text\", \"json\" or \"journald\"",
+                    self.log.format
+                ),
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             (
                 "log.level",
-                format!("{:?}: {e}; use error, warn, info, debug or trace", self.log.level),
+                format!(
+                    "{:?}: {e}; use error, warn, info, debug or trace",
+                    self.log.level
+                ),
             )
         })?;
         Ok(())
@@ -688,7 +705,11 @@ impl Config {
 /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), first entry.
 pub fn state_directory() -> Option<PathBuf> {
     std::env::var_os("STATE_DIRECTORY")
-        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
         .filter(|p| !p.as_os_str().is_empty())
 }
 
@@ -716,7 +737,9 @@ pub fn check_base_url(url: &str, insecure_http: bool) -> Result<(), String> {
                 Ok(())
             }
         }
-        other => Err(format!("{url:?}: scheme {other:?} is not supported, use https")),
+        other => Err(format!(
+            "{url:?}: scheme {other:?} is not supported, use https"
+        )),
     }
 }
 
@@ -755,7 +778,11 @@ store_mcc = "5812"
 "#;
 
     fn parse(extra: &str) -> Result<Config, ConfigError> {
-        Config::parse(&format!("{MIN}\n{extra}"), Path::new("t.toml"), Path::new("/x"))
+        Config::parse(
+            &format!("{MIN}\n{extra}"),
+            Path::new("t.toml"),
+            Path::new("/x"),
+        )
     }
 
     #[test]
@@ -790,18 +817,33 @@ store_mcc = "5812"
     #[test]
     fn errors_name_the_key_and_the_fix() {
         let e = parse("[flow]\ninquiry_max = 5").unwrap_err().to_string();
-        assert!(e.contains("flow.inquiry_max") && e.contains("10..=20"), "{e}");
-        let e = parse("[flow]\npay_timeout = \"soon\"").unwrap_err().to_string();
-        assert!(e.contains("pay_timeout") && e.contains("not a duration"), "{e}");
-        let e = parse("[flow]\npay_timeout_s = 5").unwrap_err().to_string();
-        assert!(e.contains("unknown field") && e.contains("pay_timeout_s"), "{e}");
-        let e = parse("[bogus]\nx = 1").unwrap_err().to_string();
-        assert!(e.contains("bogus"), "{e}");
-        let e = parse("[gateway]\nkind = \"alipay_plus\"").unwrap_err().to_string();
-        assert!(e.contains("gateway.base_url"), "{e}");
-        let e = parse("[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://example.com\"\nclient_id=\"x\"")
+        assert!(
+            e.contains("flow.inquiry_max") && e.contains("10..=20"),
+            "{e}"
+        );
+        let e = parse("[flow]\npay_timeout = \"soon\"")
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("pay_timeout") && e.contains("not a duration"),
+            "{e}"
+        );
+        let e = parse("[flow]\npay_timeout_s = 5").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field") && e.contains("pay_timeout_s"),
+            "{e}"
+        );
+        let e = parse("[bogus]\nx = 1").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse("[gateway]\nkind = \"alipay_plus\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway.base_url"), "{e}");
+        let e = parse(
+            "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://example.com\"\nclient_id=\"x\"",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("https"), "{e}");
         let e = parse("[terminal.extra]").unwrap_err().to_string();
         assert!(e.contains("extra"), "{e}");

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod domain;
 pub mod config;
+pub mod domain;
 pub mod gateway;
+pub mod store;
