@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod domain;
 pub mod engine;
