@@ -8,3 +8,6 @@ mod signing;
 
 // The AMS HTTP client against a fake gateway on a loopback port.
 mod client;
+
+// The sandbox gateway through the real client: every scenario row, idempotency, restarts.
+mod sandbox;
