@@ -3,6 +3,8 @@
 //! The engine sees the gateway only through the [`Gateway`] trait and the typed
 //! [`Outcome`]: it branches on `Success` / `Failed` / `Unknown`, never on strings.
 
+pub mod client;
+pub mod sandbox;
 pub mod sign;
 pub mod wire;
 
