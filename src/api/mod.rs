@@ -91,7 +91,10 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         ApiError::bad(
             "invalid_json",
-            format!("{}; send a JSON object such as {{\"amount\":\"12.34\"}}", r.body_text()),
+            format!(
+                "{}; send a JSON object such as {{\"amount\":\"12.34\"}}",
+                r.body_text()
+            ),
         )
     }
 }
@@ -135,11 +138,13 @@ async fn create_payment(
 ) -> Result<(StatusCode, Json<PaymentJson>), ApiError> {
     let Json(req) = body?;
     let currency = match &req.currency {
-        Some(c) => Currency::from_code(c).map_err(|e| ApiError::bad("invalid_currency", e.to_string()))?,
+        Some(c) => {
+            Currency::from_code(c).map_err(|e| ApiError::bad("invalid_currency", e.to_string()))?
+        }
         None => st.currency,
     };
-    let amount =
-        Amount::parse(&req.amount, currency).map_err(|e| ApiError::bad("invalid_amount", e.to_string()))?;
+    let amount = Amount::parse(&req.amount, currency)
+        .map_err(|e| ApiError::bad("invalid_amount", e.to_string()))?;
     if let Some(o) = &req.order_ref {
         check_order_ref(o)?;
     }
@@ -172,7 +177,10 @@ pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
     let d = match s.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(s).map_err(|_| {
-            ApiError::bad("invalid_wait", format!("wait={s:?}: give seconds, e.g. wait=30"))
+            ApiError::bad(
+                "invalid_wait",
+                format!("wait={s:?}: give seconds, e.g. wait=30"),
+            )
         })?,
     };
     Ok(d.min(MAX_WAIT))

@@ -494,7 +494,8 @@ pub fn apply(
     }
     let updated = tx.execute(
         "UPDATE payments SET state = ?3, updated_at = ?4, \
-           result_code = coalesce(?5, result_code), result_message = coalesce(?6, result_message), \
+           result_code = coalesce(?5, result_code), \
+           result_message = CASE WHEN ?5 IS NOT NULL THEN ?6 ELSE coalesce(?6, result_message) END, \
            payment_id = coalesce(payment_id, ?7), code_masked = coalesce(?8, code_masked), \
            inquiries = coalesce(?9, inquiries), attention_reason = coalesce(?10, attention_reason), \
            active_refund_id = CASE WHEN ?11 THEN ?12 ELSE active_refund_id END, \

@@ -143,7 +143,10 @@ async fn rows_00_to_79_pay_at_once() {
         assert!(r.payment_time.is_some());
         assert_eq!(
             r.payment_amount,
-            Some(wire::WireAmount { currency: "CNY".into(), value: "1234".into() })
+            Some(wire::WireAmount {
+                currency: "CNY".into(),
+                value: "1234".into()
+            })
         );
         assert_eq!(status(&c, &id).await, "SUCCESS");
     }
@@ -153,7 +156,11 @@ async fn rows_00_to_79_pay_at_once() {
 async fn rows_80_81_89_decline() {
     let (_dir, sb) = start().await;
     let c = client(&sb);
-    for (nn, code) in [(80, "USER_BALANCE_NOT_ENOUGH"), (81, "EXPIRED_CODE"), (89, "RISK_REJECT")] {
+    for (nn, code) in [
+        (80, "USER_BALANCE_NOT_ENOUGH"),
+        (81, "EXPIRED_CODE"),
+        (89, "RISK_REJECT"),
+    ] {
         let id = format!("decline-{nn}");
         assert_eq!(failed_code(c.pay(&order(&id, nn, "5.00")).await), code);
         let r: InquiryPaymentResponse = success(c.inquiry_payment(&id).await);
@@ -189,7 +196,10 @@ async fn row_83_stays_processing_until_cancelled() {
     assert_eq!(status(&c, "p83").await, "CANCELLED");
     // Cancel is idempotent; paying a cancelled id is refused.
     success(c.cancel("p83").await);
-    assert_eq!(failed_code(c.pay(&order("p83", 83, "12.34")).await), "ORDER_IS_CLOSED");
+    assert_eq!(
+        failed_code(c.pay(&order("p83", 83, "12.34")).await),
+        "ORDER_IS_CLOSED"
+    );
 }
 
 #[tokio::test]
@@ -252,7 +262,10 @@ async fn row_87_cancel_window_passed_so_refund() {
     let r = success(c.inquiry_refund("r87").await);
     assert_eq!(r.refund_status.as_deref(), Some("SUCCESS"));
     assert_eq!(
-        failed_code(c.refund(&refund_order("r87-more", &payment_id, "0.01")).await),
+        failed_code(
+            c.refund(&refund_order("r87-more", &payment_id, "0.01"))
+                .await
+        ),
         "REFUND_AMOUNT_EXCEED"
     );
 }
@@ -275,8 +288,14 @@ async fn a_repeated_pay_answers_the_same_and_charges_once() {
     assert_eq!(first.payment_id, again.payment_id);
     assert_eq!(first.payment_time, again.payment_time);
     // A declined payment repeats its decline.
-    assert_eq!(failed_code(c.pay(&order("rep-f", 80, "1.00")).await), "USER_BALANCE_NOT_ENOUGH");
-    assert_eq!(failed_code(c.pay(&order("rep-f", 80, "1.00")).await), "USER_BALANCE_NOT_ENOUGH");
+    assert_eq!(
+        failed_code(c.pay(&order("rep-f", 80, "1.00")).await),
+        "USER_BALANCE_NOT_ENOUGH"
+    );
+    assert_eq!(
+        failed_code(c.pay(&order("rep-f", 80, "1.00")).await),
+        "USER_BALANCE_NOT_ENOUGH"
+    );
     // One charge: the whole amount is refundable once, not twice.
     let pid = first.payment_id.expect("paymentId");
     success(c.refund(&refund_order("rep-r1", &pid, "12.34")).await);
@@ -290,15 +309,31 @@ async fn a_repeated_pay_answers_the_same_and_charges_once() {
 async fn reused_ids_with_other_key_fields_are_inconsistent() {
     let (_dir, sb) = start().await;
     let c = client(&sb);
-    let pid = success(c.pay(&order("inc", 1, "12.34")).await).payment_id.expect("paymentId");
-    assert_eq!(failed_code(c.pay(&order("inc", 1, "12.35")).await), "REPEAT_REQ_INCONSISTENT");
-    assert_eq!(failed_code(c.pay(&order("inc", 2, "12.34")).await), "REPEAT_REQ_INCONSISTENT");
+    let pid = success(c.pay(&order("inc", 1, "12.34")).await)
+        .payment_id
+        .expect("paymentId");
+    assert_eq!(
+        failed_code(c.pay(&order("inc", 1, "12.35")).await),
+        "REPEAT_REQ_INCONSISTENT"
+    );
+    assert_eq!(
+        failed_code(c.pay(&order("inc", 2, "12.34")).await),
+        "REPEAT_REQ_INCONSISTENT"
+    );
     // The original stands.
-    assert_eq!(success(c.pay(&order("inc", 1, "12.34")).await).payment_id.as_deref(), Some(pid.as_str()));
+    assert_eq!(
+        success(c.pay(&order("inc", 1, "12.34")).await)
+            .payment_id
+            .as_deref(),
+        Some(pid.as_str())
+    );
 
     let r1 = success(c.refund(&refund_order("inc-r", &pid, "1.00")).await);
     let r2 = success(c.refund(&refund_order("inc-r", &pid, "1.00")).await);
-    assert_eq!(r1.refund_id, r2.refund_id, "a repeated refund is the same refund");
+    assert_eq!(
+        r1.refund_id, r2.refund_id,
+        "a repeated refund is the same refund"
+    );
     assert_eq!(
         failed_code(c.refund(&refund_order("inc-r", &pid, "2.00")).await),
         "REPEAT_REQ_INCONSISTENT"
@@ -312,19 +347,30 @@ async fn unknown_ids_do_not_exist() {
     let (_dir, sb) = start().await;
     let c = client(&sb);
     assert_eq!(failed_code(c.cancel("nobody").await), "ORDER_NOT_EXIST");
-    assert_eq!(failed_code(c.inquiry_payment("nobody").await), "ORDER_NOT_EXIST");
     assert_eq!(
-        failed_code(c.refund(&refund_order("r-nobody", "SBX-nobody", "1.00")).await),
+        failed_code(c.inquiry_payment("nobody").await),
         "ORDER_NOT_EXIST"
     );
-    assert_eq!(failed_code(c.inquiry_refund("r-nobody").await), "ORDER_NOT_EXIST");
+    assert_eq!(
+        failed_code(
+            c.refund(&refund_order("r-nobody", "SBX-nobody", "1.00"))
+                .await
+        ),
+        "ORDER_NOT_EXIST"
+    );
+    assert_eq!(
+        failed_code(c.inquiry_refund("r-nobody").await),
+        "ORDER_NOT_EXIST"
+    );
 }
 
 #[tokio::test]
 async fn refunds_stop_at_what_is_left() {
     let (_dir, sb) = start().await;
     let c = client(&sb);
-    let pid = success(c.pay(&order("left", 3, "12.34")).await).payment_id.expect("paymentId");
+    let pid = success(c.pay(&order("left", 3, "12.34")).await)
+        .payment_id
+        .expect("paymentId");
     success(c.refund(&refund_order("left-1", &pid, "10.00")).await);
     assert_eq!(
         failed_code(c.refund(&refund_order("left-2", &pid, "2.35")).await),
@@ -340,16 +386,23 @@ async fn only_charged_payments_refund() {
     let (_dir, sb) = start().await;
     let c = client(&sb);
     failed_code(c.pay(&order("declined", 80, "12.34")).await);
-    let declined = success(c.inquiry_payment("declined").await).payment_id.expect("paymentId");
+    let declined = success(c.inquiry_payment("declined").await)
+        .payment_id
+        .expect("paymentId");
     assert_eq!(
         failed_code(c.refund(&refund_order("rd", &declined, "1.00")).await),
         "ORDER_STATUS_INVALID"
     );
-    let pid = success(c.pay(&order("cx", 4, "12.34")).await).payment_id.expect("paymentId");
+    let pid = success(c.pay(&order("cx", 4, "12.34")).await)
+        .payment_id
+        .expect("paymentId");
     // A cancel of a success gives the money back; nothing is left to refund.
     success(c.cancel("cx").await);
     assert_eq!(status(&c, "cx").await, "CANCELLED");
-    assert_eq!(failed_code(c.refund(&refund_order("rc", &pid, "1.00")).await), "ORDER_STATUS_INVALID");
+    assert_eq!(
+        failed_code(c.refund(&refund_order("rc", &pid, "1.00")).await),
+        "ORDER_STATUS_INVALID"
+    );
 }
 
 #[tokio::test]
@@ -359,9 +412,15 @@ async fn a_forged_request_gets_an_unsigned_invalid_signature() {
     let mut s = settings(&sb, SANDBOX_CLIENT_ID, ANSWERED);
     s.merchant_key = Arc::new(support::gateway_key());
     let forged = AmsClient::new(s).expect("client builds");
-    assert_eq!(failed_code(forged.pay(&order("forged", 0, "12.34")).await), "INVALID_SIGNATURE");
+    assert_eq!(
+        failed_code(forged.pay(&order("forged", 0, "12.34")).await),
+        "INVALID_SIGNATURE"
+    );
     // Nothing was charged.
-    assert_eq!(failed_code(client(&sb).inquiry_payment("forged").await), "ORDER_NOT_EXIST");
+    assert_eq!(
+        failed_code(client(&sb).inquiry_payment("forged").await),
+        "ORDER_NOT_EXIST"
+    );
 
     // On the wire: no signature headers on the refusal, and a tampered body is refused too.
     let body = br#"{"paymentRequestId":"forged"}"#;
@@ -374,14 +433,24 @@ async fn a_forged_request_gets_an_unsigned_invalid_signature() {
     assert_eq!(v["result"]["resultStatus"], "F");
 
     let http = reqwest::Client::new();
-    let resp = http.post(format!("{}{path}", sb.base_url())).body(&body[..]).send().await.expect("sent");
+    let resp = http
+        .post(format!("{}{path}", sb.base_url()))
+        .body(&body[..])
+        .send()
+        .await
+        .expect("sent");
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["result"]["resultCode"], "INVALID_SIGNATURE");
     assert_eq!(sb.counts().rejected, 3);
 }
 
 /// POSTs `body` signed as the merchant (over `signed_body` instead when given).
-async fn raw_post(sb: &SandboxHandle, path: &str, body: &[u8], signed_body: Option<&[u8]>) -> reqwest::Response {
+async fn raw_post(
+    sb: &SandboxHandle,
+    path: &str,
+    body: &[u8],
+    signed_body: Option<&[u8]>,
+) -> reqwest::Response {
     let key: Arc<PrivateKey> = support::merchant_key();
     let time = "1700000000000";
     let signature = key.sign_header(
@@ -412,18 +481,41 @@ async fn malformed_requests_are_param_illegal_and_signed() {
     let gateway = support::gateway_public();
     for (path, body) in [
         ("/ams/sandbox/api/v1/payments/pay", &b"{not json"[..]),
-        ("/ams/api/v1/payments/pay", &br#"{"paymentRequestId":"x"}"#[..]),
+        (
+            "/ams/api/v1/payments/pay",
+            &br#"{"paymentRequestId":"x"}"#[..],
+        ),
         ("/ams/api/v1/payments/cancel", &b"{}"[..]),
-        ("/ams/api/v1/payments/refund", &br#"{"refundRequestId":"r"}"#[..]),
+        (
+            "/ams/api/v1/payments/refund",
+            &br#"{"refundRequestId":"r"}"#[..],
+        ),
     ] {
         let resp = raw_post(&sb, path, body, None).await;
         assert_eq!(resp.status(), 200, "{path}");
-        let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (sig, time, cid) = (h("signature").expect("signed"), h("response-time").expect("time"), h("client-id"));
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (sig, time, cid) = (
+            h("signature").expect("signed"),
+            h("response-time").expect("time"),
+            h("client-id"),
+        );
         assert_eq!(cid.as_deref(), Some(SANDBOX_CLIENT_ID));
         let raw = resp.bytes().await.expect("body");
-        let msg = Message { method: "POST", uri: path, client_id: SANDBOX_CLIENT_ID, time: &time, body: &raw };
-        gateway.verify_header(&msg, &sig).expect("the answer verifies");
+        let msg = Message {
+            method: "POST",
+            uri: path,
+            client_id: SANDBOX_CLIENT_ID,
+            time: &time,
+            body: &raw,
+        };
+        gateway
+            .verify_header(&msg, &sig)
+            .expect("the answer verifies");
         let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
         assert_eq!(v["result"]["resultCode"], "PARAM_ILLEGAL", "{path}");
         assert_eq!(v["result"]["resultStatus"], "F");
@@ -433,7 +525,11 @@ async fn malformed_requests_are_param_illegal_and_signed() {
 #[tokio::test]
 async fn unknown_paths_are_404() {
     let (_dir, sb) = start().await;
-    for path in ["/ams/api/v1/payments/cancelPayment", "/ams/api/v2/payments/pay", "/"] {
+    for path in [
+        "/ams/api/v1/payments/cancelPayment",
+        "/ams/api/v2/payments/pay",
+        "/",
+    ] {
         let resp = raw_post(&sb, path, b"{}", None).await;
         assert_eq!(resp.status(), 404, "{path}");
     }
@@ -476,7 +572,9 @@ async fn counters_count_every_request() {
     success(c.pay(&order("cnt", 5, "3.00")).await);
     success(c.pay(&order("cnt", 5, "3.00")).await);
     success(c.inquiry_payment("cnt").await);
-    let pid = success(c.inquiry_payment("cnt").await).payment_id.expect("paymentId");
+    let pid = success(c.inquiry_payment("cnt").await)
+        .payment_id
+        .expect("paymentId");
     success(c.refund(&refund_order("cnt-r", &pid, "1.00")).await);
     success(c.inquiry_refund("cnt-r").await);
     failed_code(c.cancel("cnt").await);
@@ -499,13 +597,16 @@ async fn counters_count_every_request() {
 #[tokio::test]
 async fn shutdown_ends_held_requests() {
     let (_dir, sb) = start().await;
-    let patient = AmsClient::new(settings(&sb, SANDBOX_CLIENT_ID, Duration::from_secs(30))).expect("client");
+    let patient =
+        AmsClient::new(settings(&sb, SANDBOX_CLIENT_ID, Duration::from_secs(30))).expect("client");
     let held = tokio::spawn(async move { patient.pay(&order("held", 85, "1.00")).await });
     while sb.counts().pay == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), sb.shutdown()).await.expect("shutdown does not hang");
+    tokio::time::timeout(Duration::from_secs(5), sb.shutdown())
+        .await
+        .expect("shutdown does not hang");
     let outcome = held.await.expect("task");
     unknown_why(outcome);
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -530,7 +631,13 @@ async fn notify_receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let log = log.clone();
             async move {
-                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
                 let mut log = log.lock().expect("lock");
                 log.push(Received {
                     client_id: h("client-id"),
@@ -538,12 +645,19 @@ async fn notify_receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
                     signature: h("signature"),
                     body: body.to_vec(),
                 });
-                if log.len() == 1 { wire::NOTIFY_RETRY } else { wire::NOTIFY_ACK }
+                if log.len() == 1 {
+                    wire::NOTIFY_RETRY
+                } else {
+                    wire::NOTIFY_ACK
+                }
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind(listen()).await.expect("bind");
-    let url = format!("http://{}/alipay/notify", listener.local_addr().expect("addr"));
+    let url = format!(
+        "http://{}/alipay/notify",
+        listener.local_addr().expect("addr")
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
 }
@@ -559,7 +673,11 @@ async fn results_are_notified_until_acknowledged() {
 
     let deadline = Instant::now() + Duration::from_secs(5);
     while sb.counts().notifications_acked == 0 {
-        assert!(Instant::now() < deadline, "no acknowledged notification: {:?}", sb.counts());
+        assert!(
+            Instant::now() < deadline,
+            "no acknowledged notification: {:?}",
+            sb.counts()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seen = seen.lock().expect("lock").clone();

@@ -54,7 +54,12 @@ pub struct SandboxSettings {
 
 impl SandboxSettings {
     /// Settings with the default outage and stall.
-    pub fn new(listen: SocketAddr, db_path: PathBuf, gateway_key: PrivateKey, merchant_key: PublicKey) -> Self {
+    pub fn new(
+        listen: SocketAddr,
+        db_path: PathBuf,
+        gateway_key: PrivateKey,
+        merchant_key: PublicKey,
+    ) -> Self {
         SandboxSettings {
             listen,
             db_path,
@@ -137,11 +142,18 @@ impl Sandbox {
         let store = tokio::task::spawn_blocking(move || store::Store::open(&db_path))
             .await
             .context("opening the sandbox database panicked")?
-            .with_context(|| format!("cannot open the sandbox database {}", settings.db_path.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the sandbox database {}",
+                    settings.db_path.display()
+                )
+            })?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("sandbox cannot listen on {}", settings.listen))?;
-        let addr = listener.local_addr().context("sandbox listener has no address")?;
+        let addr = listener
+            .local_addr()
+            .context("sandbox listener has no address")?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -161,7 +173,8 @@ impl Sandbox {
             http,
         });
         let shutdown = token.clone();
-        let served = axum::serve(listener, server::router(app)).with_graceful_shutdown(shutdown.cancelled_owned());
+        let served = axum::serve(listener, server::router(app))
+            .with_graceful_shutdown(shutdown.cancelled_owned());
         tracker.spawn(async move {
             if let Err(e) = served.await {
                 tracing::error!(error = %e, "sandbox gateway stopped");
@@ -226,7 +239,8 @@ pub fn load_or_create_keys(dir: &Path) -> anyhow::Result<(PrivateKey, PublicKey)
     let key = if private_path.exists() {
         PrivateKey::load(&private_path)?
     } else {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create key directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create key directory {}", dir.display()))?;
         let (key, pem) = PrivateKey::generate()?;
         sign::write_new(&private_path, pem.as_bytes(), 0o600)
             .with_context(|| format!("cannot write {}", private_path.display()))?;
@@ -257,7 +271,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(keys.join(GATEWAY_PRIVATE_KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(keys.join(GATEWAY_PRIVATE_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let on_disk = PublicKey::load(&keys.join(GATEWAY_PUBLIC_KEY_FILE)).unwrap();

@@ -105,7 +105,10 @@ pub async fn deliver(
             backoff *= 2;
         }
     }
-    tracing::warn!(attempts = ATTEMPTS, "sandbox: notification never acknowledged; giving up");
+    tracing::warn!(
+        attempts = ATTEMPTS,
+        "sandbox: notification never acknowledged; giving up"
+    );
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::scenario::{self, CancelAnswer, InquiryAnswer, PayAnswer, PaymentFacts, Scenario, Status};
+use super::scenario::{
+    self, CancelAnswer, InquiryAnswer, PayAnswer, PaymentFacts, Scenario, Status,
+};
 use super::store::{self, PaymentRow, RefundRow, Store};
 use crate::domain::code::mask;
 use crate::gateway::wire::{
@@ -109,7 +111,14 @@ impl Now {
 }
 
 /// Runs one operation against the store.
-pub fn run(op: Op, store: &Store, body: &[u8], client_id: &str, now: &Now, outage: Duration) -> rusqlite::Result<Done> {
+pub fn run(
+    op: Op,
+    store: &Store,
+    body: &[u8],
+    client_id: &str,
+    now: &Now,
+    outage: Duration,
+) -> rusqlite::Result<Done> {
     match op {
         Op::Pay => pay(store, body, client_id, now),
         Op::InquiryPayment => inquiry(store, body, now),
@@ -182,7 +191,11 @@ fn sha256_hex(parts: &[&str]) -> String {
 
 fn new_id(prefix: &str, now: &Now) -> String {
     use rand::Rng;
-    format!("{prefix}{}{:09}", now.ms, rand::thread_rng().gen_range(0..1_000_000_000u32))
+    format!(
+        "{prefix}{}{:09}",
+        now.ms,
+        rand::thread_rng().gen_range(0..1_000_000_000u32)
+    )
 }
 
 fn amount(minor: i64, currency: &str) -> WireAmount {
@@ -214,7 +227,8 @@ fn pay(store: &Store, body: &[u8], client_id: &str, now: &Now) -> rusqlite::Resu
     if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
         return illegal("paymentMethodId must be digits");
     }
-    let (Some(digits), Some(scen)) = (scenario::last_two_digits(code), Scenario::from_code(code)) else {
+    let (Some(digits), Some(scen)) = (scenario::last_two_digits(code), Scenario::from_code(code))
+    else {
         return illegal("paymentMethodId is too short");
     };
     let fingerprint = sha256_hex(&[
@@ -228,7 +242,10 @@ fn pay(store: &Store, body: &[u8], client_id: &str, now: &Now) -> rusqlite::Resu
     store.transaction(|c| {
         let (row, reply, fresh) = match store::payment_by_request_id(c, id)? {
             Some(row) if row.fingerprint != fingerprint => {
-                tracing::warn!(payment_request_id = id, "sandbox: repeated pay with different key fields");
+                tracing::warn!(
+                    payment_request_id = id,
+                    "sandbox: repeated pay with different key fields"
+                );
                 return Ok(answer(failure_body("REPEAT_REQ_INCONSISTENT", None)));
             }
             Some(row) => {
@@ -297,7 +314,11 @@ fn pay_reply(row: &PaymentRow, reply: &PayAnswer) -> Reply {
                 payment_create_time: Some(row.created_at.clone()),
                 ..base
             },
-            if *bad_signature { Signing::Wrong } else { Signing::Good },
+            if *bad_signature {
+                Signing::Wrong
+            } else {
+                Signing::Good
+            },
         ),
         PayAnswer::InProcess => (
             PayResponse {
@@ -327,7 +348,10 @@ fn notify_job(row: &PaymentRow) -> Option<NotifyJob> {
     let url = row.notify_url.clone()?;
     let result = match row.facts.status {
         Status::Success => result("SUCCESS", "S"),
-        Status::Fail => result_f(row.facts.fail_code.as_deref().unwrap_or("PROCESS_FAIL"), None),
+        Status::Fail => result_f(
+            row.facts.fail_code.as_deref().unwrap_or("PROCESS_FAIL"),
+            None,
+        ),
         Status::Processing | Status::Cancelled => return None,
     };
     let body = NotifyPayment {
@@ -392,7 +416,8 @@ fn inquiry(store: &Store, body: &[u8], now: &Now) -> rusqlite::Result<Done> {
                 notify: None,
             });
         };
-        let became_result = !row.facts.status.is_payment_result() && next.status.is_payment_result();
+        let became_result =
+            !row.facts.status.is_payment_result() && next.status.is_payment_result();
         if next.status == Status::Success && row.paid_at.is_none() {
             row.paid_at = Some(now.iso.clone());
         }
@@ -401,20 +426,29 @@ fn inquiry(store: &Store, body: &[u8], now: &Now) -> rusqlite::Result<Done> {
         let resp = InquiryPaymentResponse {
             result: result("SUCCESS", "S"),
             payment_status: Some(status.as_str().to_string()),
-            payment_result_code: (status == Status::Fail).then(|| row.facts.fail_code.clone()).flatten(),
-            payment_result_message: (status == Status::Fail)
-                .then(|| scenario::message_for(row.facts.fail_code.as_deref().unwrap_or("")).to_string()),
+            payment_result_code: (status == Status::Fail)
+                .then(|| row.facts.fail_code.clone())
+                .flatten(),
+            payment_result_message: (status == Status::Fail).then(|| {
+                scenario::message_for(row.facts.fail_code.as_deref().unwrap_or("")).to_string()
+            }),
             payment_request_id: Some(row.payment_request_id.clone()),
             payment_id: Some(row.payment_id.clone()),
             payment_amount: Some(amount(row.facts.amount_minor, &row.currency)),
-            payment_time: (status == Status::Success).then(|| row.paid_at.clone()).flatten(),
+            payment_time: (status == Status::Success)
+                .then(|| row.paid_at.clone())
+                .flatten(),
         };
         Ok(Done {
             reply: Reply::Answer {
                 body: json(&resp),
                 signing: Signing::Good,
             },
-            notify: if became_result { notify_job(&row) } else { None },
+            notify: if became_result {
+                notify_job(&row)
+            } else {
+                None
+            },
         })
     })
 }
@@ -484,7 +518,11 @@ fn refund(store: &Store, body: &[u8], now: &Now) -> rusqlite::Result<Done> {
     let Some(amt) = req.refund_amount.to_amount() else {
         return illegal("refundAmount is not an amount in a known currency");
     };
-    let fingerprint = sha256_hex(&[&req.payment_id, &req.refund_amount.value, &req.refund_amount.currency]);
+    let fingerprint = sha256_hex(&[
+        &req.payment_id,
+        &req.refund_amount.value,
+        &req.refund_amount.currency,
+    ]);
     store.transaction(|c| {
         if let Some(r) = store::refund_by_request_id(c, rid)? {
             if r.fingerprint != fingerprint {

@@ -144,8 +144,20 @@ pub enum PayAnswer {
 /// The state a brand-new payment starts in, with the answer to its first pay.
 pub fn first_pay(scenario: Scenario) -> (Status, Option<&'static str>, PayAnswer) {
     match scenario {
-        Scenario::Success => (Status::Success, None, PayAnswer::Success { bad_signature: false }),
-        Scenario::BadSignature => (Status::Success, None, PayAnswer::Success { bad_signature: true }),
+        Scenario::Success => (
+            Status::Success,
+            None,
+            PayAnswer::Success {
+                bad_signature: false,
+            },
+        ),
+        Scenario::BadSignature => (
+            Status::Success,
+            None,
+            PayAnswer::Success {
+                bad_signature: true,
+            },
+        ),
         Scenario::LostAnswer => (Status::Success, None, PayAnswer::NoAnswer),
         Scenario::BalanceNotEnough => fail("USER_BALANCE_NOT_ENOUGH"),
         Scenario::ExpiredCode => fail("EXPIRED_CODE"),
@@ -204,7 +216,10 @@ pub fn inquiry(p: &PaymentFacts) -> (InquiryAnswer, PaymentFacts) {
         return (InquiryAnswer::NoAnswer, next);
     }
     next.inquiry_count = p.inquiry_count.saturating_add(1);
-    if p.scenario == Scenario::SlowSuccess && p.status == Status::Processing && next.inquiry_count > 2 {
+    if p.scenario == Scenario::SlowSuccess
+        && p.status == Status::Processing
+        && next.inquiry_count > 2
+    {
         next.status = Status::Success;
     }
     (InquiryAnswer::Status(next.status), next)
@@ -317,11 +332,26 @@ mod tests {
 
     #[test]
     fn digits_pick_scenarios() {
-        assert_eq!(Scenario::from_code("281234567890123400"), Some(Scenario::Success));
-        assert_eq!(Scenario::from_code("281234567890123479"), Some(Scenario::Success));
-        assert_eq!(Scenario::from_code("281234567890123482"), Some(Scenario::SlowSuccess));
-        assert_eq!(Scenario::from_code("281234567890123489"), Some(Scenario::RiskReject));
-        assert_eq!(Scenario::from_code("281234567890123499"), Some(Scenario::Success));
+        assert_eq!(
+            Scenario::from_code("281234567890123400"),
+            Some(Scenario::Success)
+        );
+        assert_eq!(
+            Scenario::from_code("281234567890123479"),
+            Some(Scenario::Success)
+        );
+        assert_eq!(
+            Scenario::from_code("281234567890123482"),
+            Some(Scenario::SlowSuccess)
+        );
+        assert_eq!(
+            Scenario::from_code("281234567890123489"),
+            Some(Scenario::RiskReject)
+        );
+        assert_eq!(
+            Scenario::from_code("281234567890123499"),
+            Some(Scenario::Success)
+        );
         assert_eq!(Scenario::from_code("2812345678901234x9"), None);
         assert_eq!(Scenario::from_code("8"), None);
         assert_eq!(Scenario::from_code(""), None);
@@ -331,17 +361,48 @@ mod tests {
     #[test]
     fn first_pay_matches_the_table() {
         for n in 0..80 {
-            assert_eq!(first_pay(sc(n)).2, PayAnswer::Success { bad_signature: false }, "{n}");
+            assert_eq!(
+                first_pay(sc(n)).2,
+                PayAnswer::Success {
+                    bad_signature: false
+                },
+                "{n}"
+            );
         }
-        assert_eq!(first_pay(sc(80)).2, PayAnswer::Failed("USER_BALANCE_NOT_ENOUGH"));
+        assert_eq!(
+            first_pay(sc(80)).2,
+            PayAnswer::Failed("USER_BALANCE_NOT_ENOUGH")
+        );
         assert_eq!(first_pay(sc(81)).2, PayAnswer::Failed("EXPIRED_CODE"));
         for n in [82, 83, 86, 87] {
-            assert_eq!(first_pay(sc(n)), (Status::Processing, None, PayAnswer::InProcess), "{n}");
+            assert_eq!(
+                first_pay(sc(n)),
+                (Status::Processing, None, PayAnswer::InProcess),
+                "{n}"
+            );
         }
-        assert_eq!(first_pay(sc(84)), (Status::Success, None, PayAnswer::NoAnswer));
-        assert_eq!(first_pay(sc(85)), (Status::Processing, None, PayAnswer::NoAnswer));
-        assert_eq!(first_pay(sc(88)).2, PayAnswer::Success { bad_signature: true });
-        assert_eq!(first_pay(sc(89)), (Status::Fail, Some("RISK_REJECT"), PayAnswer::Failed("RISK_REJECT")));
+        assert_eq!(
+            first_pay(sc(84)),
+            (Status::Success, None, PayAnswer::NoAnswer)
+        );
+        assert_eq!(
+            first_pay(sc(85)),
+            (Status::Processing, None, PayAnswer::NoAnswer)
+        );
+        assert_eq!(
+            first_pay(sc(88)).2,
+            PayAnswer::Success {
+                bad_signature: true
+            }
+        );
+        assert_eq!(
+            first_pay(sc(89)),
+            (
+                Status::Fail,
+                Some("RISK_REJECT"),
+                PayAnswer::Failed("RISK_REJECT")
+            )
+        );
     }
 
     #[test]
@@ -384,11 +445,27 @@ mod tests {
 
     #[test]
     fn lost_answer_and_bad_signature_are_found_by_inquiry() {
-        assert_eq!(inquiry(&facts(sc(84))).0, InquiryAnswer::Status(Status::Success));
-        assert_eq!(inquiry(&facts(sc(88))).0, InquiryAnswer::Status(Status::Success));
+        assert_eq!(
+            inquiry(&facts(sc(84))).0,
+            InquiryAnswer::Status(Status::Success)
+        );
+        assert_eq!(
+            inquiry(&facts(sc(88))).0,
+            InquiryAnswer::Status(Status::Success)
+        );
         // A repeated pay of 88 is signed wrongly again; of 84 it answers (the gateway is back).
-        assert_eq!(repeat_pay(&facts(sc(88))), PayAnswer::Success { bad_signature: true });
-        assert_eq!(repeat_pay(&facts(sc(84))), PayAnswer::Success { bad_signature: false });
+        assert_eq!(
+            repeat_pay(&facts(sc(88))),
+            PayAnswer::Success {
+                bad_signature: true
+            }
+        );
+        assert_eq!(
+            repeat_pay(&facts(sc(84))),
+            PayAnswer::Success {
+                bad_signature: false
+            }
+        );
     }
 
     #[test]
@@ -429,7 +506,10 @@ mod tests {
     #[test]
     fn cancel_after_a_partial_refund_is_refused() {
         let p = refund(&facts(sc(5)), 100).unwrap();
-        assert_eq!(cancel(&p, 2_000, OUTAGE).0, CancelAnswer::Failed("ORDER_STATUS_INVALID"));
+        assert_eq!(
+            cancel(&p, 2_000, OUTAGE).0,
+            CancelAnswer::Failed("ORDER_STATUS_INVALID")
+        );
     }
 
     #[test]
@@ -451,16 +531,32 @@ mod tests {
 
     #[test]
     fn repeated_pay_gives_the_same_final_answer() {
-        assert_eq!(repeat_pay(&facts(sc(3))), PayAnswer::Success { bad_signature: false });
-        assert_eq!(repeat_pay(&facts(sc(80))), PayAnswer::Failed("USER_BALANCE_NOT_ENOUGH"));
-        assert_eq!(repeat_pay(&facts(sc(81))), PayAnswer::Failed("EXPIRED_CODE"));
+        assert_eq!(
+            repeat_pay(&facts(sc(3))),
+            PayAnswer::Success {
+                bad_signature: false
+            }
+        );
+        assert_eq!(
+            repeat_pay(&facts(sc(80))),
+            PayAnswer::Failed("USER_BALANCE_NOT_ENOUGH")
+        );
+        assert_eq!(
+            repeat_pay(&facts(sc(81))),
+            PayAnswer::Failed("EXPIRED_CODE")
+        );
         assert_eq!(repeat_pay(&facts(sc(89))), PayAnswer::Failed("RISK_REJECT"));
         assert_eq!(repeat_pay(&facts(sc(82))), PayAnswer::InProcess);
     }
 
     #[test]
     fn status_round_trips() {
-        for s in [Status::Processing, Status::Success, Status::Fail, Status::Cancelled] {
+        for s in [
+            Status::Processing,
+            Status::Success,
+            Status::Fail,
+            Status::Cancelled,
+        ] {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert_eq!(Status::parse("PENDING"), None);

@@ -51,7 +51,12 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name)?.to_str().ok().map(str::trim).filter(|s| !s.is_empty())
+    headers
+        .get(name)?
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// Checks the request signature; returns the client id on success.
@@ -98,7 +103,14 @@ async fn handle(
     let worker = app.clone();
     let client = client_id.clone();
     let ran = tokio::task::spawn_blocking(move || {
-        ops::run(op, &worker.store, &body, &client, &Now::current(), worker.cancel_outage)
+        ops::run(
+            op,
+            &worker.store,
+            &body,
+            &client,
+            &Now::current(),
+            worker.cancel_outage,
+        )
     })
     .await;
     let done = match ran {
@@ -153,7 +165,13 @@ fn unknown() -> Done {
 }
 
 /// The `client-id`, `response-time` and `signature` headers of an answer.
-fn sign_answer(key: &PrivateKey, path: &str, client_id: &str, body: &[u8], signing: Signing) -> HeaderMap {
+fn sign_answer(
+    key: &PrivateKey,
+    path: &str,
+    client_id: &str,
+    body: &[u8],
+    signing: Signing,
+) -> HeaderMap {
     let now = Now::current();
     // Scenario 88: a well-formed signature over other bytes, so only verification catches it.
     let wrong;
@@ -175,7 +193,11 @@ fn sign_answer(key: &PrivateKey, path: &str, client_id: &str, body: &[u8], signi
         },
     );
     let mut h = HeaderMap::new();
-    for (name, value) in [("client-id", client_id), ("response-time", now.iso.as_str()), ("signature", &signature)] {
+    for (name, value) in [
+        ("client-id", client_id),
+        ("response-time", now.iso.as_str()),
+        ("signature", &signature),
+    ] {
         // The client id came in as a valid header value; the time and signature are ASCII.
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);

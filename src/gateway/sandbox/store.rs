@@ -188,7 +188,11 @@ pub fn payment_by_payment_id(c: &Connection, id: &str) -> rusqlite::Result<Optio
 }
 
 /// Inserts a new payment.
-pub fn insert_payment(c: &Connection, p: &PaymentRow, scenario_digits: &str) -> rusqlite::Result<()> {
+pub fn insert_payment(
+    c: &Connection,
+    p: &PaymentRow,
+    scenario_digits: &str,
+) -> rusqlite::Result<()> {
     c.execute(
         &format!(
             "INSERT INTO payments ({PAYMENT_COLUMNS}) \
@@ -330,9 +334,15 @@ mod tests {
         assert_eq!(got.as_ref(), Some(&p));
         let by_pid = s.transaction(|c| payment_by_payment_id(c, "P-A")).unwrap();
         assert_eq!(by_pid, Some(p));
-        let r = s.transaction(|c| refund_by_request_id(c, "R1")).unwrap().unwrap();
+        let r = s
+            .transaction(|c| refund_by_request_id(c, "R1"))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.amount_minor, 100);
-        assert_eq!(s.transaction(|c| payment_by_request_id(c, "nope")).unwrap(), None);
+        assert_eq!(
+            s.transaction(|c| payment_by_request_id(c, "nope")).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -345,6 +355,9 @@ mod tests {
             insert_payment(c, &p, "82") // duplicate key: the whole transaction rolls back
         });
         assert!(res.is_err());
-        assert_eq!(s.transaction(|c| payment_by_request_id(c, "B")).unwrap(), None);
+        assert_eq!(
+            s.transaction(|c| payment_by_request_id(c, "B")).unwrap(),
+            None
+        );
     }
 }
