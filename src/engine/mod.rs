@@ -451,6 +451,7 @@ pub(crate) fn context_of(rec: &PaymentRecord, inquiry_max: u32) -> Context {
             machine::RefundKind::Reversal
         },
         refund_return_to: rec.refund_return_to.unwrap_or(State::Succeeded),
+        gateway_saw_payment: rec.payment_id.is_some(),
     }
 }
 

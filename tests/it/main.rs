@@ -11,3 +11,9 @@ mod client;
 
 // The sandbox gateway through the real client: every scenario row, idempotency, restarts.
 mod sandbox;
+
+// A real `posd run` process with test keys and short timings.
+mod daemon;
+
+// End to end through the binary: every sandbox row, crash points, concurrency.
+mod e2e;
