@@ -13,4 +13,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod devices;
 pub mod domain;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Scanners (work in progress).
