@@ -130,12 +130,14 @@ fn try_render(lines: &[Line], profile: &Profile) -> escpos::errors::Result<Vec<u
     }
     p.justify(JustifyMode::LEFT)?;
     p.feeds(profile.feed_before_cut)?;
+    // GS V m n with m = 65 (full) or 66 (partial): feed n dots, then cut. The crate's own
+    // `partial_cut` sends `GS V A 1`, which is a full cut after a 1-dot feed.
     match profile.cut {
         Cut::Full => {
-            p.cut()?;
+            p.custom(&[0x1d, b'V', 65, 0])?;
         }
         Cut::Partial => {
-            p.partial_cut()?;
+            p.custom(&[0x1d, b'V', 66, 0])?;
         }
         Cut::None => {}
     }
@@ -216,6 +218,30 @@ pub fn code128_data(data: &str) -> Option<(Vec<u8>, u32)> {
     if data.is_empty() || !data.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return None;
     }
+    let packed = code128_packed(data);
+    // Set C values 16 then 4, 5 or 20 are the bytes DLE EOT / DLE ENQ / DLE DC4: printers
+    // may take them for real-time commands inside barcode data and answer with a status
+    // byte nobody asked for. Such ids go out in set B, whose bytes are all printable.
+    let real_time = packed
+        .0
+        .windows(2)
+        .any(|w| w[0] == 0x10 && matches!(w[1], 0x04 | 0x05 | 0x14));
+    if !real_time {
+        return Some(packed);
+    }
+    let mut out = b"{B".to_vec();
+    for b in data.bytes() {
+        if b == b'{' {
+            out.push(b'{');
+        }
+        out.push(b);
+    }
+    let symbols = 2 + u32::try_from(data.len()).unwrap_or(u32::MAX / 2);
+    Some((out, symbols))
+}
+
+/// [`code128_data`] with set C for digit runs, before the real-time-command check.
+fn code128_packed(data: &str) -> (Vec<u8>, u32) {
     let bytes = data.as_bytes();
     let digit_run = |from: usize| {
         bytes[from..]
@@ -266,7 +292,7 @@ pub fn code128_data(data: &str) -> Option<(Vec<u8>, u32)> {
         symbols += 1;
         i += 1;
     }
-    Some((out, symbols))
+    (out, symbols)
 }
 
 /// The full barcode command (`GS w`, `GS h`, `GS H 0`, `GS k 73 n data`) with the widest
@@ -356,7 +382,7 @@ pub fn dump(bytes: &[u8], encoding: TextEncoding) -> String {
             [0x1d, b'w', ..] => ("GS w", 3),
             [0x1d, b'h', ..] => ("GS h", 3),
             [0x1d, b'H', ..] => ("GS H", 3),
-            [0x1d, b'V', b'A', ..] => ("GS V A", 4),
+            [0x1d, b'V', 65 | 66, ..] => ("GS V", 4),
             [0x1d, b'V', ..] => ("GS V", 3),
             [0x1d, b'k', 73, n, ..] => {
                 let end = (4 + usize::from(*n)).min(rest.len());
@@ -411,7 +437,7 @@ pub fn dump(bytes: &[u8], encoding: TextEncoding) -> String {
 fn name_len(name: &str) -> usize {
     match name {
         "LF" | "BYTE" => 1,
-        "GS V A" | "GS ( k" => 3,
+        "GS ( k" => 3,
         _ => 2,
     }
 }
@@ -444,6 +470,11 @@ mod tests {
         // 7 pairs, B, T, C, 15 pairs, plus start and check.
         assert_eq!(symbols, 27);
         assert_eq!(code128_data("é"), None);
+        // "1604" in set C would be the bytes DLE EOT: set B instead.
+        let (payload, _) = code128_data("16041234").unwrap();
+        assert_eq!(payload, b"{B16041234");
+        let (payload, _) = code128_data("17041234").unwrap();
+        assert_eq!(payload, [b'{', b'C', 17, 4, 12, 34]);
         assert_eq!(code128_data(""), None);
     }
 
@@ -499,7 +530,7 @@ mod tests {
         let bytes = render(&layout(&sample(SlipKind::Sale), 48), &p80());
         let d = dump(&bytes, TextEncoding::Gb18030);
         assert!(d.starts_with("ESC @\nFS &\n"), "{d}");
-        assert!(d.ends_with("ESC d 04\nGS V A 01\n"), "{d}");
+        assert!(d.ends_with("ESC d 04\nGS V 42 00\n"), "{d}");
         assert!(!d.contains("BYTE") && !d.contains("UNDECODABLE"), "{d}");
     }
 }

@@ -270,6 +270,10 @@ impl SerialTransport {
             .timeout(self.io_timeout)
             .open()
             .map_err(io::Error::from)
+            .inspect(|p| {
+                // A status byte left over from an earlier session must not answer our query.
+                let _ = p.clear(serialport::ClearBuffer::Input);
+            })
     }
 }
 
