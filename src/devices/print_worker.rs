@@ -214,6 +214,8 @@ impl<D: JournalDb> Worker<D> {
         if let Err(e) = self.db.call(|c| print_journal::retry_now(c)).await {
             tracing::warn!(error = %e, "print journal not readable at start");
         }
+        // Know the printer's status from the start (for /healthz), not after the first poll.
+        self.probe().await;
         loop {
             if shutdown.is_cancelled() {
                 break;
