@@ -2,11 +2,10 @@
 -- A row is written in the same transaction that records the payment's final state, so a
 -- slip can never be lost; the print worker prints PENDING rows and marks them PRINTED.
 -- The slip's data is stored, not its bytes: it is rendered for the printer configured when
--- it prints. payment_request_id is plain TEXT (no foreign key) so that this migration does
--- not depend on the shape of the payments table.
+-- it prints.
 CREATE TABLE print_slips (
     id                  INTEGER PRIMARY KEY AUTOINCREMENT,
-    payment_request_id  TEXT    NOT NULL,
+    payment_request_id  TEXT    NOT NULL REFERENCES payments (payment_request_id),
     kind                TEXT    NOT NULL CHECK (kind IN ('SALE', 'CANCEL', 'REFUND')),
     copy                INTEGER NOT NULL DEFAULT 0 CHECK (copy IN (0, 1)),
     payload_version     INTEGER NOT NULL DEFAULT 1,

@@ -80,6 +80,15 @@ impl JournalDb for OwnConnection {
     }
 }
 
+impl JournalDb for crate::store::Store {
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> anyhow::Result<R> {
+        crate::store::Store::call(self, move |c| Ok(f(c)?)).await
+    }
+}
+
 /// The wall clock in unix milliseconds; tests pass their own.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 

@@ -229,9 +229,18 @@ mod tests {
     use super::*;
     use crate::devices::receipt::tests::sample;
 
+    /// The journal over a stand-in payments table holding the sample's payment (the
+    /// journal's foreign key is enforced: rusqlite's bundled SQLite turns it on).
     fn db() -> Connection {
         let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE payments (payment_request_id TEXT PRIMARY KEY)")
+            .unwrap();
         c.execute_batch(MIGRATION).unwrap();
+        c.execute(
+            "INSERT INTO payments VALUES (?1)",
+            [sample(SlipKind::Sale).payment_request_id],
+        )
+        .unwrap();
         c
     }
 

@@ -1,2 +1,16 @@
-fn main() {}
+//! The integration-test crate: one binary, one module per area (ripgrep's layout).
+
+// Shared helpers: test keys, 0600 key files, sample orders.
+mod support;
+
+// The AMS signature scheme against the official vectors, OpenSSL and the key files.
+mod signing;
+
+// The AMS HTTP client against a fake gateway on a loopback port.
+mod client;
+
+// The sandbox gateway through the real client: every scenario row, idempotency, restarts.
+mod sandbox;
+
+// Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
 mod devices;

@@ -344,3 +344,45 @@ async fn file_printer_writes_bin_and_txt_per_slip() {
     shutdown.cancel();
     worker.join().await;
 }
+
+/// The real store: its migrations create the print journal, the journal's foreign key holds,
+/// and the worker runs over `Store::call`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_runs_over_the_real_store_with_the_payments_foreign_key() {
+    let store = posd::store::Store::open_in_memory().unwrap();
+    let orphan = store.call_blocking(|c| Ok(print_journal::enqueue(c, &slip("NOPE")).is_err()));
+    assert!(orphan.unwrap(), "a slip needs its payment (foreign key)");
+    let id = store
+        .call_blocking(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO payments (payment_request_id, amount_minor, currency, state, \
+                 terminal_time, created_at, updated_at) \
+                 VALUES ('P9', 1234, 'CNY', 'SUCCEEDED', '2026-11-21 14:03:05', 0, 0)",
+                [],
+            )?;
+            let id = print_journal::enqueue(&tx, &slip("P9"))?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PrinterConfig {
+        path: dir.path().to_path_buf(),
+        status_poll: Duration::from_millis(30),
+        ..PrinterConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
+    worker.wake();
+    let printed = || {
+        store
+            .call_blocking(move |c| Ok(print_journal::get(c, id)?.map(|r| r.status)))
+            .unwrap()
+            == Some(SlipStatus::Printed)
+    };
+    wait_until("the slip to print", LIMIT, printed).await;
+    assert!(dir.path().join(format!("P9-{id}-sale.bin")).exists());
+    shutdown.cancel();
+    worker.join().await;
+}

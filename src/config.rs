@@ -1,0 +1,875 @@
+//! `config.toml`: the serde shape (unknown keys rejected, defaults per DESIGN.md) and its
+//! validation, with errors that name the key and say what would be valid.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::code::CodeRules;
+use crate::domain::money::Currency;
+use crate::domain::request_id::valid_terminal_id;
+
+/// A secret string from the config (API token, agent token): `Debug` prints `MASKED`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The clear value, for the one place that sends or compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// A duration written as a string ("3s", "250ms", "10m").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration ({e}); write e.g. \"3s\", \"250ms\" or \"10m\""
+            ))
+        })
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[terminal]`
+    pub terminal: TerminalConfig,
+    /// `[gateway]`
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// `[flow]`
+    #[serde(default)]
+    pub flow: FlowConfig,
+    /// `[codes]`
+    #[serde(default)]
+    pub codes: CodesConfig,
+    /// `[store]`
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[api]`
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `[notify]`
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    /// `[scanner]`
+    #[serde(default)]
+    pub scanner: ScannerConfig,
+    /// `[printer]`
+    #[serde(default)]
+    pub printer: PrinterConfig,
+    /// `[log]`
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[sandbox]`
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// Directory of the config file: relative paths in it are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[terminal]`: who this terminal is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalConfig {
+    /// Terminal id (letters and digits, ≤ 16): part of every request id.
+    pub id: String,
+    /// `referenceMerchantId`.
+    pub merchant_id: String,
+    /// Merchant name, on the slip and in the pay request.
+    pub merchant_name: String,
+    /// Merchant MCC.
+    pub merchant_mcc: String,
+    /// `referenceStoreId`.
+    pub store_id: String,
+    /// Store name.
+    pub store_name: String,
+    /// Store MCC.
+    pub store_mcc: String,
+    /// Default currency for sales.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// IANA time zone for request ids, `storeTerminalRequestTime` and slips; system local if unset.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+fn default_currency() -> String {
+    "CNY".into()
+}
+
+/// Which gateway posd talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayKind {
+    /// The embedded sandbox on a loopback port.
+    #[default]
+    Sandbox,
+    /// The real Alipay+ / Antom AMS gateway.
+    AlipayPlus,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `sandbox` or `alipay_plus`.
+    #[serde(default)]
+    pub kind: GatewayKind,
+    /// e.g. `https://open-sea-global.alipay.com`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The client id (`SANDBOX_…` ids use the `/ams/sandbox/api/` path).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `keyVersion` in the signature header.
+    #[serde(default = "default_key_version")]
+    pub key_version: String,
+    /// Path of the merchant private key (mode 0600).
+    #[serde(default)]
+    pub merchant_private_key: Option<PathBuf>,
+    /// Path of the gateway public key.
+    #[serde(default)]
+    pub gateway_public_key: Option<PathBuf>,
+    /// `paymentNotifyUrl`.
+    #[serde(default)]
+    pub notify_url: Option<String>,
+    /// Allows `http://` for a loopback `base_url` (test gateways).
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// ISV mode: sent as `Agent-Token`.
+    #[serde(default)]
+    pub agent_token: Option<Secret>,
+    /// Connect timeout for every call.
+    #[serde(default = "d_connect")]
+    pub connect_timeout: Dur,
+}
+
+fn default_key_version() -> String {
+    "1".into()
+}
+fn d_connect() -> Dur {
+    Dur(Duration::from_secs(3))
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("gateway defaults parse")
+    }
+}
+
+/// `[flow]`: the best-practice timings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Deadline of the pay call.
+    #[serde(default = "d_5s")]
+    pub pay_timeout: Dur,
+    /// Pause between inquiries.
+    #[serde(default = "d_3s")]
+    pub inquiry_interval: Dur,
+    /// Deadline of each inquiry.
+    #[serde(default = "d_3s")]
+    pub inquiry_timeout: Dur,
+    /// How many inquiries before cancelling (10..=20).
+    #[serde(default = "d_inquiry_max")]
+    pub inquiry_max: u32,
+    /// Deadline of each cancel / refund call.
+    #[serde(default = "d_3s")]
+    pub cancel_timeout: Dur,
+    /// How long to resend an unanswered cancel / refund before queueing it.
+    #[serde(default = "d_60s")]
+    pub cancel_retry_window: Dur,
+    /// Shortest pause between resends.
+    #[serde(default = "d_5s")]
+    pub cancel_retry_min: Dur,
+    /// Longest pause between resends.
+    #[serde(default = "d_10s")]
+    pub cancel_retry_max: Dur,
+    /// First backoff of a queued reversal.
+    #[serde(default = "d_30s")]
+    pub queue_backoff_initial: Dur,
+    /// Backoff cap of a queued reversal.
+    #[serde(default = "d_10m")]
+    pub queue_backoff_max: Dur,
+}
+
+fn d_3s() -> Dur {
+    Dur(Duration::from_secs(3))
+}
+fn d_5s() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn d_10s() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_30s() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn d_60s() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn d_90s() -> Dur {
+    Dur(Duration::from_secs(90))
+}
+fn d_10m() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn d_inquiry_max() -> u32 {
+    10
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("flow defaults parse")
+    }
+}
+
+/// `[codes]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodesConfig {
+    /// Fewest digits.
+    #[serde(default = "d_min_len")]
+    pub min_len: usize,
+    /// Most digits.
+    #[serde(default = "d_max_len")]
+    pub max_len: usize,
+    /// Allowed prefixes.
+    #[serde(default = "d_prefixes")]
+    pub prefixes: Vec<String>,
+}
+
+fn d_min_len() -> usize {
+    17
+}
+fn d_max_len() -> usize {
+    32
+}
+fn d_prefixes() -> Vec<String> {
+    CodeRules::default().prefixes
+}
+
+impl Default for CodesConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("codes defaults parse")
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file; default `var/posd.sqlite3`, or `$STATE_DIRECTORY/posd.sqlite3`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address of the local HTTP API.
+    #[serde(default = "d_api_listen")]
+    pub listen: SocketAddr,
+    /// Optional bearer token.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+fn d_api_listen() -> SocketAddr {
+    "127.0.0.1:8417".parse().expect("valid default address")
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("api defaults parse")
+    }
+}
+
+/// `[notify]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Whether to listen for notifyPayment.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Listen address.
+    #[serde(default = "d_notify_listen")]
+    pub listen: SocketAddr,
+    /// Path the gateway posts to.
+    #[serde(default = "d_notify_path")]
+    pub path: String,
+}
+
+fn d_notify_listen() -> SocketAddr {
+    "0.0.0.0:8418".parse().expect("valid default address")
+}
+fn d_notify_path() -> String {
+    "/alipay/notify".into()
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("notify defaults parse")
+    }
+}
+
+/// `[scanner]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScannerConfig {
+    /// `stdin`, `serial`, `evdev` or `none`.
+    #[serde(default = "d_scanner_kind")]
+    pub kind: String,
+    /// Device path.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    /// Serial speed.
+    #[serde(default = "d_baud")]
+    pub baud: u32,
+}
+
+fn d_scanner_kind() -> String {
+    "stdin".into()
+}
+fn d_baud() -> u32 {
+    9600
+}
+
+impl Default for ScannerConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("scanner defaults parse")
+    }
+}
+
+/// `[printer]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrinterConfig {
+    /// `file`, `serial`, `usb`, `network` or `none`.
+    #[serde(default = "d_printer_kind")]
+    pub kind: String,
+    /// Directory for `file` slips.
+    #[serde(default = "d_receipts")]
+    pub path: PathBuf,
+    /// Device path for serial/usb.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    /// `host:port` for network.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Printer profile name.
+    #[serde(default = "d_profile")]
+    pub profile: String,
+}
+
+fn d_printer_kind() -> String {
+    "file".into()
+}
+fn d_receipts() -> PathBuf {
+    "var/receipts".into()
+}
+fn d_profile() -> String {
+    "generic-80mm".into()
+}
+
+impl Default for PrinterConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("printer defaults parse")
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace` or an EnvFilter directive.
+    #[serde(default = "d_level")]
+    pub level: String,
+    /// `text`, `json` or `journald`.
+    #[serde(default = "d_format")]
+    pub format: String,
+}
+
+fn d_level() -> String {
+    "info".into()
+}
+fn d_format() -> String {
+    "text".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("log defaults parse")
+    }
+}
+
+/// `[sandbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// How long cancels go unanswered after the pay in scenario 86.
+    #[serde(default = "d_90s")]
+    pub cancel_outage: Dur,
+    /// The sandbox's SQLite file; default next to the store.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("sandbox defaults parse")
+    }
+}
+
+/// A config that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}; pass --config PATH or set POSD_CONFIG")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, &base)
+    }
+
+    /// Parses and validates config text; `base_dir` anchors relative paths.
+    pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.base_dir = base_dir.to_path_buf();
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let t = &self.terminal;
+        if !valid_terminal_id(&t.id) {
+            return Err((
+                "terminal.id",
+                format!("{:?} must be 1–16 ASCII letters or digits", t.id),
+            ));
+        }
+        for (key, v) in [
+            ("terminal.merchant_id", &t.merchant_id),
+            ("terminal.merchant_name", &t.merchant_name),
+            ("terminal.merchant_mcc", &t.merchant_mcc),
+            ("terminal.store_id", &t.store_id),
+            ("terminal.store_name", &t.store_name),
+            ("terminal.store_mcc", &t.store_mcc),
+        ] {
+            if v.trim().is_empty() {
+                return Err((key, "must not be empty".into()));
+            }
+        }
+        Currency::from_code(&t.currency).map_err(|e| ("terminal.currency", e.to_string()))?;
+        if let Some(tz) = &t.timezone {
+            tz.parse::<chrono_tz::Tz>().map_err(|_| {
+                (
+                    "terminal.timezone",
+                    format!("{tz:?} is not an IANA time zone name such as \"Asia/Shanghai\""),
+                )
+            })?;
+        }
+        let g = &self.gateway;
+        if g.kind == GatewayKind::AlipayPlus {
+            let url = g.base_url.as_deref().ok_or((
+                "gateway.base_url",
+                "required when gateway.kind = \"alipay_plus\" (e.g. \"https://open-sea-global.alipay.com\")".to_string(),
+            ))?;
+            check_base_url(url, g.insecure_http).map_err(|m| ("gateway.base_url", m))?;
+            if g.client_id.as_deref().is_none_or(str::is_empty) {
+                return Err((
+                    "gateway.client_id",
+                    "required when gateway.kind = \"alipay_plus\"".into(),
+                ));
+            }
+            if g.merchant_private_key.is_none() {
+                return Err((
+                    "gateway.merchant_private_key",
+                    "required: path of the merchant private key (posd keys generate --out DIR makes one)".into(),
+                ));
+            }
+            if g.gateway_public_key.is_none() {
+                return Err((
+                    "gateway.gateway_public_key",
+                    "required: path of the gateway public key from the dashboard".into(),
+                ));
+            }
+        }
+        if g.key_version.trim().is_empty() || !g.key_version.bytes().all(|b| b.is_ascii_digit()) {
+            return Err((
+                "gateway.key_version",
+                "must be a number such as \"1\"".into(),
+            ));
+        }
+        let f = &self.flow;
+        if !(10..=20).contains(&f.inquiry_max) {
+            return Err((
+                "flow.inquiry_max",
+                format!("{} is outside 10..=20 (the best practice)", f.inquiry_max),
+            ));
+        }
+        for (key, d) in [
+            ("flow.pay_timeout", f.pay_timeout),
+            ("flow.inquiry_interval", f.inquiry_interval),
+            ("flow.inquiry_timeout", f.inquiry_timeout),
+            ("flow.cancel_timeout", f.cancel_timeout),
+            ("flow.cancel_retry_window", f.cancel_retry_window),
+            ("flow.cancel_retry_min", f.cancel_retry_min),
+            ("flow.cancel_retry_max", f.cancel_retry_max),
+            ("flow.queue_backoff_initial", f.queue_backoff_initial),
+            ("flow.queue_backoff_max", f.queue_backoff_max),
+        ] {
+            if d.0.is_zero() {
+                return Err((key, "must be greater than zero".into()));
+            }
+        }
+        if f.cancel_retry_min.0 > f.cancel_retry_max.0 {
+            return Err((
+                "flow.cancel_retry_min",
+                "must not be greater than flow.cancel_retry_max".into(),
+            ));
+        }
+        if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
+            return Err((
+                "flow.queue_backoff_initial",
+                "must not be greater than flow.queue_backoff_max".into(),
+            ));
+        }
+        let c = &self.codes;
+        if c.min_len == 0 || c.min_len > c.max_len || c.max_len > 64 {
+            return Err((
+                "codes.min_len",
+                format!(
+                    "min_len {} / max_len {}: need 1 ≤ min_len ≤ max_len ≤ 64",
+                    c.min_len, c.max_len
+                ),
+            ));
+        }
+        if c.prefixes
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err((
+                "codes.prefixes",
+                "every prefix must be digits, e.g. \"28\"".into(),
+            ));
+        }
+        if !self.notify.path.starts_with('/') {
+            return Err(("notify.path", "must start with '/'".into()));
+        }
+        if !["stdin", "serial", "evdev", "none"].contains(&self.scanner.kind.as_str()) {
+            return Err((
+                "scanner.kind",
+                format!(
+                    "{:?}: use \"stdin\", \"serial\", \"evdev\" or \"none\"",
+                    self.scanner.kind
+                ),
+            ));
+        }
+        if !["file", "serial", "usb", "network", "none"].contains(&self.printer.kind.as_str()) {
+            return Err((
+                "printer.kind",
+                format!(
+                    "{:?}: use \"file\", \"serial\", \"usb\", \"network\" or \"none\"",
+                    self.printer.kind
+                ),
+            ));
+        }
+        if !["text", "json", "journald"].contains(&self.log.format.as_str()) {
+            return Err((
+                "log.format",
+                format!(
+                    "{:?}: use \"text\", \"json\" or \"journald\"",
+                    self.log.format
+                ),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            (
+                "log.level",
+                format!(
+                    "{:?}: {e}; use error, warn, info, debug or trace",
+                    self.log.level
+                ),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The payment-code rules from `[codes]`.
+    pub fn code_rules(&self) -> CodeRules {
+        CodeRules {
+            min_len: self.codes.min_len,
+            max_len: self.codes.max_len,
+            prefixes: self.codes.prefixes.clone(),
+        }
+    }
+
+    /// The terminal's default currency (validated).
+    pub fn currency(&self) -> Currency {
+        Currency::from_code(&self.terminal.currency).expect("validated in Config::validate")
+    }
+
+    /// The terminal's time zone, if configured (validated); `None` means system local.
+    pub fn timezone(&self) -> Option<chrono_tz::Tz> {
+        self.terminal
+            .timezone
+            .as_deref()
+            .map(|s| s.parse().expect("validated in Config::validate"))
+    }
+
+    /// Resolves a configured path: absolute as is, relative against the config's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The SQLite file: `[store] path`, else `$STATE_DIRECTORY/posd.sqlite3`, else
+    /// `var/posd.sqlite3` beside the config.
+    pub fn store_path(&self) -> PathBuf {
+        if let Some(p) = &self.store.path {
+            return self.resolve(p);
+        }
+        if let Some(dir) = state_directory() {
+            return dir.join("posd.sqlite3");
+        }
+        self.resolve(Path::new("var/posd.sqlite3"))
+    }
+
+    /// The sandbox's SQLite file: `[sandbox] path`, else `sandbox.sqlite3` next to the store.
+    pub fn sandbox_path(&self) -> PathBuf {
+        match &self.sandbox.path {
+            Some(p) => self.resolve(p),
+            None => self
+                .store_path()
+                .parent()
+                .map(|d| d.join("sandbox.sqlite3"))
+                .unwrap_or_else(|| PathBuf::from("sandbox.sqlite3")),
+        }
+    }
+}
+
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), first entry.
+pub fn state_directory() -> Option<PathBuf> {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Checks a gateway base URL: `https://`, or `http://` to a loopback host with `insecure_http`.
+pub fn check_base_url(url: &str, insecure_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if !insecure_http {
+                Err(format!(
+                    "{url:?} is plain http: the real gateway must be https (set gateway.insecure_http = true only for a loopback test gateway)"
+                ))
+            } else if !loopback {
+                Err(format!(
+                    "{url:?} is plain http to a non-loopback host: only 127.0.0.1, ::1 or localhost may use http"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        other => Err(format!(
+            "{url:?}: scheme {other:?} is not supported, use https"
+        )),
+    }
+}
+
+/// Finds the config file: `--config`/`POSD_CONFIG`, else `./config.toml`, else
+/// `$CONFIGURATION_DIRECTORY/config.toml`, else `/etc/posd/config.toml`.
+pub fn find_config(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    let local = PathBuf::from("config.toml");
+    if local.exists() {
+        return local;
+    }
+    if let Some(dir) = std::env::var_os("CONFIGURATION_DIRECTORY") {
+        let p = PathBuf::from(dir).join("config.toml");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("/etc/posd/config.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[terminal]
+id = "T0001"
+merchant_id = "M0001"
+merchant_name = "Demo Cafe"
+merchant_mcc = "5812"
+store_id = "S01"
+store_name = "Demo Cafe Central"
+store_mcc = "5812"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!("{MIN}\n{extra}"),
+            Path::new("t.toml"),
+            Path::new("/x"),
+        )
+    }
+
+    #[test]
+    fn repository_config_is_valid() {
+        let text = include_str!("../config.toml");
+        let cfg = Config::parse(text, Path::new("config.toml"), Path::new(".")).unwrap();
+        assert_eq!(cfg.gateway.kind, GatewayKind::Sandbox);
+        assert!(cfg.scanner.kind == "stdin" || cfg.scanner.kind == "none");
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = parse("").unwrap();
+        assert_eq!(c.flow.pay_timeout.0, Duration::from_secs(5));
+        assert_eq!(c.flow.inquiry_interval.0, Duration::from_secs(3));
+        assert_eq!(c.flow.inquiry_max, 10);
+        assert_eq!(c.flow.cancel_retry_window.0, Duration::from_secs(60));
+        assert_eq!(c.flow.queue_backoff_max.0, Duration::from_secs(600));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8417");
+        assert_eq!(c.notify.path, "/alipay/notify");
+        assert_eq!(c.currency().code(), "CNY");
+        assert_eq!(c.sandbox.cancel_outage.0, Duration::from_secs(90));
+        assert_eq!(c.resolve(Path::new("var/a")), PathBuf::from("/x/var/a"));
+    }
+
+    #[test]
+    fn short_timings_are_accepted() {
+        let c = parse("[flow]\ninquiry_interval = \"20ms\"\npay_timeout = \"250ms\"").unwrap();
+        assert_eq!(c.flow.inquiry_interval.0, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let e = parse("[flow]\ninquiry_max = 5").unwrap_err().to_string();
+        assert!(
+            e.contains("flow.inquiry_max") && e.contains("10..=20"),
+            "{e}"
+        );
+        let e = parse("[flow]\npay_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pay_timeout") && e.contains("not a duration"),
+            "{e}"
+        );
+        let e = parse("[flow]\npay_timeout_s = 5").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field") && e.contains("pay_timeout_s"),
+            "{e}"
+        );
+        let e = parse("[bogus]\nx = 1").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse("[gateway]\nkind = \"alipay_plus\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway.base_url"), "{e}");
+        let e = parse(
+            "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://example.com\"\nclient_id=\"x\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("https"), "{e}");
+        let e = parse("[terminal.extra]").unwrap_err().to_string();
+        assert!(e.contains("extra"), "{e}");
+        let e = Config::parse(&MIN.replace("T0001", "T-1"), Path::new("t"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("terminal.id"), "{e}");
+        let e = parse("[scanner]\nkind = \"usb\"").unwrap_err().to_string();
+        assert!(e.contains("scanner.kind"), "{e}");
+    }
+
+    #[test]
+    fn base_url_rules() {
+        assert!(check_base_url("https://open-sea-global.alipay.com", false).is_ok());
+        assert!(check_base_url("http://127.0.0.1:9000", false).is_err());
+        assert!(check_base_url("http://127.0.0.1:9000", true).is_ok());
+        assert!(check_base_url("http://[::1]:9000", true).is_ok());
+        assert!(check_base_url("http://localhost:9000", true).is_ok());
+        assert!(check_base_url("http://10.0.0.1:9000", true).is_err());
+        assert!(check_base_url("ftp://x", true).is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug() {
+        let c = parse("[api]\ntoken = \"hunter2\"").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.api.token.unwrap().expose(), "hunter2");
+    }
+}
