@@ -15,6 +15,7 @@
 //! schema is newer than this binary knows is refused, never downgraded.
 
 pub mod payments;
+pub mod print_journal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

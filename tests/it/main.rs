@@ -17,3 +17,6 @@ mod daemon;
 
 // End to end through the binary: every sandbox row, crash points, concurrency.
 mod e2e;
+
+// Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
+mod devices;
