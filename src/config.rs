@@ -37,13 +37,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{s:?} is not a duration ({e}); write e.g. \"3s\", \"250ms\" or \"10m\""
-                ))
-            })
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration ({e}); write e.g. \"3s\", \"250ms\" or \"10m\""
+            ))
+        })
     }
 }
 
@@ -73,10 +71,10 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// `[scanner]`
     #[serde(default)]
-    pub scanner: ScannerConfig,
+    pub scanner: crate::devices::config::ScannerConfig,
     /// `[printer]`
     #[serde(default)]
-    pub printer: PrinterConfig,
+    pub printer: crate::devices::config::PrinterConfig,
     /// `[log]`
     #[serde(default)]
     pub log: LogConfig,
@@ -335,71 +333,6 @@ impl Default for NotifyConfig {
     }
 }
 
-/// `[scanner]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScannerConfig {
-    /// `stdin`, `serial`, `evdev` or `none`.
-    #[serde(default = "d_scanner_kind")]
-    pub kind: String,
-    /// Device path.
-    #[serde(default)]
-    pub device: Option<PathBuf>,
-    /// Serial speed.
-    #[serde(default = "d_baud")]
-    pub baud: u32,
-}
-
-fn d_scanner_kind() -> String {
-    "stdin".into()
-}
-fn d_baud() -> u32 {
-    9600
-}
-
-impl Default for ScannerConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("scanner defaults parse")
-    }
-}
-
-/// `[printer]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrinterConfig {
-    /// `file`, `serial`, `usb`, `network` or `none`.
-    #[serde(default = "d_printer_kind")]
-    pub kind: String,
-    /// Directory for `file` slips.
-    #[serde(default = "d_receipts")]
-    pub path: PathBuf,
-    /// Device path for serial/usb.
-    #[serde(default)]
-    pub device: Option<PathBuf>,
-    /// `host:port` for network.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// Printer profile name.
-    #[serde(default = "d_profile")]
-    pub profile: String,
-}
-
-fn d_printer_kind() -> String {
-    "file".into()
-}
-fn d_receipts() -> PathBuf {
-    "var/receipts".into()
-}
-fn d_profile() -> String {
-    "generic-80mm".into()
-}
-
-impl Default for PrinterConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("printer defaults parse")
-    }
-}
-
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -483,11 +416,12 @@ impl Config {
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
         cfg.base_dir = base_dir.to_path_buf();
-        cfg.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
         Ok(cfg)
     }
 
@@ -547,7 +481,10 @@ impl Config {
             }
         }
         if g.key_version.trim().is_empty() || !g.key_version.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(("gateway.key_version", "must be a number such as \"1\"".into()));
+            return Err((
+                "gateway.key_version",
+                "must be a number such as \"1\"".into(),
+            ));
         }
         let f = &self.flow;
         if !(10..=20).contains(&f.inquiry_max) {
@@ -593,37 +530,40 @@ impl Config {
                 ),
             ));
         }
-        if c.prefixes.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(("codes.prefixes", "every prefix must be digits, e.g. \"28\"".into()));
+        if c.prefixes
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err((
+                "codes.prefixes",
+                "every prefix must be digits, e.g. \"28\"".into(),
+            ));
         }
         if !self.notify.path.starts_with('/') {
             return Err(("notify.path", "must start with '/'".into()));
         }
-        if !["stdin", "serial", "evdev", "none"].contains(&self.scanner.kind.as_str()) {
-            return Err((
-                "scanner.kind",
-                format!("{:?}: use \"stdin\", \"serial\", \"evdev\" or \"none\"", self.scanner.kind),
-            ));
-        }
-        if !["file", "serial", "usb", "network", "none"].contains(&self.printer.kind.as_str()) {
-            return Err((
-                "printer.kind",
-                format!(
-                    "{:?}: use \"file\", \"serial\", \"usb\", \"network\" or \"none\"",
-                    self.printer.kind
-                ),
-            ));
-        }
+        self.scanner
+            .validate()
+            .map_err(|e| ("scanner", e.to_string()))?;
+        self.printer
+            .validate()
+            .map_err(|e| ("printer", e.to_string()))?;
         if !["text", "json", "journald"].contains(&self.log.format.as_str()) {
             return Err((
                 "log.format",
-                format!("{:?}: use \"text\", \"json\" or \"journald\"", self.log.format),
+                format!(
+                    "{:?}: use \"text\", \"json\" or \"journald\"",
+                    self.log.format
+                ),
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             (
                 "log.level",
-                format!("{:?}: {e}; use error, warn, info, debug or trace", self.log.level),
+                format!(
+                    "{:?}: {e}; use error, warn, info, debug or trace",
+                    self.log.level
+                ),
             )
         })?;
         Ok(())
@@ -688,7 +628,11 @@ impl Config {
 /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), first entry.
 pub fn state_directory() -> Option<PathBuf> {
     std::env::var_os("STATE_DIRECTORY")
-        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
         .filter(|p| !p.as_os_str().is_empty())
 }
 
@@ -716,7 +660,9 @@ pub fn check_base_url(url: &str, insecure_http: bool) -> Result<(), String> {
                 Ok(())
             }
         }
-        other => Err(format!("{url:?}: scheme {other:?} is not supported, use https")),
+        other => Err(format!(
+            "{url:?}: scheme {other:?} is not supported, use https"
+        )),
     }
 }
 
@@ -755,7 +701,11 @@ store_mcc = "5812"
 "#;
 
     fn parse(extra: &str) -> Result<Config, ConfigError> {
-        Config::parse(&format!("{MIN}\n{extra}"), Path::new("t.toml"), Path::new("/x"))
+        Config::parse(
+            &format!("{MIN}\n{extra}"),
+            Path::new("t.toml"),
+            Path::new("/x"),
+        )
     }
 
     #[test]
@@ -763,7 +713,7 @@ store_mcc = "5812"
         let text = include_str!("../config.toml");
         let cfg = Config::parse(text, Path::new("config.toml"), Path::new(".")).unwrap();
         assert_eq!(cfg.gateway.kind, GatewayKind::Sandbox);
-        assert!(cfg.scanner.kind == "stdin" || cfg.scanner.kind == "none");
+        assert_eq!(cfg.scanner.kind, crate::devices::config::ScannerKind::Stdin);
     }
 
     #[test]
@@ -790,18 +740,33 @@ store_mcc = "5812"
     #[test]
     fn errors_name_the_key_and_the_fix() {
         let e = parse("[flow]\ninquiry_max = 5").unwrap_err().to_string();
-        assert!(e.contains("flow.inquiry_max") && e.contains("10..=20"), "{e}");
-        let e = parse("[flow]\npay_timeout = \"soon\"").unwrap_err().to_string();
-        assert!(e.contains("pay_timeout") && e.contains("not a duration"), "{e}");
-        let e = parse("[flow]\npay_timeout_s = 5").unwrap_err().to_string();
-        assert!(e.contains("unknown field") && e.contains("pay_timeout_s"), "{e}");
-        let e = parse("[bogus]\nx = 1").unwrap_err().to_string();
-        assert!(e.contains("bogus"), "{e}");
-        let e = parse("[gateway]\nkind = \"alipay_plus\"").unwrap_err().to_string();
-        assert!(e.contains("gateway.base_url"), "{e}");
-        let e = parse("[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://example.com\"\nclient_id=\"x\"")
+        assert!(
+            e.contains("flow.inquiry_max") && e.contains("10..=20"),
+            "{e}"
+        );
+        let e = parse("[flow]\npay_timeout = \"soon\"")
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("pay_timeout") && e.contains("not a duration"),
+            "{e}"
+        );
+        let e = parse("[flow]\npay_timeout_s = 5").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field") && e.contains("pay_timeout_s"),
+            "{e}"
+        );
+        let e = parse("[bogus]\nx = 1").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse("[gateway]\nkind = \"alipay_plus\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway.base_url"), "{e}");
+        let e = parse(
+            "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://example.com\"\nclient_id=\"x\"",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("https"), "{e}");
         let e = parse("[terminal.extra]").unwrap_err().to_string();
         assert!(e.contains("extra"), "{e}");
@@ -810,7 +775,11 @@ store_mcc = "5812"
             .to_string();
         assert!(e.contains("terminal.id"), "{e}");
         let e = parse("[scanner]\nkind = \"usb\"").unwrap_err().to_string();
-        assert!(e.contains("scanner.kind"), "{e}");
+        assert!(e.contains("usb") && e.contains("serial"), "{e}");
+        let e = parse("[printer]\nprofile = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,13 @@
 
 #![forbid(unsafe_code)]
 
-pub mod domain;
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod devices;
+pub mod domain;
+pub mod engine;
 pub mod gateway;
+pub mod logging;
+pub mod store;

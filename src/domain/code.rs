@@ -35,9 +35,17 @@ pub enum CodeError {
     #[error("not a payment code: it contains {0}; payment codes are digits only")]
     NotDigits(&'static str),
     #[error("too short: {found} digits, need {min}–{max}")]
-    TooShort { found: usize, min: usize, max: usize },
+    TooShort {
+        found: usize,
+        min: usize,
+        max: usize,
+    },
     #[error("too long: {found} digits, need {min}–{max}")]
-    TooLong { found: usize, min: usize, max: usize },
+    TooLong {
+        found: usize,
+        min: usize,
+        max: usize,
+    },
     #[error("not a payment code: starts with {found}, payment codes start with {allowed}")]
     BadPrefix { found: String, allowed: String },
 }
@@ -142,7 +150,12 @@ mod tests {
     #[test]
     fn accepts_and_trims_scanner_terminators() {
         let r = CodeRules::default();
-        for raw in [CODE, "281234567890123456\r\n", "\t281234567890123456\r", " 281234567890123456\n"] {
+        for raw in [
+            CODE,
+            "281234567890123456\r\n",
+            "\t281234567890123456\r",
+            " 281234567890123456\n",
+        ] {
             assert_eq!(PaymentCode::parse(raw, &r).unwrap().expose(), CODE);
         }
     }
@@ -151,7 +164,9 @@ mod tests {
     fn rejects_with_reasons_the_cashier_can_read() {
         let r = CodeRules::default();
         assert_eq!(
-            PaymentCode::parse("281234567890", &r).unwrap_err().to_string(),
+            PaymentCode::parse("281234567890", &r)
+                .unwrap_err()
+                .to_string(),
             "too short: 12 digits, need 17–32"
         );
         assert!(matches!(

@@ -2,5 +2,6 @@
 //! no clock: time is passed in.
 
 pub mod code;
+pub mod machine;
 pub mod money;
 pub mod request_id;

@@ -281,7 +281,9 @@ mod tests {
             Amount::parse("1.234", c),
             Err(MoneyError::TooManyDecimals { found: 3, .. })
         ));
-        for bad in ["1,00", "1.2.3", "abc", "1e3", "+1", "1.", ".", "１２", "12 34"] {
+        for bad in [
+            "1,00", "1.2.3", "abc", "1e3", "+1", "1.", ".", "１２", "12 34",
+        ] {
             assert!(
                 matches!(Amount::parse(bad, c), Err(MoneyError::NotANumber(_))),
                 "{bad} accepted"
@@ -296,7 +298,10 @@ mod tests {
             Err(MoneyError::TooLarge(_))
         ));
         let msg = Amount::parse("1.234", c).unwrap_err().to_string();
-        assert!(msg.contains("3 decimals") && msg.contains("CNY allows 2"), "{msg}");
+        assert!(
+            msg.contains("3 decimals") && msg.contains("CNY allows 2"),
+            "{msg}"
+        );
         assert!(Currency::from_code("XXX").is_err());
     }
 

@@ -4,6 +4,7 @@
 //! [`Outcome`]: it branches on `Success` / `Failed` / `Unknown`, never on strings.
 
 pub mod client;
+pub mod sandbox;
 pub mod sign;
 pub mod wire;
 
@@ -81,8 +82,10 @@ pub trait Gateway: Send + Sync + 'static {
     /// `POST …/payments/pay`.
     async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse>;
     /// `POST …/payments/inquiryPayment` by `paymentRequestId`.
-    async fn inquiry_payment(&self, payment_request_id: &str)
-        -> Outcome<wire::InquiryPaymentResponse>;
+    async fn inquiry_payment(
+        &self,
+        payment_request_id: &str,
+    ) -> Outcome<wire::InquiryPaymentResponse>;
     /// `POST …/payments/cancel` by `paymentRequestId`.
     async fn cancel(&self, payment_request_id: &str) -> Outcome<wire::CancelResponse>;
     /// `POST …/payments/refund`.

@@ -10,7 +10,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPublicKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 
 /// Why a key could not be loaded or a signature could not be checked.
@@ -244,7 +246,12 @@ impl Message<'_> {
     /// The exact bytes that are signed.
     pub fn content(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(
-            self.method.len() + self.uri.len() + self.client_id.len() + self.time.len() + self.body.len() + 4,
+            self.method.len()
+                + self.uri.len()
+                + self.client_id.len()
+                + self.time.len()
+                + self.body.len()
+                + 4,
         );
         v.extend_from_slice(self.method.as_bytes());
         v.push(b' ');
@@ -260,7 +267,11 @@ impl Message<'_> {
 }
 
 /// Form-encoding of Base64 as the official SDKs do it: `+ / =` become `%2B %2F %3D`.
-const SIG_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'*');
+const SIG_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'*');
 
 /// Builds `algorithm=RSA256,keyVersion=N,signature=<url-encoded base64>`.
 pub fn signature_header(key_version: &str, signature: &[u8]) -> String {
@@ -406,7 +417,10 @@ mod tests {
             time: case["time"].as_str().unwrap(),
             body: case["body"].as_str().unwrap().as_bytes(),
         };
-        assert_eq!(msg.content(), case["content_to_sign"].as_str().unwrap().as_bytes());
+        assert_eq!(
+            msg.content(),
+            case["content_to_sign"].as_str().unwrap().as_bytes()
+        );
         let header = key.sign_header("1", &msg);
         assert_eq!(header, case["signature_header"].as_str().unwrap());
         let public = PublicKey::from_text(MERCHANT_PUB, "merchant public").unwrap();

@@ -8,3 +8,15 @@ mod signing;
 
 // The AMS HTTP client against a fake gateway on a loopback port.
 mod client;
+
+// The sandbox gateway through the real client: every scenario row, idempotency, restarts.
+mod sandbox;
+
+// A real `posd run` process with test keys and short timings.
+mod daemon;
+
+// End to end through the binary: every sandbox row, crash points, concurrency.
+mod e2e;
+
+// Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
+mod devices;

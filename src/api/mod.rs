@@ -1,0 +1,261 @@
+//! The local HTTP API (axum): sales, status with long-poll, abort, health. Bad input gets a
+//! 4xx with `{"error":{"code","message"}}` and changes nothing.
+
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::domain::code::{CodeRules, PaymentCode};
+use crate::domain::money::{Amount, Currency};
+use crate::engine::{Engine, EngineError, PaymentView, SaleRequest};
+use crate::store::payments;
+use wire::{CreatePayment, ErrorBody, ErrorJson, PaymentJson};
+
+/// The longest a `?wait=` long-poll holds a request.
+pub const MAX_WAIT: Duration = Duration::from_secs(120);
+/// The largest request body the API reads.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Everything the handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The engine.
+    pub engine: Engine,
+    /// Payment-code rules.
+    pub code_rules: Arc<CodeRules>,
+    /// The terminal's default currency.
+    pub currency: Currency,
+}
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// A 400 with a code and message.
+    pub fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorJson {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let (status, code) = match &e {
+            EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            EngineError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            EngineError::Internal(err) => {
+                tracing::error!(error = %err, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::bad(
+            "invalid_json",
+            format!(
+                "{}; send a JSON object such as {{\"amount\":\"12.34\"}}",
+                r.body_text()
+            ),
+        )
+    }
+}
+
+/// The API routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/payments", post(create_payment))
+        .route("/v1/payments/{id}", get(get_payment))
+        .route("/v1/payments/{id}/abort", post(abort_payment))
+        .route("/v1/payments/{id}/receipt", post(reprint))
+        .route("/healthz", get(healthz))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Builds the payment resource for a view (adds its refunds).
+pub async fn resource(engine: &Engine, v: PaymentView) -> Result<PaymentJson, ApiError> {
+    let id = v.payment.payment_request_id.clone();
+    let refunds = engine
+        .store()
+        .call(move |c| Ok(payments::refunds_of(c, &id)?))
+        .await
+        .map_err(EngineError::Internal)?;
+    Ok(PaymentJson::new(&v, &refunds))
+}
+
+/// Validates an order reference: printable, at most 64 characters.
+pub fn check_order_ref(s: &str) -> Result<(), ApiError> {
+    if s.is_empty() || s.chars().count() > 64 || s.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_order_ref",
+            format!("order_ref {s:?} must be 1–64 printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+async fn create_payment(
+    AxState(st): AxState<ApiState>,
+    body: Result<Json<CreatePayment>, JsonRejection>,
+) -> Result<(StatusCode, Json<PaymentJson>), ApiError> {
+    let Json(req) = body?;
+    let currency = match &req.currency {
+        Some(c) => {
+            Currency::from_code(c).map_err(|e| ApiError::bad("invalid_currency", e.to_string()))?
+        }
+        None => st.currency,
+    };
+    let amount = Amount::parse(&req.amount, currency)
+        .map_err(|e| ApiError::bad("invalid_amount", e.to_string()))?;
+    if let Some(o) = &req.order_ref {
+        check_order_ref(o)?;
+    }
+    let code = match &req.code {
+        Some(raw) => Some(
+            PaymentCode::parse(raw, &st.code_rules)
+                .map_err(|e| ApiError::bad("invalid_code", format!("{e}; scan the code again")))?,
+        ),
+        None => None,
+    };
+    let rec = st
+        .engine
+        .start_sale(SaleRequest {
+            amount,
+            order_ref: req.order_ref.clone(),
+            code,
+        })
+        .await?;
+    let v = st.engine.view(&rec.payment_request_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(resource(&st.engine, v).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// Parses `?wait=`: seconds ("30") or a duration ("500ms"), capped at [`MAX_WAIT`].
+pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|_| {
+            ApiError::bad(
+                "invalid_wait",
+                format!("wait={s:?}: give seconds, e.g. wait=30"),
+            )
+        })?,
+    };
+    Ok(d.min(MAX_WAIT))
+}
+
+async fn get_payment(
+    AxState(st): AxState<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<PaymentJson>, ApiError> {
+    let v = match q.wait.as_deref() {
+        Some(w) => st.engine.wait_final(&id, parse_wait(w)?).await?,
+        None => st.engine.view(&id).await?,
+    };
+    Ok(Json(resource(&st.engine, v).await?))
+}
+
+async fn abort_payment(
+    AxState(st): AxState<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<PaymentJson>, ApiError> {
+    st.engine.abort(&id).await?;
+    let v = st.engine.view(&id).await?;
+    Ok(Json(resource(&st.engine, v).await?))
+}
+
+async fn reprint(
+    AxState(st): AxState<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let pid = id.clone();
+    let slip = st
+        .engine
+        .store()
+        .call(move |c| Ok(crate::store::print_journal::reprint(c, &pid)?))
+        .await
+        .map_err(EngineError::Internal)?;
+    match slip {
+        Some(slip_id) => {
+            st.engine.slips_written().notify_one();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(
+                    serde_json::json!({"payment_request_id": id, "slip_id": slip_id, "copy": true}),
+                ),
+            ))
+        }
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!(
+                "no slip for payment {id}: it has not reached a state that prints one"
+            ),
+        }),
+    }
+}
+
+async fn healthz(AxState(st): AxState<ApiState>) -> Response {
+    let db = st
+        .engine
+        .store()
+        .call(|c| Ok(c.query_row("SELECT count(*) FROM payments", [], |r| r.get::<_, i64>(0))?))
+        .await;
+    match db {
+        Ok(n) => Json(serde_json::json!({
+            "status": "ok",
+            "payments": n,
+            "active_payment_tasks": st.engine.active_drivers(),
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "reason": format!("database: {e}")})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,553 @@
+//! The task that owns one open payment: performs the machine's effects (pay, inquiry,
+//! cancel, refund, enqueue) and commits every answer before acting on it (rule 1).
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::queue::{Payload, PAYLOAD_VERSION};
+use super::{context_of, failpoint, make_refund_id, Engine};
+use crate::domain::code::PaymentCode;
+use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, State};
+use crate::gateway::{Outcome, PayOrder, RefundOrder};
+use crate::store::now_ms;
+use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
+
+/// Extra time the engine allows beyond a call's own deadline before it gives up on the call
+/// itself (the client enforces the real deadline; this only guards against a stuck future).
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Facts an answer carried besides the event.
+#[derive(Default)]
+struct Extras {
+    payment_id: Option<String>,
+    result_message: Option<String>,
+    refund_id: Option<String>,
+}
+
+pub(super) async fn drive(
+    engine: &Engine,
+    id: &str,
+    mut effect: Effect,
+    mut code: Option<PaymentCode>,
+    waker: &Notify,
+) {
+    let span = tracing::info_span!("payment", id = %id);
+    let _enter = span.enter();
+    let mut cancel_deadline: Option<Instant> = None;
+    let mut refund_deadline: Option<Instant> = None;
+    loop {
+        let step = match effect {
+            Effect::None | Effect::EnqueueCancel | Effect::EnqueueRefund => break,
+            Effect::SendPay => send_pay(engine, id, code.take()).await,
+            Effect::Inquire => inquire(engine, id, waker).await,
+            Effect::Cancel => cancel(engine, id, &mut cancel_deadline).await,
+            Effect::Refund => refund(engine, id, &mut refund_deadline).await,
+        };
+        let (event, extras) = match step {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                // Woken (an abort) or nothing to send: re-read the state and resume from it.
+                match load(engine, id).await {
+                    Ok(rec) => {
+                        effect = machine::resume_effect(rec.state);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read payment; stopping its task");
+                        break;
+                    }
+                }
+            }
+            Err(Stop) => break,
+        };
+        match commit(engine, id, &event, extras).await {
+            Ok(next) => effect = next,
+            Err(e) => {
+                // The database refused a write. Stop here: the payment stays in a non-final
+                // state that recovery resumes on the next start (rule 6).
+                tracing::error!(error = %e, "cannot commit an answer; the payment will be resumed on restart");
+                break;
+            }
+        }
+    }
+}
+
+/// The task must stop now (shutdown); the stored state is safe to resume.
+struct Stop;
+
+type Step = Result<Option<(Event, Extras)>, Stop>;
+
+async fn load(engine: &Engine, id: &str) -> anyhow::Result<PaymentRecord> {
+    let id = id.to_string();
+    engine
+        .store()
+        .call(move |c| {
+            payments::get(c, &id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))
+        })
+        .await
+}
+
+/// Sleeps `d` unless shutdown comes first.
+async fn pause(engine: &Engine, d: Duration) -> Result<(), Stop> {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => Ok(()),
+        _ = engine.inner.shutdown.cancelled() => Err(Stop),
+    }
+}
+
+async fn with_deadline<T>(
+    d: Duration,
+    fut: impl std::future::Future<Output = Outcome<T>>,
+) -> Outcome<T> {
+    match tokio::time::timeout(d + DEADLINE_MARGIN, fut).await {
+        Ok(o) => o,
+        Err(_) => Outcome::Unknown {
+            why: format!("no answer within {d:?}"),
+        },
+    }
+}
+
+/// Runs a money-moving call; when a failpoint is configured, fires `in_flight` while the call
+/// is outstanding (the request has left, no answer yet).
+async fn in_flight<T>(name: &str, fut: impl std::future::Future<Output = T>) -> T {
+    if !failpoint::enabled() {
+        return fut.await;
+    }
+    tokio::pin!(fut);
+    tokio::select! {
+        out = &mut fut => out,
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {
+            failpoint::hit(name);
+            fut.await
+        }
+    }
+}
+
+async fn send_pay(engine: &Engine, id: &str, code: Option<PaymentCode>) -> Step {
+    let Some(code) = code else {
+        // The clear code lives only in memory (rule 9); without it the pay cannot be sent
+        // again, and whether it left before a restart is unknown: inquire.
+        return Ok(Some((
+            Event::PayAnswered(Answer::Unknown {
+                why: "code not held in memory (restart); pay may have been sent".into(),
+            }),
+            Extras::default(),
+        )));
+    };
+    let rec = load(engine, id).await.map_err(|_| Stop)?;
+    let terminal_time = chrono::DateTime::parse_from_rfc3339(&rec.terminal_time)
+        .unwrap_or_else(|_| engine.local_now());
+    let order = PayOrder {
+        payment_request_id: rec.payment_request_id.clone(),
+        amount: rec.amount,
+        code,
+        order_ref: rec.order_ref.clone(),
+        description: engine.settings().description.clone(),
+        terminal_time,
+    };
+    let t = engine.settings().pay_timeout;
+    let outcome = in_flight(
+        "pay_in_flight",
+        with_deadline(t, engine.gateway().pay(&order)),
+    )
+    .await;
+    failpoint::hit("pay_answered");
+    let (answer, extras) = match outcome {
+        Outcome::Success(r) => (
+            Answer::Success,
+            Extras {
+                payment_id: r.payment_id,
+                ..Extras::default()
+            },
+        ),
+        Outcome::Failed { code, message } => (
+            Answer::Failed {
+                code,
+                message: message.clone(),
+            },
+            Extras {
+                result_message: Some(message),
+                ..Extras::default()
+            },
+        ),
+        Outcome::Unknown { why } => (Answer::Unknown { why }, Extras::default()),
+    };
+    Ok(Some((Event::PayAnswered(answer), extras)))
+}
+
+async fn inquire(engine: &Engine, id: &str, waker: &Notify) -> Step {
+    let s = engine.settings();
+    tokio::select! {
+        _ = tokio::time::sleep(s.inquiry_interval) => {}
+        _ = waker.notified() => return Ok(None),
+        _ = engine.inner.shutdown.cancelled() => return Err(Stop),
+    }
+    // An abort may have landed while we slept without waking us (it raced the sleep's end).
+    let rec = load(engine, id).await.map_err(|_| Stop)?;
+    if rec.state != State::Inquiring && rec.state != State::Paying {
+        return Ok(None);
+    }
+    let outcome = with_deadline(s.inquiry_timeout, engine.gateway().inquiry_payment(id)).await;
+    failpoint::hit(&format!("inquiry_{}", rec.inquiries + 1));
+    let mut extras = Extras::default();
+    let inquiry = match outcome {
+        Outcome::Success(r) => {
+            extras.payment_id = r.payment_id.clone();
+            match r.payment_status.as_deref() {
+                Some("SUCCESS") => Inquiry::Paid,
+                Some("FAIL") => {
+                    extras.result_message = r.payment_result_message.clone();
+                    Inquiry::Declined {
+                        code: r.payment_result_code.unwrap_or_else(|| "FAIL".into()),
+                        message: r.payment_result_message.unwrap_or_default(),
+                    }
+                }
+                Some("CANCELLED") => Inquiry::Closed,
+                other => Inquiry::Pending {
+                    status: other.unwrap_or("no paymentStatus").to_string(),
+                },
+            }
+        }
+        Outcome::Failed { code, .. } if code == "ORDER_NOT_EXIST" => Inquiry::NotFound,
+        Outcome::Failed { code, message } => {
+            extras.result_message = Some(message);
+            Inquiry::Failed { code }
+        }
+        Outcome::Unknown { why } => Inquiry::Unknown { why },
+    };
+    Ok(Some((Event::Inquired(inquiry), extras)))
+}
+
+fn jitter(min: Duration, max: Duration) -> Duration {
+    if max <= min {
+        return min;
+    }
+    rand::thread_rng().gen_range(min..=max)
+}
+
+/// Sends the identical cancel; after the first try, waits 5–10 s (jittered) between resends;
+/// when the next resend would start after the window, reports `CancelWindowOver`.
+async fn cancel(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> Step {
+    let s = engine.settings();
+    match deadline {
+        None => {
+            failpoint::hit("cancel_committed");
+            *deadline = Some(Instant::now() + s.cancel_retry_window);
+        }
+        Some(d) => {
+            let wait = jitter(s.cancel_retry_min, s.cancel_retry_max);
+            if Instant::now() + wait >= *d {
+                return Ok(Some((Event::CancelWindowOver, Extras::default())));
+            }
+            pause(engine, wait).await?;
+        }
+    }
+    let outcome = in_flight(
+        "cancel_in_flight",
+        with_deadline(s.cancel_timeout, engine.gateway().cancel(id)),
+    )
+    .await;
+    let mut extras = Extras::default();
+    let answer = match outcome {
+        Outcome::Success(r) => {
+            extras.payment_id = r.payment_id;
+            Answer::Success
+        }
+        Outcome::Failed { code, message } => {
+            extras.result_message = Some(message.clone());
+            Answer::Failed { code, message }
+        }
+        Outcome::Unknown { why } => {
+            tracing::warn!(why, "cancel unanswered");
+            Answer::Unknown { why }
+        }
+    };
+    Ok(Some((Event::CancelAnswered(answer), extras)))
+}
+
+async fn refund_order(engine: &Engine, id: &str) -> anyhow::Result<(RefundOrder, bool)> {
+    let id = id.to_string();
+    engine
+        .store()
+        .call(move |c| {
+            let rec =
+                payments::get(c, &id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))?;
+            let rid = rec
+                .active_refund_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("payment {id} is REFUNDING without a refund"))?;
+            let r = payments::get_refund(c, &rid)?
+                .ok_or_else(|| anyhow::anyhow!("refund {rid} vanished"))?;
+            let payment_id = rec
+                .payment_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("payment {id} has no gateway paymentId"))?;
+            let full = rec.refunded.minor() + r.amount.minor() >= rec.amount.minor();
+            Ok((
+                RefundOrder {
+                    refund_request_id: rid,
+                    payment_id,
+                    amount: r.amount,
+                    reason: r.reason,
+                },
+                full,
+            ))
+        })
+        .await
+}
+
+async fn refund(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> Step {
+    let s = engine.settings();
+    let (order, full) = match refund_order(engine, id).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "refund cannot be built");
+            return Ok(Some((
+                Event::QueueGaveUp {
+                    reason: format!("refund cannot be built: {e}"),
+                },
+                Extras::default(),
+            )));
+        }
+    };
+    match deadline {
+        None => *deadline = Some(Instant::now() + s.cancel_retry_window),
+        Some(d) => {
+            let wait = jitter(s.cancel_retry_min, s.cancel_retry_max);
+            if Instant::now() + wait >= *d {
+                return Ok(Some((Event::RefundWindowOver, Extras::default())));
+            }
+            pause(engine, wait).await?;
+        }
+    }
+    let outcome = in_flight(
+        "refund_in_flight",
+        with_deadline(s.cancel_timeout, engine.gateway().refund(&order)),
+    )
+    .await;
+    let mut extras = Extras::default();
+    let answer = match outcome {
+        Outcome::Success(r) => {
+            extras.refund_id = r.refund_id;
+            Answer::Success
+        }
+        Outcome::Failed { code, message } => {
+            extras.result_message = Some(message.clone());
+            Answer::Failed { code, message }
+        }
+        Outcome::Unknown { why } => Answer::Unknown { why },
+    };
+    Ok(Some((
+        Event::RefundAnswered {
+            answer,
+            fully_refunded: full,
+        },
+        extras,
+    )))
+}
+
+/// Learns the gateway's paymentId by inquiry when no answer carried it yet (a refund needs it).
+async fn ensure_payment_id(engine: &Engine, rec: &PaymentRecord) -> Option<String> {
+    if rec.payment_id.is_some() {
+        return rec.payment_id.clone();
+    }
+    let s = engine.settings();
+    for _ in 0..3 {
+        if let Outcome::Success(r) = with_deadline(
+            s.inquiry_timeout,
+            engine.gateway().inquiry_payment(&rec.payment_request_id),
+        )
+        .await
+        {
+            if r.payment_id.is_some() {
+                return r.payment_id;
+            }
+        }
+    }
+    None
+}
+
+/// Commits the machine's decision on `event` with compare-and-set and returns the next effect.
+async fn commit(
+    engine: &Engine,
+    id: &str,
+    event: &Event,
+    extras: Extras,
+) -> anyhow::Result<Effect> {
+    let inquiry_max = engine.settings().inquiry_max;
+    for _ in 0..16 {
+        let rec = load(engine, id).await?;
+        let ctx = context_of(&rec, inquiry_max);
+        let decision = machine::decide(rec.state, &ctx, event);
+        let (to, cause, result_code, effect) = match decision {
+            Decision::Go {
+                to,
+                cause,
+                result_code,
+                effect,
+            } => (to, cause, result_code, effect),
+            Decision::Ignore { why, effect } => {
+                tracing::info!(state = %rec.state, why, "answer changes nothing");
+                if let Some(pid) = extras.payment_id.clone() {
+                    let id = id.to_string();
+                    engine
+                        .store()
+                        .call(move |c| Ok(payments::note_payment_id(c, &id, &pid)?))
+                        .await?;
+                }
+                // A driver must not stop while its payment is open (an abort may have moved
+                // it from inquiring to cancelling under our feet).
+                return Ok(if effect == Effect::None {
+                    machine::resume_effect(rec.state)
+                } else {
+                    effect
+                });
+            }
+            Decision::Refuse { why } => {
+                tracing::warn!(why, "event refused");
+                return Ok(machine::resume_effect(rec.state));
+            }
+        };
+        let mut change = Change {
+            to: Some(to),
+            cause,
+            result_code,
+            result_message: extras.result_message.clone(),
+            payment_id: extras.payment_id.clone(),
+            ..Default::default()
+        };
+        if matches!(event, Event::Inquired(_)) {
+            change.inquiries = Some(rec.inquiries + 1);
+        }
+        if to == State::NeedsAttention {
+            change.attention_reason = Some(change.cause.clone());
+        }
+        if matches!(
+            to,
+            State::Succeeded | State::Cancelled | State::Refunded | State::PartiallyRefunded
+        ) {
+            let refund = match &rec.active_refund_id {
+                Some(rid) => {
+                    let rid = rid.clone();
+                    engine
+                        .store()
+                        .call(move |c| Ok(payments::get_refund(c, &rid)?))
+                        .await?
+                }
+                None => None,
+            };
+            let mut with_id = rec.clone();
+            if with_id.payment_id.is_none() {
+                with_id.payment_id = extras.payment_id.clone();
+            }
+            change.slip = engine.slip_for(&with_id, to, refund.as_ref());
+        }
+        let now = now_ms();
+        let backoff = engine.inner_queue_initial();
+        match effect {
+            Effect::EnqueueCancel => {
+                change.enqueue = Some(NewQueueItem {
+                    kind: "CANCEL",
+                    refund_request_id: None,
+                    payload_version: PAYLOAD_VERSION,
+                    payload: Payload::Cancel {
+                        payment_request_id: id.to_string(),
+                    }
+                    .encode(),
+                    next_attempt_at: now + backoff.as_millis() as i64,
+                });
+            }
+            Effect::EnqueueRefund => {
+                let (order, _) = refund_order(engine, id).await?;
+                change.enqueue = Some(NewQueueItem {
+                    kind: "REFUND",
+                    refund_request_id: Some(order.refund_request_id.clone()),
+                    payload_version: PAYLOAD_VERSION,
+                    payload: Payload::from_refund(id, &order).encode(),
+                    next_attempt_at: now + backoff.as_millis() as i64,
+                });
+                change.settle_refund = Some(SettleRefund {
+                    refund_request_id: order.refund_request_id,
+                    state: "QUEUED",
+                    refund_id: None,
+                    result_code: None,
+                    result_message: None,
+                    add_to_refunded: false,
+                });
+            }
+            _ => {}
+        }
+        if let Event::RefundAnswered { answer, .. } = event {
+            if let Some(rid) = rec.active_refund_id.clone() {
+                let (state, add) = match answer {
+                    Answer::Success => ("SUCCEEDED", true),
+                    Answer::Failed { .. } => ("FAILED", false),
+                    Answer::Unknown { .. } => ("PENDING", false),
+                };
+                change.settle_refund = Some(SettleRefund {
+                    refund_request_id: rid,
+                    state,
+                    refund_id: extras.refund_id.clone(),
+                    result_code: change.result_code.clone(),
+                    result_message: extras.result_message.clone(),
+                    add_to_refunded: add,
+                });
+            }
+        }
+        if to == State::Refunding && rec.state == State::Cancelling {
+            // The reversal refund: its id and request are committed before it is sent.
+            match ensure_payment_id(engine, &rec).await {
+                Some(pid) => {
+                    let local = engine.local_now().naive_local();
+                    let terminal = engine.settings().terminal_id.clone();
+                    let minor = rec.amount.minor();
+                    let seq = engine
+                        .store()
+                        .call(|c| Ok(payments::next_sequence(c)?))
+                        .await?;
+                    change.payment_id = Some(pid);
+                    change.new_refund = Some(NewRefund {
+                        refund_request_id: make_refund_id(local, &terminal, minor, seq),
+                        kind: "REVERSAL",
+                        amount: rec.amount,
+                        reason: Some("reversal: cancel window passed".into()),
+                        return_to: None,
+                    });
+                }
+                None => {
+                    change.to = Some(State::NeedsAttention);
+                    change.cause = "cancel window passed and a refund is owed, but the gateway never gave the paymentId; refund it from the merchant portal".into();
+                    change.attention_reason = Some(change.cause.clone());
+                }
+            }
+        }
+        let id_owned = id.to_string();
+        let expected = rec.state;
+        let applied = engine
+            .store()
+            .call(move |c| Ok(payments::apply(c, &id_owned, expected, &change, now)?))
+            .await?;
+        match applied {
+            Some(new) => {
+                engine.changed();
+                engine.slips_written().notify_one();
+                tracing::info!(from = %expected, to = %new.state, "payment moved");
+                if matches!(effect, Effect::EnqueueCancel | Effect::EnqueueRefund) {
+                    failpoint::hit("queue_written");
+                }
+                if new.state != to {
+                    return Ok(machine::resume_effect(new.state));
+                }
+                return Ok(effect);
+            }
+            None => {
+                tracing::info!(expected = %expected, "state moved on before the commit; deciding again");
+                continue;
+            }
+        }
+    }
+    anyhow::bail!("payment {id} kept changing while an answer was being committed")
+}

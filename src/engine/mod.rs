@@ -1,0 +1,562 @@
+//! The payment engine: starts sales, binds scans, aborts, and runs one tokio task per open
+//! payment that performs the state machine's effects against the gateway. Every decision
+//! comes from `domain::machine`; every change is a compare-and-set in `store`.
+
+mod driver;
+pub mod failpoint;
+pub mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::domain::code::PaymentCode;
+use crate::domain::machine::{self, Context, Decision, Event, State};
+use crate::domain::money::Amount;
+use crate::domain::request_id::{self, IdParts};
+use crate::gateway::Gateway;
+use crate::store::payments::{self, Change, CreateError, EventRecord, NewPayment, PaymentRecord};
+use crate::store::{now_ms, Store};
+
+/// The flow's timings and the terminal facts the engine needs.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Terminal id, part of every request id.
+    pub terminal_id: String,
+    /// Time zone for request ids and `storeTerminalRequestTime`; `None` = system local.
+    pub timezone: Option<chrono_tz::Tz>,
+    /// `orderDescription` sent with every pay.
+    pub description: String,
+    /// Merchant name on slips.
+    pub merchant_name: String,
+    /// Store name on slips.
+    pub store_name: String,
+    /// Deadline of the pay call (the client enforces it; the engine adds a safety margin).
+    pub pay_timeout: Duration,
+    /// Pause between inquiries.
+    pub inquiry_interval: Duration,
+    /// Deadline of each inquiry.
+    pub inquiry_timeout: Duration,
+    /// Inquiry budget.
+    pub inquiry_max: u32,
+    /// Deadline of cancel and refund calls.
+    pub cancel_timeout: Duration,
+    /// How long to resend an unanswered cancel or refund before queueing it.
+    pub cancel_retry_window: Duration,
+    /// Shortest pause between resends.
+    pub cancel_retry_min: Duration,
+    /// Longest pause between resends.
+    pub cancel_retry_max: Duration,
+    /// First delay of a queued reversal.
+    pub queue_backoff_initial: Duration,
+}
+
+impl EngineSettings {
+    /// Takes the settings from the config.
+    pub fn from_config(cfg: &Config) -> EngineSettings {
+        let f = &cfg.flow;
+        EngineSettings {
+            terminal_id: cfg.terminal.id.clone(),
+            timezone: cfg.timezone(),
+            description: format!("{} purchase", cfg.terminal.store_name),
+            merchant_name: cfg.terminal.merchant_name.clone(),
+            store_name: cfg.terminal.store_name.clone(),
+            pay_timeout: f.pay_timeout.0,
+            inquiry_interval: f.inquiry_interval.0,
+            inquiry_timeout: f.inquiry_timeout.0,
+            inquiry_max: f.inquiry_max,
+            cancel_timeout: f.cancel_timeout.0,
+            cancel_retry_window: f.cancel_retry_window.0,
+            cancel_retry_min: f.cancel_retry_min.0,
+            cancel_retry_max: f.cancel_retry_max.0,
+            queue_backoff_initial: f.queue_backoff_initial.0,
+        }
+    }
+}
+
+/// What the engine refuses, with what to do. Each maps to a 4xx in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no payment {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the daemon is shutting down; try again when it is back")]
+    ShuttingDown,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A payment with its journal, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct PaymentView {
+    /// The stored payment.
+    pub payment: PaymentRecord,
+    /// Its journal, oldest first.
+    pub events: Vec<EventRecord>,
+}
+
+/// What a sale needs.
+#[derive(Debug, Clone)]
+pub struct SaleRequest {
+    /// Amount.
+    pub amount: Amount,
+    /// The POS's order reference.
+    pub order_ref: Option<String>,
+    /// The code, or `None` to wait for the next scan.
+    pub code: Option<PaymentCode>,
+}
+
+/// The engine handle, cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    gateway: Arc<dyn Gateway>,
+    settings: EngineSettings,
+    /// Wakes the driver of a payment (an abort arrived while it waited).
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Bumped after every committed change; long-polls watch it.
+    changes: watch::Sender<u64>,
+    /// Signalled when a slip was written to the print journal.
+    slips: Arc<Notify>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// Builds an engine; no task runs until a sale starts or [`Engine::recover`] is called.
+    pub fn new(store: Store, gateway: Arc<dyn Gateway>, settings: EngineSettings) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                gateway,
+                settings,
+                wakers: Mutex::new(HashMap::new()),
+                changes: watch::channel(0).0,
+                slips: Arc::new(Notify::new()),
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Arc<dyn Gateway> {
+        &self.inner.gateway
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// Subscribes to "something changed" ticks (long-polls, metrics).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Tells waiters that a commit happened.
+    pub fn changed(&self) {
+        self.inner.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Notified whenever a slip is written to the print journal (the print worker waits on it).
+    pub fn slips_written(&self) -> Arc<Notify> {
+        self.inner.slips.clone()
+    }
+
+    /// The slip a move from `rec`'s state to `to` prints, if any: SALE on success, CANCEL on a
+    /// confirmed reversal by cancel, REFUND (for `refund`) on a confirmed refund.
+    pub fn slip_for(
+        &self,
+        rec: &PaymentRecord,
+        to: State,
+        refund: Option<&crate::store::payments::RefundRecord>,
+    ) -> Option<crate::devices::receipt::SlipData> {
+        use crate::devices::receipt::{SlipData, SlipKind};
+        if to == rec.state {
+            return None;
+        }
+        let (kind, amount, refund_request_id) = match to {
+            State::Succeeded => (SlipKind::Sale, rec.amount, None),
+            State::Cancelled if matches!(rec.state, State::Cancelling | State::CancelQueued) => {
+                (SlipKind::Cancel, rec.amount, None)
+            }
+            State::Refunded | State::PartiallyRefunded => match refund {
+                Some(r) => (
+                    SlipKind::Refund,
+                    r.amount,
+                    Some(r.refund_request_id.clone()),
+                ),
+                None => (SlipKind::Refund, rec.amount, None),
+            },
+            _ => return None,
+        };
+        let s = &self.inner.settings;
+        Some(SlipData {
+            kind,
+            merchant_name: s.merchant_name.clone(),
+            store_name: s.store_name.clone(),
+            terminal_id: s.terminal_id.clone(),
+            amount,
+            payment_request_id: rec.payment_request_id.clone(),
+            payment_id: rec.payment_id.clone(),
+            refund_request_id,
+            local_time: self.local_now().naive_local(),
+            copy: false,
+        })
+    }
+
+    /// Local time at the terminal, with its offset.
+    pub fn local_now(&self) -> DateTime<FixedOffset> {
+        local_time(self.inner.settings.timezone, chrono::Utc::now())
+    }
+
+    /// Starts a sale. With a code the pay intent is committed (rule 1) and the pay is sent by
+    /// the payment's task; without one the sale waits for the next scan.
+    pub async fn start_sale(&self, req: SaleRequest) -> Result<PaymentRecord, EngineError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let now_local = self.local_now();
+        let terminal_time = now_local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        let new = NewPayment {
+            order_ref: req.order_ref.clone(),
+            amount: req.amount,
+            state: if req.code.is_some() {
+                State::Paying
+            } else {
+                State::AwaitingCode
+            },
+            code_masked: req.code.as_ref().map(PaymentCode::masked),
+            terminal_time,
+        };
+        let terminal = self.inner.settings.terminal_id.clone();
+        let local = now_local.naive_local();
+        let amount_minor = req.amount.minor();
+        let rec = self
+            .inner
+            .store
+            .call(move |c| {
+                Ok(payments::create(c, &new, now_ms(), |seq| {
+                    make_payment_id(local, &terminal, amount_minor, seq)
+                }))
+            })
+            .await?
+            .map_err(create_error)?;
+        self.changed();
+        tracing::info!(payment = %rec.payment_request_id, amount = %rec.amount, state = %rec.state, "sale started");
+        if let Some(code) = req.code {
+            failpoint::hit("intent_committed");
+            self.spawn_driver(
+                rec.payment_request_id.clone(),
+                machine::Effect::SendPay,
+                Some(code),
+            );
+        }
+        Ok(rec)
+    }
+
+    /// Binds a scanned code to the sale waiting for one and sends the pay.
+    pub async fn bind_code(&self, code: PaymentCode) -> Result<PaymentRecord, EngineError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let masked = code.masked();
+        let terminal_time = self
+            .local_now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        let rec = self
+            .inner
+            .store
+            .call(move |c| {
+                let Some(waiting) = payments::awaiting_code(c)? else {
+                    return Ok(None);
+                };
+                let change = Change {
+                    to: Some(State::Paying),
+                    cause: format!("code {masked} scanned; pay intent committed"),
+                    code_masked: Some(masked),
+                    terminal_time: Some(terminal_time),
+                    ..Default::default()
+                };
+                Ok(payments::apply(c, &waiting.payment_request_id, State::AwaitingCode, &change, now_ms())?)
+            })
+            .await?
+            .ok_or_else(|| {
+                EngineError::Conflict(
+                    "no sale is waiting for a code: start one (posd pay --amount X) before scanning".into(),
+                )
+            })?;
+        self.changed();
+        failpoint::hit("intent_committed");
+        self.spawn_driver(
+            rec.payment_request_id.clone(),
+            machine::Effect::SendPay,
+            Some(code),
+        );
+        Ok(rec)
+    }
+
+    /// The cashier aborts a sale that is not final: a cancel (flow step 5).
+    pub async fn abort(&self, id: &str) -> Result<PaymentRecord, EngineError> {
+        let rec = self.apply_event(id, Event::Abort).await?;
+        if rec.state == State::Cancelling {
+            self.wake_or_spawn(&rec);
+        }
+        Ok(rec)
+    }
+
+    /// Applies an outside event (abort, notification, refund request) with compare-and-set,
+    /// retrying on a concurrent change. Returns the payment after the event.
+    pub async fn apply_event(&self, id: &str, event: Event) -> Result<PaymentRecord, EngineError> {
+        let id_owned = id.to_string();
+        let inquiry_max = self.inner.settings.inquiry_max;
+        let engine = self.clone();
+        let outcome = self
+            .inner
+            .store
+            .call(move |c| {
+                for _ in 0..16 {
+                    let Some(rec) = payments::get(c, &id_owned)? else {
+                        return Ok(Err(EngineError::NotFound(id_owned)));
+                    };
+                    let ctx = context_of(&rec, inquiry_max);
+                    match machine::decide(rec.state, &ctx, &event) {
+                        Decision::Go { to, cause, result_code, .. } => {
+                            let refund = match &rec.active_refund_id {
+                                Some(r) => payments::get_refund(c, r)?,
+                                None => None,
+                            };
+                            let change = Change {
+                                to: Some(to),
+                                cause,
+                                result_code,
+                                slip: engine.slip_for(&rec, to, refund.as_ref()),
+                                ..Default::default()
+                            };
+                            if let Some(new) = payments::apply(c, &id_owned, rec.state, &change, now_ms())? {
+                                return Ok(Ok((new, true)));
+                            }
+                        }
+                        Decision::Ignore { why, .. } => {
+                            tracing::info!(payment = %id_owned, state = %rec.state, why, "event changes nothing");
+                            return Ok(Ok((rec, false)));
+                        }
+                        Decision::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),
+                    }
+                }
+                Err(anyhow::anyhow!("payment {id_owned} kept changing; try again"))
+            })
+            .await??;
+        let (rec, changed) = outcome;
+        if changed {
+            self.changed();
+            self.inner.slips.notify_one();
+        }
+        Ok(rec)
+    }
+
+    /// One payment with its journal.
+    pub async fn view(&self, id: &str) -> Result<PaymentView, EngineError> {
+        let id = id.to_string();
+        self.inner
+            .store
+            .call(move |c| {
+                let Some(payment) = payments::get(c, &id)? else {
+                    return Ok(Err(EngineError::NotFound(id)));
+                };
+                let events = payments::events(c, &id)?;
+                Ok(Ok(PaymentView { payment, events }))
+            })
+            .await?
+    }
+
+    /// Waits until the payment is final or `wait` passes, then returns it.
+    pub async fn wait_final(&self, id: &str, wait: Duration) -> Result<PaymentView, EngineError> {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            let v = self.view(id).await?;
+            if v.payment.state.is_final() {
+                return Ok(v);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return self.view(id).await,
+            }
+        }
+    }
+
+    /// Drives every payment that is not final on to a final state (rule 6). Called once at
+    /// start-up, before the API accepts sales.
+    pub async fn recover(&self) -> Result<usize, EngineError> {
+        let open = self
+            .inner
+            .store
+            .call(|c| Ok(payments::open_payments(c)?))
+            .await?;
+        let n = open.len();
+        for rec in open {
+            tracing::info!(payment = %rec.payment_request_id, state = %rec.state, "recovering payment");
+            let after = self
+                .apply_event(&rec.payment_request_id, Event::Restarted)
+                .await?;
+            let effect = machine::resume_effect(after.state);
+            if effect != machine::Effect::None {
+                self.spawn_driver(after.payment_request_id.clone(), effect, None);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Stops drivers at their next safe point and waits (bounded) for in-flight calls.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    fn inner_queue_initial(&self) -> Duration {
+        self.inner.settings.queue_backoff_initial
+    }
+
+    /// Number of payment tasks running.
+    pub fn active_drivers(&self) -> usize {
+        self.inner.tracker.len()
+    }
+
+    fn wake_or_spawn(&self, rec: &PaymentRecord) {
+        let waker = self
+            .inner
+            .wakers
+            .lock()
+            .expect("wakers lock is never held across a panic")
+            .get(&rec.payment_request_id)
+            .cloned();
+        match waker {
+            Some(w) => w.notify_one(),
+            None => self.spawn_driver(
+                rec.payment_request_id.clone(),
+                machine::resume_effect(rec.state),
+                None,
+            ),
+        }
+    }
+
+    fn spawn_driver(&self, id: String, effect: machine::Effect, code: Option<PaymentCode>) {
+        let waker = Arc::new(Notify::new());
+        {
+            let mut w = self
+                .inner
+                .wakers
+                .lock()
+                .expect("wakers lock is never held across a panic");
+            if w.contains_key(&id) {
+                // A driver already owns this payment; it will see the new state.
+                if let Some(existing) = w.get(&id) {
+                    existing.notify_one();
+                }
+                return;
+            }
+            w.insert(id.clone(), waker.clone());
+        }
+        let engine = self.clone();
+        self.inner.tracker.spawn(async move {
+            driver::drive(&engine, &id, effect, code, &waker).await;
+            engine
+                .inner
+                .wakers
+                .lock()
+                .expect("wakers lock is never held across a panic")
+                .remove(&id);
+        });
+    }
+}
+
+fn create_error(e: CreateError) -> EngineError {
+    match e {
+        CreateError::OrderBusy { .. } | CreateError::AlreadyAwaiting { .. } => {
+            EngineError::Conflict(e.to_string())
+        }
+        CreateError::Db(e) => EngineError::Internal(e.into()),
+    }
+}
+
+/// The machine's context for a stored payment.
+pub(crate) fn context_of(rec: &PaymentRecord, inquiry_max: u32) -> Context {
+    Context {
+        inquiries_done: rec.inquiries,
+        inquiry_max,
+        refund_kind: if rec.refund_return_to.is_some() {
+            machine::RefundKind::Requested
+        } else {
+            machine::RefundKind::Reversal
+        },
+        refund_return_to: rec.refund_return_to.unwrap_or(State::Succeeded),
+        gateway_saw_payment: rec.payment_id.is_some(),
+    }
+}
+
+/// Local time in `tz` (or the system's zone) with its offset.
+pub fn local_time(tz: Option<chrono_tz::Tz>, utc: DateTime<chrono::Utc>) -> DateTime<FixedOffset> {
+    match tz {
+        Some(tz) => {
+            let t = tz.from_utc_datetime(&utc.naive_utc());
+            t.with_timezone(&t.offset().fix())
+        }
+        None => {
+            let t = utc.with_timezone(&chrono::Local);
+            t.with_timezone(t.offset())
+        }
+    }
+}
+
+fn make_payment_id(local: NaiveDateTime, terminal: &str, amount_minor: i64, seq: u64) -> String {
+    request_id::payment_request_id(&IdParts {
+        local_time: local,
+        terminal_id: terminal,
+        amount_minor,
+        sequence: seq,
+        random: rand::random::<u32>(),
+    })
+}
+
+/// Builds a refund id from a fresh sequence number.
+pub(crate) fn make_refund_id(
+    local: NaiveDateTime,
+    terminal: &str,
+    amount_minor: i64,
+    seq: u64,
+) -> String {
+    request_id::refund_request_id(&IdParts {
+        local_time: local,
+        terminal_id: terminal,
+        amount_minor,
+        sequence: seq,
+        random: rand::random::<u32>(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

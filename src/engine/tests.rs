@@ -1,0 +1,475 @@
+//! Engine tests against an in-memory scripted gateway with paused tokio time: the flow's
+//! timings (3 s inquiries, 5–10 s cancel resends for 60 s) are checked in virtual time.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::*;
+use crate::domain::code::CodeRules;
+use crate::domain::money::Currency;
+use crate::gateway::wire::{
+    self, CancelResponse, InquiryPaymentResponse, PayResponse, RefundResponse,
+};
+use crate::gateway::{Outcome, PayOrder, RefundOrder};
+
+#[derive(Default)]
+struct Script {
+    pay: VecDeque<Outcome<PayResponse>>,
+    inquiry: VecDeque<Outcome<InquiryPaymentResponse>>,
+    cancel: VecDeque<Outcome<CancelResponse>>,
+    refund: VecDeque<Outcome<RefundResponse>>,
+    calls: Vec<(&'static str, Instant, String)>,
+    /// Pay calls hang for this long before answering (a slow or silent gateway).
+    pay_delay: Duration,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<Script>>);
+
+fn unknown<T>() -> Outcome<T> {
+    Outcome::Unknown {
+        why: "timeout".into(),
+    }
+}
+
+fn failed<T>(code: &str) -> Outcome<T> {
+    Outcome::Failed {
+        code: code.into(),
+        message: "m".into(),
+    }
+}
+
+fn status(s: &str) -> Outcome<InquiryPaymentResponse> {
+    Outcome::Success(InquiryPaymentResponse {
+        payment_status: Some(s.into()),
+        payment_id: Some("G1".into()),
+        ..Default::default()
+    })
+}
+
+impl Fake {
+    fn calls(&self, op: &str) -> Vec<(Instant, String)> {
+        self.0
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.0 == op)
+            .map(|c| (c.1, c.2.clone()))
+            .collect()
+    }
+    fn record(&self, op: &'static str, id: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .calls
+            .push((op, Instant::now(), id.to_string()));
+    }
+}
+
+#[async_trait]
+impl crate::gateway::Gateway for Fake {
+    async fn pay(&self, order: &PayOrder) -> Outcome<PayResponse> {
+        self.record("pay", &order.payment_request_id);
+        let delay = self.0.lock().unwrap().pay_delay;
+        tokio::time::sleep(delay).await;
+        self.0
+            .lock()
+            .unwrap()
+            .pay
+            .pop_front()
+            .unwrap_or_else(unknown)
+    }
+    async fn inquiry_payment(&self, id: &str) -> Outcome<InquiryPaymentResponse> {
+        self.record("inquiry", id);
+        self.0
+            .lock()
+            .unwrap()
+            .inquiry
+            .pop_front()
+            .unwrap_or_else(|| status("PROCESSING"))
+    }
+    async fn cancel(&self, id: &str) -> Outcome<CancelResponse> {
+        self.record("cancel", id);
+        self.0
+            .lock()
+            .unwrap()
+            .cancel
+            .pop_front()
+            .unwrap_or_else(unknown)
+    }
+    async fn refund(&self, order: &RefundOrder) -> Outcome<RefundResponse> {
+        self.record("refund", &order.refund_request_id);
+        self.0
+            .lock()
+            .unwrap()
+            .refund
+            .pop_front()
+            .unwrap_or_else(unknown)
+    }
+    async fn inquiry_refund(&self, _id: &str) -> Outcome<wire::InquiryRefundResponse> {
+        unknown()
+    }
+}
+
+fn settings() -> EngineSettings {
+    EngineSettings {
+        terminal_id: "T0001".into(),
+        timezone: Some(chrono_tz::Asia::Shanghai),
+        description: "test".into(),
+        merchant_name: "Demo Cafe".into(),
+        store_name: "Demo Cafe Central".into(),
+        pay_timeout: Duration::from_secs(5),
+        inquiry_interval: Duration::from_secs(3),
+        inquiry_timeout: Duration::from_secs(3),
+        inquiry_max: 10,
+        cancel_timeout: Duration::from_secs(3),
+        cancel_retry_window: Duration::from_secs(60),
+        cancel_retry_min: Duration::from_secs(5),
+        cancel_retry_max: Duration::from_secs(10),
+        queue_backoff_initial: Duration::from_secs(30),
+    }
+}
+
+fn engine(fake: &Fake) -> Engine {
+    Engine::new(
+        Store::open_in_memory().unwrap(),
+        Arc::new(fake.clone()),
+        settings(),
+    )
+}
+
+fn sale(code: Option<&str>, order: Option<&str>) -> SaleRequest {
+    SaleRequest {
+        amount: Amount::parse("12.34", Currency::from_code("CNY").unwrap()).unwrap(),
+        order_ref: order.map(str::to_string),
+        code: code.map(|c| PaymentCode::parse(c, &CodeRules::default()).unwrap()),
+    }
+}
+
+const CODE: &str = "281234567890123456";
+
+async fn final_state(e: &Engine, id: &str) -> PaymentView {
+    e.wait_final(id, Duration::from_secs(3600)).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn pay_success_is_one_call() {
+    let fake = Fake::default();
+    fake.0
+        .lock()
+        .unwrap()
+        .pay
+        .push_back(Outcome::Success(PayResponse {
+            payment_id: Some("G9".into()),
+            ..Default::default()
+        }));
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), Some("A-1"))).await.unwrap();
+    assert_eq!(rec.state, State::Paying);
+    assert_eq!(rec.code_masked.as_deref(), Some("2812**********3456"));
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
+    assert_eq!(v.payment.payment_id.as_deref(), Some("G9"));
+    assert_eq!(fake.calls("pay").len(), 1);
+    assert!(fake.calls("inquiry").is_empty());
+    let states: Vec<_> = v.events.iter().map(|e| e.to).collect();
+    assert_eq!(states, vec![State::Paying, State::Succeeded]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn declined_pay_is_failed_with_its_code() {
+    let fake = Fake::default();
+    fake.0
+        .lock()
+        .unwrap()
+        .pay
+        .push_back(failed("USER_BALANCE_NOT_ENOUGH"));
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Failed);
+    assert_eq!(
+        v.payment.result_code.as_deref(),
+        Some("USER_BALANCE_NOT_ENOUGH")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_pay_inquires_every_interval_then_cancels() {
+    let fake = Fake::default();
+    fake.0
+        .lock()
+        .unwrap()
+        .cancel
+        .push_back(Outcome::Success(CancelResponse::default()));
+    let e = engine(&fake);
+    let start = Instant::now();
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Cancelled);
+    let inq = fake.calls("inquiry");
+    assert_eq!(inq.len(), 10, "inquiry_max inquiries");
+    for (i, (t, id)) in inq.iter().enumerate() {
+        assert_eq!(id, &rec.payment_request_id);
+        assert_eq!(
+            t.duration_since(start),
+            Duration::from_secs(3 * (i as u64 + 1)),
+            "inquiry {i}"
+        );
+    }
+    let cancels = fake.calls("cancel");
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(
+        cancels[0].0, inq[9].0,
+        "cancel right after the last inquiry"
+    );
+    let last = &v.events[v.events.len() - 2];
+    assert!(last.cause.contains("after 10 inquiries"), "{last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn inquiry_success_ends_the_sale() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.0.lock().unwrap();
+        s.inquiry.extend([
+            status("PROCESSING"),
+            failed("ORDER_NOT_EXIST"),
+            unknown(),
+            status("SUCCESS"),
+        ]);
+    }
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
+    assert_eq!(v.payment.payment_id.as_deref(), Some("G1"));
+    assert_eq!(fake.calls("inquiry").len(), 4);
+    assert!(fake.calls("cancel").is_empty());
+    assert_eq!(v.payment.inquiries, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_cancel_is_resent_identically_for_the_window_then_queued() {
+    let fake = Fake::default();
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::CancelQueued);
+    let cancels = fake.calls("cancel");
+    assert!(
+        cancels.len() >= 6 && cancels.len() <= 13,
+        "{} cancels",
+        cancels.len()
+    );
+    let first = cancels[0].0;
+    for w in cancels.windows(2) {
+        let gap = w[1].0.duration_since(w[0].0);
+        assert!(
+            gap >= Duration::from_secs(5) && gap <= Duration::from_secs(10),
+            "gap {gap:?}"
+        );
+        assert_eq!(w[1].1, w[0].1, "the identical request");
+    }
+    assert!(cancels.last().unwrap().0.duration_since(first) <= Duration::from_secs(60));
+    let id = rec.payment_request_id.clone();
+    let (n, payload): (i64, String) = e
+        .store()
+        .call(move |c| {
+            Ok(c.query_row(
+                "SELECT count(*), max(payload) FROM reversal_queue WHERE payment_request_id = ?1 AND kind = 'CANCEL' AND status = 'PENDING'",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the owed cancel is in the queue");
+    assert!(payload.contains(&rec.payment_request_id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_window_exceeded_becomes_a_full_refund() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.0.lock().unwrap();
+        s.cancel.push_back(failed("CANCEL_WINDOW_EXCEED"));
+        s.refund.extend([
+            unknown(),
+            Outcome::Success(RefundResponse {
+                refund_id: Some("RF1".into()),
+                ..Default::default()
+            }),
+        ]);
+    }
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Refunded);
+    assert_eq!(v.payment.refunded, v.payment.amount);
+    let refunds = fake.calls("refund");
+    assert_eq!(refunds.len(), 2);
+    assert_eq!(
+        refunds[0].1, refunds[1].1,
+        "same refundRequestId on the resend"
+    );
+    assert!(refunds[0].1.starts_with('R'));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_refused_for_another_reason_needs_attention() {
+    let fake = Fake::default();
+    fake.0
+        .lock()
+        .unwrap()
+        .cancel
+        .push_back(failed("ORDER_STATUS_INVALID"));
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::NeedsAttention);
+    assert!(v
+        .payment
+        .attention_reason
+        .unwrap()
+        .contains("ORDER_STATUS_INVALID"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_while_inquiring_cancels_and_a_late_success_never_becomes_a_sale() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.0.lock().unwrap();
+        s.inquiry.extend([status("PROCESSING")]);
+        s.cancel
+            .push_back(Outcome::Success(CancelResponse::default()));
+    }
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), Some("A-7"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let after = e.abort(&rec.payment_request_id).await.unwrap();
+    assert_eq!(after.state, State::Cancelling);
+    // A success notification arriving now must not turn the sale into SUCCEEDED.
+    let n = e
+        .apply_event(
+            &rec.payment_request_id,
+            Event::Notified {
+                paid: true,
+                amount_matches: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.state, State::Cancelling);
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Cancelled);
+    assert_eq!(fake.calls("inquiry").len(), 1, "no inquiry after the abort");
+    // Aborting a final payment is refused and changes nothing.
+    let err = e.abort(&rec.payment_request_id).await.unwrap_err();
+    assert!(matches!(err, EngineError::Conflict(_)), "{err}");
+    // The order is free again after a confirmed cancel.
+    e.start_sale(sale(None, Some("A-7"))).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_payment_for_an_open_order_is_refused() {
+    let fake = Fake::default();
+    fake.0.lock().unwrap().pay_delay = Duration::from_secs(2);
+    fake.0
+        .lock()
+        .unwrap()
+        .pay
+        .push_back(Outcome::Success(PayResponse::default()));
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), Some("A-2"))).await.unwrap();
+    let err = e
+        .start_sale(sale(Some(CODE), Some("A-2")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Conflict(_)));
+    assert!(err.to_string().contains(&rec.payment_request_id), "{err}");
+    final_state(&e, &rec.payment_request_id).await;
+    let err = e
+        .start_sale(sale(Some(CODE), Some("A-2")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already paid"), "{err}");
+    assert_eq!(fake.calls("pay").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scan_binds_to_the_waiting_sale() {
+    let fake = Fake::default();
+    fake.0
+        .lock()
+        .unwrap()
+        .pay
+        .push_back(Outcome::Success(PayResponse::default()));
+    let e = engine(&fake);
+    let err = e
+        .bind_code(PaymentCode::parse(CODE, &CodeRules::default()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no sale is waiting"), "{err}");
+    let rec = e.start_sale(sale(None, Some("A-3"))).await.unwrap();
+    assert_eq!(rec.state, State::AwaitingCode);
+    assert!(fake.calls("pay").is_empty());
+    let bound = e
+        .bind_code(PaymentCode::parse(CODE, &CodeRules::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(bound.payment_request_id, rec.payment_request_id);
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
+    assert_eq!(v.payment.code_masked.as_deref(), Some("2812**********3456"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_inquires_a_payment_left_paying_and_never_resends_the_pay() {
+    let fake = Fake::default();
+    fake.0.lock().unwrap().inquiry.push_back(status("SUCCESS"));
+    let store = Store::open_in_memory().unwrap();
+    // A payment committed as PAYING by a process that died before (or after) sending it.
+    let rec = store
+        .call(|c| {
+            Ok(payments::create(
+                c,
+                &NewPayment {
+                    order_ref: None,
+                    amount: Amount::parse("1", Currency::from_code("CNY").unwrap()).unwrap(),
+                    state: State::Paying,
+                    code_masked: Some("2812**********3456".into()),
+                    terminal_time: "2026-11-21T10:00:00+08:00".into(),
+                },
+                1,
+                |s| format!("P{s}"),
+            )?)
+        })
+        .await
+        .unwrap();
+    let e = Engine::new(store, Arc::new(fake.clone()), settings());
+    assert_eq!(e.recover().await.unwrap(), 1);
+    let v = final_state(&e, &rec.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
+    assert!(fake.calls("pay").is_empty(), "pay never resent");
+    assert_eq!(fake.calls("inquiry").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_ids_are_unique_and_bounded() {
+    let fake = Fake::default();
+    let e = engine(&fake);
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let r = e.start_sale(sale(None, None)).await.unwrap();
+        assert!(r.payment_request_id.len() <= 64);
+        assert!(r.payment_request_id.contains("T0001000000001234"));
+        assert!(ids.insert(r.payment_request_id.clone()));
+        e.abort(&r.payment_request_id).await.unwrap();
+    }
+}

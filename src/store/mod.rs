@@ -1,0 +1,225 @@
+//! SQLite: the durable record of every payment, its journal, refunds and the reversal queue.
+//! The only module that touches rusqlite.
+//!
+//! # Durability
+//! WAL with `synchronous=FULL`: a commit that returned is on disk and survives power loss.
+//! Every state change is one `BEGIN IMMEDIATE` transaction that checks the expected current
+//! state (compare-and-set) and appends its journal event (rules 1 and 5).
+//!
+//! # Concurrency
+//! One connection per process behind a mutex, used from `spawn_blocking`; other processes
+//! (a back-office command while the daemon runs) wait on the busy timeout.
+//!
+//! # Compatibility
+//! Migrations live in `migrations/NN-name/up.sql` and are applied on open. A database whose
+//! schema is newer than this binary knows is refused, never downgraded.
+
+pub mod payments;
+pub mod print_journal;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use include_dir::{include_dir, Dir};
+use rusqlite::Connection;
+use rusqlite_migration::Migrations;
+
+static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
+
+/// How long a writer waits for another process's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the store could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the directory of the database {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this posd knows ({known}); \
+         run the newer posd or restore a backup — posd never downgrades a database"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
+    #[error("database {path}: migration failed: {message}")]
+    Migration { path: PathBuf, message: String },
+}
+
+/// A handle to the database, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::from_directory(&MIGRATIONS_DIR)
+        .expect("migrations/ is well formed (checked by a test)")
+}
+
+/// Number of migrations this binary knows.
+pub fn schema_version() -> usize {
+    MIGRATIONS_DIR.dirs().count()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies the migrations.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let sq = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(sq)?;
+        configure(&mut conn, true).map_err(sq)?;
+        migrate(&mut conn, path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let sq = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open_in_memory().map_err(sq)?;
+        configure(&mut conn, false).map_err(sq)?;
+        migrate(&mut conn, &path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-call; the transaction it held was rolled
+            // back when its guard dropped, so the connection itself is still consistent.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await?
+    }
+
+    /// Runs `f` with the connection on this thread (CLI commands, tests).
+    pub fn call_blocking<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+fn configure(conn: &mut Connection, file: bool) -> rusqlite::Result<()> {
+    if file {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let found: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })? as usize;
+    let known = schema_version();
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    migrations()
+        .to_latest(conn)
+        .map_err(|e| StoreError::Migration {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// The current time in Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+        assert!(schema_version() >= 1);
+    }
+
+    #[test]
+    fn opens_with_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("sub/posd.sqlite3")).unwrap();
+        store
+            .call_blocking(|c| {
+                let mode: String = c.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+                let sync: i64 = c.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+                let fk: i64 = c.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+                assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posd.sqlite3");
+        drop(Store::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 999).unwrap();
+        drop(c);
+        let err = Store::open(&path)
+            .err()
+            .expect("newer schema refused")
+            .to_string();
+        assert!(err.contains("newer than this posd knows"), "{err}");
+        // Reopening again still refuses: nothing was changed.
+        assert!(Store::open(&path).is_err());
+    }
+}
