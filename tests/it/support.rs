@@ -134,13 +134,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
     }
 }
 
-/// Installs (once) a global TRACE-level subscriber writing into a shared buffer and returns it.
+/// Installs (once) a global subscriber for posd's own events (all levels; dependencies are
+/// left out so the buffer stays small) writing into a shared buffer, and returns the buffer.
 pub fn capture_logs() -> LogBuf {
     static LOGS: OnceLock<LogBuf> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buf = LogBuf::default();
         let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("posd=trace"))
             .with_writer(buf.clone())
             .with_ansi(false)
             .finish();
