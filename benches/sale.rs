@@ -28,7 +28,8 @@ fn key(name: &str) -> String {
 
 /// A zero-delay gateway: answers every pay with a signed S and reports arrival times.
 async fn fake_gateway(arrivals: mpsc::UnboundedSender<Instant>) -> String {
-    let gw_key = Arc::new(PrivateKey::from_text(&key("gateway_private_pkcs8.pem"), "gateway").unwrap());
+    let gw_key =
+        Arc::new(PrivateKey::from_text(&key("gateway_private_pkcs8.pem"), "gateway").unwrap());
     let app = axum::Router::new().route(
         "/ams/api/v1/payments/pay",
         post(move |headers: HeaderMap, body: Bytes| {
@@ -70,7 +71,9 @@ fn engine(base: String, dir: &std::path::Path) -> Engine {
         base_url: base,
         client_id: "BENCH_CLIENT".into(),
         key_version: "1".into(),
-        merchant_key: Arc::new(PrivateKey::from_text(&key("merchant_private_pkcs8.pem"), "merchant").unwrap()),
+        merchant_key: Arc::new(
+            PrivateKey::from_text(&key("merchant_private_pkcs8.pem"), "merchant").unwrap(),
+        ),
         gateway_key: PublicKey::from_text(&key("gateway_public.pem"), "gateway").unwrap(),
         notify_url: None,
         agent_token: None,
@@ -117,12 +120,15 @@ fn engine(base: String, dir: &std::path::Path) -> Engine {
 fn full_commit(dir: &std::path::Path, n: u32) -> Duration {
     std::fs::create_dir_all(dir).unwrap();
     let c = rusqlite::Connection::open(dir.join("floor.sqlite3")).unwrap();
-    c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).unwrap();
+    c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+        .unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();
-    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", []).unwrap();
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", [])
+        .unwrap();
     let start = Instant::now();
     for i in 0..n {
-        c.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")]).unwrap();
+        c.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
     }
     start.elapsed() / n
 }
@@ -135,8 +141,15 @@ fn openssl_sign() -> Option<Duration> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "rsa 2048 bits 0.000281s 0.000008s   3555.2 118000.1"
-    let line = text.lines().find(|l| l.trim_start().starts_with("rsa 2048") || l.contains("rsa  2048"))?;
-    let secs: f64 = line.split_whitespace().find(|w| w.ends_with('s') && w.contains('.'))?.trim_end_matches('s').parse().ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("rsa 2048") || l.contains("rsa  2048"))?;
+    let secs: f64 = line
+        .split_whitespace()
+        .find(|w| w.ends_with('s') && w.contains('.'))?
+        .trim_end_matches('s')
+        .parse()
+        .ok()?;
     Some(Duration::from_secs_f64(secs))
 }
 
@@ -152,7 +165,10 @@ fn main() {
     let n_commit = if quick { 10 } else { 300 };
     let commit_before = full_commit(dir.path(), n_commit);
     let sign = openssl_sign();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let base = fake_gateway(tx).await;

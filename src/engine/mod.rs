@@ -127,8 +127,10 @@ struct Inner {
     settings: EngineSettings,
     /// Wakes the driver of a payment (an abort arrived while it waited).
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Bumped after every committed change; long-polls watch it.
+    /// Bumped after every committed change (metrics, health).
     changes: watch::Sender<u64>,
+    /// Per-payment state watchers for long-polls: only the waiters of a payment wake.
+    watchers: Mutex<HashMap<String, watch::Sender<State>>>,
     /// Signalled when a slip was written to the print journal.
     slips: Arc<Notify>,
     tracker: TaskTracker,
@@ -145,6 +147,7 @@ impl Engine {
                 settings,
                 wakers: Mutex::new(HashMap::new()),
                 changes: watch::channel(0).0,
+                watchers: Mutex::new(HashMap::new()),
                 slips: Arc::new(Notify::new()),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
@@ -175,6 +178,19 @@ impl Engine {
     /// Tells waiters that a commit happened.
     pub fn changed(&self) {
         self.inner.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Tells the waiters of one payment its new state (and bumps the global tick).
+    pub fn changed_payment(&self, id: &str, state: State) {
+        self.changed();
+        let w = self
+            .inner
+            .watchers
+            .lock()
+            .expect("watchers lock is never held across a panic");
+        if let Some(tx) = w.get(id) {
+            tx.send_replace(state);
+        }
     }
 
     /// Notified whenever a slip is written to the print journal (the print worker waits on it).
@@ -265,6 +281,7 @@ impl Engine {
         tracing::info!(payment = %rec.payment_request_id, amount = %rec.amount, state = %rec.state, "sale started");
         if let Some(code) = req.code {
             failpoint::hit("intent_committed");
+            let code = self.pay_order(&rec, code);
             self.spawn_driver(
                 rec.payment_request_id.clone(),
                 machine::Effect::SendPay,
@@ -307,6 +324,7 @@ impl Engine {
             })?;
         self.changed();
         failpoint::hit("intent_committed");
+        let code = self.pay_order(&rec, code);
         self.spawn_driver(
             rec.payment_request_id.clone(),
             machine::Effect::SendPay,
@@ -368,7 +386,7 @@ impl Engine {
             .await??;
         let (rec, changed) = outcome;
         if changed {
-            self.changed();
+            self.changed_payment(&rec.payment_request_id, rec.state);
             self.inner.slips.notify_one();
         }
         Ok(rec)
@@ -379,7 +397,7 @@ impl Engine {
         let id = id.to_string();
         self.inner
             .store
-            .call(move |c| {
+            .read(move |c| {
                 let Some(payment) = payments::get(c, &id)? else {
                     return Ok(Err(EngineError::NotFound(id)));
                 };
@@ -389,20 +407,50 @@ impl Engine {
             .await?
     }
 
-    /// Waits until the payment is final or `wait` passes, then returns it.
+    /// Waits until the payment is final or `wait` passes, then returns it. Only this
+    /// payment's commits wake the waiter; the database is read once before and once after.
     pub async fn wait_final(&self, id: &str, wait: Duration) -> Result<PaymentView, EngineError> {
-        let mut rx = self.subscribe();
+        let mut rx = {
+            let mut w = self
+                .inner
+                .watchers
+                .lock()
+                .expect("watchers lock is never held across a panic");
+            w.entry(id.to_string())
+                .or_insert_with(|| watch::channel(State::AwaitingCode).0)
+                .subscribe()
+        };
+        let v = self.view(id).await?;
+        if v.payment.state.is_final() || wait.is_zero() {
+            self.drop_watcher(id);
+            return Ok(v);
+        }
         let deadline = tokio::time::Instant::now() + wait;
+        // A commit from another process (a back-office command on the same database) does
+        // not signal us: re-read at least this often.
+        const REREAD: Duration = Duration::from_secs(1);
         loop {
-            rx.borrow_and_update();
+            let next = (tokio::time::Instant::now() + REREAD).min(deadline);
+            match tokio::time::timeout_at(next, rx.changed()).await {
+                Ok(Ok(())) if !rx.borrow_and_update().is_final() => continue,
+                _ => {}
+            }
             let v = self.view(id).await?;
-            if v.payment.state.is_final() {
+            if v.payment.state.is_final() || tokio::time::Instant::now() >= deadline {
+                self.drop_watcher(id);
                 return Ok(v);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return self.view(id).await,
-            }
+        }
+    }
+
+    fn drop_watcher(&self, id: &str) {
+        let mut w = self
+            .inner
+            .watchers
+            .lock()
+            .expect("watchers lock is never held across a panic");
+        if w.get(id).is_some_and(|tx| tx.receiver_count() <= 1) {
+            w.remove(id);
         }
     }
 
@@ -437,10 +485,6 @@ impl Engine {
             .is_ok()
     }
 
-    fn inner_queue_initial(&self) -> Duration {
-        self.inner.settings.queue_backoff_initial
-    }
-
     /// Number of payment tasks running.
     pub fn active_drivers(&self) -> usize {
         self.inner.tracker.len()
@@ -464,7 +508,26 @@ impl Engine {
         }
     }
 
-    fn spawn_driver(&self, id: String, effect: machine::Effect, code: Option<PaymentCode>) {
+    /// The pay request for a payment whose intent is committed.
+    fn pay_order(&self, rec: &PaymentRecord, code: PaymentCode) -> crate::gateway::PayOrder {
+        let terminal_time = chrono::DateTime::parse_from_rfc3339(&rec.terminal_time)
+            .unwrap_or_else(|_| self.local_now());
+        crate::gateway::PayOrder {
+            payment_request_id: rec.payment_request_id.clone(),
+            amount: rec.amount,
+            code,
+            order_ref: rec.order_ref.clone(),
+            description: self.inner.settings.description.clone(),
+            terminal_time,
+        }
+    }
+
+    fn spawn_driver(
+        &self,
+        id: String,
+        effect: machine::Effect,
+        code: Option<crate::gateway::PayOrder>,
+    ) {
         let waker = Arc::new(Notify::new());
         {
             let mut w = self
