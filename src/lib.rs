@@ -20,5 +20,7 @@ pub mod daemon;
 pub mod domain;
 pub mod engine;
 pub mod gateway;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod store;

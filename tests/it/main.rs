@@ -11,3 +11,6 @@ mod client;
 
 // The sandbox gateway through the real client: every scenario row, idempotency, restarts.
 mod sandbox;
+
+// The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
+mod notify;
