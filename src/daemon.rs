@@ -25,6 +25,8 @@ use crate::store::Store;
 
 /// How long shutdown waits for in-flight gateway calls before leaving them to recovery.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long the runtime waits for leftover blocking work (a stdin read) when the daemon exits.
+pub const RUNTIME_EXIT_GRACE: Duration = Duration::from_millis(500);
 
 /// The directory that holds the database and, in sandbox mode, the generated keys.
 pub fn state_dir(cfg: &Config) -> PathBuf {

@@ -145,3 +145,75 @@ pub async fn watchdog(health: Health, interval: Duration, token: CancellationTok
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineSettings;
+    use crate::gateway::wire;
+    use crate::gateway::{Gateway, Outcome, PayOrder, RefundOrder};
+    use crate::store::Store;
+
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl Gateway for Nothing {
+        async fn pay(&self, _: &PayOrder) -> Outcome<wire::PayResponse> {
+            unknown()
+        }
+        async fn inquiry_payment(&self, _: &str) -> Outcome<wire::InquiryPaymentResponse> {
+            unknown()
+        }
+        async fn cancel(&self, _: &str) -> Outcome<wire::CancelResponse> {
+            unknown()
+        }
+        async fn refund(&self, _: &RefundOrder) -> Outcome<wire::RefundResponse> {
+            unknown()
+        }
+        async fn inquiry_refund(&self, _: &str) -> Outcome<wire::InquiryRefundResponse> {
+            unknown()
+        }
+    }
+
+    fn unknown<T>() -> Outcome<T> {
+        Outcome::Unknown { why: "test".into() }
+    }
+
+    fn engine() -> Engine {
+        let text = include_str!("../config.toml");
+        let cfg = crate::config::Config::parse(text, "config.toml".as_ref(), ".".as_ref())
+            .expect("the example config parses");
+        Engine::new(
+            Store::open_in_memory().unwrap(),
+            Arc::new(Nothing),
+            EngineSettings::from_config(&cfg),
+        )
+    }
+
+    #[tokio::test]
+    async fn healthy_until_a_worker_dies_or_shutdown_begins() {
+        let engine = engine();
+        let health = Health::new(engine.clone());
+        let r = health.check().await;
+        assert!(r.healthy() && r.alive(), "{r:?}");
+        assert_eq!(r.reason(), None);
+
+        let task = tokio::spawn(async {});
+        let handle = task.abort_handle();
+        task.await.unwrap();
+        health.add_task("queue", handle);
+        let r = health.check().await;
+        assert!(!r.alive() && !r.healthy());
+        assert!(r.reason().unwrap().contains("queue has stopped"), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_drain_is_not_healthy_but_still_alive_for_the_watchdog() {
+        let engine = engine();
+        let health = Health::new(engine.clone());
+        assert!(engine.shutdown(Duration::from_millis(10)).await);
+        let r = health.check().await;
+        assert!(r.alive() && !r.healthy(), "{r:?}");
+        assert_eq!(r.reason().as_deref(), Some("shutting down"));
+    }
+}

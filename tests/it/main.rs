@@ -14,3 +14,6 @@ mod sandbox;
 
 // The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
 mod notify;
+
+// The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
+mod ops;
