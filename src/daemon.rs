@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, GatewayKind};
+use crate::devices::print_worker::{PrintWorker, PrintWorkerHandle};
+use crate::devices::scanner::ScanEvent;
 use crate::engine::{Engine, EngineSettings};
 use crate::gateway::client::{AmsClient, ClientSettings};
 use crate::gateway::sandbox::{self, Sandbox, SandboxHandle, SandboxSettings};
@@ -87,6 +89,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The health check (also drives the systemd watchdog).
     pub health: Health,
+    /// The print worker.
+    pub printer: PrintWorkerHandle,
 }
 
 /// Runs the daemon until `shutdown` resolves.
@@ -262,9 +266,26 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         tracing::info!(addr = %addr, path = %cfg.notify.path, "notification endpoint listening");
     }
 
-    if cfg.scanner.kind == "stdin" {
-        spawn_stdin_scanner(engine.clone(), cfg.code_rules(), token.clone());
+    let mut printer_cfg = cfg.printer.clone();
+    printer_cfg.path = cfg.resolve(&printer_cfg.path);
+    let printer = PrintWorker::spawn(&printer_cfg, engine.store().clone(), token.clone())
+        .context("cannot start the printer worker ([printer])")?;
+    let slips = engine.slips_written();
+    let wake = printer.waker();
+    let t = token.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = slips.notified() => wake.notify_one(),
+                _ = t.cancelled() => break,
+            }
+        }
+    });
+    spawn_printer_metrics(&printer, metrics.clone(), token.clone());
+    if cfg.scanner.kind == crate::devices::config::ScannerKind::None {
+        metrics.set_scanner_status("DISABLED");
     }
+    spawn_scanner(engine.clone(), cfg, token.clone());
     eprintln!("posd: ready; API on http://{api_addr}");
     Ok(Running {
         engine,
@@ -273,34 +294,52 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         notify_addr,
         metrics,
         health,
+        printer,
     })
 }
 
-/// Reads payment codes typed (or scanned by a keyboard-wedge scanner) on standard input and
-/// binds each to the sale waiting for a code.
-fn spawn_stdin_scanner(
-    engine: Engine,
-    rules: crate::domain::code::CodeRules,
+/// Mirrors the print worker's status into the `posd_printer_status` gauge.
+fn spawn_printer_metrics(
+    printer: &PrintWorkerHandle,
+    metrics: Arc<Metrics>,
     token: CancellationToken,
 ) {
-    use tokio::io::AsyncBufReadExt;
+    let mut status = printer.subscribe();
     tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         loop {
-            let line = tokio::select! {
-                l = lines.next_line() => l,
+            let now = *status.borrow_and_update();
+            metrics.set_printer_status(now.as_str());
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { break },
                 _ = token.cancelled() => break,
-            };
-            let Ok(Some(line)) = line else { break };
-            if line.trim().is_empty() {
-                continue;
             }
-            match crate::domain::code::PaymentCode::parse(&line, &rules) {
-                Err(e) => eprintln!("posd: scan rejected: {e}"),
-                Ok(code) => match engine.bind_code(code).await {
-                    Ok(p) => eprintln!("posd: code bound to {}", p.payment_request_id),
-                    Err(e) => eprintln!("posd: scan rejected: {e}"),
-                },
+        }
+    });
+}
+
+/// Feeds validated, de-duplicated scans to the engine: each binds to the sale waiting for a
+/// code; a rejected scan or a scan with no sale waiting is reported with its reason.
+fn spawn_scanner(engine: Engine, cfg: &Config, token: CancellationToken) {
+    let mut scans = crate::devices::scanner::spawn(&cfg.scanner, &cfg.code_rules(), token);
+    tokio::spawn(async move {
+        while let Some(event) = scans.recv().await {
+            match event {
+                ScanEvent::Rejected { reason, masked } => {
+                    tracing::warn!(scan = %masked, reason = %reason, "scan rejected");
+                    eprintln!("posd: scan rejected: {reason}");
+                }
+                ScanEvent::Code(code) => {
+                    let masked = code.masked();
+                    match engine.bind_code(code).await {
+                        Ok(p) => {
+                            tracing::info!(scan = %masked, payment = %p.payment_request_id, "scan bound to the waiting sale");
+                        }
+                        Err(e) => {
+                            tracing::warn!(scan = %masked, reason = %e, "scan rejected");
+                            eprintln!("posd: scan rejected: {e}");
+                        }
+                    }
+                }
             }
         }
     });

@@ -20,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod devices;
 pub mod domain;
 pub mod engine;
 pub mod gateway;

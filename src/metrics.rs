@@ -38,7 +38,7 @@ pub const LATENCY_BUCKETS: [f64; 11] =
     [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0];
 
 /// The status a device has before anyone reported one.
-pub const UNKNOWN_STATUS: &str = "unknown";
+pub const UNKNOWN_STATUS: &str = "UNKNOWN";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -93,7 +93,7 @@ impl StatusGauge {
     }
 }
 
-/// A callback that a device worker calls with its status (`ok`, `offline`, `paper_out`, …).
+/// A callback that a device worker calls with its status (`READY`, `OFFLINE`, `PAPER_OUT`, …).
 pub type StatusHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The registry and every metric in it.
@@ -207,12 +207,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the printer's status (e.g. `ok`, `offline`, `paper_out`).
+    /// Sets the printer's status (`devices::printer::PrinterStatus::as_str`: `READY`, `PAPER_OUT`, …).
     pub fn set_printer_status(&self, status: &str) {
         self.printer.set(status);
     }
 
-    /// Sets the scanner's status (e.g. `ok`, `disconnected`).
+    /// Sets the scanner's status (e.g. `READY`, `DISCONNECTED`, `DISABLED`).
     pub fn set_scanner_status(&self, status: &str) {
         self.scanner.set(status);
     }
@@ -285,23 +285,23 @@ mod tests {
     #[test]
     fn device_status_keeps_one_current_value() {
         let m = Metrics::new();
-        m.set_printer_status("ok");
-        m.printer_hook()("paper_out");
+        m.set_printer_status("READY");
+        m.printer_hook()("PAPER_OUT");
         let text = m.encode();
         assert!(
-            text.contains("posd_printer_status{status=\"paper_out\"} 1"),
+            text.contains("posd_printer_status{status=\"PAPER_OUT\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("posd_printer_status{status=\"ok\"} 0"),
+            text.contains("posd_printer_status{status=\"READY\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("posd_printer_status{status=\"unknown\"} 0"),
+            text.contains("posd_printer_status{status=\"UNKNOWN\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("posd_scanner_status{status=\"unknown\"} 1"),
+            text.contains("posd_scanner_status{status=\"UNKNOWN\"} 1"),
             "{text}"
         );
     }

@@ -58,6 +58,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the payment's slip again (marked as a copy).
+    Reprint {
+        /// The paymentRequestId.
+        id: String,
+    },
     /// Merchant keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -162,6 +167,16 @@ fn run(cli: Cli) -> u8 {
                 .post(&format!("/v1/payments/{id}/abort"), &serde_json::json!({}))
                 .await?;
             print_payment(&p, json);
+            Ok(EXIT_OK)
+        }),
+        Command::Reprint { id } => with_client(&cfg, |c| async move {
+            let v: serde_json::Value = c
+                .post(
+                    &format!("/v1/payments/{id}/receipt"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("slip {} queued for printing (copy)", v["slip_id"]);
             Ok(EXIT_OK)
         }),
         Command::Keys(_) | Command::Config(_) => unreachable!("handled above"),

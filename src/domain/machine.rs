@@ -206,6 +206,10 @@ pub struct Context {
     pub refund_kind: RefundKind,
     /// Where a `Requested` refund that the gateway declines returns to.
     pub refund_return_to: State,
+    /// Whether any gateway answer ever showed it knew this payment (it gave a `paymentId`).
+    /// A cancel answered `ORDER_NOT_EXIST` for a payment the gateway never saw means the pay
+    /// never arrived (e.g. the terminal died between committing the intent and sending).
+    pub gateway_saw_payment: bool,
 }
 
 impl Default for Context {
@@ -215,6 +219,7 @@ impl Default for Context {
             inquiry_max: 10,
             refund_kind: RefundKind::Reversal,
             refund_return_to: State::Succeeded,
+            gateway_saw_payment: false,
         }
     }
 }
@@ -416,6 +421,12 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 "cancel window passed; refunding the full amount",
                 Some(code),
                 Effect::Refund,
+            ),
+            Answer::Failed { code, .. } if code == "ORDER_NOT_EXIST" && !ctx.gateway_saw_payment => go(
+                S::Failed,
+                "the gateway has no record of this payment (the pay never arrived); the customer was not charged",
+                Some(code),
+                Effect::None,
             ),
             Answer::Failed { code, message } => go(
                 S::NeedsAttention,

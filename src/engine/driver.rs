@@ -425,6 +425,26 @@ async fn commit(
         if to == State::NeedsAttention {
             change.attention_reason = Some(change.cause.clone());
         }
+        if matches!(
+            to,
+            State::Succeeded | State::Cancelled | State::Refunded | State::PartiallyRefunded
+        ) {
+            let refund = match &rec.active_refund_id {
+                Some(rid) => {
+                    let rid = rid.clone();
+                    engine
+                        .store()
+                        .call(move |c| Ok(payments::get_refund(c, &rid)?))
+                        .await?
+                }
+                None => None,
+            };
+            let mut with_id = rec.clone();
+            if with_id.payment_id.is_none() {
+                with_id.payment_id = extras.payment_id.clone();
+            }
+            change.slip = engine.slip_for(&with_id, to, refund.as_ref());
+        }
         let now = now_ms();
         let backoff = engine.inner_queue_initial();
         match effect {
@@ -513,6 +533,7 @@ async fn commit(
         match applied {
             Some(new) => {
                 engine.changed();
+                engine.slips_written().notify_one();
                 tracing::info!(from = %expected, to = %new.state, "payment moved");
                 if matches!(effect, Effect::EnqueueCancel | Effect::EnqueueRefund) {
                     failpoint::hit("queue_written");

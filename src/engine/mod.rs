@@ -34,6 +34,10 @@ pub struct EngineSettings {
     pub timezone: Option<chrono_tz::Tz>,
     /// `orderDescription` sent with every pay.
     pub description: String,
+    /// Merchant name on slips.
+    pub merchant_name: String,
+    /// Store name on slips.
+    pub store_name: String,
     /// Deadline of the pay call (the client enforces it; the engine adds a safety margin).
     pub pay_timeout: Duration,
     /// Pause between inquiries.
@@ -62,6 +66,8 @@ impl EngineSettings {
             terminal_id: cfg.terminal.id.clone(),
             timezone: cfg.timezone(),
             description: format!("{} purchase", cfg.terminal.store_name),
+            merchant_name: cfg.terminal.merchant_name.clone(),
+            store_name: cfg.terminal.store_name.clone(),
             pay_timeout: f.pay_timeout.0,
             inquiry_interval: f.inquiry_interval.0,
             inquiry_timeout: f.inquiry_timeout.0,
@@ -124,6 +130,8 @@ struct Inner {
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
     /// Bumped after every committed change; long-polls watch it.
     changes: watch::Sender<u64>,
+    /// Signalled when a slip was written to the print journal.
+    slips: Arc<Notify>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -138,6 +146,7 @@ impl Engine {
                 settings,
                 wakers: Mutex::new(HashMap::new()),
                 changes: watch::channel(0).0,
+                slips: Arc::new(Notify::new()),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -167,6 +176,53 @@ impl Engine {
     /// Tells waiters that a commit happened.
     pub fn changed(&self) {
         self.inner.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Notified whenever a slip is written to the print journal (the print worker waits on it).
+    pub fn slips_written(&self) -> Arc<Notify> {
+        self.inner.slips.clone()
+    }
+
+    /// The slip a move from `rec`'s state to `to` prints, if any: SALE on success, CANCEL on a
+    /// confirmed reversal by cancel, REFUND (for `refund`) on a confirmed refund.
+    pub fn slip_for(
+        &self,
+        rec: &PaymentRecord,
+        to: State,
+        refund: Option<&crate::store::payments::RefundRecord>,
+    ) -> Option<crate::devices::receipt::SlipData> {
+        use crate::devices::receipt::{SlipData, SlipKind};
+        if to == rec.state {
+            return None;
+        }
+        let (kind, amount, refund_request_id) = match to {
+            State::Succeeded => (SlipKind::Sale, rec.amount, None),
+            State::Cancelled if matches!(rec.state, State::Cancelling | State::CancelQueued) => {
+                (SlipKind::Cancel, rec.amount, None)
+            }
+            State::Refunded | State::PartiallyRefunded => match refund {
+                Some(r) => (
+                    SlipKind::Refund,
+                    r.amount,
+                    Some(r.refund_request_id.clone()),
+                ),
+                None => (SlipKind::Refund, rec.amount, None),
+            },
+            _ => return None,
+        };
+        let s = &self.inner.settings;
+        Some(SlipData {
+            kind,
+            merchant_name: s.merchant_name.clone(),
+            store_name: s.store_name.clone(),
+            terminal_id: s.terminal_id.clone(),
+            amount,
+            payment_request_id: rec.payment_request_id.clone(),
+            payment_id: rec.payment_id.clone(),
+            refund_request_id,
+            local_time: self.local_now().naive_local(),
+            copy: false,
+        })
     }
 
     /// Local time at the terminal, with its offset.
@@ -274,6 +330,7 @@ impl Engine {
     pub async fn apply_event(&self, id: &str, event: Event) -> Result<PaymentRecord, EngineError> {
         let id_owned = id.to_string();
         let inquiry_max = self.inner.settings.inquiry_max;
+        let engine = self.clone();
         let outcome = self
             .inner
             .store
@@ -285,10 +342,15 @@ impl Engine {
                     let ctx = context_of(&rec, inquiry_max);
                     match machine::decide(rec.state, &ctx, &event) {
                         Decision::Go { to, cause, result_code, .. } => {
+                            let refund = match &rec.active_refund_id {
+                                Some(r) => payments::get_refund(c, r)?,
+                                None => None,
+                            };
                             let change = Change {
                                 to: Some(to),
                                 cause,
                                 result_code,
+                                slip: engine.slip_for(&rec, to, refund.as_ref()),
                                 ..Default::default()
                             };
                             if let Some(new) = payments::apply(c, &id_owned, rec.state, &change, now_ms())? {
@@ -308,6 +370,7 @@ impl Engine {
         let (rec, changed) = outcome;
         if changed {
             self.changed();
+            self.inner.slips.notify_one();
         }
         Ok(rec)
     }
@@ -452,6 +515,7 @@ pub(crate) fn context_of(rec: &PaymentRecord, inquiry_max: u32) -> Context {
             machine::RefundKind::Reversal
         },
         refund_return_to: rec.refund_return_to.unwrap_or(State::Succeeded),
+        gateway_saw_payment: rec.payment_id.is_some(),
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod notifications;
 pub mod payments;
+pub mod print_journal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

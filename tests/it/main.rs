@@ -12,6 +12,15 @@ mod client;
 // The sandbox gateway through the real client: every scenario row, idempotency, restarts.
 mod sandbox;
 
+// A real `posd run` process with test keys and short timings.
+mod daemon;
+
+// End to end through the binary: every sandbox row, crash points, concurrency.
+mod e2e;
+
+// Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
+mod devices;
+
 // The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
 mod notify;
 

@@ -64,21 +64,21 @@ struct Harness {
     metrics: Arc<Metrics>,
 }
 
+/// The repository's example config with short timings (new settings fields follow it).
 fn settings() -> EngineSettings {
-    EngineSettings {
-        terminal_id: "T0001".into(),
-        timezone: Some(chrono_tz::Asia::Shanghai),
-        description: "test".into(),
-        pay_timeout: Duration::from_millis(300),
-        inquiry_interval: Duration::from_millis(20),
-        inquiry_timeout: Duration::from_millis(200),
-        inquiry_max: 10,
-        cancel_timeout: Duration::from_millis(200),
-        cancel_retry_window: Duration::from_millis(300),
-        cancel_retry_min: Duration::from_millis(20),
-        cancel_retry_max: Duration::from_millis(50),
-        queue_backoff_initial: Duration::from_millis(100),
-    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config.toml")).expect("config.toml");
+    let cfg = posd::config::Config::parse(&text, &root.join("config.toml"), root)
+        .expect("the example config parses");
+    let mut s = EngineSettings::from_config(&cfg);
+    s.pay_timeout = Duration::from_millis(300);
+    s.inquiry_interval = Duration::from_millis(20);
+    s.inquiry_timeout = Duration::from_millis(200);
+    s.cancel_timeout = Duration::from_millis(200);
+    s.cancel_retry_window = Duration::from_millis(300);
+    s.cancel_retry_min = Duration::from_millis(20);
+    s.cancel_retry_max = Duration::from_millis(50);
+    s
 }
 
 impl Harness {

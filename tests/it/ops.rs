@@ -565,13 +565,14 @@ async fn metrics_parse_as_prometheus_text_and_the_token_guards_the_api() {
         Some(0.0),
         "{text}"
     );
+    // [printer] and [scanner] kind = "none" in these tests.
     assert_eq!(
-        value("posd_printer_status", &[("status", "unknown")]),
+        value("posd_printer_status", &[("status", "DISABLED")]),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        value("posd_scanner_status", &[("status", "unknown")]),
+        value("posd_scanner_status", &[("status", "DISABLED")]),
         Some(1.0),
         "{text}"
     );

@@ -296,12 +296,28 @@ fn cancel_outcomes() {
             ..
         }
     ));
+    // The gateway never saw the pay (no paymentId ever): not charged.
+    let gone = Event::CancelAnswered(failed("ORDER_NOT_EXIST"));
     assert_eq!(
-        target(&decide(
-            State::Cancelling,
-            &ctx,
-            &Event::CancelAnswered(failed("ORDER_NOT_EXIST"))
-        )),
+        target(&decide(State::Cancelling, &ctx, &gone)),
+        Some(State::Failed)
+    );
+    // It did see it and now denies it: a human must look.
+    let seen = Context {
+        gateway_saw_payment: true,
+        ..ctx
+    };
+    assert_eq!(
+        target(&decide(State::Cancelling, &seen, &gone)),
+        Some(State::NeedsAttention)
+    );
+    let other = Event::CancelAnswered(failed("ORDER_STATUS_INVALID"));
+    assert_eq!(
+        target(&decide(State::Cancelling, &seen, &other)),
+        Some(State::NeedsAttention)
+    );
+    assert_eq!(
+        target(&decide(State::Cancelling, &ctx, &other)),
         Some(State::NeedsAttention)
     );
     assert_eq!(

@@ -1,0 +1,304 @@
+//! A real `posd run` process for end-to-end tests: a temp state directory with test keys, a
+//! config with short flow timings, a free API port, start / SIGKILL / restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Flow timings short enough to run every scenario in well under a second.
+pub const FAST_FLOW: &str = r#"
+[flow]
+pay_timeout = "300ms"
+inquiry_interval = "20ms"
+inquiry_timeout = "200ms"
+inquiry_max = 10
+cancel_timeout = "200ms"
+cancel_retry_window = "400ms"
+cancel_retry_min = "20ms"
+cancel_retry_max = "50ms"
+queue_backoff_initial = "30s"
+queue_backoff_max = "10m"
+"#;
+
+/// A free loopback port (bound then released; the daemon binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn copy_key(from: &str, to: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(super::support::keys_dir().join(from), to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A daemon under test.
+pub struct TestDaemon {
+    /// Keeps the state directory alive.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    child: Option<Child>,
+    http: reqwest::Client,
+    starts: u32,
+}
+
+impl TestDaemon {
+    /// Writes a config (the repository's `config.toml` with `extra` appended sections
+    /// replacing its own) and the test keys; does not start the process.
+    pub fn new(extra: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let state = dir.path().join("var");
+        copy_key(
+            "merchant_private_pkcs8.pem",
+            &state.join("keys/merchant_private.pem"),
+            0o600,
+        );
+        copy_key(
+            "merchant_public.pem",
+            &state.join("keys/merchant_public.pem"),
+            0o644,
+        );
+        copy_key(
+            "gateway_private_pkcs8.pem",
+            &state
+                .join("sandbox-keys")
+                .join(posd::gateway::sandbox::GATEWAY_PRIVATE_KEY_FILE),
+            0o600,
+        );
+        copy_key(
+            "gateway_public.pem",
+            &state
+                .join("sandbox-keys")
+                .join(posd::gateway::sandbox::GATEWAY_PUBLIC_KEY_FILE),
+            0o644,
+        );
+        let repo_config = include_str!("../../config.toml");
+        let overridden: Vec<&str> = extra
+            .lines()
+            .filter(|l| l.starts_with('['))
+            .chain(["[api]", "[scanner]", "[flow]"])
+            .collect();
+        let mut config = drop_sections(repo_config, &overridden);
+        config.push_str(&format!(
+            "\n[api]\nlisten = \"127.0.0.1:{port}\"\n[scanner]\nkind = \"none\"\n"
+        ));
+        if !extra.contains("[flow]") {
+            config.push_str(FAST_FLOW);
+        }
+        config.push_str(extra);
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        TestDaemon {
+            dir,
+            config: path,
+            base: format!("http://127.0.0.1:{port}"),
+            child: None,
+            http: reqwest::Client::new(),
+            starts: 0,
+        }
+    }
+
+    /// The state directory (`var/` beside the config).
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("var")
+    }
+
+    /// Starts `posd run`, with `POSD_FAILPOINT` set when given, and waits until the API answers.
+    pub async fn start(&mut self, failpoint: Option<&str>) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("daemon-{}.log", self.starts)))
+                .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posd"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env_remove("POSD_FAILPOINT")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(f) = failpoint {
+            cmd.env("POSD_FAILPOINT", f);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("posd exited during start-up ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "posd did not become ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every log line the daemon wrote so far.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// Waits for the process to exit by itself (a failpoint killed it) and returns its status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "posd did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// POST /v1/payments; returns (status, body).
+    pub async fn create(&self, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/payments", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Starts a sale with a code and returns its id.
+    pub async fn pay(&self, code: &str, amount: &str) -> String {
+        let (status, body) = self
+            .create(serde_json::json!({"amount": amount, "code": code}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["payment_request_id"].as_str().unwrap().to_string()
+    }
+
+    /// GET /v1/payments/{id}.
+    pub async fn get(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/payments/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Long-polls until the payment is final (panics after `within`).
+    pub async fn wait_final(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v: Value = self
+                .http
+                .get(format!("{}/v1/payments/{id}?wait=5", self.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["is_final"] == Value::Bool(true) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} not final: {v}\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// The sandbox's own record of a payment: (status, refunded total), `None` if it never saw it.
+    pub fn sandbox_record(&self, id: &str) -> Option<(String, i64)> {
+        let c = rusqlite::Connection::open(self.state().join("sandbox.sqlite3")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        use rusqlite::OptionalExtension;
+        c.query_row(
+            "SELECT p.status, (SELECT ifnull(sum(r.amount_minor),0) FROM refunds r WHERE r.payment_id = p.payment_id) \
+             FROM payments p WHERE p.payment_request_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    /// How many payment records the sandbox holds in all.
+    pub fn sandbox_payments(&self) -> i64 {
+        let c = rusqlite::Connection::open(self.state().join("sandbox.sqlite3")).unwrap();
+        c.query_row("SELECT count(*) FROM payments", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Pending queue items of a payment in the daemon's database.
+    pub fn queued(&self, id: &str) -> i64 {
+        let c = rusqlite::Connection::open(self.state().join("posd.sqlite3")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM reversal_queue WHERE payment_request_id = ?1 AND status = 'PENDING'",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes whole `[section]`s from a TOML text.
+fn drop_sections(text: &str, sections: &[&str]) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            skipping = sections.contains(&t);
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,388 @@
+//! The print journal and the print worker: a payment is recorded at once whatever the
+//! printer does; a slip that cannot print stays pending and prints when the printer is back;
+//! paper out is told apart from unknown over a real TCP connection; reprints are copies.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use posd::devices::config::{PrinterConfig, PrinterKind};
+use posd::devices::print_worker::{system_clock, OwnConnection, PrintWorker, WorkerSettings};
+use posd::devices::printer::{Job, PrintError, PrinterStatus, Transport};
+use posd::devices::profile::Profile;
+use posd::devices::receipt::{SlipData, SlipKind};
+use posd::domain::money::{Amount, Currency};
+use posd::store::print_journal::{self, SlipStatus};
+use rusqlite::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::wait_until;
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+fn slip(prid: &str) -> SlipData {
+    SlipData {
+        kind: SlipKind::Sale,
+        merchant_name: "Tea House Ltd".into(),
+        store_name: "Store 1".into(),
+        terminal_id: "T0001".into(),
+        amount: Amount::parse("12.34", Currency::from_code("CNY").unwrap()).unwrap(),
+        payment_request_id: prid.into(),
+        payment_id: Some("2026112119074102000000000012345".into()),
+        refund_request_id: None,
+        local_time: NaiveDateTime::parse_from_str("2026-11-21 14:03:05", "%Y-%m-%d %H:%M:%S")
+            .unwrap(),
+        copy: false,
+    }
+}
+
+/// A database file with the print journal and a stand-in for the lead's payments table.
+fn database(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("posd.sqlite3");
+    let c = Connection::open(&path).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.execute_batch(print_journal::MIGRATION).unwrap();
+    c.execute_batch(
+        "CREATE TABLE payments (payment_request_id TEXT PRIMARY KEY, state TEXT NOT NULL)",
+    )
+    .unwrap();
+    path
+}
+
+/// What the engine does when a sale succeeds: state and slip in one transaction.
+fn record_sale(c: &mut Connection, prid: &str) -> i64 {
+    let tx = c.transaction().unwrap();
+    tx.execute("INSERT INTO payments VALUES (?1, 'SUCCEEDED')", [prid])
+        .unwrap();
+    let id = print_journal::enqueue(&tx, &slip(prid)).unwrap();
+    tx.commit().unwrap();
+    id
+}
+
+fn row(c: &Connection, id: i64) -> print_journal::SlipRow {
+    print_journal::get(c, id).unwrap().expect("slip row")
+}
+
+fn fast() -> WorkerSettings {
+    WorkerSettings {
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(100),
+        status_poll: Duration::from_millis(30),
+        open_drawer: false,
+    }
+}
+
+#[derive(Default)]
+struct FakeState {
+    status: Option<PrinterStatus>,
+    hold: Duration,
+    printed: Vec<Job>,
+}
+
+/// A printer whose status the test sets, that can hang in the middle of a print.
+#[derive(Clone, Default)]
+struct FakePrinter(Arc<Mutex<FakeState>>);
+
+impl FakePrinter {
+    fn set(&self, status: PrinterStatus) {
+        self.0.lock().unwrap().status = Some(status);
+    }
+    fn printed(&self) -> Vec<i64> {
+        self.0
+            .lock()
+            .unwrap()
+            .printed
+            .iter()
+            .map(|j| j.slip_id)
+            .collect()
+    }
+}
+
+impl Transport for FakePrinter {
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+    fn status(&mut self) -> PrinterStatus {
+        self.0
+            .lock()
+            .unwrap()
+            .status
+            .unwrap_or(PrinterStatus::Ready)
+    }
+    fn print(&mut self, job: &Job) -> Result<PrinterStatus, PrintError> {
+        let hold = self.0.lock().unwrap().hold;
+        std::thread::sleep(hold);
+        let status = self.status();
+        if status.is_fault() {
+            return Err(PrintError::NotReady(status));
+        }
+        self.0.lock().unwrap().printed.push(job.clone());
+        Ok(status)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printer_offline_at_sale_time_slip_waits_and_prints_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database(dir.path());
+    let printer = FakePrinter::default();
+    printer.set(PrinterStatus::Offline);
+    let shutdown = CancellationToken::new();
+    let worker = PrintWorker::spawn_with(
+        Box::new(printer.clone()),
+        Profile::load("generic-80mm").unwrap(),
+        fast(),
+        OwnConnection::open(&path).unwrap(),
+        system_clock(),
+        shutdown.clone(),
+    )
+    .unwrap();
+
+    let mut engine = Connection::open(&path).unwrap();
+    let id = record_sale(&mut engine, "P1");
+    worker.wake();
+    wait_until("the failed attempt to be recorded", LIMIT, || {
+        row(&engine, id).attempts >= 1
+    })
+    .await;
+    let r = row(&engine, id);
+    assert_eq!(r.status, SlipStatus::Pending);
+    assert_eq!(r.printer_status.as_deref(), Some("OFFLINE"));
+    assert_eq!(worker.status(), PrinterStatus::Offline);
+    assert!(printer.printed().is_empty());
+
+    // While the printer is stuck mid-job, recording payments is not delayed.
+    printer.0.lock().unwrap().hold = Duration::from_millis(400);
+    printer.set(PrinterStatus::Ready);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let t = Instant::now();
+    let id2 = record_sale(&mut engine, "P2");
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "recording took {:?}",
+        t.elapsed()
+    );
+
+    wait_until("both slips printed", LIMIT, || {
+        row(&engine, id).status == SlipStatus::Printed
+            && row(&engine, id2).status == SlipStatus::Printed
+    })
+    .await;
+    let mut printed = printer.printed();
+    printed.sort();
+    assert_eq!(printed, vec![id, id2], "each slip printed exactly once");
+    assert_eq!(worker.status(), PrinterStatus::Ready);
+    shutdown.cancel();
+    worker.join().await;
+}
+
+/// What the fake network printer answers to DLE EOT.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ready,
+    PaperOut,
+    /// Never answers DLE EOT (a printer without status support).
+    Silent,
+}
+
+/// A raw TCP printer on 127.0.0.1:0 that answers DLE EOT 1, 2 and 4 as an Epson does
+/// (values seen from emupos) and keeps everything else it receives.
+fn network_printer(mode: Arc<Mutex<Mode>>, received: Arc<Mutex<Vec<u8>>>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { return };
+            let (mode, received) = (mode.clone(), received.clone());
+            std::thread::spawn(move || {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    while let Some(at) = data
+                        .windows(3)
+                        .position(|w| w[0] == 0x10 && w[1] == 0x04 && (1..=4).contains(&w[2]))
+                    {
+                        let n = data[at + 2];
+                        let reply = match (*mode.lock().unwrap(), n) {
+                            (Mode::Silent, _) => None,
+                            (Mode::Ready, 1) => Some(0x16),
+                            (Mode::Ready, _) => Some(0x12),
+                            (Mode::PaperOut, 1) => Some(0x1e),
+                            (Mode::PaperOut, 2) => Some(0x32),
+                            (Mode::PaperOut, _) => Some(0x7e),
+                        };
+                        received.lock().unwrap().extend_from_slice(&data[..at]);
+                        data.drain(..at + 3);
+                        if let Some(r) = reply {
+                            let _ = s.write_all(&[r]);
+                        }
+                    }
+                }
+                received.lock().unwrap().extend_from_slice(&data);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database(dir.path());
+    let mode = Arc::new(Mutex::new(Mode::PaperOut));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let port = network_printer(mode.clone(), received.clone());
+    let cfg = PrinterConfig {
+        kind: PrinterKind::Network,
+        address: Some(format!("127.0.0.1:{port}")),
+        connect_timeout: Duration::from_millis(500),
+        io_timeout: Duration::from_millis(150),
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(100),
+        status_poll: Duration::from_millis(30),
+        ..PrinterConfig::default()
+    };
+    cfg.validate().unwrap();
+    let shutdown = CancellationToken::new();
+    let worker =
+        PrintWorker::spawn(&cfg, OwnConnection::open(&path).unwrap(), shutdown.clone()).unwrap();
+    let mut engine = Connection::open(&path).unwrap();
+    let prid = "20261121140305T000100000000123400000042123456";
+    let id = record_sale(&mut engine, prid);
+    worker.wake();
+
+    wait_until("paper out to be recorded", LIMIT, || {
+        row(&engine, id).printer_status.as_deref() == Some("PAPER_OUT")
+    })
+    .await;
+    assert_eq!(worker.status(), PrinterStatus::PaperOut);
+    assert_eq!(row(&engine, id).status, SlipStatus::Pending);
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing is sent to a printer without paper"
+    );
+
+    // A printer that does not answer DLE EOT is "unknown", not a fault: the slip goes out.
+    *mode.lock().unwrap() = Mode::Silent;
+    wait_until("the slip to print", LIMIT, || {
+        row(&engine, id).status == SlipStatus::Printed
+    })
+    .await;
+    assert_eq!(worker.status(), PrinterStatus::Unknown);
+    let bytes = std::mem::take(&mut *received.lock().unwrap());
+    assert!(
+        bytes.starts_with(&[0x1b, b'@']),
+        "the slip's ESC/POS bytes arrived"
+    );
+    let text = posd::devices::escpos::dump(&bytes, posd::devices::profile::TextEncoding::Gb18030);
+    assert!(text.contains(&format!("GS k CODE128 \"{prid}\"")), "{text}");
+
+    // Reprint: a copy of the latest slip, marked COPY.
+    *mode.lock().unwrap() = Mode::Ready;
+    let copy = print_journal::reprint(&engine, prid)
+        .unwrap()
+        .expect("the payment has a slip");
+    worker.wake();
+    wait_until("the copy to print", LIMIT, || {
+        row(&engine, copy).status == SlipStatus::Printed
+    })
+    .await;
+    let bytes = std::mem::take(&mut *received.lock().unwrap());
+    let text = posd::devices::escpos::dump(&bytes, posd::devices::profile::TextEncoding::Gb18030);
+    assert!(text.contains("*** COPY ***"), "{text}");
+    wait_until("status ready", LIMIT, || {
+        worker.status() == PrinterStatus::Ready
+    })
+    .await;
+    assert_eq!(
+        print_journal::reprint(&engine, "no-such-payment").unwrap(),
+        None
+    );
+    shutdown.cancel();
+    worker.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_printer_writes_bin_and_txt_per_slip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database(dir.path());
+    let receipts = dir.path().join("receipts");
+    let cfg = PrinterConfig {
+        path: receipts.clone(),
+        status_poll: Duration::from_millis(30),
+        ..PrinterConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let worker =
+        PrintWorker::spawn(&cfg, OwnConnection::open(&path).unwrap(), shutdown.clone()).unwrap();
+    let mut engine = Connection::open(&path).unwrap();
+    let id = record_sale(&mut engine, "P7");
+    let copy = print_journal::reprint(&engine, "P7").unwrap().unwrap();
+    worker.wake();
+    wait_until("both slips on disk", LIMIT, || {
+        row(&engine, copy).status == SlipStatus::Printed
+    })
+    .await;
+    assert_eq!(row(&engine, id).status, SlipStatus::Printed);
+    let txt = std::fs::read_to_string(receipts.join(format!("P7-{id}-sale.txt"))).unwrap();
+    assert!(
+        txt.contains("SALE") && txt.contains("[CODE128 P7]") && !txt.contains("COPY"),
+        "{txt}"
+    );
+    let txt = std::fs::read_to_string(receipts.join(format!("P7-{copy}-sale-copy.txt"))).unwrap();
+    assert!(txt.contains("*** COPY ***"), "{txt}");
+    let bin = std::fs::read(receipts.join(format!("P7-{id}-sale.bin"))).unwrap();
+    assert!(bin.starts_with(&[0x1b, b'@', 0x1c, b'&']));
+    assert_eq!(worker.status(), PrinterStatus::Ready);
+    shutdown.cancel();
+    worker.join().await;
+}
+
+/// The real store: its migrations create the print journal, the journal's foreign key holds,
+/// and the worker runs over `Store::call`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_runs_over_the_real_store_with_the_payments_foreign_key() {
+    let store = posd::store::Store::open_in_memory().unwrap();
+    let orphan = store.call_blocking(|c| Ok(print_journal::enqueue(c, &slip("NOPE")).is_err()));
+    assert!(orphan.unwrap(), "a slip needs its payment (foreign key)");
+    let id = store
+        .call_blocking(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO payments (payment_request_id, amount_minor, currency, state, \
+                 terminal_time, created_at, updated_at) \
+                 VALUES ('P9', 1234, 'CNY', 'SUCCEEDED', '2026-11-21 14:03:05', 0, 0)",
+                [],
+            )?;
+            let id = print_journal::enqueue(&tx, &slip("P9"))?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PrinterConfig {
+        path: dir.path().to_path_buf(),
+        status_poll: Duration::from_millis(30),
+        ..PrinterConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
+    worker.wake();
+    let printed = || {
+        store
+            .call_blocking(move |c| Ok(print_journal::get(c, id)?.map(|r| r.status)))
+            .unwrap()
+            == Some(SlipStatus::Printed)
+    };
+    wait_until("the slip to print", LIMIT, printed).await;
+    assert!(dir.path().join(format!("P9-{id}-sale.bin")).exists());
+    shutdown.cancel();
+    worker.join().await;
+}

@@ -1,0 +1,357 @@
+//! End to end through the real `posd` binary and its embedded sandbox: every scenario row,
+//! SIGKILL at each point where the money path commits or sends, and 50 sales at once.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::daemon::TestDaemon;
+
+/// A code ending in the two given digits.
+fn code(last2: &str) -> String {
+    format!("2812345678901234{last2}")
+}
+
+const ROWS: &[(&str, &str)] = &[
+    ("00", "SUCCEEDED"),
+    ("79", "SUCCEEDED"),
+    ("80", "FAILED"),
+    ("81", "FAILED"),
+    ("82", "SUCCEEDED"),
+    ("83", "CANCELLED"),
+    ("84", "SUCCEEDED"),
+    ("85", "CANCELLED"),
+    ("86", "CANCEL_QUEUED"),
+    ("87", "REFUNDED"),
+    ("88", "SUCCEEDED"),
+    ("89", "FAILED"),
+];
+
+/// The terminal's word and the gateway's own record must agree: never charged at the gateway
+/// while the terminal says "not charged" without a confirmed or queued reversal.
+fn assert_consistent(d: &TestDaemon, p: &Value) {
+    let id = p["payment_request_id"].as_str().unwrap();
+    let state = p["state"].as_str().unwrap();
+    let amount_minor =
+        (p["amount"].as_str().unwrap().parse::<f64>().unwrap() * 100.0).round() as i64;
+    let gw = d.sandbox_record(id);
+    let (gw_status, gw_refunded) = gw.clone().unwrap_or(("NONE".into(), 0));
+    let charged = gw_status == "SUCCESS" && gw_refunded < amount_minor;
+    match state {
+        "SUCCEEDED" => assert!(charged, "{id}: SUCCEEDED but the gateway has {gw:?}"),
+        "FAILED" => assert!(!charged, "{id}: FAILED but the gateway charged ({gw:?})"),
+        "CANCELLED" => assert!(
+            gw_status == "CANCELLED" || gw_status == "NONE" || gw_status == "NOT_ARRIVED",
+            "{id}: CANCELLED but the gateway has {gw:?}"
+        ),
+        "REFUNDED" => assert_eq!(
+            gw_refunded, amount_minor,
+            "{id}: REFUNDED but the gateway refunded {gw_refunded}"
+        ),
+        "CANCEL_QUEUED" => assert_eq!(
+            d.queued(id),
+            1,
+            "{id}: CANCEL_QUEUED without a queued reversal"
+        ),
+        other => panic!("{id}: unexpected final state {other}: {p}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sandbox_row_reaches_its_final_state() {
+    let mut d = TestDaemon::new("[sandbox]\ncancel_outage = \"60s\"\n");
+    d.start(None).await;
+    let mut ids = Vec::new();
+    for (last2, _) in ROWS {
+        ids.push(d.pay(&code(last2), "12.34").await);
+    }
+    for ((last2, want), id) in ROWS.iter().zip(&ids) {
+        let p = d.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(p["state"], *want, "row {last2}: {p}");
+        assert_eq!(
+            p["code_masked"],
+            format!("2812**********34{last2}"),
+            "only the masked code"
+        );
+        assert_consistent(&d, &p);
+    }
+    // Row specifics from the journal.
+    let p80 = d.get(&ids[2]).await;
+    assert_eq!(p80["result_code"], "USER_BALANCE_NOT_ENOUGH");
+    let p88 = d.get(&ids[10]).await;
+    let causes: Vec<&str> = p88["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cause"].as_str().unwrap())
+        .collect();
+    assert!(
+        causes.iter().any(|c| c.contains("signature")),
+        "88 found by inquiry after a bad signature: {causes:?}"
+    );
+    let p87 = d.get(&ids[9]).await;
+    assert_eq!(p87["refunds"][0]["state"], "SUCCEEDED");
+    assert_eq!(p87["refunded_amount"], "12.34");
+    // Slips: SALE for each success, CANCEL for each confirmed cancel, REFUND for 87, each
+    // written with its final state and printed by the file printer.
+    let c = rusqlite::Connection::open(d.state().join("posd.sqlite3")).unwrap();
+    let kinds: Vec<(String, i64)> = c
+        .prepare("SELECT kind, count(*) FROM print_slips GROUP BY kind ORDER BY kind")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        kinds,
+        vec![
+            ("CANCEL".into(), 2),
+            ("REFUND".into(), 1),
+            ("SALE".into(), 5)
+        ]
+    );
+    let receipts = d.dir.path().join("var/receipts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let txt = std::fs::read_dir(&receipts)
+            .map(|r| {
+                r.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "txt")
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        if txt == 8 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{txt} slips printed of 8"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The clear code never reached the log or the database.
+    let full = code("56");
+    assert!(!d.log().contains(&full[..]), "clear code in the log");
+    let db = std::fs::read(d.state().join("posd.sqlite3")).unwrap();
+    let wal = std::fs::read(d.state().join("posd.sqlite3-wal")).unwrap_or_default();
+    for c in ROWS.iter().map(|(l, _)| code(l)) {
+        assert!(
+            !contains(&db, c.as_bytes()) && !contains(&wal, c.as_bytes()),
+            "clear code {c} stored"
+        );
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let mut d = TestDaemon::new("");
+    d.start(None).await;
+    for (body, code_) in [
+        (
+            serde_json::json!({"amount": "12.345", "code": code("00")}),
+            "invalid_amount",
+        ),
+        (
+            serde_json::json!({"amount": "-1", "code": code("00")}),
+            "invalid_amount",
+        ),
+        (serde_json::json!({"amount": "abc"}), "invalid_amount"),
+        (
+            serde_json::json!({"amount": "1.00", "currency": "XYZ"}),
+            "invalid_currency",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "code": "12345"}),
+            "invalid_code",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "code": "2812345678901234AB"}),
+            "invalid_code",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "surprise": 1}),
+            "invalid_json",
+        ),
+    ] {
+        let (status, b) = d.create(body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {b}");
+        assert_eq!(b["error"]["code"], code_, "{body} -> {b}");
+        assert!(!b["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/payments/NOPE", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/payments", d.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Nothing was written: the sequence was never taken.
+    let c = rusqlite::Connection::open(d.state().join("posd.sqlite3")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM payments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    // A second attempt for an order with an open payment is a 409 naming the first one.
+    let (s1, p1) = d
+        .create(serde_json::json!({"amount": "1.00", "order_ref": "A-9", "code": code("84")}))
+        .await;
+    assert_eq!(s1, 202);
+    let (s2, p2) = d
+        .create(serde_json::json!({"amount": "1.00", "order_ref": "A-9", "code": code("00")}))
+        .await;
+    assert_eq!(s2, 409, "{p2}");
+    assert!(p2["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(p1["payment_request_id"].as_str().unwrap()));
+}
+
+/// Kills the daemon with SIGKILL at `failpoint` during a sale with the given code, restarts
+/// it, and checks the payment ends where the gateway's own record says it must.
+async fn crash_and_resume(failpoint: &str, last2: &str, want: &[&str]) {
+    let mut d = TestDaemon::new("[sandbox]\ncancel_outage = \"60s\"\n");
+    d.start(Some(failpoint)).await;
+    // The request may die with the daemon (intent_committed fires before the answer).
+    let id = {
+        let client = reqwest::Client::new();
+        let r = client
+            .post(format!("{}/v1/payments", d.base))
+            .json(&serde_json::json!({"amount": "12.34", "code": code(last2)}))
+            .send()
+            .await;
+        match r {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["payment_request_id"].as_str().map(str::to_string)),
+            Err(_) => None,
+        }
+    };
+    let status = d.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        !status.success(),
+        "{failpoint}: the daemon should have been killed"
+    );
+    assert!(
+        d.log().contains("failpoint reached"),
+        "{failpoint} never fired:\n{}",
+        d.log()
+    );
+    d.start(None).await;
+    let id = match id {
+        Some(id) => id,
+        None => {
+            let c = rusqlite::Connection::open(d.state().join("posd.sqlite3")).unwrap();
+            c.query_row("SELECT payment_request_id FROM payments", [], |r| r.get(0))
+                .unwrap()
+        }
+    };
+    let p = d.wait_final(&id, Duration::from_secs(30)).await;
+    assert!(
+        want.contains(&p["state"].as_str().unwrap()),
+        "{failpoint}: ended {p}\n{}",
+        d.log()
+    );
+    assert_consistent(&d, &p);
+    assert!(
+        d.sandbox_payments() <= 1,
+        "{failpoint}: more than one pay id reached the gateway"
+    );
+    let c = rusqlite::Connection::open(d.state().join("posd.sqlite3")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM payments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "{failpoint}: one attempt, one payment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_intent_committed() {
+    // The pay never left: the gateway never heard of it, so the customer was not charged.
+    crash_and_resume("intent_committed", "56", &["FAILED"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_pay_in_flight() {
+    // 84: the charge succeeds but the answer never comes; the restart finds it by inquiry.
+    crash_and_resume("pay_in_flight", "84", &["SUCCEEDED"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_pay_answer_received() {
+    crash_and_resume("pay_answered", "56", &["SUCCEEDED"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_inquiry_3() {
+    crash_and_resume("inquiry_3", "83", &["CANCELLED"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_cancel_committed() {
+    crash_and_resume("cancel_committed", "83", &["CANCELLED"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_cancel_in_flight() {
+    // 86: cancels go unanswered; after the restart the cancel is resent, then queued.
+    crash_and_resume("cancel_in_flight", "86", &["CANCEL_QUEUED"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_queue_item_written() {
+    crash_and_resume("queue_written", "86", &["CANCEL_QUEUED"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sales_at_once_all_end_final_and_consistent() {
+    let mut d = TestDaemon::new("[sandbox]\ncancel_outage = \"60s\"\n");
+    d.start(None).await;
+    let mut tasks = Vec::new();
+    for i in 0..50usize {
+        let (last2, want) = ROWS[i % ROWS.len()];
+        let base = d.base.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/v1/payments"))
+                .json(&serde_json::json!({"amount": format!("{}.00", i + 1), "order_ref": format!("ORD-{i}"), "code": code(last2)}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body, want)
+        }));
+    }
+    let mut started = Vec::new();
+    for t in tasks {
+        let (status, body, want) = t.await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        started.push((
+            body["payment_request_id"].as_str().unwrap().to_string(),
+            want,
+        ));
+    }
+    for (id, want) in &started {
+        let p = d.wait_final(id, Duration::from_secs(60)).await;
+        assert_eq!(p["state"], *want, "{p}");
+        assert_consistent(&d, &p);
+    }
+    assert!(!d.log().contains("database is locked"), "{}", d.log());
+}
