@@ -39,12 +39,12 @@ impl Engine {
         n: NewNotification,
         what: Notified,
     ) -> Result<Recorded, EngineError> {
-        let inquiry_max = self.inner.settings.inquiry_max;
+        let engine = self.clone();
         let rec = self
             .inner
             .store
             .call(move |c| {
-                let mut decide = |p: &PaymentRecord| decide(p, &n, what, inquiry_max);
+                let mut decide = |p: &PaymentRecord| decide(&engine, p, &n, what);
                 let how = match what {
                     Notified::Pending => Decide::Nothing,
                     Notified::Result { .. } => Decide::With(&mut decide),
@@ -54,6 +54,8 @@ impl Engine {
             .await?;
         if rec.outcome == notifications::Outcome::Applied {
             self.changed();
+            // A sale settled here prints its slip like any other (written in the same commit).
+            self.inner.slips.notify_one();
             if let Some(p) = &rec.payment {
                 tracing::info!(payment = %p.payment_request_id, from = ?rec.state_before.map(State::as_str), to = %p.state, "notification applied");
                 // The payment's task may be waiting to inquire again: let it see the new state.
@@ -79,11 +81,12 @@ impl Engine {
 }
 
 fn decide(
+    engine: &Engine,
     p: &PaymentRecord,
     n: &NewNotification,
     what: Notified,
-    inquiry_max: u32,
 ) -> Option<Change> {
+    let inquiry_max = engine.inner.settings.inquiry_max;
     let Notified::Result { paid } = what else {
         return None;
     };
@@ -99,6 +102,13 @@ fn decide(
             result_code,
             ..
         } => Some(Change {
+            slip: {
+                let mut with_id = p.clone();
+                if with_id.payment_id.is_none() {
+                    with_id.payment_id = n.payment_id.clone();
+                }
+                engine.slip_for(&with_id, to, None)
+            },
             to: Some(to),
             cause,
             result_code: result_code.or_else(|| n.result_code.clone()),

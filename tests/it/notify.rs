@@ -254,6 +254,21 @@ async fn the_vector_notification_settles_an_inquiring_payment() {
     let rows = h.recorded();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].outcome, "APPLIED");
+    // The sale's slip is in the print journal, committed with the state change.
+    let slip = h
+        .engine
+        .store()
+        .call_blocking(|c| {
+            Ok(posd::store::print_journal::latest_for_payment(
+                c, VECTOR_ID,
+            )?)
+        })
+        .unwrap()
+        .expect("a SALE slip is queued");
+    assert_eq!(
+        slip.data.payment_id.as_deref(),
+        Some("20261121111212800100188000000000001")
+    );
     assert_eq!(rows[0].state_before.as_deref(), Some("INQUIRING"));
     assert_eq!(rows[0].state_after.as_deref(), Some("SUCCEEDED"));
     assert!(h
