@@ -4,6 +4,7 @@
 
 mod driver;
 pub mod failpoint;
+pub mod notify;
 pub mod queue;
 
 use std::collections::HashMap;

@@ -14,6 +14,7 @@
 //! Migrations live in `migrations/NN-name/up.sql` and are applied on open. A database whose
 //! schema is newer than this binary knows is refused, never downgraded.
 
+pub mod notifications;
 pub mod payments;
 pub mod print_journal;
 

@@ -474,6 +474,22 @@ pub fn apply(
     now: i64,
 ) -> rusqlite::Result<Option<PaymentRecord>> {
     let tx = conn.transaction()?;
+    let rec = apply_in(&tx, id, expected, change, now)?;
+    if rec.is_some() {
+        tx.commit()?;
+    }
+    Ok(rec)
+}
+
+/// [`apply`] inside a transaction the caller owns and commits (e.g. a notification recorded
+/// together with its effect). Returns `None` and writes nothing when the state had moved on.
+pub fn apply_in(
+    tx: &Connection,
+    id: &str,
+    expected: State,
+    change: &Change,
+    now: i64,
+) -> rusqlite::Result<Option<PaymentRecord>> {
     let to = change.to.unwrap_or(expected);
     let mut active_refund: Option<Option<String>> = None;
     let mut return_to: Option<Option<&'static str>> = None;
@@ -551,10 +567,10 @@ pub fn apply(
         )?;
     }
     if let Some(slip) = &change.slip {
-        crate::store::print_journal::enqueue(&tx, slip)?;
+        crate::store::print_journal::enqueue(tx, slip)?;
     }
     insert_event(
-        &tx,
+        tx,
         id,
         now,
         Some(expected),
@@ -567,7 +583,6 @@ pub fn apply(
         [id],
         from_row,
     )?;
-    tx.commit()?;
     Ok(Some(rec))
 }
 

@@ -20,3 +20,9 @@ mod e2e;
 
 // Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
 mod devices;
+
+// The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
+mod notify;
+
+// The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
+mod ops;
