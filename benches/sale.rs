@@ -34,7 +34,13 @@ async fn fake_gateway(arrivals: mpsc::UnboundedSender<Instant>) -> String {
     let time = "2026-11-21T10:00:00+08:00";
     let sig = gw_key.sign_header(
         "1",
-        &Message { method: "POST", uri: "/ams/api/v1/payments/pay", client_id: "BENCH_CLIENT", time, body: body.as_bytes() },
+        &Message {
+            method: "POST",
+            uri: "/ams/api/v1/payments/pay",
+            client_id: "BENCH_CLIENT",
+            time,
+            body: body.as_bytes(),
+        },
     );
     let app = axum::Router::new().route(
         "/ams/api/v1/payments/pay",
@@ -45,7 +51,11 @@ async fn fake_gateway(arrivals: mpsc::UnboundedSender<Instant>) -> String {
                 let _ = arrivals.send(Instant::now());
                 (
                     StatusCode::OK,
-                    [("client-id", "BENCH_CLIENT".to_string()), ("response-time", time.to_string()), ("signature", sig)],
+                    [
+                        ("client-id", "BENCH_CLIENT".to_string()),
+                        ("response-time", time.to_string()),
+                        ("signature", sig),
+                    ],
                     body,
                 )
                     .into_response()
