@@ -284,8 +284,9 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
     spawn_printer_metrics(&printer, metrics.clone(), token.clone());
     if cfg.scanner.kind == crate::devices::config::ScannerKind::None {
         metrics.set_scanner_status("DISABLED");
+    } else {
+        spawn_scanner(engine.clone(), cfg, metrics.clone(), token.clone());
     }
-    spawn_scanner(engine.clone(), cfg, token.clone());
     eprintln!("posd: ready; API on http://{api_addr}");
     Ok(Running {
         engine,
@@ -319,8 +320,9 @@ fn spawn_printer_metrics(
 
 /// Feeds validated, de-duplicated scans to the engine: each binds to the sale waiting for a
 /// code; a rejected scan or a scan with no sale waiting is reported with its reason.
-fn spawn_scanner(engine: Engine, cfg: &Config, token: CancellationToken) {
+fn spawn_scanner(engine: Engine, cfg: &Config, metrics: Arc<Metrics>, token: CancellationToken) {
     let mut scans = crate::devices::scanner::spawn(&cfg.scanner, &cfg.code_rules(), token);
+    metrics.set_scanner_status("LISTENING");
     tokio::spawn(async move {
         while let Some(event) = scans.recv().await {
             match event {
@@ -342,6 +344,8 @@ fn spawn_scanner(engine: Engine, cfg: &Config, token: CancellationToken) {
                 }
             }
         }
+        // The scanner is done for good (shutdown, or stdin closed under systemd).
+        metrics.set_scanner_status("STOPPED");
     });
 }
 
