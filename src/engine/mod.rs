@@ -2,12 +2,16 @@
 //! payment that performs the state machine's effects against the gateway. Every decision
 //! comes from `domain::machine`; every change is a compare-and-set in `store`.
 
+pub mod backoff;
+pub mod clock;
 mod driver;
 pub mod failpoint;
 pub mod queue;
+mod refund;
+pub mod worker;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone};
@@ -125,11 +129,21 @@ struct Inner {
     changes: watch::Sender<u64>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Wakes the reversal queue's worker (enqueue, on demand, gateway back).
+    queue: Arc<worker::QueueSignal>,
+    /// The daemon's queue replayer, once its worker runs.
+    replayer: OnceLock<worker::Replayer>,
 }
 
 impl Engine {
     /// Builds an engine; no task runs until a sale starts or [`Engine::recover`] is called.
     pub fn new(store: Store, gateway: Arc<dyn Gateway>, settings: EngineSettings) -> Engine {
+        let queue = Arc::new(worker::QueueSignal::default());
+        // Every outcome feeds the queue's "the gateway answers again" wake-up.
+        let gateway = Arc::new(worker::Watched {
+            inner: gateway,
+            signal: queue.clone(),
+        });
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -139,8 +153,57 @@ impl Engine {
                 changes: watch::channel(0).0,
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                queue,
+                replayer: OnceLock::new(),
             }),
         }
+    }
+
+    /// Starts the reversal queue's worker task (once) and returns its replayer, which the API
+    /// also uses for on-demand replays.
+    pub fn start_queue_worker(&self, settings: worker::QueueSettings) -> worker::Replayer {
+        self.start_queue_worker_with(settings, Arc::new(clock::SystemClock))
+    }
+
+    /// [`Engine::start_queue_worker`] with an injected wall clock (tests).
+    pub fn start_queue_worker_with(
+        &self,
+        settings: worker::QueueSettings,
+        clock: Arc<dyn clock::Clock>,
+    ) -> worker::Replayer {
+        let engine = self.clone();
+        let replayer = self
+            .inner
+            .replayer
+            .get_or_init(|| {
+                let r = worker::Replayer::new(
+                    self.inner.store.clone(),
+                    self.inner.gateway.clone(),
+                    clock,
+                    settings,
+                    "daemon",
+                )
+                .with_on_change(move || engine.changed())
+                .with_shutdown(self.inner.shutdown.clone());
+                self.inner.tracker.spawn(worker::run(
+                    r.clone(),
+                    self.inner.queue.clone(),
+                    self.inner.shutdown.clone(),
+                ));
+                r
+            })
+            .clone();
+        replayer
+    }
+
+    /// The daemon's queue replayer, when its worker runs.
+    pub fn replayer(&self) -> Option<&worker::Replayer> {
+        self.inner.replayer.get()
+    }
+
+    /// Wakes the queue worker (after an enqueue, or on demand).
+    pub fn wake_queue(&self) {
+        self.inner.queue.wake();
     }
 
     /// The store.
@@ -353,6 +416,11 @@ impl Engine {
             .await?;
         let n = open.len();
         for rec in open {
+            if self.refund_is_queued(&rec).await? {
+                // The queue owns this refund now; a driver would send it a second time.
+                tracing::info!(payment = %rec.payment_request_id, "refund is in the queue; the queue worker delivers it");
+                continue;
+            }
             tracing::info!(payment = %rec.payment_request_id, state = %rec.state, "recovering payment");
             let after = self
                 .apply_event(&rec.payment_request_id, Event::Restarted)
