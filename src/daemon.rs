@@ -138,6 +138,8 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
     if resumed > 0 {
         tracing::info!(resumed, "resuming payments left open by the last run");
     }
+    tracing::info!("starting the reversal queue worker");
+    engine.start_queue_worker(crate::engine::worker::QueueSettings::from_config(cfg));
 
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -174,6 +176,34 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         api_addr,
         sandbox,
     })
+}
+
+/// The gateway client exactly as `posd run` builds it (with the embedded sandbox started when
+/// `gateway.kind = "sandbox"`), for back-office commands that work with the daemon stopped.
+pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<SandboxHandle>)> {
+    let merchant = Arc::new(merchant_key(cfg)?);
+    let (gateway_public, base_override, sandbox) = match cfg.gateway.kind {
+        GatewayKind::Sandbox => {
+            let (handle, public) =
+                start_embedded_sandbox(cfg, merchant.public_key().clone()).await?;
+            (public, Some(handle.base_url()), Some(handle))
+        }
+        GatewayKind::AlipayPlus => {
+            let p = cfg
+                .gateway
+                .gateway_public_key
+                .as_ref()
+                .context("gateway.gateway_public_key is required")?;
+            (PublicKey::load(&cfg.resolve(p))?, None, None)
+        }
+    };
+    let client = AmsClient::new(ClientSettings::from_config(
+        cfg,
+        merchant,
+        gateway_public,
+        base_override,
+    )?)?;
+    Ok((client, sandbox))
 }
 
 /// Reads payment codes typed (or scanned by a keyboard-wedge scanner) on standard input and

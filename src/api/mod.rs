@@ -1,6 +1,9 @@
 //! The local HTTP API (axum): sales, status with long-poll, abort, health. Bad input gets a
 //! 4xx with `{"error":{"code","message"}}` and changes nothing.
 
+pub mod journal;
+pub mod queue;
+pub mod refunds;
 pub mod wire;
 
 use std::sync::Arc;
@@ -106,6 +109,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payments/{id}", get(get_payment))
         .route("/v1/payments/{id}/abort", post(abort_payment))
         .route("/healthz", get(healthz))
+        .merge(
+            queue::routes()
+                .merge(refunds::routes())
+                .merge(journal::routes()),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -211,13 +219,17 @@ async fn healthz(AxState(st): AxState<ApiState>) -> Response {
     let db = st
         .engine
         .store()
-        .call(|c| Ok(c.query_row("SELECT count(*) FROM payments", [], |r| r.get::<_, i64>(0))?))
+        .call(|c| {
+            let n = c.query_row("SELECT count(*) FROM payments", [], |r| r.get::<_, i64>(0))?;
+            Ok((n, crate::store::queue::depth(c)?))
+        })
         .await;
     match db {
-        Ok(n) => Json(serde_json::json!({
+        Ok((n, depth)) => Json(serde_json::json!({
             "status": "ok",
             "payments": n,
             "active_payment_tasks": st.engine.active_drivers(),
+            "queue": queue::DepthJson::new(&depth, crate::store::now_ms()),
         }))
         .into_response(),
         Err(e) => (
