@@ -71,10 +71,10 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// `[scanner]`
     #[serde(default)]
-    pub scanner: ScannerConfig,
+    pub scanner: crate::devices::config::ScannerConfig,
     /// `[printer]`
     #[serde(default)]
-    pub printer: PrinterConfig,
+    pub printer: crate::devices::config::PrinterConfig,
     /// `[log]`
     #[serde(default)]
     pub log: LogConfig,
@@ -333,71 +333,6 @@ impl Default for NotifyConfig {
     }
 }
 
-/// `[scanner]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScannerConfig {
-    /// `stdin`, `serial`, `evdev` or `none`.
-    #[serde(default = "d_scanner_kind")]
-    pub kind: String,
-    /// Device path.
-    #[serde(default)]
-    pub device: Option<PathBuf>,
-    /// Serial speed.
-    #[serde(default = "d_baud")]
-    pub baud: u32,
-}
-
-fn d_scanner_kind() -> String {
-    "stdin".into()
-}
-fn d_baud() -> u32 {
-    9600
-}
-
-impl Default for ScannerConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("scanner defaults parse")
-    }
-}
-
-/// `[printer]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrinterConfig {
-    /// `file`, `serial`, `usb`, `network` or `none`.
-    #[serde(default = "d_printer_kind")]
-    pub kind: String,
-    /// Directory for `file` slips.
-    #[serde(default = "d_receipts")]
-    pub path: PathBuf,
-    /// Device path for serial/usb.
-    #[serde(default)]
-    pub device: Option<PathBuf>,
-    /// `host:port` for network.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// Printer profile name.
-    #[serde(default = "d_profile")]
-    pub profile: String,
-}
-
-fn d_printer_kind() -> String {
-    "file".into()
-}
-fn d_receipts() -> PathBuf {
-    "var/receipts".into()
-}
-fn d_profile() -> String {
-    "generic-80mm".into()
-}
-
-impl Default for PrinterConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("printer defaults parse")
-    }
-}
-
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -607,24 +542,12 @@ impl Config {
         if !self.notify.path.starts_with('/') {
             return Err(("notify.path", "must start with '/'".into()));
         }
-        if !["stdin", "serial", "evdev", "none"].contains(&self.scanner.kind.as_str()) {
-            return Err((
-                "scanner.kind",
-                format!(
-                    "{:?}: use \"stdin\", \"serial\", \"evdev\" or \"none\"",
-                    self.scanner.kind
-                ),
-            ));
-        }
-        if !["file", "serial", "usb", "network", "none"].contains(&self.printer.kind.as_str()) {
-            return Err((
-                "printer.kind",
-                format!(
-                    "{:?}: use \"file\", \"serial\", \"usb\", \"network\" or \"none\"",
-                    self.printer.kind
-                ),
-            ));
-        }
+        self.scanner
+            .validate()
+            .map_err(|e| ("scanner", e.to_string()))?;
+        self.printer
+            .validate()
+            .map_err(|e| ("printer", e.to_string()))?;
         if !["text", "json", "journald"].contains(&self.log.format.as_str()) {
             return Err((
                 "log.format",
@@ -790,7 +713,7 @@ store_mcc = "5812"
         let text = include_str!("../config.toml");
         let cfg = Config::parse(text, Path::new("config.toml"), Path::new(".")).unwrap();
         assert_eq!(cfg.gateway.kind, GatewayKind::Sandbox);
-        assert!(cfg.scanner.kind == "stdin" || cfg.scanner.kind == "none");
+        assert_eq!(cfg.scanner.kind, crate::devices::config::ScannerKind::Stdin);
     }
 
     #[test]
@@ -852,7 +775,11 @@ store_mcc = "5812"
             .to_string();
         assert!(e.contains("terminal.id"), "{e}");
         let e = parse("[scanner]\nkind = \"usb\"").unwrap_err().to_string();
-        assert!(e.contains("scanner.kind"), "{e}");
+        assert!(e.contains("usb") && e.contains("serial"), "{e}");
+        let e = parse("[printer]\nprofile = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
     }
 
     #[test]

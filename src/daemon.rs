@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, GatewayKind};
+use crate::devices::print_worker::{PrintWorker, PrintWorkerHandle};
+use crate::devices::scanner::ScanEvent;
 use crate::engine::{Engine, EngineSettings};
 use crate::gateway::client::{AmsClient, ClientSettings};
 use crate::gateway::sandbox::{self, Sandbox, SandboxHandle, SandboxSettings};
@@ -74,6 +76,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// The embedded sandbox, when `gateway.kind = "sandbox"`.
     pub sandbox: Option<SandboxHandle>,
+    /// The print worker.
+    pub printer: PrintWorkerHandle,
 }
 
 /// Runs the daemon until `shutdown` resolves.
@@ -167,14 +171,28 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
     });
     tracing::info!(addr = %api_addr, "API listening");
 
-    if cfg.scanner.kind == "stdin" {
-        spawn_stdin_scanner(engine.clone(), cfg.code_rules(), token.clone());
-    }
+    let mut printer_cfg = cfg.printer.clone();
+    printer_cfg.path = cfg.resolve(&printer_cfg.path);
+    let printer = PrintWorker::spawn(&printer_cfg, engine.store().clone(), token.clone())
+        .context("cannot start the printer worker ([printer])")?;
+    let slips = engine.slips_written();
+    let wake = printer.waker();
+    let t = token.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = slips.notified() => wake.notify_one(),
+                _ = t.cancelled() => break,
+            }
+        }
+    });
+    spawn_scanner(engine.clone(), cfg, token.clone());
     eprintln!("posd: ready; API on http://{api_addr}");
     Ok(Running {
         engine,
         api_addr,
         sandbox,
+        printer,
     })
 }
 
@@ -206,31 +224,29 @@ pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<
     Ok((client, sandbox))
 }
 
-/// Reads payment codes typed (or scanned by a keyboard-wedge scanner) on standard input and
-/// binds each to the sale waiting for a code.
-fn spawn_stdin_scanner(
-    engine: Engine,
-    rules: crate::domain::code::CodeRules,
-    token: CancellationToken,
-) {
-    use tokio::io::AsyncBufReadExt;
+/// Feeds validated, de-duplicated scans to the engine: each binds to the sale waiting for a
+/// code; a rejected scan or a scan with no sale waiting is reported with its reason.
+fn spawn_scanner(engine: Engine, cfg: &Config, token: CancellationToken) {
+    let mut scans = crate::devices::scanner::spawn(&cfg.scanner, &cfg.code_rules(), token);
     tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        loop {
-            let line = tokio::select! {
-                l = lines.next_line() => l,
-                _ = token.cancelled() => break,
-            };
-            let Ok(Some(line)) = line else { break };
-            if line.trim().is_empty() {
-                continue;
-            }
-            match crate::domain::code::PaymentCode::parse(&line, &rules) {
-                Err(e) => eprintln!("posd: scan rejected: {e}"),
-                Ok(code) => match engine.bind_code(code).await {
-                    Ok(p) => eprintln!("posd: code bound to {}", p.payment_request_id),
-                    Err(e) => eprintln!("posd: scan rejected: {e}"),
-                },
+        while let Some(event) = scans.recv().await {
+            match event {
+                ScanEvent::Rejected { reason, masked } => {
+                    tracing::warn!(scan = %masked, reason = %reason, "scan rejected");
+                    eprintln!("posd: scan rejected: {reason}");
+                }
+                ScanEvent::Code(code) => {
+                    let masked = code.masked();
+                    match engine.bind_code(code).await {
+                        Ok(p) => {
+                            tracing::info!(scan = %masked, payment = %p.payment_request_id, "scan bound to the waiting sale");
+                        }
+                        Err(e) => {
+                            tracing::warn!(scan = %masked, reason = %e, "scan rejected");
+                            eprintln!("posd: scan rejected: {e}");
+                        }
+                    }
+                }
             }
         }
     });

@@ -108,6 +108,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payments", post(create_payment))
         .route("/v1/payments/{id}", get(get_payment))
         .route("/v1/payments/{id}/abort", post(abort_payment))
+        .route("/v1/payments/{id}/receipt", post(reprint))
         .route("/healthz", get(healthz))
         .merge(
             queue::routes()
@@ -213,6 +214,37 @@ async fn abort_payment(
     st.engine.abort(&id).await?;
     let v = st.engine.view(&id).await?;
     Ok(Json(resource(&st.engine, v).await?))
+}
+
+async fn reprint(
+    AxState(st): AxState<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let pid = id.clone();
+    let slip = st
+        .engine
+        .store()
+        .call(move |c| Ok(crate::store::print_journal::reprint(c, &pid)?))
+        .await
+        .map_err(EngineError::Internal)?;
+    match slip {
+        Some(slip_id) => {
+            st.engine.slips_written().notify_one();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(
+                    serde_json::json!({"payment_request_id": id, "slip_id": slip_id, "copy": true}),
+                ),
+            ))
+        }
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!(
+                "no slip for payment {id}: it has not reached a state that prints one"
+            ),
+        }),
+    }
 }
 
 async fn healthz(AxState(st): AxState<ApiState>) -> Response {

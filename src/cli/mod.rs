@@ -68,6 +68,11 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// The journal for reconciliation: one row per payment and per refund.
     Journal(journal::JournalArgs),
+    /// Print the payment's slip again (marked as a copy).
+    Reprint {
+        /// The paymentRequestId.
+        id: String,
+    },
     /// Merchant keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -177,6 +182,16 @@ fn run(cli: Cli) -> u8 {
         Command::Refund(args) => refund::run(&cfg, args),
         Command::Queue(cmd) => queue::run(&cfg, cmd),
         Command::Journal(args) => journal::run(&cfg, args),
+        Command::Reprint { id } => with_client(&cfg, |c| async move {
+            let v: serde_json::Value = c
+                .post(
+                    &format!("/v1/payments/{id}/receipt"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("slip {} queued for printing (copy)", v["slip_id"]);
+            Ok(EXIT_OK)
+        }),
         Command::Keys(_) | Command::Config(_) => unreachable!("handled above"),
     }
 }

@@ -140,6 +140,11 @@ impl PrintWorkerHandle {
         self.wake.notify_one();
     }
 
+    /// The worker's wake-up, for a task that forwards "slip written" signals.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
     /// The printer's last known status.
     pub fn status(&self) -> PrinterStatus {
         *self.status.borrow()

@@ -9,7 +9,6 @@ use tokio::time::Instant;
 
 use super::queue::{Payload, PAYLOAD_VERSION};
 use super::{context_of, failpoint, make_refund_id, Engine};
-use crate::domain::code::PaymentCode;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, State};
 use crate::gateway::{Outcome, PayOrder, RefundOrder};
 use crate::store::now_ms;
@@ -31,7 +30,7 @@ pub(super) async fn drive(
     engine: &Engine,
     id: &str,
     mut effect: Effect,
-    mut code: Option<PaymentCode>,
+    mut code: Option<PayOrder>,
     waker: &Notify,
 ) {
     let span = tracing::info_span!("payment", id = %id);
@@ -126,8 +125,8 @@ pub(super) async fn in_flight<T>(name: &str, fut: impl std::future::Future<Outpu
     }
 }
 
-async fn send_pay(engine: &Engine, id: &str, code: Option<PaymentCode>) -> Step {
-    let Some(code) = code else {
+async fn send_pay(engine: &Engine, _id: &str, order: Option<PayOrder>) -> Step {
+    let Some(order) = order else {
         // The clear code lives only in memory (rule 9); without it the pay cannot be sent
         // again, and whether it left before a restart is unknown: inquire.
         return Ok(Some((
@@ -136,17 +135,6 @@ async fn send_pay(engine: &Engine, id: &str, code: Option<PaymentCode>) -> Step 
             }),
             Extras::default(),
         )));
-    };
-    let rec = load(engine, id).await.map_err(|_| Stop)?;
-    let terminal_time = chrono::DateTime::parse_from_rfc3339(&rec.terminal_time)
-        .unwrap_or_else(|_| engine.local_now());
-    let order = PayOrder {
-        payment_request_id: rec.payment_request_id.clone(),
-        amount: rec.amount,
-        code,
-        order_ref: rec.order_ref.clone(),
-        description: engine.settings().description.clone(),
-        terminal_time,
     };
     let t = engine.settings().pay_timeout;
     let outcome = in_flight(
@@ -275,26 +263,7 @@ async fn refund_order(engine: &Engine, id: &str) -> anyhow::Result<(RefundOrder,
         .call(move |c| {
             let rec =
                 payments::get(c, &id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))?;
-            let rid = rec
-                .active_refund_id
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("payment {id} is REFUNDING without a refund"))?;
-            let r = payments::get_refund(c, &rid)?
-                .ok_or_else(|| anyhow::anyhow!("refund {rid} vanished"))?;
-            let payment_id = rec
-                .payment_id
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("payment {id} has no gateway paymentId"))?;
-            let full = rec.refunded.minor() + r.amount.minor() >= rec.amount.minor();
-            Ok((
-                RefundOrder {
-                    refund_request_id: rid,
-                    payment_id,
-                    amount: r.amount,
-                    reason: r.reason,
-                },
-                full,
-            ))
+            refund_order_sync(c, &rec)
         })
         .await
 }
@@ -370,19 +339,91 @@ async fn ensure_payment_id(engine: &Engine, rec: &PaymentRecord) -> Option<Strin
     None
 }
 
+/// Builds the refund request of a REFUNDING payment from its stored rows (sync, inside a
+/// store call).
+fn refund_order_sync(
+    c: &rusqlite::Connection,
+    rec: &PaymentRecord,
+) -> anyhow::Result<(RefundOrder, bool)> {
+    let id = &rec.payment_request_id;
+    let rid = rec
+        .active_refund_id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("payment {id} is REFUNDING without a refund"))?;
+    let r =
+        payments::get_refund(c, &rid)?.ok_or_else(|| anyhow::anyhow!("refund {rid} vanished"))?;
+    let payment_id = rec
+        .payment_id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("payment {id} has no gateway paymentId"))?;
+    let full = rec.refunded.minor() + r.amount.minor() >= rec.amount.minor();
+    Ok((
+        RefundOrder {
+            refund_request_id: rid,
+            payment_id,
+            amount: r.amount,
+            reason: r.reason,
+        },
+        full,
+    ))
+}
+
+/// What one commit did.
+struct Committed {
+    effect: Effect,
+    moved: Option<(State, State)>,
+}
+
 /// Commits the machine's decision on `event` with compare-and-set and returns the next effect.
+/// Reading the state, deciding and writing happen in one store call, so a sale's answer costs
+/// one trip to the database thread and one commit.
 async fn commit(
     engine: &Engine,
     id: &str,
     event: &Event,
     extras: Extras,
 ) -> anyhow::Result<Effect> {
+    // The one case that needs the network before deciding: a reversal refund needs the
+    // gateway's paymentId, learned by inquiry when no answer carried it yet.
+    let mut learned_pid = extras.payment_id.clone();
+    if let Event::CancelAnswered(Answer::Failed { code, .. }) = event {
+        if code == "CANCEL_WINDOW_EXCEED" && learned_pid.is_none() {
+            let rec = load(engine, id).await?;
+            learned_pid = ensure_payment_id(engine, &rec).await;
+        }
+    }
+    let e = engine.clone();
+    let id_owned = id.to_string();
+    let event_owned = event.clone();
+    let done = engine
+        .store()
+        .call(move |c| commit_sync(&e, c, &id_owned, &event_owned, &extras, learned_pid))
+        .await?;
+    if let Some((from, to)) = done.moved {
+        engine.changed_payment(id, to);
+        engine.slips_written().notify_one();
+        tracing::info!(from = %from, to = %to, "payment moved");
+        if matches!(done.effect, Effect::EnqueueCancel | Effect::EnqueueRefund) {
+            failpoint::hit("queue_written");
+            engine.wake_queue();
+        }
+    }
+    Ok(done.effect)
+}
+
+fn commit_sync(
+    engine: &Engine,
+    c: &mut rusqlite::Connection,
+    id: &str,
+    event: &Event,
+    extras: &Extras,
+    learned_pid: Option<String>,
+) -> anyhow::Result<Committed> {
     let inquiry_max = engine.settings().inquiry_max;
     for _ in 0..16 {
-        let rec = load(engine, id).await?;
+        let rec = payments::get(c, id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))?;
         let ctx = context_of(&rec, inquiry_max);
-        let decision = machine::decide(rec.state, &ctx, event);
-        let (to, cause, result_code, effect) = match decision {
+        let (to, cause, result_code, effect) = match machine::decide(rec.state, &ctx, event) {
             Decision::Go {
                 to,
                 cause,
@@ -391,24 +432,27 @@ async fn commit(
             } => (to, cause, result_code, effect),
             Decision::Ignore { why, effect } => {
                 tracing::info!(state = %rec.state, why, "answer changes nothing");
-                if let Some(pid) = extras.payment_id.clone() {
-                    let id = id.to_string();
-                    engine
-                        .store()
-                        .call(move |c| Ok(payments::note_payment_id(c, &id, &pid)?))
-                        .await?;
+                if let Some(pid) = &extras.payment_id {
+                    payments::note_payment_id(c, id, pid)?;
                 }
                 // A driver must not stop while its payment is open (an abort may have moved
                 // it from inquiring to cancelling under our feet).
-                return Ok(if effect == Effect::None {
+                let effect = if effect == Effect::None {
                     machine::resume_effect(rec.state)
                 } else {
                     effect
+                };
+                return Ok(Committed {
+                    effect,
+                    moved: None,
                 });
             }
             Decision::Refuse { why } => {
                 tracing::warn!(why, "event refused");
-                return Ok(machine::resume_effect(rec.state));
+                return Ok(Committed {
+                    effect: machine::resume_effect(rec.state),
+                    moved: None,
+                });
             }
         };
         let mut change = Change {
@@ -422,11 +466,8 @@ async fn commit(
         if matches!(event, Event::Inquired(_)) {
             change.inquiries = Some(rec.inquiries + 1);
         }
-        if to == State::NeedsAttention {
-            change.attention_reason = Some(change.cause.clone());
-        }
         let now = now_ms();
-        let backoff = engine.inner_queue_initial();
+        let backoff = engine.settings().queue_backoff_initial.as_millis() as i64;
         match effect {
             Effect::EnqueueCancel => {
                 change.enqueue = Some(NewQueueItem {
@@ -437,17 +478,17 @@ async fn commit(
                         payment_request_id: id.to_string(),
                     }
                     .encode(),
-                    next_attempt_at: now + backoff.as_millis() as i64,
+                    next_attempt_at: now + backoff,
                 });
             }
             Effect::EnqueueRefund => {
-                let (order, _) = refund_order(engine, id).await?;
+                let (order, _) = refund_order_sync(c, &rec)?;
                 change.enqueue = Some(NewQueueItem {
                     kind: "REFUND",
                     refund_request_id: Some(order.refund_request_id.clone()),
                     payload_version: PAYLOAD_VERSION,
                     payload: Payload::from_refund(id, &order).encode(),
-                    next_attempt_at: now + backoff.as_millis() as i64,
+                    next_attempt_at: now + backoff,
                 });
                 change.settle_refund = Some(SettleRefund {
                     refund_request_id: order.refund_request_id,
@@ -479,18 +520,18 @@ async fn commit(
         }
         if to == State::Refunding && rec.state == State::Cancelling {
             // The reversal refund: its id and request are committed before it is sent.
-            match ensure_payment_id(engine, &rec).await {
+            match rec.payment_id.clone().or_else(|| learned_pid.clone()) {
                 Some(pid) => {
                     let local = engine.local_now().naive_local();
-                    let terminal = engine.settings().terminal_id.clone();
-                    let minor = rec.amount.minor();
-                    let seq = engine
-                        .store()
-                        .call(|c| Ok(payments::next_sequence(c)?))
-                        .await?;
+                    let seq = payments::next_sequence(c)?;
                     change.payment_id = Some(pid);
                     change.new_refund = Some(NewRefund {
-                        refund_request_id: make_refund_id(local, &terminal, minor, seq),
+                        refund_request_id: make_refund_id(
+                            local,
+                            &engine.settings().terminal_id,
+                            rec.amount.minor(),
+                            seq,
+                        ),
                         kind: "REVERSAL",
                         amount: rec.amount,
                         reason: Some("reversal: cancel window passed".into()),
@@ -500,31 +541,41 @@ async fn commit(
                 None => {
                     change.to = Some(State::NeedsAttention);
                     change.cause = "cancel window passed and a refund is owed, but the gateway never gave the paymentId; refund it from the merchant portal".into();
-                    change.attention_reason = Some(change.cause.clone());
                 }
             }
         }
-        let id_owned = id.to_string();
-        let expected = rec.state;
-        let applied = engine
-            .store()
-            .call(move |c| Ok(payments::apply(c, &id_owned, expected, &change, now)?))
-            .await?;
-        match applied {
+        let to = change.to.unwrap_or(to);
+        if to == State::NeedsAttention {
+            change.attention_reason = Some(change.cause.clone());
+        }
+        if matches!(
+            to,
+            State::Succeeded | State::Cancelled | State::Refunded | State::PartiallyRefunded
+        ) {
+            let refund = match &rec.active_refund_id {
+                Some(rid) => payments::get_refund(c, rid)?,
+                None => None,
+            };
+            let mut with_id = rec.clone();
+            if with_id.payment_id.is_none() {
+                with_id.payment_id = extras.payment_id.clone();
+            }
+            change.slip = engine.slip_for(&with_id, to, refund.as_ref());
+        }
+        match payments::apply(c, id, rec.state, &change, now)? {
             Some(new) => {
-                engine.changed();
-                tracing::info!(from = %expected, to = %new.state, "payment moved");
-                if matches!(effect, Effect::EnqueueCancel | Effect::EnqueueRefund) {
-                    failpoint::hit("queue_written");
-                    engine.wake_queue();
-                }
-                if new.state != to {
-                    return Ok(machine::resume_effect(new.state));
-                }
-                return Ok(effect);
+                let effect = if new.state != to {
+                    machine::resume_effect(new.state)
+                } else {
+                    effect
+                };
+                return Ok(Committed {
+                    effect,
+                    moved: Some((rec.state, new.state)),
+                });
             }
             None => {
-                tracing::info!(expected = %expected, "state moved on before the commit; deciding again");
+                tracing::info!(expected = %rec.state, "state moved on before the commit; deciding again");
                 continue;
             }
         }

@@ -37,6 +37,10 @@ pub struct EngineSettings {
     pub timezone: Option<chrono_tz::Tz>,
     /// `orderDescription` sent with every pay.
     pub description: String,
+    /// Merchant name on slips.
+    pub merchant_name: String,
+    /// Store name on slips.
+    pub store_name: String,
     /// Deadline of the pay call (the client enforces it; the engine adds a safety margin).
     pub pay_timeout: Duration,
     /// Pause between inquiries.
@@ -65,6 +69,8 @@ impl EngineSettings {
             terminal_id: cfg.terminal.id.clone(),
             timezone: cfg.timezone(),
             description: format!("{} purchase", cfg.terminal.store_name),
+            merchant_name: cfg.terminal.merchant_name.clone(),
+            store_name: cfg.terminal.store_name.clone(),
             pay_timeout: f.pay_timeout.0,
             inquiry_interval: f.inquiry_interval.0,
             inquiry_timeout: f.inquiry_timeout.0,
@@ -125,8 +131,12 @@ struct Inner {
     settings: EngineSettings,
     /// Wakes the driver of a payment (an abort arrived while it waited).
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Bumped after every committed change; long-polls watch it.
+    /// Bumped after every committed change (metrics, health).
     changes: watch::Sender<u64>,
+    /// Per-payment state watchers for long-polls: only the waiters of a payment wake.
+    watchers: Mutex<HashMap<String, watch::Sender<State>>>,
+    /// Signalled when a slip was written to the print journal.
+    slips: Arc<Notify>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// Wakes the reversal queue's worker (enqueue, on demand, gateway back).
@@ -151,6 +161,8 @@ impl Engine {
                 settings,
                 wakers: Mutex::new(HashMap::new()),
                 changes: watch::channel(0).0,
+                watchers: Mutex::new(HashMap::new()),
+                slips: Arc::new(Notify::new()),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 queue,
@@ -183,7 +195,7 @@ impl Engine {
                     settings,
                     "daemon",
                 )
-                .with_on_change(move || engine.changed())
+                .with_on_change(move |id, state| engine.changed_payment(id, state))
                 .with_shutdown(self.inner.shutdown.clone());
                 self.inner.tracker.spawn(worker::run(
                     r.clone(),
@@ -231,6 +243,46 @@ impl Engine {
         self.inner.changes.send_modify(|v| *v += 1);
     }
 
+    /// Tells the waiters of one payment its new state (and bumps the global tick).
+    pub fn changed_payment(&self, id: &str, state: State) {
+        self.changed();
+        let w = self
+            .inner
+            .watchers
+            .lock()
+            .expect("watchers lock is never held across a panic");
+        if let Some(tx) = w.get(id) {
+            tx.send_replace(state);
+        }
+    }
+
+    /// Notified whenever a slip is written to the print journal (the print worker waits on it).
+    pub fn slips_written(&self) -> Arc<Notify> {
+        self.inner.slips.clone()
+    }
+
+    /// The slip a move from `rec`'s state to `to` prints, if any: SALE on success, CANCEL on a
+    /// confirmed reversal by cancel, REFUND (for `refund`) on a confirmed refund.
+    pub fn slip_for(
+        &self,
+        rec: &PaymentRecord,
+        to: State,
+        refund: Option<&crate::store::payments::RefundRecord>,
+    ) -> Option<crate::devices::receipt::SlipData> {
+        let s = &self.inner.settings;
+        slip_data(
+            &SlipIdentity {
+                merchant_name: &s.merchant_name,
+                store_name: &s.store_name,
+                terminal_id: &s.terminal_id,
+            },
+            self.local_now().naive_local(),
+            rec,
+            to,
+            refund,
+        )
+    }
+
     /// Local time at the terminal, with its offset.
     pub fn local_now(&self) -> DateTime<FixedOffset> {
         local_time(self.inner.settings.timezone, chrono::Utc::now())
@@ -272,6 +324,7 @@ impl Engine {
         tracing::info!(payment = %rec.payment_request_id, amount = %rec.amount, state = %rec.state, "sale started");
         if let Some(code) = req.code {
             failpoint::hit("intent_committed");
+            let code = self.pay_order(&rec, code);
             self.spawn_driver(
                 rec.payment_request_id.clone(),
                 machine::Effect::SendPay,
@@ -314,6 +367,7 @@ impl Engine {
             })?;
         self.changed();
         failpoint::hit("intent_committed");
+        let code = self.pay_order(&rec, code);
         self.spawn_driver(
             rec.payment_request_id.clone(),
             machine::Effect::SendPay,
@@ -336,6 +390,7 @@ impl Engine {
     pub async fn apply_event(&self, id: &str, event: Event) -> Result<PaymentRecord, EngineError> {
         let id_owned = id.to_string();
         let inquiry_max = self.inner.settings.inquiry_max;
+        let engine = self.clone();
         let outcome = self
             .inner
             .store
@@ -347,10 +402,15 @@ impl Engine {
                     let ctx = context_of(&rec, inquiry_max);
                     match machine::decide(rec.state, &ctx, &event) {
                         Decision::Go { to, cause, result_code, .. } => {
+                            let refund = match &rec.active_refund_id {
+                                Some(r) => payments::get_refund(c, r)?,
+                                None => None,
+                            };
                             let change = Change {
                                 to: Some(to),
                                 cause,
                                 result_code,
+                                slip: engine.slip_for(&rec, to, refund.as_ref()),
                                 ..Default::default()
                             };
                             if let Some(new) = payments::apply(c, &id_owned, rec.state, &change, now_ms())? {
@@ -369,7 +429,8 @@ impl Engine {
             .await??;
         let (rec, changed) = outcome;
         if changed {
-            self.changed();
+            self.changed_payment(&rec.payment_request_id, rec.state);
+            self.inner.slips.notify_one();
         }
         Ok(rec)
     }
@@ -379,7 +440,7 @@ impl Engine {
         let id = id.to_string();
         self.inner
             .store
-            .call(move |c| {
+            .read(move |c| {
                 let Some(payment) = payments::get(c, &id)? else {
                     return Ok(Err(EngineError::NotFound(id)));
                 };
@@ -389,20 +450,50 @@ impl Engine {
             .await?
     }
 
-    /// Waits until the payment is final or `wait` passes, then returns it.
+    /// Waits until the payment is final or `wait` passes, then returns it. Only this
+    /// payment's commits wake the waiter; the database is read once before and once after.
     pub async fn wait_final(&self, id: &str, wait: Duration) -> Result<PaymentView, EngineError> {
-        let mut rx = self.subscribe();
+        let mut rx = {
+            let mut w = self
+                .inner
+                .watchers
+                .lock()
+                .expect("watchers lock is never held across a panic");
+            w.entry(id.to_string())
+                .or_insert_with(|| watch::channel(State::AwaitingCode).0)
+                .subscribe()
+        };
+        let v = self.view(id).await?;
+        if v.payment.state.is_final() || wait.is_zero() {
+            self.drop_watcher(id);
+            return Ok(v);
+        }
         let deadline = tokio::time::Instant::now() + wait;
+        // A commit from another process (a back-office command on the same database) does
+        // not signal us: re-read at least this often.
+        const REREAD: Duration = Duration::from_secs(1);
         loop {
-            rx.borrow_and_update();
+            let next = (tokio::time::Instant::now() + REREAD).min(deadline);
+            match tokio::time::timeout_at(next, rx.changed()).await {
+                Ok(Ok(())) if !rx.borrow_and_update().is_final() => continue,
+                _ => {}
+            }
             let v = self.view(id).await?;
-            if v.payment.state.is_final() {
+            if v.payment.state.is_final() || tokio::time::Instant::now() >= deadline {
+                self.drop_watcher(id);
                 return Ok(v);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return self.view(id).await,
-            }
+        }
+    }
+
+    fn drop_watcher(&self, id: &str) {
+        let mut w = self
+            .inner
+            .watchers
+            .lock()
+            .expect("watchers lock is never held across a panic");
+        if w.get(id).is_some_and(|tx| tx.receiver_count() <= 1) {
+            w.remove(id);
         }
     }
 
@@ -442,10 +533,6 @@ impl Engine {
             .is_ok()
     }
 
-    fn inner_queue_initial(&self) -> Duration {
-        self.inner.settings.queue_backoff_initial
-    }
-
     /// Number of payment tasks running.
     pub fn active_drivers(&self) -> usize {
         self.inner.tracker.len()
@@ -469,7 +556,26 @@ impl Engine {
         }
     }
 
-    fn spawn_driver(&self, id: String, effect: machine::Effect, code: Option<PaymentCode>) {
+    /// The pay request for a payment whose intent is committed.
+    fn pay_order(&self, rec: &PaymentRecord, code: PaymentCode) -> crate::gateway::PayOrder {
+        let terminal_time = chrono::DateTime::parse_from_rfc3339(&rec.terminal_time)
+            .unwrap_or_else(|_| self.local_now());
+        crate::gateway::PayOrder {
+            payment_request_id: rec.payment_request_id.clone(),
+            amount: rec.amount,
+            code,
+            order_ref: rec.order_ref.clone(),
+            description: self.inner.settings.description.clone(),
+            terminal_time,
+        }
+    }
+
+    fn spawn_driver(
+        &self,
+        id: String,
+        effect: machine::Effect,
+        code: Option<crate::gateway::PayOrder>,
+    ) {
         let waker = Arc::new(Notify::new());
         {
             let mut w = self
@@ -521,6 +627,56 @@ pub(crate) fn context_of(rec: &PaymentRecord, inquiry_max: u32) -> Context {
         refund_return_to: rec.refund_return_to.unwrap_or(State::Succeeded),
         gateway_saw_payment: rec.payment_id.is_some(),
     }
+}
+
+/// Who prints a slip: the names on its header.
+pub(crate) struct SlipIdentity<'a> {
+    pub(crate) merchant_name: &'a str,
+    pub(crate) store_name: &'a str,
+    pub(crate) terminal_id: &'a str,
+}
+
+/// The slip a move from `rec`'s state to `to` prints, if any: SALE on success, CANCEL on a
+/// confirmed reversal by cancel, REFUND (for `refund`) on a confirmed refund. Shared by the
+/// payment tasks and the queue.
+pub(crate) fn slip_data(
+    who: &SlipIdentity<'_>,
+    local: NaiveDateTime,
+    rec: &PaymentRecord,
+    to: State,
+    refund: Option<&crate::store::payments::RefundRecord>,
+) -> Option<crate::devices::receipt::SlipData> {
+    use crate::devices::receipt::{SlipData, SlipKind};
+    if to == rec.state {
+        return None;
+    }
+    let (kind, amount, refund_request_id) = match to {
+        State::Succeeded => (SlipKind::Sale, rec.amount, None),
+        State::Cancelled if matches!(rec.state, State::Cancelling | State::CancelQueued) => {
+            (SlipKind::Cancel, rec.amount, None)
+        }
+        State::Refunded | State::PartiallyRefunded => match refund {
+            Some(r) => (
+                SlipKind::Refund,
+                r.amount,
+                Some(r.refund_request_id.clone()),
+            ),
+            None => (SlipKind::Refund, rec.amount, None),
+        },
+        _ => return None,
+    };
+    Some(SlipData {
+        kind,
+        merchant_name: who.merchant_name.to_string(),
+        store_name: who.store_name.to_string(),
+        terminal_id: who.terminal_id.to_string(),
+        amount,
+        payment_request_id: rec.payment_request_id.clone(),
+        payment_id: rec.payment_id.clone(),
+        refund_request_id,
+        local_time: local,
+        copy: false,
+    })
 }
 
 /// Local time in `tz` (or the system's zone) with its offset.

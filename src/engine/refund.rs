@@ -139,7 +139,7 @@ impl Engine {
                 Ok(Ok(moved))
             })
             .await??;
-        self.changed();
+        self.changed_payment(&rec.payment_request_id, rec.state);
         tracing::info!(payment = %rec.payment_request_id, refund = ?rec.active_refund_id, "refund committed; sending");
         self.spawn_driver(rec.payment_request_id.clone(), Effect::Refund, None);
         Ok(rec)

@@ -121,6 +121,8 @@ fn settings() -> EngineSettings {
         terminal_id: "T0001".into(),
         timezone: Some(chrono_tz::Asia::Shanghai),
         description: "test".into(),
+        merchant_name: "Demo Cafe".into(),
+        store_name: "Demo Cafe Central".into(),
         pay_timeout: Duration::from_secs(5),
         inquiry_interval: Duration::from_secs(3),
         inquiry_timeout: Duration::from_secs(3),

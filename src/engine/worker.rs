@@ -44,7 +44,7 @@ use super::backoff::{backoff, jittered};
 use super::clock::Clock;
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::{context_of, failpoint, local_time, make_refund_id};
+use super::{context_of, failpoint, local_time, make_refund_id, slip_data, SlipIdentity};
 use crate::config::Config;
 use crate::domain::machine::{self, Decision, Event, State};
 use crate::gateway::{wire, Gateway, Outcome, PayOrder, RefundOrder};
@@ -81,8 +81,12 @@ pub struct QueueSettings {
     pub concurrency: usize,
     /// Terminal id, part of the refund ids the queue creates.
     pub terminal_id: String,
-    /// Time zone of those ids.
+    /// Time zone of those ids and of the slips.
     pub timezone: Option<chrono_tz::Tz>,
+    /// Merchant name on the slips the queue's confirmations print.
+    pub merchant_name: String,
+    /// Store name on those slips.
+    pub store_name: String,
 }
 
 impl QueueSettings {
@@ -98,6 +102,8 @@ impl QueueSettings {
             concurrency: 16,
             terminal_id: cfg.terminal.id.clone(),
             timezone: cfg.timezone(),
+            merchant_name: cfg.terminal.merchant_name.clone(),
+            store_name: cfg.terminal.store_name.clone(),
         }
     }
 
@@ -304,7 +310,7 @@ struct ReplayerInner {
     settings: QueueSettings,
     owner: String,
     leases: AtomicU64,
-    on_change: Box<dyn Fn() + Send + Sync>,
+    on_change: Box<dyn Fn(&str, State) + Send + Sync>,
     shutdown: CancellationToken,
 }
 
@@ -314,6 +320,8 @@ struct SettleCtx {
     now: i64,
     local: chrono::NaiveDateTime,
     terminal_id: String,
+    merchant_name: String,
+    store_name: String,
     backoff_initial: Duration,
     backoff_max: Duration,
 }
@@ -341,14 +349,15 @@ impl Replayer {
                 settings,
                 owner,
                 leases: AtomicU64::new(0),
-                on_change: Box::new(|| {}),
+                on_change: Box::new(|_, _| {}),
                 shutdown: CancellationToken::new(),
             }),
         }
     }
 
-    /// Runs `f` after every settle that moved a payment (the engine's long-poll tick).
-    pub fn with_on_change(self, f: impl Fn() + Send + Sync + 'static) -> Replayer {
+    /// Runs `f(payment, state)` for every payment a settle touched, once it is durable (the
+    /// engine's long-poll wake-ups).
+    pub fn with_on_change(self, f: impl Fn(&str, State) + Send + Sync + 'static) -> Replayer {
         self.rebuild(|i| i.on_change = Box::new(f))
     }
 
@@ -634,6 +643,8 @@ impl Replayer {
             )
             .naive_local(),
             terminal_id: self.inner.settings.terminal_id.clone(),
+            merchant_name: self.inner.settings.merchant_name.clone(),
+            store_name: self.inner.settings.store_name.clone(),
             backoff_initial: self.inner.settings.backoff_initial,
             backoff_max: self.inner.settings.backoff_max,
         };
@@ -674,8 +685,10 @@ impl Replayer {
                 }
             }
         }
-        if reports.iter().any(|r| r.payment_state.is_some()) {
-            (self.inner.on_change)();
+        for r in &reports {
+            if let Some(state) = r.payment_state {
+                (self.inner.on_change)(&r.payment_request_id, state);
+            }
         }
         Ok(reports)
     }
@@ -805,10 +818,12 @@ fn settle_one(
                 payment_id: payment_id.clone(),
                 ..Default::default()
             };
+            let mut refund = None;
             let event = match (item.kind, &item.refund_request_id) {
                 (ItemKind::Refund, Some(rid)) => {
                     let r = payments::get_refund(tx, rid)?
                         .ok_or_else(|| anyhow::anyhow!("queued refund {rid} has no refund row"))?;
+                    refund = Some(r.clone());
                     change.settle_refund = Some(SettleRefund {
                         refund_request_id: rid.clone(),
                         state: "SUCCEEDED",
@@ -824,7 +839,7 @@ fn settle_one(
                 }
                 _ => Event::QueuedCancelConfirmed,
             };
-            let state = move_payment(tx, &rec, &event, change, now)?;
+            let state = move_payment(tx, ctx, &rec, &event, change, refund.as_ref())?;
             Ok(ItemReport {
                 payment_state: Some(state),
                 ..report(item, ItemOutcome::Done, "confirmed by the gateway")
@@ -996,12 +1011,13 @@ fn give_up(
     };
     let state = move_payment(
         tx,
+        ctx,
         &rec,
         &Event::QueueGaveUp {
             reason: reason.clone(),
         },
         change,
-        ctx.now,
+        None,
     )?;
     let outcome = if status == ItemStatus::Abandoned {
         ItemOutcome::Abandoned
@@ -1019,11 +1035,13 @@ fn give_up(
 /// journaled on the payment without changing its state. Returns the state after.
 fn move_payment(
     tx: &Connection,
+    ctx: &SettleCtx,
     rec: &PaymentRecord,
     event: &Event,
     mut change: Change,
-    now: i64,
+    refund: Option<&payments::RefundRecord>,
 ) -> anyhow::Result<State> {
+    let now = ctx.now;
     match machine::decide(rec.state, &context_of(rec, 10), event) {
         Decision::Go {
             to,
@@ -1032,6 +1050,18 @@ fn move_payment(
             ..
         } => {
             change.to = Some(to);
+            // The confirmation's slip (CANCEL, REFUND) commits with it, like the payment
+            // task's.
+            let mut with_id = rec.clone();
+            if with_id.payment_id.is_none() {
+                with_id.payment_id = change.payment_id.clone();
+            }
+            let who = SlipIdentity {
+                merchant_name: &ctx.merchant_name,
+                store_name: &ctx.store_name,
+                terminal_id: &ctx.terminal_id,
+            };
+            change.slip = slip_data(&who, ctx.local, &with_id, to, refund);
             if to == State::NeedsAttention {
                 change.attention_reason = Some(cause.clone());
             }

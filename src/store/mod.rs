@@ -62,6 +62,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection for reads, so that a status query never waits behind a commit's
+    /// fsync (WAL lets readers run beside the writer). In memory it is the same connection.
+    reader: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -91,8 +94,11 @@ impl Store {
         let mut conn = Connection::open(path).map_err(sq)?;
         configure(&mut conn, true).map_err(sq)?;
         migrate(&mut conn, path)?;
+        let mut reader = Connection::open(path).map_err(sq)?;
+        configure(&mut reader, true).map_err(sq)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
         })
     }
@@ -107,8 +113,10 @@ impl Store {
         let mut conn = Connection::open_in_memory().map_err(sq)?;
         configure(&mut conn, false).map_err(sq)?;
         migrate(&mut conn, &path)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: conn.clone(),
+            conn,
             path,
         })
     }
@@ -130,6 +138,20 @@ impl Store {
             // back when its guard dropped, so the connection itself is still consistent.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut guard)
+        })
+        .await?
+    }
+
+    /// Runs a read-only `f` on the read connection on a blocking thread.
+    pub async fn read<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<R> + Send + 'static,
+    {
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
         })
         .await?
     }

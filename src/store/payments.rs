@@ -141,6 +141,8 @@ pub struct Change {
     pub enqueue: Option<NewQueueItem>,
     /// `storeTerminalRequestTime` to record (binding a scan).
     pub terminal_time: Option<String>,
+    /// A slip to put in the print journal in the same transaction (a final state).
+    pub slip: Option<crate::devices::receipt::SlipData>,
 }
 
 /// A refund to create.
@@ -567,6 +569,9 @@ pub fn apply_in(
              ON CONFLICT DO NOTHING",
             params![q.kind, id, q.refund_request_id, q.payload_version, q.payload, q.next_attempt_at, now],
         )?;
+    }
+    if let Some(slip) = &change.slip {
+        crate::store::print_journal::enqueue(&tx, slip)?;
     }
     insert_event(
         tx,

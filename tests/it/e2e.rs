@@ -92,6 +92,48 @@ async fn every_sandbox_row_reaches_its_final_state() {
     let p87 = d.get(&ids[9]).await;
     assert_eq!(p87["refunds"][0]["state"], "SUCCEEDED");
     assert_eq!(p87["refunded_amount"], "12.34");
+    // Slips: SALE for each success, CANCEL for each confirmed cancel, REFUND for 87, each
+    // written with its final state and printed by the file printer.
+    let c = rusqlite::Connection::open(d.state().join("posd.sqlite3")).unwrap();
+    let kinds: Vec<(String, i64)> = c
+        .prepare("SELECT kind, count(*) FROM print_slips GROUP BY kind ORDER BY kind")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        kinds,
+        vec![
+            ("CANCEL".into(), 2),
+            ("REFUND".into(), 1),
+            ("SALE".into(), 5)
+        ]
+    );
+    let receipts = d.dir.path().join("var/receipts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let txt = std::fs::read_dir(&receipts)
+            .map(|r| {
+                r.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "txt")
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        if txt == 8 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{txt} slips printed of 8"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The clear code never reached the log or the database.
     let full = code("56");
     assert!(!d.log().contains(&full[..]), "clear code in the log");
@@ -208,7 +250,7 @@ async fn crash_and_resume(failpoint: &str, last2: &str, want: &[&str]) {
         "{failpoint}: the daemon should have been killed"
     );
     assert!(
-        d.log().contains(&format!("failpoint reached")),
+        d.log().contains("failpoint reached"),
         "{failpoint} never fired:\n{}",
         d.log()
     );

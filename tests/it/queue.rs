@@ -607,6 +607,8 @@ async fn two_replayers_on_one_database_send_each_item_exactly_once() {
                 concurrency: 2,
                 terminal_id: "T1".into(),
                 timezone: None,
+                merchant_name: "Test Merchant".into(),
+                store_name: "Test Store".into(),
             },
             role,
         )

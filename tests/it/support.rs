@@ -7,7 +7,7 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, FixedOffset};
 use posd::domain::code::{CodeRules, PaymentCode};
@@ -102,4 +102,52 @@ pub fn pay_order(payment_request_id: &str) -> PayOrder {
 /// 2026-11-21T10:15:30+08:00.
 pub fn terminal_time() -> DateTime<FixedOffset> {
     DateTime::parse_from_rfc3339("2026-11-21T10:15:30+08:00").expect("valid time")
+}
+
+/// Everything the library logs (all levels, all tests of this binary) from the first call of
+/// [`capture_logs`] on. A process-wide subscriber, because a thread-scoped one misses events
+/// whose callsites other test threads registered first.
+#[derive(Clone, Default)]
+pub struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuf {
+    /// The captured text so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+/// Installs (once) a global subscriber for posd's own events (all levels; dependencies are
+/// left out so the buffer stays small) writing into a shared buffer, and returns the buffer.
+pub fn capture_logs() -> LogBuf {
+    static LOGS: OnceLock<LogBuf> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = LogBuf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("posd=trace"))
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in tests");
+        buf
+    })
+    .clone()
 }

@@ -38,7 +38,6 @@ fn all_events() -> Vec<Event> {
             fully_refunded: false,
         },
         Event::QueueGaveUp { reason: "r".into() },
-        Event::QueuedCancelWindowPassed,
     ];
     for a in &answers {
         v.push(Event::PayAnswered(a.clone()));
@@ -111,7 +110,6 @@ fn final_stays_final_except_refunds_and_the_queue() {
                     ) | (
                         State::CancelQueued,
                         Event::QueuedCancelConfirmed
-                            | Event::QueuedCancelWindowPassed
                             | Event::QueuedRefundConfirmed { .. }
                             | Event::QueueGaveUp { .. }
                     )
@@ -298,27 +296,29 @@ fn cancel_outcomes() {
             ..
         }
     ));
-    // ORDER_NOT_EXIST: a payment the gateway once acknowledged needs a human; one it never
-    // saw was never charged.
+    // The gateway never saw the pay (no paymentId ever): not charged.
+    let gone = Event::CancelAnswered(failed("ORDER_NOT_EXIST"));
+    assert_eq!(
+        target(&decide(State::Cancelling, &ctx, &gone)),
+        Some(State::Failed)
+    );
+    // It did see it and now denies it: a human must look.
     let seen = Context {
         gateway_saw_payment: true,
-        ..Context::default()
+        ..ctx
     };
     assert_eq!(
-        target(&decide(
-            State::Cancelling,
-            &seen,
-            &Event::CancelAnswered(failed("ORDER_NOT_EXIST"))
-        )),
+        target(&decide(State::Cancelling, &seen, &gone)),
+        Some(State::NeedsAttention)
+    );
+    let other = Event::CancelAnswered(failed("ORDER_STATUS_INVALID"));
+    assert_eq!(
+        target(&decide(State::Cancelling, &seen, &other)),
         Some(State::NeedsAttention)
     );
     assert_eq!(
-        target(&decide(
-            State::Cancelling,
-            &ctx,
-            &Event::CancelAnswered(failed("ORDER_NOT_EXIST"))
-        )),
-        Some(State::Failed)
+        target(&decide(State::Cancelling, &ctx, &other)),
+        Some(State::NeedsAttention)
     );
     assert_eq!(
         decide(State::Cancelling, &ctx, &Event::CancelAnswered(unknown())),
@@ -490,30 +490,5 @@ fn restart_resumes_every_open_state() {
             State::Refunding => assert_eq!(effect, Effect::Refund),
             _ => assert_eq!(effect, Effect::None, "{s}"),
         }
-    }
-}
-
-#[test]
-fn a_queued_cancel_past_its_window_stays_queued_and_owes_a_refund() {
-    let ctx = Context::default();
-    let d = decide(State::CancelQueued, &ctx, &Event::QueuedCancelWindowPassed);
-    assert!(
-        matches!(
-            &d,
-            Decision::Go {
-                to: State::CancelQueued,
-                effect: Effect::EnqueueRefund,
-                result_code: Some(c),
-                ..
-            } if c == "CANCEL_WINDOW_EXCEED"
-        ),
-        "{d:?}"
-    );
-    for s in ALL_STATES.into_iter().filter(|s| *s != State::CancelQueued) {
-        assert_eq!(
-            target(&decide(s, &ctx, &Event::QueuedCancelWindowPassed)),
-            None,
-            "{s}"
-        );
     }
 }

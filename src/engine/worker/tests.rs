@@ -130,6 +130,8 @@ fn settings() -> QueueSettings {
         concurrency: 4,
         terminal_id: "T0001".into(),
         timezone: Some(chrono_tz::Asia::Shanghai),
+        merchant_name: "Demo Cafe".into(),
+        store_name: "Demo Cafe Central".into(),
     }
 }
 
@@ -236,6 +238,16 @@ async fn a_confirmed_cancel_closes_the_item_and_cancels_the_payment_once() {
         (last.from, last.to),
         (Some(State::CancelQueued), State::Cancelled)
     );
+    // The CANCEL slip committed with the confirmation.
+    let slips: Vec<String> = store
+        .call_blocking(|c| {
+            let mut st =
+                c.prepare("SELECT kind FROM print_slips WHERE payment_request_id = 'P1'")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .unwrap();
+    assert_eq!(slips, vec!["CANCEL".to_string()]);
     // Draining again sends nothing and changes nothing.
     assert!(r.drain().await.unwrap().is_empty());
     assert_eq!(fake.calls("cancel").len(), 1);
@@ -559,6 +571,8 @@ fn engine_settings() -> EngineSettings {
         terminal_id: "T0001".into(),
         timezone: Some(chrono_tz::Asia::Shanghai),
         description: "test".into(),
+        merchant_name: "Demo Cafe".into(),
+        store_name: "Demo Cafe Central".into(),
         pay_timeout: Duration::from_secs(5),
         inquiry_interval: Duration::from_secs(3),
         inquiry_timeout: Duration::from_secs(3),

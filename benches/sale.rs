@@ -1,0 +1,233 @@
+//! Sale benchmarks (issue 3), each beside the machine's floor measured in the same run:
+//! (a) scan accepted → pay request on the wire (id, intent commit, JSON, sign, send) against
+//!     one `synchronous=FULL` commit + one OpenSSL RSA-2048 sign;
+//! (b) full sales per second against a zero-delay loopback gateway against the fsync
+//!     ceiling divided by the commits one sale needs (2: the intent, the answer).
+//! Run: `cargo bench --bench sale`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use posd::domain::code::{CodeRules, PaymentCode};
+use posd::domain::money::{Amount, Currency};
+use posd::engine::{Engine, EngineSettings, SaleRequest};
+use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
+use posd::gateway::sign::{Message, PrivateKey, PublicKey};
+use posd::store::Store;
+use tokio::sync::mpsc;
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
+
+fn key(name: &str) -> String {
+    std::fs::read_to_string(format!("{KEYS}{name}")).expect("test key")
+}
+
+/// A zero-delay gateway: answers every pay with a signed S and reports arrival times.
+async fn fake_gateway(arrivals: mpsc::UnboundedSender<Instant>) -> String {
+    let gw_key =
+        Arc::new(PrivateKey::from_text(&key("gateway_private_pkcs8.pem"), "gateway").unwrap());
+    let app = axum::Router::new().route(
+        "/ams/api/v1/payments/pay",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let gw_key = gw_key.clone();
+            let arrivals = arrivals.clone();
+            async move {
+                let _ = arrivals.send(Instant::now());
+                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let resp = serde_json::json!({
+                    "result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "success"},
+                    "paymentId": format!("G{}", req["paymentRequestId"].as_str().unwrap()),
+                    "paymentRequestId": req["paymentRequestId"],
+                    "paymentAmount": req["paymentAmount"],
+                })
+                .to_string();
+                let client_id = headers.get("client-id").unwrap().to_str().unwrap().to_string();
+                let time = "2026-11-21T10:00:00+08:00";
+                let sig = gw_key.sign_header(
+                    "1",
+                    &Message { method: "POST", uri: "/ams/api/v1/payments/pay", client_id: &client_id, time, body: resp.as_bytes() },
+                );
+                (
+                    StatusCode::OK,
+                    [("client-id", client_id), ("response-time", time.to_string()), ("signature", sig)],
+                    resp,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn engine(base: String, dir: &std::path::Path) -> Engine {
+    let settings = ClientSettings {
+        base_url: base,
+        client_id: "BENCH_CLIENT".into(),
+        key_version: "1".into(),
+        merchant_key: Arc::new(
+            PrivateKey::from_text(&key("merchant_private_pkcs8.pem"), "merchant").unwrap(),
+        ),
+        gateway_key: PublicKey::from_text(&key("gateway_public.pem"), "gateway").unwrap(),
+        notify_url: None,
+        agent_token: None,
+        insecure_http: true,
+        connect_timeout: Duration::from_secs(3),
+        pay_timeout: Duration::from_secs(5),
+        inquiry_timeout: Duration::from_secs(3),
+        cancel_timeout: Duration::from_secs(3),
+        merchant: MerchantIdentity {
+            merchant_id: "M1".into(),
+            merchant_name: "Bench".into(),
+            merchant_mcc: "5812".into(),
+            store_id: "S1".into(),
+            store_name: "Bench Store".into(),
+            store_mcc: "5812".into(),
+            terminal_id: "T0001".into(),
+        },
+    };
+    let client = AmsClient::new(settings).unwrap();
+    let store = Store::open(&dir.join("bench.sqlite3")).unwrap();
+    Engine::new(
+        store,
+        Arc::new(client),
+        EngineSettings {
+            terminal_id: "T0001".into(),
+            timezone: Some(chrono_tz::Asia::Shanghai),
+            description: "bench".into(),
+            merchant_name: "Bench".into(),
+            store_name: "Bench Store".into(),
+            pay_timeout: Duration::from_secs(5),
+            inquiry_interval: Duration::from_secs(3),
+            inquiry_timeout: Duration::from_secs(3),
+            inquiry_max: 10,
+            cancel_timeout: Duration::from_secs(3),
+            cancel_retry_window: Duration::from_secs(60),
+            cancel_retry_min: Duration::from_secs(5),
+            cancel_retry_max: Duration::from_secs(10),
+            queue_backoff_initial: Duration::from_secs(30),
+        },
+    )
+}
+
+/// Mean time of one `synchronous=FULL` commit (WAL) of a small row, on the same disk.
+fn full_commit(dir: &std::path::Path, n: u32) -> Duration {
+    std::fs::create_dir_all(dir).unwrap();
+    let c = rusqlite::Connection::open(dir.join("floor.sqlite3")).unwrap();
+    c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+        .unwrap();
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", [])
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        c.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+    }
+    start.elapsed() / n
+}
+
+/// OpenSSL's RSA-2048 sign time from `openssl speed`, if the CLI is there.
+fn openssl_sign() -> Option<Duration> {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-seconds", "2", "rsa2048"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "rsa 2048 bits 0.000281s 0.000008s   3555.2 118000.1"
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("rsa 2048") || l.contains("rsa  2048"))?;
+    let secs: f64 = line
+        .split_whitespace()
+        .find(|w| w.ends_with('s') && w.contains('.'))?
+        .trim_end_matches('s')
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs_f64(secs))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing and wants a quick run.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (n_lat, n_sales) = if quick { (5, 20) } else { (300, 3000) };
+    let dir = tempfile::tempdir().unwrap();
+    let n_commit = if quick { 10 } else { 300 };
+    let commit_before = full_commit(dir.path(), n_commit);
+    let sign = openssl_sign();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let base = fake_gateway(tx).await;
+        let e = engine(base, dir.path());
+        let code = PaymentCode::parse("281234567890123456", &CodeRules::default()).unwrap();
+        let cny = Currency::from_code("CNY").unwrap();
+        // Warm up the connection pool and caches.
+        for _ in 0..3 {
+            let r = e.start_sale(SaleRequest { amount: Amount::parse("1", cny).unwrap(), order_ref: None, code: Some(code.clone()) }).await.unwrap();
+            e.wait_final(&r.payment_request_id, Duration::from_secs(10)).await.unwrap();
+            rx.recv().await.unwrap();
+        }
+        // (a) scan accepted -> pay on the wire, one sale at a time.
+        let mut lat = Vec::new();
+        for _ in 0..n_lat {
+            let t0 = Instant::now();
+            let r = e.start_sale(SaleRequest { amount: Amount::parse("12.34", cny).unwrap(), order_ref: None, code: Some(code.clone()) }).await.unwrap();
+            let t1 = rx.recv().await.unwrap();
+            lat.push(t1 - t0);
+            e.wait_final(&r.payment_request_id, Duration::from_secs(10)).await.unwrap();
+        }
+        lat.sort();
+        let median = lat[lat.len() / 2];
+        let p95 = lat[lat.len() * 95 / 100];
+        // (b) full sales per second, 32 sales in flight.
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..32 {
+            let e = e.clone();
+            let code = code.clone();
+            let per = n_sales / 32;
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per {
+                    let r = e.start_sale(SaleRequest { amount: Amount::parse("1.00", cny).unwrap(), order_ref: None, code: Some(code.clone()) }).await.unwrap();
+                    let v = e.wait_final(&r.payment_request_id, Duration::from_secs(30)).await.unwrap();
+                    assert_eq!(v.payment.state, posd::domain::machine::State::Succeeded, "worker {w}");
+                }
+                per
+            }));
+        }
+        let mut done = 0;
+        for t in tasks {
+            done += t.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        // The floor again after the load: the lower of the two is the machine's floor (other
+        // work on a shared disk only ever makes a commit slower).
+        let commit = commit_before.min(full_commit(&dir.path().join("after"), n_commit));
+        let rate = done as f64 / elapsed.as_secs_f64();
+        let ceiling = 1.0 / commit.as_secs_f64();
+        println!("floor: one synchronous=FULL commit          {}", ms(commit));
+        match sign {
+            Some(s) => println!("floor: one OpenSSL RSA-2048 sign           {}", ms(s)),
+            None => println!("floor: openssl CLI not found; sign floor unknown"),
+        }
+        let floor_a = commit + sign.unwrap_or_default();
+        println!("(a) scan -> pay on the wire: median {}  p95 {}  ({} sales)", ms(median), ms(p95), n_lat);
+        println!("    target <= 1.5 x (sign + commit) = {}  -> ratio {:.2}", ms(floor_a.mul_f64(1.5)), median.as_secs_f64() / floor_a.as_secs_f64());
+        println!("(b) full sales: {done} in {:.2} s = {rate:.0} sales/s (32 in flight)", elapsed.as_secs_f64());
+        println!("    fsync ceiling {ceiling:.0} commits/s / 2 commits per sale = {:.0} sales/s -> {:.0} % of it (target >= 70 %)", ceiling / 2.0, 100.0 * rate / (ceiling / 2.0));
+    });
+}
