@@ -310,9 +310,12 @@ struct ReplayerInner {
     settings: QueueSettings,
     owner: String,
     leases: AtomicU64,
-    on_change: Box<dyn Fn(&str, State) + Send + Sync>,
+    on_change: OnChange,
     shutdown: CancellationToken,
 }
+
+/// Told `(payment, state)` for every payment a settle touched.
+type OnChange = Box<dyn Fn(&str, State) + Send + Sync>;
 
 /// Everything a settle needs besides the verdicts.
 struct SettleCtx {

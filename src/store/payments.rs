@@ -571,7 +571,7 @@ pub fn apply_in(
         )?;
     }
     if let Some(slip) = &change.slip {
-        crate::store::print_journal::enqueue(&tx, slip)?;
+        crate::store::print_journal::enqueue(tx, slip)?;
     }
     insert_event(
         tx,
