@@ -1,5 +1,8 @@
 //! `posd run`: opens the store, builds the gateway (the embedded sandbox or the real one),
-//! resumes every open payment, serves the API, reads the scanner, and shuts down cleanly.
+//! resumes every open payment, serves the API and the notification endpoint, reads the
+//! scanner, tells systemd when it is ready (and pings its watchdog from the health check),
+//! and shuts down cleanly: no new sales, in-flight calls finish or reach their deadline,
+//! every payment is left where recovery resumes it. A second signal exits at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,10 +21,14 @@ use crate::engine::{Engine, EngineSettings};
 use crate::gateway::client::{AmsClient, ClientSettings};
 use crate::gateway::sandbox::{self, Sandbox, SandboxHandle, SandboxSettings};
 use crate::gateway::sign::{self, PrivateKey, PublicKey};
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// How long shutdown waits for in-flight gateway calls before leaving them to recovery.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long the runtime waits for leftover blocking work (a stdin read) when the daemon exits.
+pub const RUNTIME_EXIT_GRACE: Duration = Duration::from_millis(500);
 
 /// The directory that holds the database and, in sandbox mode, the generated keys.
 pub fn state_dir(cfg: &Config) -> PathBuf {
@@ -76,6 +83,12 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// The embedded sandbox, when `gateway.kind = "sandbox"`.
     pub sandbox: Option<SandboxHandle>,
+    /// The notification endpoint's bound address, when `[notify] enabled`.
+    pub notify_addr: Option<SocketAddr>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The health check (also drives the systemd watchdog).
+    pub health: Health,
     /// The print worker.
     pub printer: PrintWorkerHandle,
 }
@@ -92,7 +105,26 @@ pub async fn run(
         t.cancel();
     });
     let running = start(&cfg, token.clone()).await?;
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("ready: API listening, payments resumed"),
+    ]);
+    if let Some(timeout) = sd_notify::watchdog_enabled() {
+        tracing::info!(
+            ?timeout,
+            "systemd watchdog enabled; pinging from the health check"
+        );
+        tokio::spawn(crate::health::watchdog(
+            running.health.clone(),
+            timeout / 2,
+            token.clone(),
+        ));
+    }
     token.cancelled().await;
+    notify_systemd(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: letting in-flight gateway calls finish"),
+    ]);
     tracing::info!("shutting down: no new sales; letting in-flight gateway calls finish");
     let clean = running.engine.shutdown(SHUTDOWN_GRACE).await;
     if !clean {
@@ -107,11 +139,38 @@ pub async fn run(
     Ok(())
 }
 
+/// Tells systemd (when `NOTIFY_SOCKET` is set; otherwise does nothing).
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 /// Starts every part of the daemon and returns once the API listens.
 pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Running> {
     let store_path = cfg.store_path();
     tracing::info!(path = %store_path.display(), "opening the store");
     let store = Store::open(&store_path)?;
+    let metrics = Metrics::new();
+
+    // Bound before the client exists: the embedded sandbox is told where to notify.
+    let notify_listener = if cfg.notify.enabled {
+        let l = tokio::net::TcpListener::bind(cfg.notify.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (notify.listen); is another posd running?",
+                    cfg.notify.listen
+                )
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+    let notify_addr = notify_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let merchant = Arc::new(merchant_key(cfg)?);
     let (gateway_public, base_override, sandbox) = match cfg.gateway.kind {
@@ -130,13 +189,20 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
             (PublicKey::load(&cfg.resolve(p))?, None, None)
         }
     };
-    let client = AmsClient::new(ClientSettings::from_config(
-        cfg,
-        merchant,
-        gateway_public,
-        base_override,
-    )?)?;
+    let mut settings =
+        ClientSettings::from_config(cfg, merchant, gateway_public.clone(), base_override)?;
+    if let (Some(addr), true, None) = (notify_addr, sandbox.is_some(), &settings.notify_url) {
+        // The embedded sandbox notifies this daemon's own endpoint over loopback.
+        settings.notify_url = Some(format!(
+            "http://127.0.0.1:{}{}",
+            addr.port(),
+            cfg.notify.path
+        ));
+    }
+    let client_id = settings.client_id.clone();
+    let client = AmsClient::new(settings)?.with_observer(metrics.call_observer());
     let engine = Engine::new(store, Arc::new(client), EngineSettings::from_config(cfg));
+    let health = Health::new(engine.clone());
 
     let resumed = engine.recover().await?;
     if resumed > 0 {
@@ -159,9 +225,18 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         code_rules: Arc::new(cfg.code_rules()),
         currency: cfg.currency(),
     };
-    let app = api::router(state);
+    let ops = api::ops::OpsState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        engine: engine.clone(),
+    };
+    let app = api::guard::secure(
+        api::router(state).merge(api::ops::router(ops)),
+        cfg.api.token.as_ref(),
+        api::MAX_BODY,
+    );
     let t = token.clone();
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { t.cancelled().await })
             .await;
@@ -169,7 +244,32 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
             tracing::error!(error = %e, "API server stopped");
         }
     });
+    health.add_task("api", served.abort_handle());
+    if let Some(queue) = engine.queue_worker_task() {
+        health.add_task("queue worker", queue);
+    }
     tracing::info!(addr = %api_addr, "API listening");
+
+    if let (Some(listener), Some(addr)) = (notify_listener, notify_addr) {
+        let app = api::notify::router(api::notify::NotifyState {
+            engine: engine.clone(),
+            gateway_key: Arc::new(gateway_public),
+            client_id,
+            path: cfg.notify.path.clone(),
+            metrics: metrics.clone(),
+        });
+        let t = token.clone();
+        let served = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { t.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "notification endpoint stopped");
+            }
+        });
+        health.add_task("notify", served.abort_handle());
+        tracing::info!(addr = %addr, path = %cfg.notify.path, "notification endpoint listening");
+    }
 
     let mut printer_cfg = cfg.printer.clone();
     printer_cfg.path = cfg.resolve(&printer_cfg.path);
@@ -186,12 +286,19 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
             }
         }
     });
+    spawn_printer_metrics(&printer, metrics.clone(), token.clone());
+    if cfg.scanner.kind == crate::devices::config::ScannerKind::None {
+        metrics.set_scanner_status("DISABLED");
+    }
     spawn_scanner(engine.clone(), cfg, token.clone());
     eprintln!("posd: ready; API on http://{api_addr}");
     Ok(Running {
         engine,
         api_addr,
         sandbox,
+        notify_addr,
+        metrics,
+        health,
         printer,
     })
 }
@@ -224,6 +331,25 @@ pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<
     Ok((client, sandbox))
 }
 
+/// Mirrors the print worker's status into the `posd_printer_status` gauge.
+fn spawn_printer_metrics(
+    printer: &PrintWorkerHandle,
+    metrics: Arc<Metrics>,
+    token: CancellationToken,
+) {
+    let mut status = printer.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let now = *status.borrow_and_update();
+            metrics.set_printer_status(now.as_str());
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { break },
+                _ = token.cancelled() => break,
+            }
+        }
+    });
+}
+
 /// Feeds validated, de-duplicated scans to the engine: each binds to the sale waiting for a
 /// code; a rejected scan or a scan with no sale waiting is reported with its reason.
 fn spawn_scanner(engine: Engine, cfg: &Config, token: CancellationToken) {
@@ -252,7 +378,9 @@ fn spawn_scanner(engine: Engine, cfg: &Config, token: CancellationToken) {
     });
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT. From then on a second SIGTERM or SIGINT exits the process
+/// at once with status 0: safe, because every step was committed before it was acted on
+/// (rule 1) and the next start resumes every open payment (rule 6).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
@@ -261,4 +389,13 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now; open payments resume on the next start");
+        eprintln!("posd: second signal, exiting now; open payments resume on the next start");
+        std::process::exit(0);
+    });
 }

@@ -5,7 +5,10 @@
 //! - `gateway`: the Alipay+ AMS client, request signing, and the embedded sandbox gateway.
 //! - `store`: SQLite (migrations from `migrations/`), the only module that touches rusqlite.
 //! - `engine`: the tokio tasks that drive payments, the reversal queue worker, recovery.
-//! - `api`: the local HTTP API and the notification endpoint.
+//! - `api`: the local HTTP API (hardened by `api::guard`), `/healthz` and `/metrics`
+//!   (`api::ops`), and the gateway's notification endpoint on its own listener (`api::notify`).
+//! - `metrics`: the Prometheus registry; `health`: the health check that also feeds the
+//!   systemd watchdog.
 //! - `devices`: scanner, printer, receipt layout.
 //! - `cli`, `config`: the `posd` command line and `config.toml`.
 //!
@@ -21,5 +24,7 @@ pub mod devices;
 pub mod domain;
 pub mod engine;
 pub mod gateway;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod store;

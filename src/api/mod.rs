@@ -1,7 +1,12 @@
-//! The local HTTP API (axum): sales, status with long-poll, abort, health. Bad input gets a
-//! 4xx with `{"error":{"code","message"}}` and changes nothing.
+//! The local HTTP API (axum): sales, status with long-poll, abort. Bad input gets a
+//! 4xx with `{"error":{"code","message"}}` and changes nothing. Health, metrics and the
+//! notification listing are in [`ops`], the hardening layers in [`guard`], the gateway's
+//! notification endpoint (its own listener) in [`notify`].
 
+pub mod guard;
 pub mod journal;
+pub mod notify;
+pub mod ops;
 pub mod queue;
 pub mod refunds;
 pub mod wire;
@@ -109,7 +114,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payments/{id}", get(get_payment))
         .route("/v1/payments/{id}/abort", post(abort_payment))
         .route("/v1/payments/{id}/receipt", post(reprint))
-        .route("/healthz", get(healthz))
         .merge(
             queue::routes()
                 .merge(refunds::routes())
@@ -244,30 +248,5 @@ async fn reprint(
                 "no slip for payment {id}: it has not reached a state that prints one"
             ),
         }),
-    }
-}
-
-async fn healthz(AxState(st): AxState<ApiState>) -> Response {
-    let db = st
-        .engine
-        .store()
-        .call(|c| {
-            let n = c.query_row("SELECT count(*) FROM payments", [], |r| r.get::<_, i64>(0))?;
-            Ok((n, crate::store::queue::depth(c)?))
-        })
-        .await;
-    match db {
-        Ok((n, depth)) => Json(serde_json::json!({
-            "status": "ok",
-            "payments": n,
-            "active_payment_tasks": st.engine.active_drivers(),
-            "queue": queue::DepthJson::new(&depth, crate::store::now_ms()),
-        }))
-        .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "unavailable", "reason": format!("database: {e}")})),
-        )
-            .into_response(),
     }
 }

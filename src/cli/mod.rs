@@ -376,7 +376,10 @@ fn run_daemon(cfg: Config) -> u8 {
         return EXIT_USAGE;
     }
     let rt = runtime();
-    match rt.block_on(crate::daemon::run(cfg, crate::daemon::shutdown_signal())) {
+    let result = rt.block_on(crate::daemon::run(cfg, crate::daemon::shutdown_signal()));
+    // A blocking stdin read (the stdin scanner) must not hold the exit.
+    rt.shutdown_timeout(crate::daemon::RUNTIME_EXIT_GRACE);
+    match result {
         Ok(()) => EXIT_OK,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "posd stopped");

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod clock;
 mod driver;
 pub mod failpoint;
+pub mod notify;
 pub mod queue;
 mod refund;
 pub mod worker;
@@ -141,8 +142,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Wakes the reversal queue's worker (enqueue, on demand, gateway back).
     queue: Arc<worker::QueueSignal>,
-    /// The daemon's queue replayer, once its worker runs.
-    replayer: OnceLock<worker::Replayer>,
+    /// The daemon's queue replayer and its worker task, once the worker runs.
+    replayer: OnceLock<(worker::Replayer, tokio::task::AbortHandle)>,
 }
 
 impl Engine {
@@ -197,20 +198,26 @@ impl Engine {
                 )
                 .with_on_change(move |id, state| engine.changed_payment(id, state))
                 .with_shutdown(self.inner.shutdown.clone());
-                self.inner.tracker.spawn(worker::run(
+                let task = self.inner.tracker.spawn(worker::run(
                     r.clone(),
                     self.inner.queue.clone(),
                     self.inner.shutdown.clone(),
                 ));
-                r
+                (r, task.abort_handle())
             })
+            .0
             .clone();
         replayer
     }
 
     /// The daemon's queue replayer, when its worker runs.
     pub fn replayer(&self) -> Option<&worker::Replayer> {
-        self.inner.replayer.get()
+        self.inner.replayer.get().map(|(r, _)| r)
+    }
+
+    /// The queue worker's task, for the health check (it runs until shutdown).
+    pub fn queue_worker_task(&self) -> Option<tokio::task::AbortHandle> {
+        self.inner.replayer.get().map(|(_, t)| t.clone())
     }
 
     /// Wakes the queue worker (after an enqueue, or on demand).

@@ -365,7 +365,12 @@ async fn abort_while_inquiring_cancels_and_a_late_success_never_becomes_a_sale()
         )
         .await
         .unwrap();
-    assert_eq!(n.state, State::Cancelling);
+    // The driver may already have had the cancel confirmed; either way, never a sale.
+    assert!(
+        matches!(n.state, State::Cancelling | State::Cancelled),
+        "{:?}",
+        n.state
+    );
     let v = final_state(&e, &rec.payment_request_id).await;
     assert_eq!(v.payment.state, State::Cancelled);
     assert_eq!(fake.calls("inquiry").len(), 1, "no inquiry after the abort");

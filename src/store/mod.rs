@@ -15,6 +15,7 @@
 //! schema is newer than this binary knows is refused, never downgraded.
 
 pub mod journal;
+pub mod notifications;
 pub mod payments;
 pub mod print_journal;
 pub mod queue;

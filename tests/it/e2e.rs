@@ -355,3 +355,122 @@ async fn fifty_sales_at_once_all_end_final_and_consistent() {
     }
     assert!(!d.log().contains("database is locked"), "{}", d.log());
 }
+
+fn posd(d: &TestDaemon, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_posd"))
+        .arg("--config")
+        .arg(&d.config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reports_outcomes_with_its_exit_codes() {
+    let mut d = TestDaemon::new("");
+    // Daemon not running: exit 3 with a message that says what to do.
+    let out = posd(&d, &["pay", "--amount", "1.00", "--code", &code("00")]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("posd run"));
+    d.start(None).await;
+    let out = posd(
+        &d,
+        &["pay", "--amount", "1.00", "--code", &code("00"), "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["state"], "SUCCEEDED");
+    let id = p["payment_request_id"].as_str().unwrap().to_string();
+    let out = posd(&d, &["pay", "--amount", "1.00", "--code", &code("80")]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a final state other than SUCCEEDED"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
+    // Bad input: usage error, nothing sent.
+    let out = posd(&d, &["pay", "--amount", "1.234", "--code", &code("00")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("decimals"),
+        "{out:?}"
+    );
+    let out = posd(&d, &["pay", "--code", &code("00")]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing --amount is a usage error"
+    );
+    // status and abort of a final payment.
+    let out = posd(&d, &["status", &id]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCEEDED"));
+    let out = posd(&d, &["abort", &id]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refund"),
+        "{out:?}"
+    );
+    let out = posd(&d, &["status", "NOPE"]);
+    assert_eq!(out.status.code(), Some(1));
+    // config check: the good config passes; a broken one names the key.
+    let out = posd(&d, &["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let broken = d.dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&d.config)
+            .unwrap()
+            .replace("inquiry_max = 10", "inquiry_max = 3"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posd"))
+        .args(["config", "check", "--config"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("flow.inquiry_max"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn keys_generate_writes_a_private_key_only_its_owner_can_read_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("keys");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_posd"))
+            .args(["keys", "generate", "--out"])
+            .arg(&out_dir)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let public =
+        posd::gateway::sign::PublicKey::load(&out_dir.join("merchant_public.pem")).unwrap();
+    assert_eq!(
+        printed,
+        public.to_base64(),
+        "the printed one-line key is the public key"
+    );
+    let mode = std::fs::metadata(out_dir.join("merchant_private.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    posd::gateway::sign::PrivateKey::load(&out_dir.join("merchant_private.pem")).unwrap();
+    let before = std::fs::read(out_dir.join("merchant_private.pem")).unwrap();
+    let again = run();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
+    assert_eq!(
+        std::fs::read(out_dir.join("merchant_private.pem")).unwrap(),
+        before
+    );
+}

@@ -24,3 +24,8 @@ mod devices;
 // The reversal queue, refunds and the back office (issue 4): rows 86/87, SIGKILL mid-replay,
 // two replayers on one database, refunds over HTTP, `posd queue` and `posd journal`.
 mod queue;
+// The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
+mod notify;
+
+// The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
+mod ops;
