@@ -208,6 +208,8 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
     if resumed > 0 {
         tracing::info!(resumed, "resuming payments left open by the last run");
     }
+    tracing::info!("starting the reversal queue worker");
+    engine.start_queue_worker(crate::engine::worker::QueueSettings::from_config(cfg));
 
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -243,6 +245,9 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         }
     });
     health.add_task("api", served.abort_handle());
+    if let Some(queue) = engine.queue_worker_task() {
+        health.add_task("queue worker", queue);
+    }
     tracing::info!(addr = %api_addr, "API listening");
 
     if let (Some(listener), Some(addr)) = (notify_listener, notify_addr) {
@@ -297,6 +302,34 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         health,
         printer,
     })
+}
+
+/// The gateway client exactly as `posd run` builds it (with the embedded sandbox started when
+/// `gateway.kind = "sandbox"`), for back-office commands that work with the daemon stopped.
+pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<SandboxHandle>)> {
+    let merchant = Arc::new(merchant_key(cfg)?);
+    let (gateway_public, base_override, sandbox) = match cfg.gateway.kind {
+        GatewayKind::Sandbox => {
+            let (handle, public) =
+                start_embedded_sandbox(cfg, merchant.public_key().clone()).await?;
+            (public, Some(handle.base_url()), Some(handle))
+        }
+        GatewayKind::AlipayPlus => {
+            let p = cfg
+                .gateway
+                .gateway_public_key
+                .as_ref()
+                .context("gateway.gateway_public_key is required")?;
+            (PublicKey::load(&cfg.resolve(p))?, None, None)
+        }
+    };
+    let client = AmsClient::new(ClientSettings::from_config(
+        cfg,
+        merchant,
+        gateway_public,
+        base_override,
+    )?)?;
+    Ok((client, sandbox))
 }
 
 /// Mirrors the print worker's status into the `posd_printer_status` gauge.

@@ -4,8 +4,11 @@
 //! notification endpoint (its own listener) in [`notify`].
 
 pub mod guard;
+pub mod journal;
 pub mod notify;
 pub mod ops;
+pub mod queue;
+pub mod refunds;
 pub mod wire;
 
 use std::sync::Arc;
@@ -111,6 +114,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payments/{id}", get(get_payment))
         .route("/v1/payments/{id}/abort", post(abort_payment))
         .route("/v1/payments/{id}/receipt", post(reprint))
+        .merge(
+            queue::routes()
+                .merge(refunds::routes())
+                .merge(journal::routes()),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -41,10 +41,19 @@ pub fn router(state: OpsState) -> Router {
 async fn healthz(State(st): State<OpsState>) -> Response {
     let r = st.health.check().await;
     if r.healthy() {
+        // The reversal queue's depth and the age of its oldest item (issue 4).
+        let queue = st
+            .engine
+            .store()
+            .read(|c| Ok(crate::store::queue::depth(c)?))
+            .await
+            .ok()
+            .map(|d| super::queue::DepthJson::new(&d, crate::store::now_ms()));
         Json(serde_json::json!({
             "status": "ok",
             "database": "ok",
             "active_payment_tasks": r.active_payment_tasks,
+            "queue": queue,
         }))
         .into_response()
     } else {

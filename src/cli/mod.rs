@@ -3,6 +3,9 @@
 //! error, 3 daemon unreachable).
 
 pub mod client;
+pub mod journal;
+pub mod queue;
+pub mod refund;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +61,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Refund a paid sale, in full or in part.
+    Refund(refund::RefundArgs),
+    /// The back office's reversal queue: list, replay, abandon.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// The journal for reconciliation: one row per payment and per refund.
+    Journal(journal::JournalArgs),
     /// Print the payment's slip again (marked as a copy).
     Reprint {
         /// The paymentRequestId.
@@ -169,6 +179,9 @@ fn run(cli: Cli) -> u8 {
             print_payment(&p, json);
             Ok(EXIT_OK)
         }),
+        Command::Refund(args) => refund::run(&cfg, args),
+        Command::Queue(cmd) => queue::run(&cfg, cmd),
+        Command::Journal(args) => journal::run(&cfg, args),
         Command::Reprint { id } => with_client(&cfg, |c| async move {
             let v: serde_json::Value = c
                 .post(

@@ -172,6 +172,9 @@ pub enum Event {
     QueuedCancelConfirmed,
     /// The queue delivered the refund and the gateway confirmed it.
     QueuedRefundConfirmed { fully_refunded: bool },
+    /// The queue delivered the cancel and the gateway answered `CANCEL_WINDOW_EXCEED`: the
+    /// full amount is owed as a refund, queued in the same transaction.
+    QueuedCancelWindowPassed,
     /// The queue got a definitive F it cannot act on (dead letter), or a human abandoned it.
     QueueGaveUp { reason: String },
 }
@@ -514,6 +517,13 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
             "queued cancel confirmed",
             Some("SUCCESS"),
             Effect::None,
+        ),
+        // The reversal stays owed: the payment waits in CANCEL_QUEUED for the queued refund.
+        (S::CancelQueued, Event::QueuedCancelWindowPassed) => go(
+            S::CancelQueued,
+            "queued cancel refused: the cancel window has passed; the full amount is queued as a refund",
+            Some("CANCEL_WINDOW_EXCEED"),
+            Effect::EnqueueRefund,
         ),
         (S::CancelQueued | S::Refunding, Event::QueuedRefundConfirmed { fully_refunded }) => {
             let to = if *fully_refunded {

@@ -16,7 +16,7 @@ use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecor
 
 /// Extra time the engine allows beyond a call's own deadline before it gives up on the call
 /// itself (the client enforces the real deadline; this only guards against a stuck future).
-const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+pub(super) const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Facts an answer carried besides the event.
 #[derive(Default)]
@@ -97,7 +97,7 @@ async fn pause(engine: &Engine, d: Duration) -> Result<(), Stop> {
     }
 }
 
-async fn with_deadline<T>(
+pub(super) async fn with_deadline<T>(
     d: Duration,
     fut: impl std::future::Future<Output = Outcome<T>>,
 ) -> Outcome<T> {
@@ -111,7 +111,7 @@ async fn with_deadline<T>(
 
 /// Runs a money-moving call; when a failpoint is configured, fires `in_flight` while the call
 /// is outstanding (the request has left, no answer yet).
-async fn in_flight<T>(name: &str, fut: impl std::future::Future<Output = T>) -> T {
+pub(super) async fn in_flight<T>(name: &str, fut: impl std::future::Future<Output = T>) -> T {
     if !failpoint::enabled() {
         return fut.await;
     }
@@ -405,6 +405,7 @@ async fn commit(
         tracing::info!(from = %from, to = %to, "payment moved");
         if matches!(done.effect, Effect::EnqueueCancel | Effect::EnqueueRefund) {
             failpoint::hit("queue_written");
+            engine.wake_queue();
         }
     }
     Ok(done.effect)

@@ -2,13 +2,17 @@
 //! payment that performs the state machine's effects against the gateway. Every decision
 //! comes from `domain::machine`; every change is a compare-and-set in `store`.
 
+pub mod backoff;
+pub mod clock;
 mod driver;
 pub mod failpoint;
 pub mod notify;
 pub mod queue;
+mod refund;
+pub mod worker;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone};
@@ -136,11 +140,21 @@ struct Inner {
     slips: Arc<Notify>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Wakes the reversal queue's worker (enqueue, on demand, gateway back).
+    queue: Arc<worker::QueueSignal>,
+    /// The daemon's queue replayer and its worker task, once the worker runs.
+    replayer: OnceLock<(worker::Replayer, tokio::task::AbortHandle)>,
 }
 
 impl Engine {
     /// Builds an engine; no task runs until a sale starts or [`Engine::recover`] is called.
     pub fn new(store: Store, gateway: Arc<dyn Gateway>, settings: EngineSettings) -> Engine {
+        let queue = Arc::new(worker::QueueSignal::default());
+        // Every outcome feeds the queue's "the gateway answers again" wake-up.
+        let gateway = Arc::new(worker::Watched {
+            inner: gateway,
+            signal: queue.clone(),
+        });
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -152,8 +166,63 @@ impl Engine {
                 slips: Arc::new(Notify::new()),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                queue,
+                replayer: OnceLock::new(),
             }),
         }
+    }
+
+    /// Starts the reversal queue's worker task (once) and returns its replayer, which the API
+    /// also uses for on-demand replays.
+    pub fn start_queue_worker(&self, settings: worker::QueueSettings) -> worker::Replayer {
+        self.start_queue_worker_with(settings, Arc::new(clock::SystemClock))
+    }
+
+    /// [`Engine::start_queue_worker`] with an injected wall clock (tests).
+    pub fn start_queue_worker_with(
+        &self,
+        settings: worker::QueueSettings,
+        clock: Arc<dyn clock::Clock>,
+    ) -> worker::Replayer {
+        let engine = self.clone();
+        let replayer = self
+            .inner
+            .replayer
+            .get_or_init(|| {
+                let r = worker::Replayer::new(
+                    self.inner.store.clone(),
+                    self.inner.gateway.clone(),
+                    clock,
+                    settings,
+                    "daemon",
+                )
+                .with_on_change(move |id, state| engine.changed_payment(id, state))
+                .with_shutdown(self.inner.shutdown.clone());
+                let task = self.inner.tracker.spawn(worker::run(
+                    r.clone(),
+                    self.inner.queue.clone(),
+                    self.inner.shutdown.clone(),
+                ));
+                (r, task.abort_handle())
+            })
+            .0
+            .clone();
+        replayer
+    }
+
+    /// The daemon's queue replayer, when its worker runs.
+    pub fn replayer(&self) -> Option<&worker::Replayer> {
+        self.inner.replayer.get().map(|(r, _)| r)
+    }
+
+    /// The queue worker's task, for the health check (it runs until shutdown).
+    pub fn queue_worker_task(&self) -> Option<tokio::task::AbortHandle> {
+        self.inner.replayer.get().map(|(_, t)| t.clone())
+    }
+
+    /// Wakes the queue worker (after an enqueue, or on demand).
+    pub fn wake_queue(&self) {
+        self.inner.queue.wake();
     }
 
     /// The store.
@@ -207,38 +276,18 @@ impl Engine {
         to: State,
         refund: Option<&crate::store::payments::RefundRecord>,
     ) -> Option<crate::devices::receipt::SlipData> {
-        use crate::devices::receipt::{SlipData, SlipKind};
-        if to == rec.state {
-            return None;
-        }
-        let (kind, amount, refund_request_id) = match to {
-            State::Succeeded => (SlipKind::Sale, rec.amount, None),
-            State::Cancelled if matches!(rec.state, State::Cancelling | State::CancelQueued) => {
-                (SlipKind::Cancel, rec.amount, None)
-            }
-            State::Refunded | State::PartiallyRefunded => match refund {
-                Some(r) => (
-                    SlipKind::Refund,
-                    r.amount,
-                    Some(r.refund_request_id.clone()),
-                ),
-                None => (SlipKind::Refund, rec.amount, None),
-            },
-            _ => return None,
-        };
         let s = &self.inner.settings;
-        Some(SlipData {
-            kind,
-            merchant_name: s.merchant_name.clone(),
-            store_name: s.store_name.clone(),
-            terminal_id: s.terminal_id.clone(),
-            amount,
-            payment_request_id: rec.payment_request_id.clone(),
-            payment_id: rec.payment_id.clone(),
-            refund_request_id,
-            local_time: self.local_now().naive_local(),
-            copy: false,
-        })
+        slip_data(
+            &SlipIdentity {
+                merchant_name: &s.merchant_name,
+                store_name: &s.store_name,
+                terminal_id: &s.terminal_id,
+            },
+            self.local_now().naive_local(),
+            rec,
+            to,
+            refund,
+        )
     }
 
     /// Local time at the terminal, with its offset.
@@ -465,6 +514,11 @@ impl Engine {
             .await?;
         let n = open.len();
         for rec in open {
+            if self.refund_is_queued(&rec).await? {
+                // The queue owns this refund now; a driver would send it a second time.
+                tracing::info!(payment = %rec.payment_request_id, "refund is in the queue; the queue worker delivers it");
+                continue;
+            }
             tracing::info!(payment = %rec.payment_request_id, state = %rec.state, "recovering payment");
             let after = self
                 .apply_event(&rec.payment_request_id, Event::Restarted)
@@ -580,6 +634,56 @@ pub(crate) fn context_of(rec: &PaymentRecord, inquiry_max: u32) -> Context {
         refund_return_to: rec.refund_return_to.unwrap_or(State::Succeeded),
         gateway_saw_payment: rec.payment_id.is_some(),
     }
+}
+
+/// Who prints a slip: the names on its header.
+pub(crate) struct SlipIdentity<'a> {
+    pub(crate) merchant_name: &'a str,
+    pub(crate) store_name: &'a str,
+    pub(crate) terminal_id: &'a str,
+}
+
+/// The slip a move from `rec`'s state to `to` prints, if any: SALE on success, CANCEL on a
+/// confirmed reversal by cancel, REFUND (for `refund`) on a confirmed refund. Shared by the
+/// payment tasks and the queue.
+pub(crate) fn slip_data(
+    who: &SlipIdentity<'_>,
+    local: NaiveDateTime,
+    rec: &PaymentRecord,
+    to: State,
+    refund: Option<&crate::store::payments::RefundRecord>,
+) -> Option<crate::devices::receipt::SlipData> {
+    use crate::devices::receipt::{SlipData, SlipKind};
+    if to == rec.state {
+        return None;
+    }
+    let (kind, amount, refund_request_id) = match to {
+        State::Succeeded => (SlipKind::Sale, rec.amount, None),
+        State::Cancelled if matches!(rec.state, State::Cancelling | State::CancelQueued) => {
+            (SlipKind::Cancel, rec.amount, None)
+        }
+        State::Refunded | State::PartiallyRefunded => match refund {
+            Some(r) => (
+                SlipKind::Refund,
+                r.amount,
+                Some(r.refund_request_id.clone()),
+            ),
+            None => (SlipKind::Refund, rec.amount, None),
+        },
+        _ => return None,
+    };
+    Some(SlipData {
+        kind,
+        merchant_name: who.merchant_name.to_string(),
+        store_name: who.store_name.to_string(),
+        terminal_id: who.terminal_id.to_string(),
+        amount,
+        payment_request_id: rec.payment_request_id.clone(),
+        payment_id: rec.payment_id.clone(),
+        refund_request_id,
+        local_time: local,
+        copy: false,
+    })
 }
 
 /// Local time in `tz` (or the system's zone) with its offset.

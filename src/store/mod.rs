@@ -14,9 +14,11 @@
 //! Migrations live in `migrations/NN-name/up.sql` and are applied on open. A database whose
 //! schema is newer than this binary knows is refused, never downgraded.
 
+pub mod journal;
 pub mod notifications;
 pub mod payments;
 pub mod print_journal;
+pub mod queue;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

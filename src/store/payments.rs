@@ -481,8 +481,8 @@ pub fn apply(
     Ok(rec)
 }
 
-/// [`apply`] inside a transaction the caller owns and commits (e.g. a notification recorded
-/// together with its effect). Returns `None` and writes nothing when the state had moved on.
+/// [`apply`] inside a transaction the caller holds (the queue settles a payment together with
+/// its queue item). The compare-and-set runs first, so a state that moved on writes nothing.
 pub fn apply_in(
     tx: &Connection,
     id: &str,
@@ -491,25 +491,14 @@ pub fn apply_in(
     now: i64,
 ) -> rusqlite::Result<Option<PaymentRecord>> {
     let to = change.to.unwrap_or(expected);
-    let mut active_refund: Option<Option<String>> = None;
-    let mut return_to: Option<Option<&'static str>> = None;
-    if let Some(r) = &change.new_refund {
-        tx.execute(
-            "INSERT INTO refunds (refund_request_id, payment_request_id, kind, amount_minor, currency, \
-             reason, state, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,'PENDING',?7,?7)",
-            params![
-                r.refund_request_id,
-                id,
-                r.kind,
-                r.amount.minor(),
-                r.amount.currency().code(),
-                r.reason,
-                now
-            ],
-        )?;
-        active_refund = Some(Some(r.refund_request_id.clone()));
-        return_to = Some(r.return_to.map(State::as_str));
-    }
+    let active_refund = change
+        .new_refund
+        .as_ref()
+        .map(|r| r.refund_request_id.clone());
+    let return_to = change
+        .new_refund
+        .as_ref()
+        .and_then(|r| r.return_to.map(State::as_str));
     let updated = tx.execute(
         "UPDATE payments SET state = ?3, updated_at = ?4, \
            result_code = coalesce(?5, result_code), \
@@ -532,14 +521,29 @@ pub fn apply_in(
             change.inquiries,
             change.attention_reason,
             active_refund.is_some(),
-            active_refund.flatten(),
-            return_to.flatten(),
+            active_refund,
+            return_to,
             change.terminal_time,
         ],
     )?;
     if updated == 0 {
         // The state moved on (another writer applied first): write nothing.
         return Ok(None);
+    }
+    if let Some(r) = &change.new_refund {
+        tx.execute(
+            "INSERT INTO refunds (refund_request_id, payment_request_id, kind, amount_minor, currency, \
+             reason, state, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,'PENDING',?7,?7)",
+            params![
+                r.refund_request_id,
+                id,
+                r.kind,
+                r.amount.minor(),
+                r.amount.currency().code(),
+                r.reason,
+                now
+            ],
+        )?;
     }
     if let Some(s) = &change.settle_refund {
         let n = tx.execute(

@@ -21,6 +21,9 @@ mod e2e;
 // Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
 mod devices;
 
+// The reversal queue, refunds and the back office (issue 4): rows 86/87, SIGKILL mid-replay,
+// two replayers on one database, refunds over HTTP, `posd queue` and `posd journal`.
+mod queue;
 // The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
 mod notify;
 

@@ -1,0 +1,204 @@
+//! Queue drain benchmark (issue 4): 10,000 queued cancels in a file database (WAL,
+//! `synchronous=FULL`) drained by the real `Replayer` through the real `AmsClient` against a
+//! zero-delay loopback gateway that answers every cancel with a signed S. Prints items/s
+//! (each acknowledgement durable before its payment is reported moved) next to the cost of one
+//! `synchronous=FULL` commit measured on the same disk. Run: `cargo bench --bench queue`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::IntoResponse;
+use posd::engine::clock::SystemClock;
+use posd::engine::queue::{Payload, PAYLOAD_VERSION};
+use posd::engine::worker::{QueueSettings, Replayer};
+use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
+use posd::gateway::sign::{Message, PrivateKey, PublicKey};
+use posd::store::Store;
+
+const ITEMS: usize = 10_000;
+
+fn key(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("test key")
+}
+
+/// A gateway that answers every request at once with a signed S (cancel's shape).
+async fn loopback_gateway(count: Arc<AtomicU64>) -> std::net::SocketAddr {
+    let gw_key = Arc::new(PrivateKey::from_text(&key("gateway_private_pkcs8.pem"), "gw").unwrap());
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (gw_key, count) = (gw_key.clone(), count.clone());
+        async move {
+            count.fetch_add(1, Ordering::Relaxed);
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let id = req["paymentRequestId"].as_str().unwrap_or("");
+            let answer = serde_json::json!({
+                "result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "success"},
+                "paymentRequestId": id,
+                "paymentId": format!("G{id}"),
+                "cancelTime": "2026-11-21T10:15:30+08:00",
+            })
+            .to_string();
+            let client_id = headers
+                .get("client-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let time = chrono::Utc::now().to_rfc3339();
+            let sig = gw_key.sign_header(
+                "1",
+                &Message {
+                    method: "POST",
+                    uri: uri.path(),
+                    client_id: &client_id,
+                    time: &time,
+                    body: answer.as_bytes(),
+                },
+            );
+            let mut h = HeaderMap::new();
+            h.insert("client-id", HeaderValue::from_str(&client_id).unwrap());
+            h.insert("response-time", HeaderValue::from_str(&time).unwrap());
+            h.insert("signature", HeaderValue::from_str(&sig).unwrap());
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            (StatusCode::OK, h, answer).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// 10,000 payments in CANCEL_QUEUED, each with a due cancel item (one fill transaction).
+fn fill(store: &Store) {
+    store
+        .call_blocking(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut p = tx.prepare(
+                    "INSERT INTO payments (payment_request_id, amount_minor, currency, state, \
+                     terminal_time, created_at, updated_at) VALUES (?1, 1234, 'CNY', 'CANCEL_QUEUED', \
+                     '2026-11-21T10:15:30+08:00', 0, 0)",
+                )?;
+                let mut q = tx.prepare(
+                    "INSERT INTO reversal_queue (kind, payment_request_id, payload_version, payload, \
+                     status, next_attempt_at, created_at, updated_at) VALUES ('CANCEL', ?1, ?2, ?3, 'PENDING', 0, 0, 0)",
+                )?;
+                for i in 0..ITEMS {
+                    let id = format!("BENCH{i:08}");
+                    p.execute([&id])?;
+                    let payload = Payload::Cancel {
+                        payment_request_id: id.clone(),
+                    }
+                    .encode();
+                    q.execute(rusqlite::params![id, PAYLOAD_VERSION, payload])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// The cost of one `synchronous=FULL` commit on this disk (small write transactions).
+fn commit_cost(store: &Store) -> Duration {
+    const N: u32 = 200;
+    store
+        .call_blocking(|c| {
+            let t = Instant::now();
+            for _ in 0..N {
+                let tx = c.transaction()?;
+                tx.execute("UPDATE terminal_sequence SET value = value + 1", [])?;
+                tx.commit()?;
+            }
+            Ok(t.elapsed() / N)
+        })
+        .unwrap()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posd.sqlite3")).unwrap();
+        let commit = commit_cost(&store);
+        fill(&store);
+        let count = Arc::new(AtomicU64::new(0));
+        let addr = loopback_gateway(count.clone()).await;
+        let client = AmsClient::new(ClientSettings {
+            base_url: format!("http://{addr}"),
+            client_id: "BENCH".into(),
+            key_version: "1".into(),
+            merchant_key: Arc::new(
+                PrivateKey::from_text(&key("merchant_private_pkcs8.pem"), "merchant").unwrap(),
+            ),
+            gateway_key: PublicKey::from_text(&key("gateway_public.pem"), "gw").unwrap(),
+            notify_url: None,
+            agent_token: None,
+            insecure_http: true,
+            connect_timeout: Duration::from_secs(1),
+            pay_timeout: Duration::from_secs(3),
+            inquiry_timeout: Duration::from_secs(3),
+            cancel_timeout: Duration::from_secs(3),
+            merchant: MerchantIdentity {
+                merchant_id: "M1".into(),
+                merchant_name: "Bench".into(),
+                merchant_mcc: "5812".into(),
+                store_id: "S1".into(),
+                store_name: "Bench".into(),
+                store_mcc: "5812".into(),
+                terminal_id: "T1".into(),
+            },
+        })
+        .unwrap();
+        let settings = QueueSettings {
+            backoff_initial: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(600),
+            call_timeout: Duration::from_secs(3),
+            inquiry_timeout: Duration::from_secs(3),
+            batch: 64,
+            concurrency: 16,
+            terminal_id: "T1".into(),
+            timezone: None,
+            merchant_name: "Bench".into(),
+            store_name: "Bench".into(),
+        };
+        let batch = settings.batch;
+        let replayer = Replayer::new(
+            store.clone(),
+            Arc::new(client),
+            Arc::new(SystemClock),
+            settings,
+            "bench",
+        );
+        let t = Instant::now();
+        let reports = replayer.drain().await.unwrap();
+        let took = t.elapsed();
+        let done = reports.iter().filter(|r| r.outcome.as_str() == "done").count();
+        let (cancelled, pending): (i64, i64) = store
+            .call_blocking(|c| {
+                Ok(c.query_row(
+                    "SELECT (SELECT count(*) FROM payments WHERE state = 'CANCELLED'), \
+                     (SELECT count(*) FROM reversal_queue WHERE status = 'PENDING')",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .unwrap();
+        assert_eq!((done, cancelled, pending), (ITEMS, ITEMS as i64, 0));
+        assert_eq!(count.load(Ordering::Relaxed), ITEMS as u64, "one send per item");
+        println!(
+            "queue drain: {ITEMS} cancels in {:.2} s = {:.0} items/s (batch {batch}, group commit per batch; \
+             one synchronous=FULL commit = {:.3} ms on this disk)",
+            took.as_secs_f64(),
+            ITEMS as f64 / took.as_secs_f64(),
+            commit.as_secs_f64() * 1000.0
+        );
+    });
+}

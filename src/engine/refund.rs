@@ -1,0 +1,183 @@
+//! Refunds (DESIGN.md flow step 6): the back office or the cashier asks, the refund is
+//! checked and committed under the payment's lock, then sent by the payment's task with the
+//! identical request for the retry window, then queued.
+
+use super::driver::with_deadline;
+use super::{context_of, make_refund_id, Engine, EngineError};
+use crate::domain::machine::{self, Decision, Effect, Event, State};
+use crate::domain::money::Amount;
+use crate::gateway::Outcome;
+use crate::store::now_ms;
+use crate::store::payments::{self, Change, NewRefund, PaymentRecord};
+
+/// The longest refund reason the gateway accepts (`refundReason`).
+pub const MAX_REFUND_REASON: usize = 256;
+
+impl Engine {
+    /// Refunds `amount` (the whole refundable rest when `None`) of a SUCCEEDED or
+    /// PARTIALLY_REFUNDED payment. In ONE transaction (the database's write lock is the
+    /// payment's lock): the state is checked, the sum of confirmed, pending and this refund is
+    /// checked against the captured amount, a sequence number is taken, the refund row with
+    /// its `refundRequestId` is written and the payment moves to REFUNDING. Only then is the
+    /// refund sent (rule 1). Refusals change nothing.
+    pub async fn refund(
+        &self,
+        id: &str,
+        amount: Option<Amount>,
+        reason: Option<String>,
+    ) -> Result<PaymentRecord, EngineError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let reason = match reason
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+        {
+            Some(r) if r.chars().count() > MAX_REFUND_REASON || r.chars().any(char::is_control) => {
+                return Err(EngineError::Invalid(format!(
+                    "the refund reason must be at most {MAX_REFUND_REASON} printable characters"
+                )))
+            }
+            r => r,
+        };
+        let rec = self.view(id).await?.payment;
+        if let Some(a) = amount {
+            if a.currency() != rec.amount.currency() {
+                return Err(EngineError::Invalid(format!(
+                    "the refund is in {} but the payment is in {}; give the amount in {}",
+                    a.currency().code(),
+                    rec.amount.currency().code(),
+                    rec.amount.currency().code()
+                )));
+            }
+            if a.minor() <= 0 {
+                return Err(EngineError::Invalid(
+                    "the refund amount must be more than zero".into(),
+                ));
+            }
+        }
+        // A refund needs the gateway's paymentId; learn it first if no answer carried it.
+        if rec.payment_id.is_none()
+            && matches!(rec.state, State::Succeeded | State::PartiallyRefunded)
+        {
+            self.learn_payment_id(&rec.payment_request_id).await;
+        }
+        let local = self.local_now().naive_local();
+        let terminal = self.inner.settings.terminal_id.clone();
+        let inquiry_max = self.inner.settings.inquiry_max;
+        let id_owned = id.to_string();
+        let rec = self
+            .inner
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let Some(rec) = payments::get(&tx, &id_owned)? else {
+                    return Ok(Err(EngineError::NotFound(id_owned)));
+                };
+                let ctx = context_of(&rec, inquiry_max);
+                let (to, cause) = match machine::decide(rec.state, &ctx, &Event::RefundRequested) {
+                    Decision::Go { to, cause, effect: Effect::Refund, .. } => (to, cause),
+                    Decision::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),
+                    other => {
+                        return Ok(Err(EngineError::Conflict(format!(
+                            "payment is {}; it cannot be refunded now ({other:?})",
+                            rec.state
+                        ))))
+                    }
+                };
+                let Some(payment_id) = rec.payment_id.clone() else {
+                    return Ok(Err(EngineError::Conflict(
+                        "the gateway has not given this payment's paymentId, so it cannot be refunded from the terminal yet; try again later or refund it in the merchant portal".into(),
+                    )));
+                };
+                let pending: i64 = tx.query_row(
+                    "SELECT ifnull(sum(amount_minor), 0) FROM refunds \
+                     WHERE payment_request_id = ?1 AND state IN ('PENDING','QUEUED')",
+                    [&id_owned],
+                    |r| r.get(0),
+                )?;
+                let captured = rec.amount.minor();
+                let left = captured - rec.refunded.minor() - pending;
+                let want = amount.map(|a| a.minor()).unwrap_or(left);
+                let cur = rec.amount.currency();
+                let show = |m: i64| {
+                    Amount::from_minor(m.max(0), cur)
+                        .map(|a| a.to_decimal())
+                        .unwrap_or_else(|_| m.to_string())
+                };
+                if left <= 0 {
+                    return Ok(Err(EngineError::Conflict(format!(
+                        "nothing left to refund: captured {} {}, refunded {}, pending {}",
+                        show(captured), cur.code(), show(rec.refunded.minor()), show(pending)
+                    ))));
+                }
+                if want > left {
+                    return Ok(Err(EngineError::Conflict(format!(
+                        "refund of {} {} would exceed the captured amount: captured {}, refunded {}, pending {}; at most {} can be refunded",
+                        show(want), cur.code(), show(captured), show(rec.refunded.minor()), show(pending), show(left)
+                    ))));
+                }
+                let seq = payments::next_sequence(&tx)?;
+                let refund_id = make_refund_id(local, &terminal, want, seq);
+                let change = Change {
+                    to: Some(to),
+                    cause: format!("{cause}: {} {} as {refund_id}", show(want), cur.code()),
+                    payment_id: Some(payment_id),
+                    new_refund: Some(NewRefund {
+                        refund_request_id: refund_id,
+                        kind: "REQUESTED",
+                        amount: Amount::from_minor(want, cur)?,
+                        reason,
+                        return_to: Some(rec.state),
+                    }),
+                    ..Default::default()
+                };
+                let Some(moved) = payments::apply_in(&tx, &id_owned, rec.state, &change, now_ms())? else {
+                    return Err(anyhow::anyhow!("payment {id_owned} changed inside its own transaction"));
+                };
+                tx.commit()?;
+                Ok(Ok(moved))
+            })
+            .await??;
+        self.changed_payment(&rec.payment_request_id, rec.state);
+        tracing::info!(payment = %rec.payment_request_id, refund = ?rec.active_refund_id, "refund committed; sending");
+        self.spawn_driver(rec.payment_request_id.clone(), Effect::Refund, None);
+        Ok(rec)
+    }
+
+    /// One inquiry to learn a paymentId that no answer carried yet.
+    async fn learn_payment_id(&self, id: &str) {
+        let t = self.inner.settings.inquiry_timeout;
+        if let Outcome::Success(r) = with_deadline(t, self.inner.gateway.inquiry_payment(id)).await
+        {
+            if let Some(pid) = r.payment_id {
+                let id = id.to_string();
+                let noted = self
+                    .inner
+                    .store
+                    .call(move |c| Ok(payments::note_payment_id(c, &id, &pid)?))
+                    .await;
+                if let Err(e) = noted {
+                    tracing::warn!(error = %e, "cannot record the paymentId");
+                }
+            }
+        }
+    }
+
+    /// Whether a REFUNDING payment's refund already sits in the queue (then the queue, not a
+    /// payment task, delivers it).
+    pub(super) async fn refund_is_queued(&self, rec: &PaymentRecord) -> Result<bool, EngineError> {
+        let Some(rid) = rec.active_refund_id.clone() else {
+            return Ok(false);
+        };
+        if rec.state != State::Refunding {
+            return Ok(false);
+        }
+        let r = self
+            .inner
+            .store
+            .call(move |c| Ok(payments::get_refund(c, &rid)?))
+            .await?;
+        Ok(r.is_some_and(|r| r.state == "QUEUED"))
+    }
+}

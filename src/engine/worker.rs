@@ -1,0 +1,1142 @@
+//! The store-and-forward reversal queue worker (DESIGN.md rule 4, flow step 7): replays
+//! queued cancels and refunds until the gateway confirms them or a human decides.
+//!
+//! # Replaying
+//! A [`Replayer`] leases due items (`store::queue::lease_due`, one immediate transaction),
+//! sends each item's identical stored request, and settles the answers: the item's new status,
+//! the payment's compare-and-set (`domain::machine::decide` + `payments::apply_in`) and the
+//! journal events commit in ONE transaction, guarded by the lease owner, so a replayer whose
+//! lease expired and was retaken writes nothing. A batch of answers settles in one commit
+//! (group commit): every acknowledgement is durable before any payment is reported moved.
+//!
+//! | answer | item | payment |
+//! | --- | --- | --- |
+//! | verified S | DONE | CANCEL_QUEUED → CANCELLED; → REFUNDED / PARTIALLY_REFUNDED |
+//! | cancel F `CANCEL_WINDOW_EXCEED` | DONE; a REFUND item for the full amount | stays CANCEL_QUEUED |
+//! | other verified F, unreadable payload | DEAD | → NEEDS_ATTENTION with the reason |
+//! | unknown | attempts + 1, next try after backoff | unchanged |
+//! | payload from a newer posd | held, retried at the backoff cap | unchanged |
+//!
+//! # When
+//! The daemon's worker task drains due items, then sleeps until the next one is due (or a
+//! fallback poll), and wakes at once on an enqueue, on demand (`POST /v1/queue/replay`), and
+//! when the gateway answers any request again after an unanswered one (network back).
+//! `posd queue replay` with the daemon stopped runs the same [`Replayer`] once, directly on
+//! the database.
+//!
+//! # Leases
+//! A lease lasts [`QueueSettings::lease`] (four worst-case calls); an item is only sent while
+//! at least two worst-case calls of its lease remain, so its answer is back before another
+//! replayer could take it over. A replayer killed mid-send leaves its lease to expire; the item
+//! is then retaken and resent (the gateway's idempotency makes the resend harmless).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use rusqlite::Connection;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::{backoff, jittered};
+use super::clock::Clock;
+use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
+use super::queue::{Payload, PAYLOAD_VERSION};
+use super::{context_of, failpoint, local_time, make_refund_id, slip_data, SlipIdentity};
+use crate::config::Config;
+use crate::domain::machine::{self, Decision, Event, State};
+use crate::gateway::{wire, Gateway, Outcome, PayOrder, RefundOrder};
+use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
+use crate::store::queue::{self as q, ItemKind, ItemStatus, LeaseRefused, QueueItem};
+use crate::store::Store;
+
+/// How many worst-case calls a lease covers.
+const LEASE_CALLS: u32 = 4;
+/// How many worst-case calls of its lease an item must have left to be sent.
+const SEND_MARGIN_CALLS: u32 = 2;
+/// The longest the worker sleeps without looking at the queue (missed wake-ups, other
+/// processes' writes).
+const MAX_POLL: Duration = Duration::from_secs(5);
+/// The shortest pause between two passes, so a persistent error cannot spin.
+const MIN_PAUSE: Duration = Duration::from_millis(5);
+/// The longest reason the back office may give.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// The queue's timings and sizes.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// The first retry delay (`flow.queue_backoff_initial`).
+    pub backoff_initial: Duration,
+    /// The cap (`flow.queue_backoff_max`).
+    pub backoff_max: Duration,
+    /// Deadline of one cancel or refund (`flow.cancel_timeout`).
+    pub call_timeout: Duration,
+    /// Deadline of the inquiry that learns a paymentId (`flow.inquiry_timeout`).
+    pub inquiry_timeout: Duration,
+    /// Items leased and settled together.
+    pub batch: usize,
+    /// Items in flight at once.
+    pub concurrency: usize,
+    /// Terminal id, part of the refund ids the queue creates.
+    pub terminal_id: String,
+    /// Time zone of those ids and of the slips.
+    pub timezone: Option<chrono_tz::Tz>,
+    /// Merchant name on the slips the queue's confirmations print.
+    pub merchant_name: String,
+    /// Store name on those slips.
+    pub store_name: String,
+}
+
+impl QueueSettings {
+    /// Takes the settings from the config.
+    pub fn from_config(cfg: &Config) -> QueueSettings {
+        let f = &cfg.flow;
+        QueueSettings {
+            backoff_initial: f.queue_backoff_initial.0,
+            backoff_max: f.queue_backoff_max.0,
+            call_timeout: f.cancel_timeout.0,
+            inquiry_timeout: f.inquiry_timeout.0,
+            batch: 64,
+            concurrency: 16,
+            terminal_id: cfg.terminal.id.clone(),
+            timezone: cfg.timezone(),
+            merchant_name: cfg.terminal.merchant_name.clone(),
+            store_name: cfg.terminal.store_name.clone(),
+        }
+    }
+
+    /// The longest one gateway call of the queue can take.
+    pub fn call_worst(&self) -> Duration {
+        self.call_timeout.max(self.inquiry_timeout) + DEADLINE_MARGIN
+    }
+
+    /// How long a lease lasts.
+    pub fn lease(&self) -> Duration {
+        self.call_worst() * LEASE_CALLS
+    }
+
+    /// The worker's fallback poll.
+    pub fn poll(&self) -> Duration {
+        self.backoff_initial.clamp(MIN_PAUSE, MAX_POLL)
+    }
+}
+
+/// Wakes the worker: on enqueue, on demand, and when the gateway answers again after an
+/// unanswered call (network back).
+#[derive(Debug)]
+pub struct QueueSignal {
+    wake: Notify,
+    /// The last gateway call went unanswered (starts true: after a restart the first answer
+    /// replays the queue at once).
+    down: AtomicBool,
+    /// The gateway answered after being down; the worker makes every item due.
+    back: AtomicBool,
+}
+
+impl Default for QueueSignal {
+    fn default() -> Self {
+        QueueSignal {
+            wake: Notify::new(),
+            down: AtomicBool::new(true),
+            back: AtomicBool::new(false),
+        }
+    }
+}
+
+impl QueueSignal {
+    /// Wakes the worker now (an item was enqueued, or someone asked for a replay).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Notes the outcome of any gateway call.
+    pub fn observe<T>(&self, outcome: &Outcome<T>) {
+        if matches!(outcome, Outcome::Unknown { .. }) {
+            self.down.store(true, Ordering::SeqCst);
+        } else if self.down.swap(false, Ordering::SeqCst) {
+            self.back.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The engine's gateway, watched: every outcome feeds the [`QueueSignal`]. (A wrapper rather
+/// than `AmsClient::with_observer`, whose single slot is the metrics hook's.)
+pub(crate) struct Watched {
+    pub(crate) inner: Arc<dyn Gateway>,
+    pub(crate) signal: Arc<QueueSignal>,
+}
+
+#[async_trait]
+impl Gateway for Watched {
+    async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse> {
+        let o = self.inner.pay(order).await;
+        self.signal.observe(&o);
+        o
+    }
+    async fn inquiry_payment(&self, id: &str) -> Outcome<wire::InquiryPaymentResponse> {
+        let o = self.inner.inquiry_payment(id).await;
+        self.signal.observe(&o);
+        o
+    }
+    async fn cancel(&self, id: &str) -> Outcome<wire::CancelResponse> {
+        let o = self.inner.cancel(id).await;
+        self.signal.observe(&o);
+        o
+    }
+    async fn refund(&self, order: &RefundOrder) -> Outcome<wire::RefundResponse> {
+        let o = self.inner.refund(order).await;
+        self.signal.observe(&o);
+        o
+    }
+    async fn inquiry_refund(&self, id: &str) -> Outcome<wire::InquiryRefundResponse> {
+        let o = self.inner.inquiry_refund(id).await;
+        self.signal.observe(&o);
+        o
+    }
+}
+
+/// What became of one item in a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// Confirmed by the gateway; the payment moved.
+    Done,
+    /// A cancel past its window became a refund item.
+    Converted,
+    /// Dead letter: the payment needs a human.
+    Dead,
+    /// Abandoned by a human.
+    Abandoned,
+    /// No certain answer: rescheduled.
+    Retry,
+    /// Written by a newer posd: kept, retried at the backoff cap.
+    Held,
+    /// Not sent: too little lease left; given back.
+    Released,
+    /// Another replayer took the item over; nothing written.
+    LeaseLost,
+}
+
+impl ItemOutcome {
+    /// The wire name, e.g. `done`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemOutcome::Done => "done",
+            ItemOutcome::Converted => "converted",
+            ItemOutcome::Dead => "dead",
+            ItemOutcome::Abandoned => "abandoned",
+            ItemOutcome::Retry => "retry",
+            ItemOutcome::Held => "held",
+            ItemOutcome::Released => "released",
+            ItemOutcome::LeaseLost => "lease_lost",
+        }
+    }
+}
+
+/// One item's replay, for logs, the API and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemReport {
+    /// The item.
+    pub id: i64,
+    /// Cancel or refund.
+    pub kind: ItemKind,
+    /// The payment.
+    pub payment_request_id: String,
+    /// What became of it.
+    pub outcome: ItemOutcome,
+    /// Why, in words.
+    pub detail: String,
+    /// The payment's state after the settle, when it was touched.
+    pub payment_state: Option<State>,
+}
+
+/// Why a by-id replay or an abandon was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no queue item {0}; see `posd queue list`")]
+    NotFound(i64),
+    #[error("queue item {id} is already {status}; nothing to do")]
+    Closed { id: i64, status: &'static str },
+    #[error("queue item {id} is being replayed by {owner} right now; try again in a few seconds")]
+    Busy { id: i64, owner: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The gateway's answer to one item, before it is settled.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Confirmed {
+        payment_id: Option<String>,
+        refund_id: Option<String>,
+    },
+    CancelWindowPassed {
+        payment_id: String,
+    },
+    Refused {
+        code: String,
+        message: String,
+    },
+    Unreadable {
+        why: String,
+    },
+    Unknown {
+        why: String,
+    },
+    Held {
+        why: String,
+    },
+    Release,
+    Abandon {
+        reason: String,
+    },
+}
+
+/// Replays queue items. Cheap to clone; the daemon's worker, the API's on-demand replay and
+/// `posd queue replay` (direct mode) all use one.
+#[derive(Clone)]
+pub struct Replayer {
+    inner: Arc<ReplayerInner>,
+}
+
+struct ReplayerInner {
+    store: Store,
+    gateway: Arc<dyn Gateway>,
+    clock: Arc<dyn Clock>,
+    settings: QueueSettings,
+    owner: String,
+    leases: AtomicU64,
+    on_change: OnChange,
+    shutdown: CancellationToken,
+}
+
+/// Told `(payment, state)` for every payment a settle touched.
+type OnChange = Box<dyn Fn(&str, State) + Send + Sync>;
+
+/// Everything a settle needs besides the verdicts.
+struct SettleCtx {
+    owner: String,
+    now: i64,
+    local: chrono::NaiveDateTime,
+    terminal_id: String,
+    merchant_name: String,
+    store_name: String,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+}
+
+impl Replayer {
+    /// A replayer named after `role` (`daemon`, `cli`): its leases carry the role, the process
+    /// id and a random tag, so the back office can tell who holds an item.
+    pub fn new(
+        store: Store,
+        gateway: Arc<dyn Gateway>,
+        clock: Arc<dyn Clock>,
+        settings: QueueSettings,
+        role: &str,
+    ) -> Replayer {
+        let owner = format!(
+            "{role}:{}:{:06x}",
+            std::process::id(),
+            rand::random::<u32>() & 0xff_ffff
+        );
+        Replayer {
+            inner: Arc::new(ReplayerInner {
+                store,
+                gateway,
+                clock,
+                settings,
+                owner,
+                leases: AtomicU64::new(0),
+                on_change: Box::new(|_, _| {}),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Runs `f(payment, state)` for every payment a settle touched, once it is durable (the
+    /// engine's long-poll wake-ups).
+    pub fn with_on_change(self, f: impl Fn(&str, State) + Send + Sync + 'static) -> Replayer {
+        self.rebuild(|i| i.on_change = Box::new(f))
+    }
+
+    /// Stops draining between batches once `token` is cancelled.
+    pub fn with_shutdown(self, token: CancellationToken) -> Replayer {
+        self.rebuild(|i| i.shutdown = token)
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut ReplayerInner)) -> Replayer {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("Replayer is configured before it is shared"));
+        f(&mut inner);
+        Replayer {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// This replayer's lease-owner prefix.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.inner.settings
+    }
+
+    /// A fresh owner for one lease (each batch its own, so two tasks of one process never
+    /// share a lease).
+    fn lease_owner(&self) -> String {
+        let n = self.inner.leases.fetch_add(1, Ordering::Relaxed);
+        format!("{}#{n}", self.inner.owner)
+    }
+
+    fn lease_until(&self, now: i64) -> i64 {
+        now.saturating_add(ms(self.inner.settings.lease()))
+    }
+
+    /// Replays every item due now, batch after batch, until none is left (or shutdown).
+    pub async fn drain(&self) -> anyhow::Result<Vec<ItemReport>> {
+        let mut reports = Vec::new();
+        let limit = self.inner.settings.batch.max(1);
+        while !self.inner.shutdown.is_cancelled() {
+            let owner = self.lease_owner();
+            let now = self.inner.clock.now_ms();
+            let until = self.lease_until(now);
+            let o = owner.clone();
+            let items = self
+                .inner
+                .store
+                .call(move |c| Ok(q::lease_due(c, &o, now, until, limit)?))
+                .await?;
+            if items.is_empty() {
+                break;
+            }
+            failpoint::hit("replay_leased");
+            let verdicts = self.verdicts(items, until).await;
+            let settled = self.settle(&owner, verdicts).await?;
+            let progressed = settled
+                .iter()
+                .any(|r| r.outcome != ItemOutcome::Released && r.outcome != ItemOutcome::LeaseLost);
+            reports.extend(settled);
+            if !progressed {
+                break;
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Makes every pending item due, then drains (`posd queue replay` without an ID).
+    pub async fn replay_all(&self) -> anyhow::Result<Vec<ItemReport>> {
+        let now = self.inner.clock.now_ms();
+        self.inner
+            .store
+            .call(move |c| Ok(q::make_due(c, now)?))
+            .await?;
+        self.drain().await
+    }
+
+    /// Replays one item now, due or not (`posd queue replay ID`).
+    pub async fn replay_item(&self, id: i64) -> Result<ItemReport, ReplayError> {
+        let (owner, item, until) = self.lease_by_id(id).await?;
+        failpoint::hit("replay_leased");
+        let verdicts = self.verdicts(vec![item], until).await;
+        let mut settled = self.settle(&owner, verdicts).await?;
+        Ok(settled.remove(0))
+    }
+
+    /// Gives up on one item with the back office's reason: the item is ABANDONED and the
+    /// payment goes to NEEDS_ATTENTION with the reason in its journal.
+    pub async fn abandon(&self, id: i64, reason: &str) -> Result<ItemReport, ReplayError> {
+        let reason = check_reason(reason)?;
+        let (owner, item, _) = self.lease_by_id(id).await?;
+        let mut settled = self
+            .settle(&owner, vec![(item, Verdict::Abandon { reason })])
+            .await?;
+        Ok(settled.remove(0))
+    }
+
+    async fn lease_by_id(&self, id: i64) -> Result<(String, QueueItem, i64), ReplayError> {
+        let owner = self.lease_owner();
+        let now = self.inner.clock.now_ms();
+        let until = self.lease_until(now);
+        let o = owner.clone();
+        let leased = self
+            .inner
+            .store
+            .call(move |c| Ok(q::lease_one(c, id, &o, now, until)?))
+            .await?;
+        match leased {
+            Ok(item) => Ok((owner, item, until)),
+            Err(LeaseRefused::NotFound) => Err(ReplayError::NotFound(id)),
+            Err(LeaseRefused::Closed(s)) => Err(ReplayError::Closed {
+                id,
+                status: s.as_str(),
+            }),
+            Err(LeaseRefused::Leased { owner, .. }) => Err(ReplayError::Busy { id, owner }),
+        }
+    }
+
+    /// When the next item is due (epoch ms), if any is pending.
+    pub async fn next_wakeup(&self) -> anyhow::Result<Option<i64>> {
+        self.inner.store.call(|c| Ok(q::next_wakeup(c)?)).await
+    }
+
+    /// Sends the items of one lease, at most `concurrency` at once.
+    async fn verdicts(&self, items: Vec<QueueItem>, until: i64) -> Vec<(QueueItem, Verdict)> {
+        if items.len() == 1 {
+            let v = self.verdict(&items[0], until).await;
+            return items.into_iter().map(|i| (i, v.clone())).collect();
+        }
+        let permits = Arc::new(Semaphore::new(self.inner.settings.concurrency.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        let n = items.len();
+        for (idx, item) in items.into_iter().enumerate() {
+            let me = self.clone();
+            let permits = permits.clone();
+            set.spawn(async move {
+                // The semaphore is never closed, so acquiring cannot fail.
+                let _permit = permits.acquire_owned().await.ok();
+                let v = me.verdict(&item, until).await;
+                (idx, item, v)
+            });
+        }
+        let mut out: Vec<Option<(QueueItem, Verdict)>> = (0..n).map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((idx, item, v)) => out[idx] = Some((item, v)),
+                // A panicked send leaves its lease to expire; the item is retried then.
+                Err(e) => tracing::error!(error = %e, "queue send task failed"),
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+
+    /// Sends one item's stored request and reads the answer.
+    async fn verdict(&self, item: &QueueItem, lease_until: i64) -> Verdict {
+        let s = &self.inner.settings;
+        let left = lease_until - self.inner.clock.now_ms();
+        if left < ms(s.call_worst() * SEND_MARGIN_CALLS) {
+            return Verdict::Release;
+        }
+        let payload = match Payload::decode(item.payload_version, &item.payload) {
+            Ok(p) => p,
+            Err(why) if item.payload_version > PAYLOAD_VERSION => return Verdict::Held { why },
+            Err(why) => return Verdict::Unreadable { why },
+        };
+        let span = tracing::info_span!("queue_item", id = item.id, kind = item.kind.as_str(), payment = %item.payment_request_id, attempt = item.attempts + 1);
+        let _enter = span.enter();
+        let gw = &self.inner.gateway;
+        match (item.kind, &payload) {
+            (ItemKind::Cancel, Payload::Cancel { payment_request_id })
+                if *payment_request_id == item.payment_request_id =>
+            {
+                let out = in_flight(
+                    "replay_sent",
+                    with_deadline(s.call_timeout, gw.cancel(payment_request_id)),
+                )
+                .await;
+                if !matches!(out, Outcome::Unknown { .. }) {
+                    failpoint::hit("replay_answered");
+                }
+                match out {
+                    Outcome::Success(r) => Verdict::Confirmed {
+                        payment_id: r.payment_id,
+                        refund_id: None,
+                    },
+                    Outcome::Failed { code, .. } if code == "CANCEL_WINDOW_EXCEED" => {
+                        match self.payment_id_of(payment_request_id, lease_until).await {
+                            Some(payment_id) => Verdict::CancelWindowPassed { payment_id },
+                            None => Verdict::Unknown {
+                                why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
+                            },
+                        }
+                    }
+                    Outcome::Failed { code, message } => Verdict::Refused { code, message },
+                    Outcome::Unknown { why } => Verdict::Unknown { why },
+                }
+            }
+            (ItemKind::Refund, Payload::Refund { .. }) => {
+                let order = match payload.refund_order() {
+                    Some(Ok(o))
+                        if item.refund_request_id.as_deref() == Some(&o.refund_request_id) =>
+                    {
+                        o
+                    }
+                    Some(Err(why)) => return Verdict::Unreadable { why },
+                    _ => {
+                        return Verdict::Unreadable {
+                            why: "refund payload does not match the item's refundRequestId".into(),
+                        }
+                    }
+                };
+                let out = in_flight(
+                    "replay_sent",
+                    with_deadline(s.call_timeout, gw.refund(&order)),
+                )
+                .await;
+                if !matches!(out, Outcome::Unknown { .. }) {
+                    failpoint::hit("replay_answered");
+                }
+                match out {
+                    Outcome::Success(r) => Verdict::Confirmed {
+                        payment_id: r.payment_id,
+                        refund_id: r.refund_id,
+                    },
+                    Outcome::Failed { code, message } => Verdict::Refused { code, message },
+                    Outcome::Unknown { why } => Verdict::Unknown { why },
+                }
+            }
+            _ => Verdict::Unreadable {
+                why: format!(
+                    "payload ({}) does not match the item ({} of {})",
+                    item.payload,
+                    item.kind.as_str(),
+                    item.payment_request_id
+                ),
+            },
+        }
+    }
+
+    /// The gateway's paymentId of a payment: stored, or learned by one inquiry while the lease
+    /// allows it.
+    async fn payment_id_of(&self, id: &str, lease_until: i64) -> Option<String> {
+        let owned = id.to_string();
+        let stored = self
+            .inner
+            .store
+            .call(move |c| Ok(payments::get(c, &owned)?.and_then(|p| p.payment_id)))
+            .await
+            .ok()
+            .flatten();
+        if stored.is_some() {
+            return stored;
+        }
+        let s = &self.inner.settings;
+        if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
+            return None;
+        }
+        match with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id)).await {
+            Outcome::Success(r) => r.payment_id,
+            _ => None,
+        }
+    }
+
+    /// Settles the verdicts of one lease: in one transaction when possible, item by item when
+    /// one of them cannot be written (so one bad row never blocks the others).
+    async fn settle(
+        &self,
+        owner: &str,
+        verdicts: Vec<(QueueItem, Verdict)>,
+    ) -> anyhow::Result<Vec<ItemReport>> {
+        if verdicts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = SettleCtx {
+            owner: owner.to_string(),
+            now: self.inner.clock.now_ms(),
+            local: local_time(
+                self.inner.settings.timezone,
+                chrono::DateTime::from_timestamp_millis(self.inner.clock.now_ms())
+                    .unwrap_or_default(),
+            )
+            .naive_local(),
+            terminal_id: self.inner.settings.terminal_id.clone(),
+            merchant_name: self.inner.settings.merchant_name.clone(),
+            store_name: self.inner.settings.store_name.clone(),
+            backoff_initial: self.inner.settings.backoff_initial,
+            backoff_max: self.inner.settings.backoff_max,
+        };
+        let reports = self
+            .inner
+            .store
+            .call(move |c| {
+                match settle_batch(c, &ctx, &verdicts) {
+                    Ok(r) => Ok(r),
+                    Err(batch_err) if verdicts.len() > 1 => {
+                        tracing::warn!(error = %batch_err, "settling the batch failed; settling item by item");
+                        let mut out = Vec::new();
+                        for v in verdicts.chunks(1) {
+                            match settle_batch(c, &ctx, v) {
+                                Ok(mut r) => out.append(&mut r),
+                                Err(e) => tracing::error!(item = v[0].0.id, error = %e, "cannot settle a queue item; it is retried when its lease expires"),
+                            }
+                        }
+                        Ok(out)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        failpoint::hit("replay_settled");
+        for r in &reports {
+            match r.outcome {
+                ItemOutcome::Retry | ItemOutcome::Held => {
+                    tracing::warn!(item = r.id, kind = r.kind.as_str(), payment = %r.payment_request_id, outcome = r.outcome.as_str(), detail = %r.detail, "queued reversal not delivered yet")
+                }
+                ItemOutcome::Released | ItemOutcome::LeaseLost => tracing::info!(
+                    item = r.id,
+                    outcome = r.outcome.as_str(),
+                    "queue item left for the next pass"
+                ),
+                _ => {
+                    tracing::info!(item = r.id, kind = r.kind.as_str(), payment = %r.payment_request_id, outcome = r.outcome.as_str(), state = ?r.payment_state, detail = %r.detail, "queued reversal settled")
+                }
+            }
+        }
+        for r in &reports {
+            if let Some(state) = r.payment_state {
+                (self.inner.on_change)(&r.payment_request_id, state);
+            }
+        }
+        Ok(reports)
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Checks a back-office reason: required, printable, at most [`MAX_REASON_LEN`] characters.
+pub fn check_reason(reason: &str) -> Result<String, ReplayError> {
+    let r = reason.trim();
+    if r.is_empty() {
+        return Err(ReplayError::Invalid(
+            "a reason is required: say why the item is abandoned (--reason TEXT)".into(),
+        ));
+    }
+    if r.chars().count() > MAX_REASON_LEN || r.chars().any(char::is_control) {
+        return Err(ReplayError::Invalid(format!(
+            "the reason must be at most {MAX_REASON_LEN} printable characters"
+        )));
+    }
+    Ok(r.to_string())
+}
+
+fn settle_batch(
+    conn: &mut Connection,
+    ctx: &SettleCtx,
+    verdicts: &[(QueueItem, Verdict)],
+) -> anyhow::Result<Vec<ItemReport>> {
+    let tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(verdicts.len());
+    for (item, v) in verdicts {
+        out.push(settle_one(&tx, ctx, item, v)?);
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn report(item: &QueueItem, outcome: ItemOutcome, detail: impl Into<String>) -> ItemReport {
+    ItemReport {
+        id: item.id,
+        kind: item.kind,
+        payment_request_id: item.payment_request_id.clone(),
+        outcome,
+        detail: detail.into(),
+        payment_state: None,
+    }
+}
+
+fn load_payment(tx: &Connection, id: &str) -> anyhow::Result<PaymentRecord> {
+    payments::get(tx, id)?.ok_or_else(|| anyhow::anyhow!("queue item for unknown payment {id}"))
+}
+
+/// Settles one item inside the caller's transaction.
+fn settle_one(
+    tx: &Connection,
+    ctx: &SettleCtx,
+    item: &QueueItem,
+    v: &Verdict,
+) -> anyhow::Result<ItemReport> {
+    let (id, owner, now) = (item.id, ctx.owner.as_str(), ctx.now);
+    let lost = || {
+        report(
+            item,
+            ItemOutcome::LeaseLost,
+            "another replayer holds the item now",
+        )
+    };
+    match v {
+        Verdict::Release => {
+            q::release(tx, id, owner)?;
+            Ok(report(
+                item,
+                ItemOutcome::Released,
+                "too little lease left to send safely",
+            ))
+        }
+        Verdict::Unknown { why } | Verdict::Held { why } => {
+            let held = matches!(v, Verdict::Held { .. });
+            let delay = if held {
+                ctx.backoff_max
+            } else {
+                let d = backoff(
+                    item.attempts.saturating_add(1),
+                    ctx.backoff_initial,
+                    ctx.backoff_max,
+                );
+                jittered(d, rand::thread_rng().gen::<f64>())
+            };
+            let next = now.saturating_add(ms(delay));
+            if !q::reschedule(tx, id, owner, next, why, now)? {
+                return Ok(lost());
+            }
+            let (what, outcome) = if held {
+                ("HELD", ItemOutcome::Held)
+            } else {
+                ("RETRY", ItemOutcome::Retry)
+            };
+            q::record_event(tx, id, now, owner, what, why)?;
+            Ok(report(
+                item,
+                outcome,
+                format!(
+                    "{why}; next try in {}",
+                    humantime::format_duration(Duration::from_millis(ms(delay).unsigned_abs()))
+                ),
+            ))
+        }
+        Verdict::Confirmed {
+            payment_id,
+            refund_id,
+        } => {
+            if !q::close(
+                tx,
+                id,
+                owner,
+                ItemStatus::Done,
+                "confirmed by the gateway",
+                now,
+            )? {
+                return Ok(lost());
+            }
+            q::record_event(tx, id, now, owner, "DONE", "confirmed by the gateway")?;
+            let rec = load_payment(tx, &item.payment_request_id)?;
+            let mut change = Change {
+                payment_id: payment_id.clone(),
+                ..Default::default()
+            };
+            let mut refund = None;
+            let event = match (item.kind, &item.refund_request_id) {
+                (ItemKind::Refund, Some(rid)) => {
+                    let r = payments::get_refund(tx, rid)?
+                        .ok_or_else(|| anyhow::anyhow!("queued refund {rid} has no refund row"))?;
+                    refund = Some(r.clone());
+                    change.settle_refund = Some(SettleRefund {
+                        refund_request_id: rid.clone(),
+                        state: "SUCCEEDED",
+                        refund_id: refund_id.clone(),
+                        result_code: Some("SUCCESS".into()),
+                        result_message: None,
+                        add_to_refunded: r.state != "SUCCEEDED",
+                    });
+                    Event::QueuedRefundConfirmed {
+                        fully_refunded: rec.refunded.minor() + r.amount.minor()
+                            >= rec.amount.minor(),
+                    }
+                }
+                _ => Event::QueuedCancelConfirmed,
+            };
+            let state = move_payment(tx, ctx, &rec, &event, change, refund.as_ref())?;
+            Ok(ItemReport {
+                payment_state: Some(state),
+                ..report(item, ItemOutcome::Done, "confirmed by the gateway")
+            })
+        }
+        Verdict::CancelWindowPassed { payment_id } => {
+            let rec = load_payment(tx, &item.payment_request_id)?;
+            let ctx_m = context_of(&rec, 10);
+            let owed = rec.amount.minor() - rec.refunded.minor();
+            let decision = machine::decide(rec.state, &ctx_m, &Event::QueuedCancelWindowPassed);
+            let Decision::Go {
+                to,
+                cause,
+                result_code,
+                ..
+            } = decision
+            else {
+                return give_up(
+                    tx,
+                    ctx,
+                    item,
+                    ItemStatus::Dead,
+                    format!(
+                        "the cancel window has passed, but the payment is {}; refund it by hand",
+                        rec.state
+                    ),
+                    Some("CANCEL_WINDOW_EXCEED".into()),
+                );
+            };
+            if owed <= 0 {
+                return give_up(
+                    tx,
+                    ctx,
+                    item,
+                    ItemStatus::Dead,
+                    "the cancel window has passed and nothing is left to refund".into(),
+                    Some("CANCEL_WINDOW_EXCEED".into()),
+                );
+            }
+            let resolution = "cancel window passed; the full amount is queued as a refund";
+            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
+                return Ok(lost());
+            }
+            let seq = payments::next_sequence(tx)?;
+            let amount = crate::domain::money::Amount::from_minor(owed, rec.amount.currency())?;
+            let order = RefundOrder {
+                refund_request_id: make_refund_id(ctx.local, &ctx.terminal_id, owed, seq),
+                payment_id: payment_id.clone(),
+                amount,
+                reason: Some("reversal: cancel window passed".into()),
+            };
+            q::record_event(
+                tx,
+                id,
+                now,
+                owner,
+                "CONVERTED",
+                &format!("{resolution}: refund {}", order.refund_request_id),
+            )?;
+            let change = Change {
+                to: Some(to),
+                cause,
+                result_code,
+                payment_id: Some(payment_id.clone()),
+                new_refund: Some(NewRefund {
+                    refund_request_id: order.refund_request_id.clone(),
+                    kind: "REVERSAL",
+                    amount,
+                    reason: order.reason.clone(),
+                    return_to: None,
+                }),
+                settle_refund: Some(SettleRefund {
+                    refund_request_id: order.refund_request_id.clone(),
+                    state: "QUEUED",
+                    refund_id: None,
+                    result_code: None,
+                    result_message: None,
+                    add_to_refunded: false,
+                }),
+                enqueue: Some(NewQueueItem {
+                    kind: "REFUND",
+                    refund_request_id: Some(order.refund_request_id.clone()),
+                    payload_version: PAYLOAD_VERSION,
+                    payload: Payload::from_refund(&rec.payment_request_id, &order).encode(),
+                    // A new request: send it at once.
+                    next_attempt_at: now,
+                }),
+                ..Default::default()
+            };
+            let moved =
+                payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, now)?
+                    .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
+            Ok(ItemReport {
+                payment_state: Some(moved.state),
+                ..report(
+                    item,
+                    ItemOutcome::Converted,
+                    format!("{resolution} ({})", order.refund_request_id),
+                )
+            })
+        }
+        Verdict::Refused { code, message } => give_up(
+            tx,
+            ctx,
+            item,
+            ItemStatus::Dead,
+            format!(
+                "{} refused by the gateway: {code} {message}",
+                item.kind.as_str().to_lowercase()
+            ),
+            Some(code.clone()),
+        ),
+        Verdict::Unreadable { why } => give_up(
+            tx,
+            ctx,
+            item,
+            ItemStatus::Dead,
+            format!(
+                "the stored {} cannot be read: {why}",
+                item.kind.as_str().to_lowercase()
+            ),
+            None,
+        ),
+        Verdict::Abandon { reason } => give_up(
+            tx,
+            ctx,
+            item,
+            ItemStatus::Abandoned,
+            format!("abandoned by the back office: {reason}"),
+            None,
+        ),
+    }
+}
+
+/// Dead letter or abandon: the item closes, its refund (if any) is marked, and the payment
+/// goes to NEEDS_ATTENTION with the reason.
+fn give_up(
+    tx: &Connection,
+    ctx: &SettleCtx,
+    item: &QueueItem,
+    status: ItemStatus,
+    reason: String,
+    code: Option<String>,
+) -> anyhow::Result<ItemReport> {
+    if !q::close(tx, item.id, &ctx.owner, status, &reason, ctx.now)? {
+        return Ok(report(
+            item,
+            ItemOutcome::LeaseLost,
+            "another replayer holds the item now",
+        ));
+    }
+    q::record_event(tx, item.id, ctx.now, &ctx.owner, status.as_str(), &reason)?;
+    let rec = load_payment(tx, &item.payment_request_id)?;
+    let change = Change {
+        result_code: code.clone(),
+        settle_refund: item.refund_request_id.as_ref().map(|rid| SettleRefund {
+            refund_request_id: rid.clone(),
+            state: if status == ItemStatus::Abandoned {
+                "ABANDONED"
+            } else {
+                "FAILED"
+            },
+            refund_id: None,
+            result_code: code,
+            result_message: None,
+            add_to_refunded: false,
+        }),
+        ..Default::default()
+    };
+    let state = move_payment(
+        tx,
+        ctx,
+        &rec,
+        &Event::QueueGaveUp {
+            reason: reason.clone(),
+        },
+        change,
+        None,
+    )?;
+    let outcome = if status == ItemStatus::Abandoned {
+        ItemOutcome::Abandoned
+    } else {
+        ItemOutcome::Dead
+    };
+    Ok(ItemReport {
+        payment_state: Some(state),
+        ..report(item, outcome, reason)
+    })
+}
+
+/// Applies the machine's decision on `event` to the payment inside the transaction; when the
+/// machine ignores it (the payment moved on, e.g. a human resolved it), the outcome is still
+/// journaled on the payment without changing its state. Returns the state after.
+fn move_payment(
+    tx: &Connection,
+    ctx: &SettleCtx,
+    rec: &PaymentRecord,
+    event: &Event,
+    mut change: Change,
+    refund: Option<&payments::RefundRecord>,
+) -> anyhow::Result<State> {
+    let now = ctx.now;
+    match machine::decide(rec.state, &context_of(rec, 10), event) {
+        Decision::Go {
+            to,
+            cause,
+            result_code,
+            ..
+        } => {
+            change.to = Some(to);
+            // The confirmation's slip (CANCEL, REFUND) commits with it, like the payment
+            // task's.
+            let mut with_id = rec.clone();
+            if with_id.payment_id.is_none() {
+                with_id.payment_id = change.payment_id.clone();
+            }
+            let who = SlipIdentity {
+                merchant_name: &ctx.merchant_name,
+                store_name: &ctx.store_name,
+                terminal_id: &ctx.terminal_id,
+            };
+            change.slip = slip_data(&who, ctx.local, &with_id, to, refund);
+            if to == State::NeedsAttention {
+                change.attention_reason = Some(cause.clone());
+            }
+            change.cause = cause;
+            change.result_code = result_code.or(change.result_code);
+        }
+        Decision::Ignore { why, .. } => {
+            change.to = None;
+            change.cause = format!("queue: {event:?}; the payment stays {} ({why})", rec.state);
+        }
+        Decision::Refuse { why } => {
+            change.to = None;
+            change.cause = format!("queue: {event:?}; the payment stays {} ({why})", rec.state);
+        }
+    }
+    let moved = payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, now)?
+        .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
+    Ok(moved.state)
+}
+
+/// The daemon's worker task: drains due items, sleeps until the next is due, wakes on the
+/// signal; stops on shutdown.
+pub(crate) async fn run(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: CancellationToken) {
+    let span = tracing::info_span!("queue_worker", owner = %replayer.owner());
+    let _enter = span.enter();
+    let s = replayer.settings().clone();
+    let clock = replayer.inner.clock.clone();
+    let mut last_pull: Option<tokio::time::Instant> = None;
+    tracing::info!("queue worker started");
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if signal.back.swap(false, Ordering::SeqCst)
+            && last_pull.is_none_or(|t| t.elapsed() >= s.backoff_initial)
+        {
+            last_pull = Some(tokio::time::Instant::now());
+            let now = clock.now_ms();
+            match replayer
+                .inner
+                .store
+                .call(move |c| Ok(q::make_due(c, now)?))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    items = n,
+                    "the gateway answers again; replaying the queue now"
+                ),
+                Err(e) => tracing::error!(error = %e, "cannot reschedule the queue"),
+            }
+        }
+        let mut pause = s.poll();
+        match replayer.drain().await {
+            Ok(_) => {
+                if let Ok(Some(at)) = replayer.next_wakeup().await {
+                    let until = Duration::from_millis((at - clock.now_ms()).max(0).unsigned_abs());
+                    pause = until.clamp(MIN_PAUSE, s.poll());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "queue replay failed; retrying after the poll interval")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = signal.wake.notified() => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!("queue worker stopped");
+}
+
+#[cfg(test)]
+mod tests;
