@@ -234,23 +234,23 @@ async fn replay_crash(failpoint: &str, outage: &str, settled_before_the_kill: bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_the_lease_is_taken() {
-    replay_crash("replay_leased", "1s", false).await;
+    replay_crash("replay_leased", "3s", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_the_replayed_cancel_is_in_flight() {
     // During the outage the queued cancel is held open by the gateway: killed mid-send.
-    replay_crash("replay_sent", "1s", false).await;
+    replay_crash("replay_sent", "3s", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_the_answer_before_it_is_recorded() {
-    replay_crash("replay_answered", "700ms", false).await;
+    replay_crash("replay_answered", "3s", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_right_after_the_settle_commits() {
-    replay_crash("replay_settled", "700ms", true).await;
+    replay_crash("replay_settled", "3s", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
