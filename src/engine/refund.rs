@@ -70,7 +70,7 @@ impl Engine {
             .inner
             .store
             .call(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 let Some(rec) = payments::get(&tx, &id_owned)? else {
                     return Ok(Err(EngineError::NotFound(id_owned)));
                 };

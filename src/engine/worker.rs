@@ -725,7 +725,7 @@ fn settle_batch(
     ctx: &SettleCtx,
     verdicts: &[(QueueItem, Verdict)],
 ) -> anyhow::Result<Vec<ItemReport>> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let mut out = Vec::with_capacity(verdicts.len());
     for (item, v) in verdicts {
         out.push(settle_one(&tx, ctx, item, v)?);

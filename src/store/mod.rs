@@ -63,6 +63,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Jobs waiting for the writer connection (group commit, see [`Store::call`]).
+    pending: Arc<Mutex<Vec<Box<dyn Job>>>>,
     /// A second connection for reads, so that a status query never waits behind a commit's
     /// fsync (WAL lets readers run beside the writer). In memory it is the same connection.
     reader: Arc<Mutex<Connection>>,
@@ -99,6 +101,7 @@ impl Store {
         configure(&mut reader, true).map_err(sq)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            pending: Arc::default(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
         })
@@ -118,6 +121,7 @@ impl Store {
         Ok(Store {
             reader: conn.clone(),
             conn,
+            pending: Arc::default(),
             path,
         })
     }
@@ -127,20 +131,36 @@ impl Store {
         &self.path
     }
 
-    /// Runs `f` with the connection on a blocking thread.
+    /// Runs `f` on the writer connection, inside a transaction, and returns once that
+    /// transaction is durably committed.
+    ///
+    /// Group commit: every call queues its job; whichever blocking task takes the connection
+    /// runs all queued jobs in one `BEGIN IMMEDIATE … COMMIT`, each inside its own savepoint
+    /// (a job that fails is rolled back alone), and only after the one `COMMIT` (one fsync)
+    /// hands each caller its result. Concurrent sales share fsyncs; a lone call is not delayed.
     pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
     {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(BatchJob { f, reply }));
         let conn = self.conn.clone();
+        let pending = self.pending.clone();
         tokio::task::spawn_blocking(move || {
-            // A poisoned lock means a panic mid-call; the transaction it held was rolled
-            // back when its guard dropped, so the connection itself is still consistent.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+            if !batch.is_empty() {
+                run_batch(&mut guard, batch);
+            }
         })
-        .await?
+        .await?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the database job was dropped before it finished"))?
     }
 
     /// Runs a read-only `f` on the read connection on a blocking thread.
@@ -157,13 +177,118 @@ impl Store {
         .await?
     }
 
-    /// Runs `f` with the connection on this thread (CLI commands, tests).
+    /// Runs `f` on the writer connection on this thread, in its own transaction (CLI
+    /// commands, tests).
     pub fn call_blocking<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        guard.execute_batch("BEGIN IMMEDIATE")?;
+        let out = f(&mut guard);
+        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        if let Err(e) = guard.execute_batch(end) {
+            let _ = guard.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        out
+    }
+}
+
+/// A queued writer job: runs inside the batch's transaction and answers after the commit.
+trait Job: Send {
+    /// Runs the job inside its own savepoint; returns what to deliver after the commit.
+    fn run(self: Box<Self>, conn: &mut Connection) -> Box<dyn Deliver>;
+    /// The batch could not start: answer with the error.
+    fn fail(self: Box<Self>, why: &str);
+}
+
+/// A job's result, held until the batch's commit.
+trait Deliver: Send {
+    /// Hands the result over, or the commit's error.
+    fn deliver(self: Box<Self>, commit: Result<(), &str>);
+}
+
+struct BatchJob<F, R> {
+    f: F,
+    reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
+}
+
+struct Held<R> {
+    result: anyhow::Result<R>,
+    reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
+}
+
+impl<F, R> Job for BatchJob<F, R>
+where
+    F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send,
+    R: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &mut Connection) -> Box<dyn Deliver> {
+        let BatchJob { f, reply } = *self;
+        let result = match conn.execute_batch("SAVEPOINT posd_job") {
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *conn)))
+                    .unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!(
+                            "a database job panicked; it was rolled back"
+                        ))
+                    });
+                let end = if out.is_ok() {
+                    "RELEASE posd_job"
+                } else {
+                    "ROLLBACK TO posd_job; RELEASE posd_job"
+                };
+                match conn.execute_batch(end) {
+                    Ok(()) => out,
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        Box::new(Held { result, reply })
+    }
+
+    fn fail(self: Box<Self>, why: &str) {
+        let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
+    }
+}
+
+impl<R: Send + 'static> Deliver for Held<R> {
+    fn deliver(self: Box<Self>, commit: Result<(), &str>) {
+        let out = match commit {
+            Ok(()) => self.result,
+            Err(e) => Err(anyhow::anyhow!(
+                "the transaction could not be committed: {e}"
+            )),
+        };
+        let _ = self.reply.send(out);
+    }
+}
+
+/// Runs queued jobs in one transaction and answers them after its commit.
+fn run_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let why = format!("cannot begin a transaction: {e}");
+        for job in batch {
+            job.fail(&why);
+        }
+        return;
+    }
+    let held: Vec<Box<dyn Deliver>> = batch.into_iter().map(|job| job.run(conn)).collect();
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            for h in held {
+                h.deliver(Ok(()));
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let why = e.to_string();
+            for h in held {
+                h.deliver(Err(&why));
+            }
+        }
     }
 }
 
@@ -174,7 +299,6 @@ fn configure(conn: &mut Connection, file: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     Ok(())
 }
 

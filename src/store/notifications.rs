@@ -91,7 +91,7 @@ pub fn record(
     mut decide: Decide<'_>,
     now: i64,
 ) -> rusqlite::Result<Recorded> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let duplicate: bool = tx
         .prepare_cached("SELECT 1 FROM notifications WHERE body_sha256 = ?1 LIMIT 1")?
         .query_row([&n.body_sha256], |_| Ok(()))

@@ -249,7 +249,7 @@ pub fn create(
     now: i64,
     make_id: impl FnOnce(u64) -> String,
 ) -> Result<PaymentRecord, CreateError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     if let Some(order) = &new.order_ref {
         let mut stmt = tx.prepare_cached(
             "SELECT payment_request_id, state FROM payments WHERE order_ref = ?1 ORDER BY created_at DESC",
@@ -473,7 +473,7 @@ pub fn apply(
     change: &Change,
     now: i64,
 ) -> rusqlite::Result<Option<PaymentRecord>> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let rec = apply_in(&tx, id, expected, change, now)?;
     if rec.is_some() {
         tx.commit()?;

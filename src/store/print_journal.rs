@@ -308,11 +308,11 @@ mod tests {
     #[test]
     fn enqueue_commits_or_rolls_back_with_the_callers_transaction() {
         let mut c = db();
-        let tx = c.transaction().unwrap();
+        let tx = c.savepoint().unwrap();
         enqueue(&tx, &sample(SlipKind::Cancel)).unwrap();
         drop(tx);
         assert!(pending(&c).unwrap().is_empty());
-        let tx = c.transaction().unwrap();
+        let tx = c.savepoint().unwrap();
         enqueue(&tx, &sample(SlipKind::Cancel)).unwrap();
         tx.commit().unwrap();
         assert_eq!(pending(&c).unwrap().len(), 1);

@@ -155,7 +155,7 @@ pub fn lease_due(
     lease_until: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<QueueItem>> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let mut items = {
         let mut stmt = tx.prepare_cached(&format!(
             "UPDATE reversal_queue SET lease_owner = ?1, lease_until = ?2 \
@@ -205,7 +205,7 @@ pub fn lease_one(
     now: i64,
     lease_until: i64,
 ) -> rusqlite::Result<Result<QueueItem, LeaseRefused>> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let leased = tx
         .prepare_cached(&format!(
             "UPDATE reversal_queue SET lease_owner = ?2, lease_until = ?3 \

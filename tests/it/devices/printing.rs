@@ -354,7 +354,7 @@ async fn worker_runs_over_the_real_store_with_the_payments_foreign_key() {
     assert!(orphan.unwrap(), "a slip needs its payment (foreign key)");
     let id = store
         .call_blocking(|c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             tx.execute(
                 "INSERT INTO payments (payment_request_id, amount_minor, currency, state, \
                  terminal_time, created_at, updated_at) \
