@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::queue::{Payload, PAYLOAD_VERSION};
 use super::{context_of, failpoint, make_refund_id, Engine};
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, State};
-use crate::gateway::{Outcome, PayOrder, RefundOrder};
+use crate::gateway::{Outcome, PreparedPay, RefundOrder};
 use crate::store::now_ms;
 use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
 
@@ -30,7 +30,7 @@ pub(super) async fn drive(
     engine: &Engine,
     id: &str,
     mut effect: Effect,
-    mut code: Option<PayOrder>,
+    mut code: Option<PreparedPay>,
     waker: &Notify,
 ) {
     let span = tracing::info_span!("payment", id = %id);
@@ -125,8 +125,8 @@ pub(super) async fn in_flight<T>(name: &str, fut: impl std::future::Future<Outpu
     }
 }
 
-async fn send_pay(engine: &Engine, _id: &str, order: Option<PayOrder>) -> Step {
-    let Some(order) = order else {
+async fn send_pay(engine: &Engine, _id: &str, prepared: Option<PreparedPay>) -> Step {
+    let Some(prepared) = prepared else {
         // The clear code lives only in memory (rule 9); without it the pay cannot be sent
         // again, and whether it left before a restart is unknown: inquire.
         return Ok(Some((
@@ -139,7 +139,7 @@ async fn send_pay(engine: &Engine, _id: &str, order: Option<PayOrder>) -> Step {
     let t = engine.settings().pay_timeout;
     let outcome = in_flight(
         "pay_in_flight",
-        with_deadline(t, engine.gateway().pay(&order)),
+        with_deadline(t, engine.gateway().send_pay(prepared)),
     )
     .await;
     failpoint::hit("pay_answered");

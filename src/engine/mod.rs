@@ -317,25 +317,40 @@ impl Engine {
         let terminal = self.inner.settings.terminal_id.clone();
         let local = now_local.naive_local();
         let amount_minor = req.amount.minor();
-        let rec = self
-            .inner
-            .store
-            .call(move |c| {
-                Ok(payments::create(c, &new, now_ms(), |seq| {
-                    make_payment_id(local, &terminal, amount_minor, seq)
-                }))
-            })
-            .await?
-            .map_err(create_error)?;
+        // The id exists as soon as the transaction has taken its sequence number: it is
+        // handed out then, so the pay request is serialized and signed while the intent's
+        // commit is still on its way to disk. Nothing is sent before that commit returns.
+        let (id_tx, id_rx) = tokio::sync::oneshot::channel::<String>();
+        let commit = self.inner.store.call(move |c| {
+            Ok(payments::create(c, &new, now_ms(), |seq| {
+                let id = make_payment_id(local, &terminal, amount_minor, seq);
+                let _ = id_tx.send(id.clone());
+                id
+            }))
+        });
+        let prepare = async {
+            let code = req.code.clone()?;
+            let id = id_rx.await.ok()?;
+            Some(self.inner.gateway.prepare_pay(crate::gateway::PayOrder {
+                payment_request_id: id,
+                amount: req.amount,
+                code,
+                order_ref: req.order_ref.clone(),
+                description: self.inner.settings.description.clone(),
+                terminal_time: now_local,
+            }))
+        };
+        let (committed, prepared) = tokio::join!(commit, prepare);
+        let rec = committed?.map_err(create_error)?;
         self.changed();
         tracing::info!(payment = %rec.payment_request_id, amount = %rec.amount, state = %rec.state, "sale started");
-        if let Some(code) = req.code {
+        if let Some(prepared) = prepared {
             failpoint::hit("intent_committed");
-            let code = self.pay_order(&rec, code);
+            debug_assert_eq!(prepared.order.payment_request_id, rec.payment_request_id);
             self.spawn_driver(
                 rec.payment_request_id.clone(),
                 machine::Effect::SendPay,
-                Some(code),
+                Some(prepared),
             );
         }
         Ok(rec)
@@ -347,38 +362,57 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         let masked = code.masked();
-        let terminal_time = self
-            .local_now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
-        let rec = self
-            .inner
-            .store
-            .call(move |c| {
-                let Some(waiting) = payments::awaiting_code(c)? else {
-                    return Ok(None);
-                };
-                let change = Change {
-                    to: Some(State::Paying),
-                    cause: format!("code {masked} scanned; pay intent committed"),
-                    code_masked: Some(masked),
-                    terminal_time: Some(terminal_time),
-                    ..Default::default()
-                };
-                Ok(payments::apply(c, &waiting.payment_request_id, State::AwaitingCode, &change, now_ms())?)
-            })
-            .await?
-            .ok_or_else(|| {
-                EngineError::Conflict(
-                    "no sale is waiting for a code: start one (posd pay --amount X) before scanning".into(),
-                )
-            })?;
+        let now_local = self.local_now();
+        let terminal_time = now_local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        // As in `start_sale`: the waiting sale is handed out from inside the transaction, so
+        // the pay request is signed while the commit is on its way to disk.
+        let (found_tx, found_rx) = tokio::sync::oneshot::channel::<PaymentRecord>();
+        let commit = self.inner.store.call(move |c| {
+            let Some(waiting) = payments::awaiting_code(c)? else {
+                return Ok(None);
+            };
+            let _ = found_tx.send(waiting.clone());
+            let change = Change {
+                to: Some(State::Paying),
+                cause: format!("code {masked} scanned; pay intent committed"),
+                code_masked: Some(masked),
+                terminal_time: Some(terminal_time),
+                ..Default::default()
+            };
+            Ok(payments::apply(
+                c,
+                &waiting.payment_request_id,
+                State::AwaitingCode,
+                &change,
+                now_ms(),
+            )?)
+        });
+        let prepare = async {
+            let waiting = found_rx.await.ok()?;
+            Some(self.inner.gateway.prepare_pay(crate::gateway::PayOrder {
+                payment_request_id: waiting.payment_request_id,
+                amount: waiting.amount,
+                code,
+                order_ref: waiting.order_ref,
+                description: self.inner.settings.description.clone(),
+                terminal_time: now_local,
+            }))
+        };
+        let (committed, prepared) = tokio::join!(commit, prepare);
+        let rec = committed?.ok_or_else(|| {
+            EngineError::Conflict(
+                "no sale is waiting for a code: start one (posd pay --amount X) before scanning"
+                    .into(),
+            )
+        })?;
         self.changed();
         failpoint::hit("intent_committed");
-        let code = self.pay_order(&rec, code);
+        // The compare-and-set moved exactly the sale that was handed out.
+        let prepared = prepared.filter(|p| p.order.payment_request_id == rec.payment_request_id);
         self.spawn_driver(
             rec.payment_request_id.clone(),
             machine::Effect::SendPay,
-            Some(code),
+            prepared,
         );
         Ok(rec)
     }
@@ -563,25 +597,11 @@ impl Engine {
         }
     }
 
-    /// The pay request for a payment whose intent is committed.
-    fn pay_order(&self, rec: &PaymentRecord, code: PaymentCode) -> crate::gateway::PayOrder {
-        let terminal_time = chrono::DateTime::parse_from_rfc3339(&rec.terminal_time)
-            .unwrap_or_else(|_| self.local_now());
-        crate::gateway::PayOrder {
-            payment_request_id: rec.payment_request_id.clone(),
-            amount: rec.amount,
-            code,
-            order_ref: rec.order_ref.clone(),
-            description: self.inner.settings.description.clone(),
-            terminal_time,
-        }
-    }
-
     fn spawn_driver(
         &self,
         id: String,
         effect: machine::Effect,
-        code: Option<crate::gateway::PayOrder>,
+        code: Option<crate::gateway::PreparedPay>,
     ) {
         let waker = Arc::new(Notify::new());
         {

@@ -176,6 +176,14 @@ impl Gateway for Watched {
         self.signal.observe(&o);
         o
     }
+    fn prepare_pay(&self, order: PayOrder) -> crate::gateway::PreparedPay {
+        self.inner.prepare_pay(order)
+    }
+    async fn send_pay(&self, prepared: crate::gateway::PreparedPay) -> Outcome<wire::PayResponse> {
+        let o = self.inner.send_pay(prepared).await;
+        self.signal.observe(&o);
+        o
+    }
     async fn inquiry_payment(&self, id: &str) -> Outcome<wire::InquiryPaymentResponse> {
         let o = self.inner.inquiry_payment(id).await;
         self.signal.observe(&o);

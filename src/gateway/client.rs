@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::sign::{Message, PrivateKey, PublicKey, SignError};
 use super::wire;
-use super::{Gateway, Outcome, PayOrder, RefundOrder};
+use super::{Gateway, Outcome, PayOrder, PreparedPay, RefundOrder, SignedRequest};
 use crate::config::{check_base_url, Config, Secret};
 
 /// Client ids with this prefix talk to the sandbox paths (`/ams/sandbox/api/…`).
@@ -384,17 +384,39 @@ impl AmsClient {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let started = Instant::now();
-        let (outcome, result_code) = match serde_json::to_vec(request) {
-            Ok(body) => self.exchange(op, body).await,
+        match self.prepare(op, request) {
+            Ok(signed) => self.call_signed(op, id, signed).await,
             // Our own structs always serialize; still, never panic on the money path.
-            Err(e) => (
-                Outcome::Unknown {
-                    why: format!("request not sent: cannot serialize: {e}"),
-                },
-                None,
-            ),
-        };
+            Err(why) => Outcome::Unknown { why },
+        }
+    }
+
+    /// Serializes a request once and signs exactly those bytes.
+    fn prepare<Req: Serialize>(
+        &self,
+        op: Operation,
+        request: &Req,
+    ) -> Result<SignedRequest, String> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| format!("request not sent: cannot serialize: {e}"))?;
+        let request_time = epoch_millis();
+        let signature = self.sign(op, &request_time, &body);
+        Ok(SignedRequest {
+            body,
+            request_time,
+            signature,
+        })
+    }
+
+    /// Sends a signed request, maps the answer, logs and observes it.
+    async fn call_signed<Resp: DeserializeOwned>(
+        &self,
+        op: Operation,
+        id: &str,
+        signed: SignedRequest,
+    ) -> Outcome<Resp> {
+        let started = Instant::now();
+        let (outcome, result_code) = self.exchange(op, signed).await;
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
         match &outcome {
@@ -431,11 +453,14 @@ impl AmsClient {
     async fn exchange<Resp: DeserializeOwned>(
         &self,
         op: Operation,
-        body: Vec<u8>,
+        signed: SignedRequest,
     ) -> (Outcome<Resp>, Option<String>) {
         let path = self.request_path(op);
-        let request_time = epoch_millis();
-        let signature = self.sign(op, &request_time, &body);
+        let SignedRequest {
+            body,
+            request_time,
+            signature,
+        } = signed;
         let deadline = self.deadline(op);
         let mut req = self
             .http
@@ -613,6 +638,28 @@ impl Gateway for AmsClient {
         let body = self.pay_request(order);
         self.call(Operation::Pay, &order.payment_request_id, &body)
             .await
+    }
+
+    fn prepare_pay(&self, order: PayOrder) -> PreparedPay {
+        let wire = self.prepare(Operation::Pay, &self.pay_request(&order)).ok();
+        PreparedPay { order, wire }
+    }
+
+    async fn send_pay(&self, prepared: PreparedPay) -> Outcome<wire::PayResponse> {
+        let PreparedPay { order, wire } = prepared;
+        debug!(
+            payment_request_id = order.payment_request_id.as_str(),
+            code = %order.code,
+            amount = %order.amount,
+            "pay (prepared)"
+        );
+        match wire {
+            Some(signed) => {
+                self.call_signed(Operation::Pay, &order.payment_request_id, signed)
+                    .await
+            }
+            None => self.pay(&order).await,
+        }
     }
 
     async fn inquiry_payment(

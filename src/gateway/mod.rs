@@ -75,12 +75,54 @@ pub struct RefundOrder {
     pub reason: Option<String>,
 }
 
+/// A pay request made ready ahead of the send: the engine prepares it (serialize + sign)
+/// while the intent's commit is still on its way to disk, and sends it only once that commit
+/// has returned (rule 1). `wire` is `None` for gateways that build requests when sending.
+#[derive(Debug)]
+pub struct PreparedPay {
+    /// What is being charged.
+    pub order: PayOrder,
+    /// The exact bytes and headers to send, signed.
+    pub wire: Option<SignedRequest>,
+}
+
+/// A serialized, signed request: sent byte for byte as prepared.
+#[derive(Clone)]
+pub struct SignedRequest {
+    /// The body, serialized once.
+    pub body: Vec<u8>,
+    /// The `Request-Time` inside the signature.
+    pub request_time: String,
+    /// The `Signature` header value.
+    pub signature: String,
+}
+
+impl std::fmt::Debug for SignedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The body holds the clear payment code: never print it.
+        write!(
+            f,
+            "SignedRequest({} bytes, time {})",
+            self.body.len(),
+            self.request_time
+        )
+    }
+}
+
 /// The gateway as the engine sees it. Implemented by the AMS client (real gateway and the
 /// embedded sandbox, both over HTTP) and by in-memory fakes in tests.
 #[async_trait]
 pub trait Gateway: Send + Sync + 'static {
     /// `POST …/payments/pay`.
     async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse>;
+    /// Prepares a pay request without sending it (the default prepares nothing).
+    fn prepare_pay(&self, order: PayOrder) -> PreparedPay {
+        PreparedPay { order, wire: None }
+    }
+    /// Sends a prepared pay request (the default builds it now with [`Gateway::pay`]).
+    async fn send_pay(&self, prepared: PreparedPay) -> Outcome<wire::PayResponse> {
+        self.pay(&prepared.order).await
+    }
     /// `POST …/payments/inquiryPayment` by `paymentRequestId`.
     async fn inquiry_payment(
         &self,
