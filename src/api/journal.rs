@@ -13,11 +13,13 @@ use super::wire::rfc3339;
 use super::{ApiError, ApiState};
 use crate::engine::{local_time, EngineError};
 use crate::store::journal::{self, JournalRow};
+use crate::store::notifications::{self, NotificationRecord};
 
 /// One row of the journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JournalRowJson {
-    /// `PAYMENT` or `REFUND`.
+    /// `PAYMENT`, `REFUND`, or `UNKNOWN_NOTIFICATION` (a notification for a payment this
+    /// terminal does not know).
     pub record_type: String,
     /// Our `paymentRequestId`.
     pub payment_request_id: String,
@@ -63,6 +65,46 @@ impl From<&JournalRow> for JournalRowJson {
             updated_at: rfc3339(r.updated_at),
         }
     }
+}
+
+impl From<&NotificationRecord> for JournalRowJson {
+    /// A notification for a payment this terminal does not know, kept for the back office:
+    /// amount and currency exactly as the gateway sent them.
+    fn from(n: &NotificationRecord) -> Self {
+        JournalRowJson {
+            record_type: "UNKNOWN_NOTIFICATION".into(),
+            payment_request_id: n.claimed_request_id.clone().unwrap_or_default(),
+            payment_id: n.payment_id.clone(),
+            refund_request_id: None,
+            refund_id: None,
+            order_ref: None,
+            kind: n
+                .notify_type
+                .clone()
+                .unwrap_or_else(|| "PAYMENT_RESULT".into()),
+            amount: n.amount_value.clone().unwrap_or_default(),
+            currency: n.currency.clone().unwrap_or_default(),
+            state: n.result_status.clone().unwrap_or_default(),
+            result_code: n.result_code.clone(),
+            created_at: rfc3339(n.received_at),
+            updated_at: rfc3339(n.received_at),
+        }
+    }
+}
+
+/// The journal from `since` (epoch ms): payments and refunds, then the notifications for
+/// unknown payments received in the period.
+pub fn rows_since(c: &rusqlite::Connection, since: i64) -> rusqlite::Result<Vec<JournalRowJson>> {
+    let mut rows: Vec<JournalRowJson> = journal::since(c, since)?
+        .iter()
+        .map(JournalRowJson::from)
+        .collect();
+    rows.extend(
+        notifications::since(c, since, true)?
+            .iter()
+            .map(JournalRowJson::from),
+    );
+    Ok(rows)
 }
 
 /// `GET /v1/journal?format=json`.
@@ -201,10 +243,9 @@ async fn get_journal(
     let rows = st
         .engine
         .store()
-        .call(move |c| Ok(journal::since(c, since)?))
+        .read(move |c| Ok(rows_since(c, since)?))
         .await
         .map_err(EngineError::Internal)?;
-    let rows: Vec<JournalRowJson> = rows.iter().map(JournalRowJson::from).collect();
     Ok(if csv {
         (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],

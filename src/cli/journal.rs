@@ -7,10 +7,9 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use super::client::{ApiClient, CallError};
 use super::queue::open_existing;
 use super::{EXIT_NOT_SUCCEEDED, EXIT_OK, EXIT_USAGE};
-use crate::api::journal::{parse_since, to_csv, JournalJson, JournalRowJson};
+use crate::api::journal::{parse_since, rows_since, to_csv, JournalJson};
 use crate::api::wire::rfc3339;
 use crate::config::Config;
-use crate::store::journal;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,14 +69,13 @@ pub fn run(cfg: &Config, args: JournalArgs) -> u8 {
                     Ok(s) => s,
                     Err(code) => return code,
                 };
-                let rows = match store.call(move |c| Ok(journal::since(c, since)?)).await {
+                let rows = match store.read(move |c| Ok(rows_since(c, since)?)).await {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("posd: {e:#}");
                         return EXIT_NOT_SUCCEEDED;
                     }
                 };
-                let rows: Vec<JournalRowJson> = rows.iter().map(JournalRowJson::from).collect();
                 match args.format {
                     Format::Csv => print!("{}", to_csv(&rows)),
                     Format::Json => println!(

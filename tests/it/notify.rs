@@ -516,6 +516,22 @@ async fn an_unknown_payment_is_kept_for_the_back_office() {
     assert_eq!(listed[0].payment_request_id, None);
     assert_eq!(listed[0].amount_value.as_deref(), Some("1234"));
     assert_eq!(listed[0].outcome, "UNKNOWN_PAYMENT");
+    // The back office sees it in the journal (`posd journal`, `GET /v1/journal`).
+    let rows = h
+        .engine
+        .store()
+        .call_blocking(|c| Ok(posd::api::journal::rows_since(c, 0)?))
+        .unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.record_type == "UNKNOWN_NOTIFICATION")
+        .expect("the unknown notification is a journal row");
+    assert_eq!(row.payment_request_id, "NOT-OURS-1");
+    assert_eq!(
+        (row.amount.as_str(), row.currency.as_str()),
+        ("1234", "CNY")
+    );
+    assert!(posd::api::journal::to_csv(&rows).contains("UNKNOWN_NOTIFICATION,NOT-OURS-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
