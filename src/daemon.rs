@@ -172,25 +172,7 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         .map(|l| l.local_addr())
         .transpose()?;
 
-    let merchant = Arc::new(merchant_key(cfg)?);
-    let (gateway_public, base_override, sandbox) = match cfg.gateway.kind {
-        GatewayKind::Sandbox => {
-            let (handle, public) =
-                start_embedded_sandbox(cfg, merchant.public_key().clone()).await?;
-            tracing::info!(url = %handle.base_url(), "embedded sandbox gateway listening");
-            (public, Some(handle.base_url()), Some(handle))
-        }
-        GatewayKind::AlipayPlus => {
-            let p = cfg
-                .gateway
-                .gateway_public_key
-                .as_ref()
-                .context("gateway.gateway_public_key is required")?;
-            (PublicKey::load(&cfg.resolve(p))?, None, None)
-        }
-    };
-    let mut settings =
-        ClientSettings::from_config(cfg, merchant, gateway_public.clone(), base_override)?;
+    let (mut settings, gateway_public, sandbox) = client_settings(cfg).await?;
     if let (Some(addr), true, None) = (notify_addr, sandbox.is_some(), &settings.notify_url) {
         // The embedded sandbox notifies this daemon's own endpoint over loopback.
         settings.notify_url = Some(format!(
@@ -304,14 +286,17 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
     })
 }
 
-/// The gateway client exactly as `posd run` builds it (with the embedded sandbox started when
-/// `gateway.kind = "sandbox"`), for back-office commands that work with the daemon stopped.
-pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<SandboxHandle>)> {
+/// The client settings `posd run` uses — with the embedded sandbox started when
+/// `gateway.kind = "sandbox"` — and the gateway's public key (it also verifies notifications).
+async fn client_settings(
+    cfg: &Config,
+) -> anyhow::Result<(ClientSettings, PublicKey, Option<SandboxHandle>)> {
     let merchant = Arc::new(merchant_key(cfg)?);
     let (gateway_public, base_override, sandbox) = match cfg.gateway.kind {
         GatewayKind::Sandbox => {
             let (handle, public) =
                 start_embedded_sandbox(cfg, merchant.public_key().clone()).await?;
+            tracing::info!(url = %handle.base_url(), "embedded sandbox gateway listening");
             (public, Some(handle.base_url()), Some(handle))
         }
         GatewayKind::AlipayPlus => {
@@ -323,13 +308,16 @@ pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<
             (PublicKey::load(&cfg.resolve(p))?, None, None)
         }
     };
-    let client = AmsClient::new(ClientSettings::from_config(
-        cfg,
-        merchant,
-        gateway_public,
-        base_override,
-    )?)?;
-    Ok((client, sandbox))
+    let settings =
+        ClientSettings::from_config(cfg, merchant, gateway_public.clone(), base_override)?;
+    Ok((settings, gateway_public, sandbox))
+}
+
+/// The gateway client exactly as `posd run` builds it (with the embedded sandbox started when
+/// `gateway.kind = "sandbox"`), for back-office commands that work with the daemon stopped.
+pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<SandboxHandle>)> {
+    let (settings, _, sandbox) = client_settings(cfg).await?;
+    Ok((AmsClient::new(settings)?, sandbox))
 }
 
 /// Mirrors the print worker's status into the `posd_printer_status` gauge.
