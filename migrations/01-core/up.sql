@@ -1,6 +1,8 @@
 -- posd core schema: payments, their journal, the terminal sequence, refunds, and the
 -- store-and-forward reversal queue. Times are Unix epoch milliseconds (UTC).
 -- Never edit a migration that has shipped: add a new directory instead.
+-- payments is WITHOUT ROWID (the id is the clustered key) and carries only the indexes the
+-- money path needs, so the intent's commit writes as few pages as it can.
 
 CREATE TABLE terminal_sequence (
     name  TEXT PRIMARY KEY,
@@ -31,11 +33,10 @@ CREATE TABLE payments (
     created_at         INTEGER NOT NULL,
     updated_at         INTEGER NOT NULL,
     CHECK (refunded_minor <= amount_minor)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 CREATE INDEX payments_order_ref ON payments(order_ref);
 CREATE INDEX payments_open ON payments(state)
     WHERE state IN ('AWAITING_CODE','PAYING','INQUIRING','CANCELLING','REFUNDING');
-CREATE INDEX payments_created ON payments(created_at);
 
 CREATE TABLE payment_events (
     id                 INTEGER PRIMARY KEY,
