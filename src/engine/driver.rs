@@ -6,6 +6,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::queue::{Payload, PAYLOAD_VERSION};
 use super::{context_of, failpoint, make_refund_id, Engine};
@@ -29,12 +30,25 @@ struct Extras {
 pub(super) async fn drive(
     engine: &Engine,
     id: &str,
+    effect: Effect,
+    code: Option<PreparedPay>,
+    waker: &Notify,
+) {
+    // `instrument`, not `enter`: a span entered across an await leaks into whatever else the
+    // thread polls meanwhile.
+    let span = tracing::info_span!("payment", id = %id);
+    drive_in_span(engine, id, effect, code, waker)
+        .instrument(span)
+        .await
+}
+
+async fn drive_in_span(
+    engine: &Engine,
+    id: &str,
     mut effect: Effect,
     mut code: Option<PreparedPay>,
     waker: &Notify,
 ) {
-    let span = tracing::info_span!("payment", id = %id);
-    let _enter = span.enter();
     let mut cancel_deadline: Option<Instant> = None;
     let mut refund_deadline: Option<Instant> = None;
     loop {

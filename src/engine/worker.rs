@@ -33,6 +33,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -537,7 +538,16 @@ impl Replayer {
             Err(why) => return Verdict::Unreadable { why },
         };
         let span = tracing::info_span!("queue_item", id = item.id, kind = item.kind.as_str(), payment = %item.payment_request_id, attempt = item.attempts + 1);
-        let _enter = span.enter();
+        // `instrument`, not `enter`: a span entered across an await leaks into whatever
+        // else the thread polls meanwhile.
+        self.send_stored(item, payload, lease_until)
+            .instrument(span)
+            .await
+    }
+
+    /// Sends the stored request of one item (inside its span).
+    async fn send_stored(&self, item: &QueueItem, payload: Payload, lease_until: i64) -> Verdict {
+        let s = &self.inner.settings;
         let gw = &self.inner.gateway;
         match (item.kind, &payload) {
             (ItemKind::Cancel, Payload::Cancel { payment_request_id })
@@ -1100,7 +1110,12 @@ fn move_payment(
 /// signal; stops on shutdown.
 pub(crate) async fn run(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: CancellationToken) {
     let span = tracing::info_span!("queue_worker", owner = %replayer.owner());
-    let _enter = span.enter();
+    run_in_span(replayer, signal, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_in_span(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: CancellationToken) {
     let s = replayer.settings().clone();
     let clock = replayer.inner.clock.clone();
     let mut last_pull: Option<tokio::time::Instant> = None;
