@@ -6,6 +6,8 @@ pub mod backoff;
 pub mod clock;
 mod driver;
 pub mod failpoint;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod notify;
 pub mod queue;
 mod refund;

@@ -1,120 +1,18 @@
 //! Engine tests against an in-memory scripted gateway with paused tokio time: the flow's
 //! timings (3 s inquiries, 5–10 s cancel resends for 60 s) are checked in virtual time.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::*;
 use crate::domain::code::CodeRules;
 use crate::domain::money::Currency;
-use crate::gateway::wire::{
-    self, CancelResponse, InquiryPaymentResponse, PayResponse, RefundResponse,
-};
-use crate::gateway::{Outcome, PayOrder, RefundOrder};
+use crate::gateway::wire::{CancelResponse, PayResponse, RefundResponse};
+use crate::gateway::Outcome;
 
-#[derive(Default)]
-struct Script {
-    pay: VecDeque<Outcome<PayResponse>>,
-    inquiry: VecDeque<Outcome<InquiryPaymentResponse>>,
-    cancel: VecDeque<Outcome<CancelResponse>>,
-    refund: VecDeque<Outcome<RefundResponse>>,
-    calls: Vec<(&'static str, Instant, String)>,
-    /// Pay calls hang for this long before answering (a slow or silent gateway).
-    pay_delay: Duration,
-}
-
-#[derive(Clone, Default)]
-struct Fake(Arc<Mutex<Script>>);
-
-fn unknown<T>() -> Outcome<T> {
-    Outcome::Unknown {
-        why: "timeout".into(),
-    }
-}
-
-fn failed<T>(code: &str) -> Outcome<T> {
-    Outcome::Failed {
-        code: code.into(),
-        message: "m".into(),
-    }
-}
-
-fn status(s: &str) -> Outcome<InquiryPaymentResponse> {
-    Outcome::Success(InquiryPaymentResponse {
-        payment_status: Some(s.into()),
-        payment_id: Some("G1".into()),
-        ..Default::default()
-    })
-}
-
-impl Fake {
-    fn calls(&self, op: &str) -> Vec<(Instant, String)> {
-        self.0
-            .lock()
-            .unwrap()
-            .calls
-            .iter()
-            .filter(|c| c.0 == op)
-            .map(|c| (c.1, c.2.clone()))
-            .collect()
-    }
-    fn record(&self, op: &'static str, id: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .calls
-            .push((op, Instant::now(), id.to_string()));
-    }
-}
-
-#[async_trait]
-impl crate::gateway::Gateway for Fake {
-    async fn pay(&self, order: &PayOrder) -> Outcome<PayResponse> {
-        self.record("pay", &order.payment_request_id);
-        let delay = self.0.lock().unwrap().pay_delay;
-        tokio::time::sleep(delay).await;
-        self.0
-            .lock()
-            .unwrap()
-            .pay
-            .pop_front()
-            .unwrap_or_else(unknown)
-    }
-    async fn inquiry_payment(&self, id: &str) -> Outcome<InquiryPaymentResponse> {
-        self.record("inquiry", id);
-        self.0
-            .lock()
-            .unwrap()
-            .inquiry
-            .pop_front()
-            .unwrap_or_else(|| status("PROCESSING"))
-    }
-    async fn cancel(&self, id: &str) -> Outcome<CancelResponse> {
-        self.record("cancel", id);
-        self.0
-            .lock()
-            .unwrap()
-            .cancel
-            .pop_front()
-            .unwrap_or_else(unknown)
-    }
-    async fn refund(&self, order: &RefundOrder) -> Outcome<RefundResponse> {
-        self.record("refund", &order.refund_request_id);
-        self.0
-            .lock()
-            .unwrap()
-            .refund
-            .pop_front()
-            .unwrap_or_else(unknown)
-    }
-    async fn inquiry_refund(&self, _id: &str) -> Outcome<wire::InquiryRefundResponse> {
-        unknown()
-    }
-}
+use super::fake::{failed, status, unknown, Fake};
 
 fn settings() -> EngineSettings {
     EngineSettings {

@@ -2,11 +2,10 @@
 //! leases, dead letters, abandon, payload versions, the worker's wake-ups (paused tokio time),
 //! and refunds through the engine.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::*;
@@ -14,41 +13,10 @@ use crate::domain::code::{CodeRules, PaymentCode};
 use crate::domain::money::{Amount, Currency};
 use crate::engine::clock::{ManualClock, TokioClock};
 use crate::engine::{Engine, EngineError, EngineSettings, SaleRequest};
-use crate::gateway::wire::{
-    CancelResponse, InquiryPaymentResponse, InquiryRefundResponse, PayResponse, RefundResponse,
-};
+use crate::gateway::wire::{CancelResponse, PayResponse, RefundResponse};
 use crate::store::payments::NewPayment;
 
-#[derive(Default)]
-struct Script {
-    pay: VecDeque<Outcome<PayResponse>>,
-    cancel: VecDeque<Outcome<CancelResponse>>,
-    refund: VecDeque<Outcome<RefundResponse>>,
-    inquiry: VecDeque<Outcome<InquiryPaymentResponse>>,
-    /// What cancels answer once their script is empty.
-    cancel_default: Option<Outcome<CancelResponse>>,
-    refund_default: Option<Outcome<RefundResponse>>,
-    /// Every call: (operation, virtual time, request id).
-    calls: Vec<(&'static str, Instant, String)>,
-    /// Calls hang this long before answering.
-    delay: Duration,
-}
-
-#[derive(Clone, Default)]
-struct Fake(Arc<Mutex<Script>>);
-
-fn unknown<T>() -> Outcome<T> {
-    Outcome::Unknown {
-        why: "timeout".into(),
-    }
-}
-
-fn failed<T>(code: &str) -> Outcome<T> {
-    Outcome::Failed {
-        code: code.into(),
-        message: "m".into(),
-    }
-}
+use crate::engine::fake::{failed, unknown, Fake};
 
 fn cancel_ok() -> Outcome<CancelResponse> {
     Outcome::Success(CancelResponse::default())
@@ -59,63 +27,6 @@ fn refund_ok() -> Outcome<RefundResponse> {
         refund_id: Some("GR1".into()),
         ..Default::default()
     })
-}
-
-impl Fake {
-    fn script(&self) -> std::sync::MutexGuard<'_, Script> {
-        self.0.lock().unwrap()
-    }
-    fn calls(&self, op: &str) -> Vec<(Instant, String)> {
-        self.script()
-            .calls
-            .iter()
-            .filter(|c| c.0 == op)
-            .map(|c| (c.1, c.2.clone()))
-            .collect()
-    }
-    async fn record(&self, op: &'static str, id: &str) {
-        let delay = {
-            let mut s = self.script();
-            s.calls.push((op, Instant::now(), id.to_string()));
-            s.delay
-        };
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-    }
-}
-
-#[async_trait]
-impl Gateway for Fake {
-    async fn pay(&self, order: &PayOrder) -> Outcome<PayResponse> {
-        self.record("pay", &order.payment_request_id).await;
-        self.script().pay.pop_front().unwrap_or_else(unknown)
-    }
-    async fn inquiry_payment(&self, id: &str) -> Outcome<InquiryPaymentResponse> {
-        self.record("inquiry", id).await;
-        self.script().inquiry.pop_front().unwrap_or_else(|| {
-            Outcome::Success(InquiryPaymentResponse {
-                payment_status: Some("PROCESSING".into()),
-                payment_id: Some("G1".into()),
-                ..Default::default()
-            })
-        })
-    }
-    async fn cancel(&self, id: &str) -> Outcome<CancelResponse> {
-        self.record("cancel", id).await;
-        let mut s = self.script();
-        let d = s.cancel_default.clone();
-        s.cancel.pop_front().or(d).unwrap_or_else(unknown)
-    }
-    async fn refund(&self, order: &RefundOrder) -> Outcome<RefundResponse> {
-        self.record("refund", &order.refund_request_id).await;
-        let mut s = self.script();
-        let d = s.refund_default.clone();
-        s.refund.pop_front().or(d).unwrap_or_else(unknown)
-    }
-    async fn inquiry_refund(&self, _id: &str) -> Outcome<InquiryRefundResponse> {
-        unknown()
-    }
 }
 
 const T0: i64 = 1_800_000_000_000;
