@@ -128,7 +128,7 @@ pub async fn resource(engine: &Engine, v: PaymentView) -> Result<PaymentJson, Ap
     let id = v.payment.payment_request_id.clone();
     let refunds = engine
         .store()
-        .call(move |c| Ok(payments::refunds_of(c, &id)?))
+        .read(move |c| Ok(payments::refunds_of(c, &id)?))
         .await
         .map_err(EngineError::Internal)?;
     Ok(PaymentJson::new(&v, &refunds))

@@ -93,11 +93,12 @@ struct Stop;
 
 type Step = Result<Option<(Event, Extras)>, Stop>;
 
+/// Reads the payment on the read connection: a read never takes the writer's lock.
 async fn load(engine: &Engine, id: &str) -> anyhow::Result<PaymentRecord> {
     let id = id.to_string();
     engine
         .store()
-        .call(move |c| {
+        .read(move |c| {
             payments::get(c, &id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))
         })
         .await
