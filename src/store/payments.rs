@@ -642,6 +642,55 @@ mod tests {
     }
 
     #[test]
+    fn the_sequence_survives_a_restart_and_a_clock_set_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posd.sqlite3");
+        let id_at = |local: &str, seq: u64| {
+            crate::domain::request_id::payment_request_id(&crate::domain::request_id::IdParts {
+                local_time: chrono::NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S")
+                    .unwrap(),
+                terminal_id: "T0001",
+                amount_minor: 1234,
+                sequence: seq,
+                random: 7,
+            })
+        };
+        let first = Store::open(&path)
+            .unwrap()
+            .call_blocking(|c| {
+                Ok(create(c, &new(None, State::Paying), 1, |q| {
+                    id_at("2026-11-21 10:00:00", q)
+                })?)
+            })
+            .unwrap();
+        // Restarted, with the clock set back an hour: same random part, yet a new id.
+        let second = Store::open(&path)
+            .unwrap()
+            .call_blocking(|c| {
+                Ok(create(c, &new(None, State::Paying), 2, |q| {
+                    id_at("2026-11-21 09:00:00", q)
+                })?)
+            })
+            .unwrap();
+        assert_ne!(first.payment_request_id, second.payment_request_id);
+        assert!(
+            second.payment_request_id.contains("00000002"),
+            "{}",
+            second.payment_request_id
+        );
+        // Even the same second twice cannot collide: the sequence differs.
+        let third = Store::open(&path)
+            .unwrap()
+            .call_blocking(|c| {
+                Ok(create(c, &new(None, State::Paying), 3, |q| {
+                    id_at("2026-11-21 10:00:00", q)
+                })?)
+            })
+            .unwrap();
+        assert_ne!(first.payment_request_id, third.payment_request_id);
+    }
+
+    #[test]
     fn a_second_attempt_for_a_busy_or_paid_order_is_refused_and_changes_nothing() {
         let s = Store::open_in_memory().unwrap();
         s.call_blocking(|c| {
