@@ -339,3 +339,142 @@ fn state_directories_and_the_database_are_private_under_a_permissive_umask() {
     assert_eq!(mode(&var.join("sandbox-keys")), 0o700);
     assert_eq!(mode(&site.db()), 0o600);
 }
+
+/// The JSON error body of a reply, asserting its shape.
+pub fn error_of(status: u16, body: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {body:?}"));
+    let code = v["error"]["code"].as_str();
+    let message = v["error"]["message"].as_str();
+    assert!(
+        code.is_some_and(|c| !c.is_empty()) && message.is_some_and(|m| !m.is_empty()),
+        "{status}: no {{\"error\":{{\"code\",\"message\"}}}} in {body}"
+    );
+    (code.unwrap().to_string(), message.unwrap().to_string())
+}
+
+/// Method, URL, optional (content type, body), expected status.
+type Case<'a> = (&'a str, String, Option<(&'a str, String)>, u16);
+
+const NOTIFY_ON: &str =
+    "[notify]\nenabled = true\nlisten = \"127.0.0.1:0\"\npath = \"/alipay/notify\"\n";
+
+#[tokio::test]
+async fn every_error_reply_has_the_json_error_body() {
+    let site = Site::new(NOTIFY_ON);
+    let (running, token) = site.start().await;
+    let api = format!("http://{}", running.api_addr);
+    let notify = format!("http://{}", running.notify_addr.unwrap());
+    let http = reqwest::Client::new();
+    // One real payment, so paths with a known id reach their handlers.
+    let r = http
+        .post(format!("{api}/v1/payments"))
+        .json(&serde_json::json!({"amount": "1.00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["payment_request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let json = "application/json";
+    let cases: Vec<Case> = vec![
+        ("GET", format!("{api}/nope"), None, 404),
+        ("GET", format!("{api}/v1/payments/{id}/nope"), None, 404),
+        ("DELETE", format!("{api}/v1/payments/{id}"), None, 405),
+        ("GET", format!("{api}/v1/payments"), None, 405),
+        ("GET", format!("{api}/v1/queue/replay"), None, 405),
+        ("GET", format!("{api}/v1/payments/%FF%FE"), None, 400),
+        (
+            "POST",
+            format!("{api}/v1/payments/%FF/abort"),
+            Some((json, "{}".into())),
+            400,
+        ),
+        (
+            "POST",
+            format!("{api}/v1/payments/%C3%28/refunds"),
+            Some((json, "{}".into())),
+            400,
+        ),
+        (
+            "POST",
+            format!("{api}/v1/queue/abc/abandon"),
+            Some((json, r#"{"reason":"x"}"#.into())),
+            400,
+        ),
+        ("GET", format!("{api}/v1/queue?all=maybe"), None, 400),
+        (
+            "GET",
+            format!("{api}/v1/notifications?unknown=perhaps"),
+            None,
+            400,
+        ),
+        (
+            "GET",
+            format!("{api}/v1/notifications?since=yesterday"),
+            None,
+            400,
+        ),
+        (
+            "GET",
+            format!("{api}/v1/payments/{id}?wait=soon"),
+            None,
+            400,
+        ),
+        (
+            "GET",
+            format!("{api}/v1/payments/{id}?wait=1&wait=2"),
+            None,
+            400,
+        ),
+        (
+            "GET",
+            format!("{api}/v1/queue?all=true&all=false"),
+            None,
+            400,
+        ),
+        (
+            "POST",
+            format!("{api}/v1/payments"),
+            Some(("text/plain", "amount=1".into())),
+            400,
+        ),
+        (
+            "POST",
+            format!("{api}/v1/payments"),
+            Some((json, "{".into())),
+            400,
+        ),
+        (
+            "POST",
+            format!("{api}/v1/payments"),
+            Some((json, format!("{{\"amount\":\"{}\"}}", "9".repeat(20_000)))),
+            413,
+        ),
+        ("GET", format!("{api}/v1/payments/NOPE"), None, 404),
+        ("GET", format!("{notify}/elsewhere"), None, 404),
+        ("GET", format!("{notify}/alipay/notify"), None, 405),
+    ];
+    for (method, url, body, want) in cases {
+        let mut rb = http.request(method.parse().unwrap(), &url);
+        if let Some((ct, b)) = body {
+            rb = rb.header("content-type", ct).body(b);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, want, "{method} {url}: {text}");
+        assert!(ct.starts_with("application/json"), "{method} {url}: {ct}");
+        error_of(status, &text);
+    }
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
