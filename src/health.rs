@@ -216,33 +216,28 @@ pub async fn watchdog(health: Health, interval: Duration, token: CancellationTok
 mod tests {
     use super::*;
     use crate::engine::EngineSettings;
-    use crate::gateway::wire;
-    use crate::gateway::{Gateway, Outcome, PayOrder, RefundOrder};
+    use crate::gateway::{Answer, Gateway, Inquiry, PayOrder, RefundOrder, Reply};
     use crate::store::Store;
 
     struct Nothing;
 
     #[async_trait::async_trait]
     impl Gateway for Nothing {
-        async fn pay(&self, _: &PayOrder) -> Outcome<wire::PayResponse> {
-            unknown()
+        async fn pay(&self, _: &PayOrder) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-        async fn inquiry_payment(&self, _: &str) -> Outcome<wire::InquiryPaymentResponse> {
-            unknown()
+        async fn inquiry_payment(&self, _: &str) -> Reply<Inquiry> {
+            Reply::<Inquiry>::unknown("test")
         }
-        async fn cancel(&self, _: &str) -> Outcome<wire::CancelResponse> {
-            unknown()
+        async fn cancel(&self, _: &str) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-        async fn refund(&self, _: &RefundOrder) -> Outcome<wire::RefundResponse> {
-            unknown()
+        async fn refund(&self, _: &RefundOrder) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-        async fn inquiry_refund(&self, _: &str) -> Outcome<wire::InquiryRefundResponse> {
-            unknown()
+        async fn inquiry_refund(&self, _: &str) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-    }
-
-    fn unknown<T>() -> Outcome<T> {
-        Outcome::Unknown { why: "test".into() }
     }
 
     fn engine() -> Engine {
