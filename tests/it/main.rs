@@ -29,3 +29,7 @@ mod notify;
 
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
+
+// Operations hardening: config check = run, the empty-store guard, backup, error bodies, slow
+// clients, idempotent POSTs.
+mod hardening;
