@@ -90,7 +90,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalConfig {
-    /// Terminal id (letters and digits, ≤ 16): part of every request id.
+    /// Terminal id (letters and digits, ≤ 16, 1–6 digits): its digits are part of every
+    /// `paymentRequestId`.
     pub id: String,
     /// `referenceMerchantId`.
     pub merchant_id: String,
@@ -573,7 +574,7 @@ impl Config {
         if !valid_terminal_id(&t.id) {
             return Err((
                 "terminal.id",
-                format!("{:?} must be 1–16 ASCII letters or digits", t.id),
+                format!("{:?} {}", t.id, crate::domain::request_id::TERMINAL_ID_RULE),
             ));
         }
         for (key, v) in [
