@@ -3,6 +3,7 @@
 //! The engine sees the gateway only through the [`Gateway`] trait and the typed
 //! [`Outcome`]: it branches on `Success` / `Failed` / `Unknown`, never on strings.
 
+pub mod alipay_cn;
 pub mod client;
 pub mod sandbox;
 pub mod sign;

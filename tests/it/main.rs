@@ -29,3 +29,6 @@ mod notify;
 
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
+
+// The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
+mod mainland;
