@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use posd::domain::machine::{Answer, Inquiry};
-use posd::gateway::alipay_cn::answer::{Cancel, Reading, RefundStatus, Signed};
+use posd::gateway::alipay_cn::answer::{asks_for_rescan, Cancel, Reading, RefundStatus, Signed};
 use posd::gateway::alipay_cn::client::{read_answer, CnClient, CnSettings};
 use posd::gateway::alipay_cn::sign::{
     extract, sign_content, sign_rsa2, verify_extracted, verify_rsa2,
@@ -364,9 +364,11 @@ fn failed(code: &str) -> impl Fn(&Answer) -> bool + '_ {
 #[tokio::test]
 async fn pay_request_on_the_wire_is_a_signed_form_with_nothing_in_the_url() {
     let (client, st) = fake(Reply::Signed(PAY_OK)).await;
-    let (answer, facts) = client.pay(&order()).await;
-    assert_eq!(answer, Answer::Success);
-    assert_eq!(facts.trade_no.as_deref(), Some("2026010222001400001"));
+    let r = client.pay(&order()).await;
+    assert_eq!(r.answer, Answer::Success);
+    assert_eq!(r.facts.payment_id.as_deref(), Some("2026010222001400001"));
+    assert_eq!(r.facts.amount.map(|a| a.minor()), Some(1234));
+    assert_eq!(r.facts.time.as_deref(), Some("2026-01-02 11:04:07"));
     let seen = st.seen.lock().unwrap();
     let s = &seen[0];
     assert!(
@@ -481,17 +483,23 @@ async fn every_pay_answer_maps_to_its_outcome() {
     for (i, (reply, check)) in cases.into_iter().enumerate() {
         let (client, _st) = fake(reply).await;
         let started = std::time::Instant::now();
-        let (answer, facts) = client.pay(&order()).await;
+        let posd::gateway::Reply { answer, facts } = client.pay(&order()).await;
         assert!(check(&answer), "case {i}: {answer:?}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "case {i} ended by its deadline"
         );
         if i == 3 {
-            assert!(facts.rescan, "an invalid code asks for a rescan");
+            assert!(
+                asks_for_rescan(facts.result_code.as_deref().unwrap()),
+                "an invalid code asks for a rescan"
+            );
         }
         if i == 7 {
-            assert_eq!(facts.trade_no, None, "an unsigned answer carries no facts");
+            assert_eq!(
+                facts.payment_id, None,
+                "an unsigned answer carries no facts"
+            );
         }
     }
 }
@@ -500,7 +508,7 @@ async fn every_pay_answer_maps_to_its_outcome() {
 async fn query_cancel_refund_and_refund_query_map_their_answers() {
     let q = |obj| async move {
         let (c, _st) = fake(Reply::Signed(obj)).await;
-        c.query("PR1").await.0
+        c.query("PR1").await.answer
     };
     assert_eq!(
         q(r#"{"code":"10000","msg":"Success","trade_status":"TRADE_SUCCESS","trade_no":"1"}"#)
@@ -571,8 +579,9 @@ async fn query_cancel_refund_and_refund_query_map_their_answers() {
         reason: Some("return a/b".into()),
     };
     let (client, st) = fake(Reply::Signed(r#"{"code":"10000","msg":"Success","fund_change":"Y","refund_fee":"5.00","trade_no":"2026010222001400001"}"#)).await;
-    let (a, moved, _) = client.refund(&refund).await;
-    assert_eq!((a, moved), (Answer::Success, Some(true)));
+    let (r, moved) = client.refund(&refund).await;
+    assert_eq!((r.answer, moved), (Answer::Success, Some(true)));
+    assert_eq!(r.facts.amount.map(|a| a.minor()), Some(500));
     let biz: Value = serde_json::from_str(
         st.seen.lock().unwrap()[0]
             .params
@@ -586,7 +595,7 @@ async fn query_cancel_refund_and_refund_query_map_their_answers() {
     assert_eq!(biz["refund_reason"], "return ab");
     let (client, _st) = fake(Reply::Stall).await;
     assert!(matches!(
-        client.refund(&refund).await.0,
+        client.refund(&refund).await.0.answer,
         Answer::Unknown { .. }
     ));
 
@@ -608,7 +617,7 @@ async fn query_cancel_refund_and_refund_query_map_their_answers() {
 #[tokio::test]
 async fn orders_the_mainland_wire_cannot_carry_are_not_sent() {
     let (client, st) = fake(Reply::Signed(PAY_OK)).await;
-    let (a, _) = client.pay(&support::pay_order("PR-1")).await;
+    let a = client.pay(&support::pay_order("PR-1")).await.answer;
     assert!(
         matches!(a, Answer::Failed { ref code, .. } if code == "posd.REQUEST_NOT_SENT"),
         "{a:?}"
@@ -619,7 +628,10 @@ async fn orders_the_mainland_wire_cannot_carry_are_not_sent() {
         posd::domain::money::Currency::from_code("USD").unwrap(),
     )
     .unwrap();
-    assert!(matches!(client.pay(&usd).await.0, Answer::Failed { .. }));
+    assert!(matches!(
+        client.pay(&usd).await.answer,
+        Answer::Failed { .. }
+    ));
     assert!(
         st.seen.lock().unwrap().is_empty(),
         "nothing reached the gateway"

@@ -19,7 +19,9 @@
 //! failure.
 
 use super::wire::Reply;
-use crate::domain::machine::{Answer, Inquiry};
+use crate::domain::machine::{Answer, Inquiry, Refusal};
+use crate::domain::money::{Amount, Currency};
+use crate::gateway::{Facts, Reply as Answered};
 
 /// The success code.
 pub const SUCCESS: &str = "10000";
@@ -56,46 +58,58 @@ pub enum Reading {
     },
 }
 
-/// What an answer told us beyond its meaning, for the journal, the slip and the refund.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// The gateway's trade id (`trade_no`), our `payment_id`.
-    pub trade_no: Option<String>,
-    /// `sub_code` when present, else `code`.
-    pub result_code: Option<String>,
-    /// `sub_msg` when present, else `msg`.
-    pub result_message: Option<String>,
-    /// `total_amount`, yuan, as sent.
-    pub total_amount: Option<String>,
-    /// When the buyer paid, `yyyy-MM-dd HH:mm:ss` UTC+8.
-    pub paid_at: Option<String>,
-    /// The code was refused as invalid or expired: the cashier should scan a fresh one.
-    pub rescan: bool,
+/// Whether a failure code asks the cashier to scan a fresh code (invalid or expired code).
+pub fn asks_for_rescan(code: &str) -> bool {
+    matches!(
+        code,
+        "ACQ.PAYMENT_AUTH_CODE_INVALID" | "ACQ.AUTH_CODE_INVALID"
+    )
 }
 
-impl Facts {
-    fn of(reading: &Reading) -> Facts {
-        let Reading::Answer { reply, signed } = reading else {
-            return Facts::default();
-        };
-        // Only a verified answer's ids and amounts are facts; an unsigned one is only a code.
-        let trusted = *signed == Signed::Verified;
-        let code = reply.sub_code.clone().or_else(|| Some(reply.code.clone()));
-        Facts {
-            trade_no: reply.trade_no.clone().filter(|_| trusted),
-            rescan: matches!(
-                reply.sub_code.as_deref(),
-                Some("ACQ.PAYMENT_AUTH_CODE_INVALID") | Some("ACQ.AUTH_CODE_INVALID")
-            ),
-            result_code: code.filter(|c| !c.is_empty()),
-            result_message: reply.sub_msg.clone().or_else(|| reply.msg.clone()),
-            total_amount: reply.total_amount.clone().filter(|_| trusted),
-            paid_at: reply
-                .gmt_payment
-                .clone()
-                .or_else(|| reply.send_pay_date.clone())
-                .filter(|_| trusted),
-        }
+/// Yuan as the gateway writes it, read as a CNY amount.
+fn yuan(s: Option<&String>) -> Option<Amount> {
+    let cny = Currency::from_code("CNY").ok()?;
+    Amount::parse(s?, cny).ok()
+}
+
+/// What an answer told us beyond its meaning. Only a verified answer's ids, amounts and
+/// times are facts; of an unsigned one only its code and message are kept.
+fn facts_of(reading: &Reading) -> Facts {
+    let Reading::Answer { reply, signed } = reading else {
+        return Facts::default();
+    };
+    let trusted = *signed == Signed::Verified;
+    let (code, message) = failure(reply);
+    Facts {
+        payment_id: reply.trade_no.clone().filter(|_| trusted),
+        refund_id: None,
+        result_code: Some(code).filter(|c| !c.is_empty()),
+        result_message: Some(message).filter(|m| !m.is_empty()),
+        amount: yuan(reply.total_amount.as_ref()).filter(|_| trusted),
+        time: reply
+            .gmt_payment
+            .clone()
+            .or_else(|| reply.send_pay_date.clone())
+            .or_else(|| reply.gmt_refund_pay.clone())
+            .filter(|_| trusted),
+    }
+}
+
+/// The refusal a failure code means to the machine.
+fn refusal(sub_code: &str) -> Refusal {
+    match sub_code {
+        "ACQ.TRADE_NOT_EXIST" => Refusal::NoSuchPayment,
+        "ACQ.TRADE_CANCEL_TIME_OUT" => Refusal::CancelWindowPassed,
+        _ => Refusal::Other,
+    }
+}
+
+fn failed(reply: &Reply) -> Answer {
+    let (code, message) = failure(reply);
+    Answer::Failed {
+        refusal: refusal(&code),
+        code,
+        message,
     }
 }
 
@@ -128,8 +142,8 @@ fn unknown_why(reply: &Reply, signed: Signed) -> String {
 }
 
 /// `alipay.trade.pay`.
-pub fn pay(reading: &Reading) -> (Answer, Facts) {
-    let facts = Facts::of(reading);
+pub fn pay(reading: &Reading) -> Answered<Answer> {
+    let facts = facts_of(reading);
     let answer = match reading {
         Reading::NoAnswer { why } => Answer::Unknown { why: why.clone() },
         Reading::Answer { reply, signed } => {
@@ -145,17 +159,14 @@ pub fn pay(reading: &Reading) -> (Answer, Facts) {
                 (WAITING_FOR_BUYER, _) => Answer::Unknown {
                     why: "waiting for the buyer to confirm (10003)".into(),
                 },
-                (c, _) if is_failure_code(c) && !ambiguous(sub) => {
-                    let (code, message) = failure(reply);
-                    Answer::Failed { code, message }
-                }
+                (c, _) if is_failure_code(c) && !ambiguous(sub) => failed(reply),
                 _ => Answer::Unknown {
                     why: unknown_why(reply, *signed),
                 },
             }
         }
     };
-    (answer, facts)
+    Answered { answer, facts }
 }
 
 /// Sub codes that say nothing certain about the trade, whatever `code` says.
@@ -167,8 +178,8 @@ fn ambiguous(sub_code: &str) -> bool {
 }
 
 /// `alipay.trade.query`.
-pub fn query(reading: &Reading) -> (Inquiry, Facts) {
-    let facts = Facts::of(reading);
+pub fn query(reading: &Reading) -> Answered<Inquiry> {
+    let facts = facts_of(reading);
     let inquiry = match reading {
         Reading::NoAnswer { why } => Inquiry::Unknown { why: why.clone() },
         Reading::Answer { reply, signed } => {
@@ -194,7 +205,10 @@ pub fn query(reading: &Reading) -> (Inquiry, Facts) {
             }
         }
     };
-    (inquiry, facts)
+    Answered {
+        answer: inquiry,
+        facts,
+    }
 }
 
 /// What a cancel achieved.
@@ -220,9 +234,30 @@ pub enum Cancel {
     },
 }
 
+impl Cancel {
+    /// The machine's answer: closed and reversed are both a confirmed cancel (no money stays
+    /// with the merchant); a passed window is the refusal that turns the cancel into a refund.
+    pub fn answer(&self) -> Answer {
+        match self {
+            Cancel::Closed | Cancel::Reversed => Answer::Success,
+            Cancel::WindowPassed => Answer::Failed {
+                refusal: Refusal::CancelWindowPassed,
+                code: "ACQ.TRADE_CANCEL_TIME_OUT".into(),
+                message: "too late to cancel: refund instead".into(),
+            },
+            Cancel::Failed { code, message } => Answer::Failed {
+                refusal: refusal(code),
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Cancel::Retry { why } => Answer::Unknown { why: why.clone() },
+        }
+    }
+}
+
 /// `alipay.trade.cancel`.
 pub fn cancel(reading: &Reading) -> (Cancel, Facts) {
-    let facts = Facts::of(reading);
+    let facts = facts_of(reading);
     let verdict = match reading {
         Reading::NoAnswer { why } => Cancel::Retry { why: why.clone() },
         Reading::Answer { reply, signed } => {
@@ -255,11 +290,18 @@ pub fn cancel(reading: &Reading) -> (Cancel, Facts) {
     (verdict, facts)
 }
 
-/// `alipay.trade.refund`: success, failure or unknown as for pay; `moved` is `fund_change`.
-pub fn refund(reading: &Reading) -> (Answer, Option<bool>, Facts) {
-    let facts = Facts::of(reading);
+/// `alipay.trade.refund`: success, failure or unknown as for pay; the `bool` is
+/// `fund_change` (whether this very call moved money) on a success.
+pub fn refund(reading: &Reading) -> (Answered<Answer>, Option<bool>) {
+    let facts = facts_of(reading);
     match reading {
-        Reading::NoAnswer { why } => (Answer::Unknown { why: why.clone() }, None, facts),
+        Reading::NoAnswer { why } => (
+            Answered {
+                answer: Answer::Unknown { why: why.clone() },
+                facts,
+            },
+            None,
+        ),
         Reading::Answer { reply, signed } => {
             let sub = reply.sub_code.as_deref().unwrap_or("");
             let answer = match (reply.code.as_str(), *signed) {
@@ -267,17 +309,19 @@ pub fn refund(reading: &Reading) -> (Answer, Option<bool>, Facts) {
                     why: unknown_why(reply, *signed),
                 },
                 (SUCCESS, Signed::Verified) => Answer::Success,
-                (c, _) if is_failure_code(c) && !ambiguous(sub) => {
-                    let (code, message) = failure(reply);
-                    Answer::Failed { code, message }
-                }
+                (c, _) if is_failure_code(c) && !ambiguous(sub) => failed(reply),
                 _ => Answer::Unknown {
                     why: unknown_why(reply, *signed),
                 },
             };
             let moved =
                 (answer == Answer::Success).then(|| reply.fund_change.as_deref() == Some("Y"));
-            (answer, moved, facts)
+            let mut facts = facts;
+            if answer == Answer::Success {
+                // A refund answer's total_amount is the trade's; the refunded sum is refund_fee.
+                facts.amount = yuan(reply.refund_fee.as_ref());
+            }
+            (Answered { answer, facts }, moved)
         }
     }
 }
@@ -298,7 +342,7 @@ pub enum RefundStatus {
 
 /// `alipay.trade.fastpay.refund.query`.
 pub fn refund_query(reading: &Reading) -> (RefundStatus, Facts) {
-    let facts = Facts::of(reading);
+    let facts = facts_of(reading);
     let status = match reading {
         Reading::NoAnswer { why } => RefundStatus::Unknown { why: why.clone() },
         Reading::Answer { reply, signed } => {
@@ -353,6 +397,7 @@ mod tests {
 
     fn failed(code: &str) -> Answer {
         Answer::Failed {
+            refusal: Refusal::Other,
             code: code.into(),
             message: "m".into(),
         }
@@ -361,61 +406,70 @@ mod tests {
     #[test]
     fn pay_answers() {
         use Signed::*;
-        assert_eq!(pay(&read("10000", None, Verified)).0, Answer::Success);
+        assert_eq!(pay(&read("10000", None, Verified)).answer, Answer::Success);
         assert_eq!(
-            pay(&read("10000", None, Verified)).1.trade_no.as_deref(),
+            pay(&read("10000", None, Verified))
+                .facts
+                .payment_id
+                .as_deref(),
             Some("2026")
         );
         assert!(matches!(
-            pay(&read("10000", None, Unsigned)).0,
+            pay(&read("10000", None, Unsigned)).answer,
             Answer::Unknown { .. }
         ));
         assert!(matches!(
-            pay(&read("10000", None, Invalid)).0,
+            pay(&read("10000", None, Invalid)).answer,
             Answer::Unknown { .. }
         ));
         assert!(matches!(
-            pay(&read("10003", None, Verified)).0,
+            pay(&read("10003", None, Verified)).answer,
             Answer::Unknown { .. }
         ));
         assert!(matches!(
-            pay(&read("20000", Some("ACQ.SYSTEM_ERROR"), Verified)).0,
+            pay(&read("20000", Some("ACQ.SYSTEM_ERROR"), Verified)).answer,
             Answer::Unknown { .. }
         ));
-        let (a, f) = pay(&read(
+        let Answered {
+            answer: a,
+            facts: f,
+        } = pay(&read(
             "40004",
             Some("ACQ.PAYMENT_AUTH_CODE_INVALID"),
             Verified,
         ));
         assert_eq!(a, failed("ACQ.PAYMENT_AUTH_CODE_INVALID"));
-        assert!(f.rescan);
+        assert!(asks_for_rescan(f.result_code.as_deref().unwrap()));
         assert_eq!(
-            pay(&read("40004", Some("ACQ.TRADE_HAS_SUCCESS"), Verified)).0,
+            pay(&read("40004", Some("ACQ.TRADE_HAS_SUCCESS"), Verified)).answer,
             Answer::Success
         );
         assert!(matches!(
-            pay(&read("40004", Some("ACQ.TRADE_HAS_SUCCESS"), Unsigned)).0,
+            pay(&read("40004", Some("ACQ.TRADE_HAS_SUCCESS"), Unsigned)).answer,
             Answer::Unknown { .. }
         ));
         // Unsigned protocol errors are failures; their ids are not facts.
-        let (a, f) = pay(&read("40002", Some("isv.invalid-signature"), Unsigned));
+        let Answered {
+            answer: a,
+            facts: f,
+        } = pay(&read("40002", Some("isv.invalid-signature"), Unsigned));
         assert_eq!(a, failed("isv.invalid-signature"));
-        assert_eq!(f.trade_no, None);
+        assert_eq!(f.payment_id, None);
         assert!(matches!(
             pay(&read(
                 "40004",
                 Some("ACQ.BUYER_BALANCE_NOT_ENOUGH"),
                 Invalid
             ))
-            .0,
+            .answer,
             Answer::Unknown { .. }
         ));
         assert!(matches!(
-            pay(&read("99999", None, Verified)).0,
+            pay(&read("99999", None, Verified)).answer,
             Answer::Unknown { .. }
         ));
         assert!(matches!(
-            pay(&Reading::NoAnswer { why: "t".into() }).0,
+            pay(&Reading::NoAnswer { why: "t".into() }).answer,
             Answer::Unknown { .. }
         ));
     }
@@ -427,7 +481,7 @@ mod tests {
             query(&with("10000", Verified, |r| {
                 r.trade_status = Some(s.into())
             }))
-            .0
+            .answer
         };
         assert_eq!(st("TRADE_SUCCESS"), Inquiry::Paid);
         assert_eq!(st("TRADE_FINISHED"), Inquiry::Paid);
@@ -441,21 +495,21 @@ mod tests {
         assert!(matches!(
             query(&with("10000", Unsigned, |r| r.trade_status =
                 Some("TRADE_SUCCESS".into())))
-            .0,
+            .answer,
             Inquiry::Unknown { .. }
         ));
         assert_eq!(
-            query(&read("40004", Some("ACQ.TRADE_NOT_EXIST"), Verified)).0,
+            query(&read("40004", Some("ACQ.TRADE_NOT_EXIST"), Verified)).answer,
             Inquiry::NotFound
         );
         assert_eq!(
-            query(&read("40004", Some("ACQ.INVALID_PARAMETER"), Verified)).0,
+            query(&read("40004", Some("ACQ.INVALID_PARAMETER"), Verified)).answer,
             Inquiry::Failed {
                 code: "ACQ.INVALID_PARAMETER".into()
             }
         );
         assert!(matches!(
-            query(&read("20000", None, Verified)).0,
+            query(&read("20000", None, Verified)).answer,
             Inquiry::Unknown { .. }
         ));
     }
@@ -510,13 +564,13 @@ mod tests {
         let r = refund(&with("10000", Verified, |r| {
             r.fund_change = Some("Y".into())
         }));
-        assert_eq!((r.0, r.1), (Answer::Success, Some(true)));
+        assert_eq!((r.0.answer, r.1), (Answer::Success, Some(true)));
         let r = refund(&with("10000", Verified, |r| {
             r.fund_change = Some("N".into())
         }));
-        assert_eq!((r.0, r.1), (Answer::Success, Some(false)));
+        assert_eq!((r.0.answer, r.1), (Answer::Success, Some(false)));
         assert!(matches!(
-            refund(&read("10000", None, Unsigned)).0,
+            refund(&read("10000", None, Unsigned)).0.answer,
             Answer::Unknown { .. }
         ));
         assert_eq!(
@@ -525,11 +579,12 @@ mod tests {
                 Some("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"),
                 Verified
             ))
-            .0,
+            .0
+            .answer,
             failed("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL")
         );
         assert!(matches!(
-            refund(&read("20000", None, Verified)).0,
+            refund(&read("20000", None, Verified)).0.answer,
             Answer::Unknown { .. }
         ));
         let ok = with("10000", Verified, |r| {

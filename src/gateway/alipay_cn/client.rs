@@ -11,16 +11,14 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tracing::{info, warn};
 
-use super::answer::{self, Cancel, Facts, Reading, RefundStatus, Signed};
+use super::answer::{self, Cancel, Reading, RefundStatus, Signed};
 use super::sign::{extract, sign_content, sign_rsa2, verify_extracted};
 use super::wire::{self, Method};
 use crate::config::check_base_url;
-use crate::domain::machine::{Answer, Inquiry};
+use crate::domain::machine::{Answer, Inquiry, Refusal};
+use crate::gateway::http;
 use crate::gateway::sign::{PrivateKey, PublicKey};
-use crate::gateway::{PayOrder, RefundOrder};
-
-/// Largest answer read; mainland answers are a few kilobytes.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+use crate::gateway::{Facts, PayOrder, RefundOrder, Reply};
 
 /// How long a bar-code trade stays open at the gateway by default (`timeout_express`).
 pub const DEFAULT_TRADE_TIMEOUT: &str = "5m";
@@ -101,6 +99,9 @@ impl std::fmt::Debug for SignedForm {
 pub struct CnClient {
     http: reqwest::Client,
     settings: CnSettings,
+    /// refundRequestId → trade_no of the refunds this process sent: the refund query needs
+    /// the trade, and the engine asks by refundRequestId alone.
+    refunds: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for CnClient {
@@ -136,6 +137,7 @@ impl CnClient {
         Ok(CnClient {
             http: builder.build()?,
             settings,
+            refunds: Default::default(),
         })
     }
 
@@ -197,26 +199,20 @@ impl CnClient {
     }
 
     /// `alipay.trade.pay`.
-    pub async fn pay(&self, order: &PayOrder) -> (Answer, Facts) {
+    pub async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
         match self.prepare_pay(order) {
             Ok(form) => self.send_pay(&order.payment_request_id, form).await,
-            Err(why) => (
-                Answer::Failed {
-                    code: "posd.REQUEST_NOT_SENT".into(),
-                    message: why,
-                },
-                Facts::default(),
-            ),
+            Err(why) => not_sent(why),
         }
     }
 
     /// Sends a prepared pay.
-    pub async fn send_pay(&self, id: &str, form: SignedForm) -> (Answer, Facts) {
+    pub async fn send_pay(&self, id: &str, form: SignedForm) -> Reply<Answer> {
         answer::pay(&self.exchange(id, form).await)
     }
 
     /// `alipay.trade.query` by our paymentRequestId.
-    pub async fn query(&self, out_trade_no: &str) -> (Inquiry, Facts) {
+    pub async fn query(&self, out_trade_no: &str) -> Reply<Inquiry> {
         let biz = trade_biz(out_trade_no);
         answer::query(
             &self
@@ -237,25 +233,17 @@ impl CnClient {
     }
 
     /// `alipay.trade.refund` of the trade `order.payment_id` (the gateway's `trade_no`).
-    pub async fn refund(&self, order: &RefundOrder) -> (Answer, Option<bool>, Facts) {
+    pub async fn refund(&self, order: &RefundOrder) -> (Reply<Answer>, Option<bool>) {
         let Some(refund_amount) = wire::yuan(&order.amount) else {
             return (
-                Answer::Failed {
-                    code: "posd.REQUEST_NOT_SENT".into(),
-                    message: "the mainland gateway refunds CNY only".into(),
-                },
+                not_sent("the mainland gateway refunds CNY only".into()),
                 None,
-                Facts::default(),
             );
         };
         if !wire::is_trade_no(&order.refund_request_id) {
             return (
-                Answer::Failed {
-                    code: "posd.REQUEST_NOT_SENT".into(),
-                    message: "refundRequestId is not letters, digits or underscores".into(),
-                },
+                not_sent("refundRequestId is not letters, digits or underscores".into()),
                 None,
-                Facts::default(),
             );
         }
         let biz = wire::RefundBiz {
@@ -266,6 +254,10 @@ impl CnClient {
             refund_reason: order.reason.clone().map(|r| wire::clean_subject(&r)),
         };
         let biz = serde_json::to_string(&biz).expect("plain strings serialize");
+        self.refunds
+            .lock()
+            .expect("refund map lock is never held across a panic")
+            .insert(order.refund_request_id.clone(), order.payment_id.clone());
         let reading = self
             .exchange(&order.refund_request_id, self.sign(Method::Refund, &biz))
             .await;
@@ -290,6 +282,15 @@ impl CnClient {
         answer::refund_query(&reading)
     }
 
+    /// The trade of a refund this process sent.
+    pub fn refund_trade(&self, refund_request_id: &str) -> Option<String> {
+        self.refunds
+            .lock()
+            .expect("refund map lock is never held across a panic")
+            .get(refund_request_id)
+            .cloned()
+    }
+
     fn deadline(&self, m: Method) -> Duration {
         match m {
             Method::Pay => self.settings.pay_timeout,
@@ -312,12 +313,12 @@ impl CnClient {
             )
             .timeout(deadline)
             .body(form.body);
-        let reading = match tokio::time::timeout(deadline, send(req)).await {
+        let reading = match tokio::time::timeout(deadline, http::send(req)).await {
             Err(_) => Reading::NoAnswer {
                 why: format!("timed out after {} ms", deadline.as_millis()),
             },
             Ok(Err(why)) => Reading::NoAnswer { why },
-            Ok(Ok((status, body))) => self.read(method, status, &body),
+            Ok(Ok(raw)) => self.read(method, raw.status, &raw.body),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &reading {
@@ -388,34 +389,14 @@ fn trade_biz(out_trade_no: &str) -> String {
     .expect("plain strings serialize")
 }
 
-/// Sends and reads the body (bounded).
-async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), String> {
-    let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
-    let status = resp.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!("answer larger than {MAX_RESPONSE_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((status, body))
+/// The refusal of an order that never left the terminal (so it cannot have been charged).
+fn not_sent(why: String) -> Reply<Answer> {
+    Reply::bare(Answer::Failed {
+        refusal: Refusal::Other,
+        code: NOT_SENT.into(),
+        message: why,
+    })
 }
 
-fn transport_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connect error"
-    } else {
-        "transport error"
-    };
-    let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+/// The result code of an order posd refused to send (not a gateway code).
+pub const NOT_SENT: &str = "posd.REQUEST_NOT_SENT";
