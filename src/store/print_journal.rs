@@ -239,6 +239,7 @@ mod tests {
                     state: crate::domain::machine::State::Paying,
                     code_masked: None,
                     terminal_time: "2026-11-21T14:03:05+08:00".into(),
+                    pay_expires_at: None,
                 };
                 crate::store::payments::create(c, &new, 0, |_| s.payment_request_id.clone())?;
                 f(c);

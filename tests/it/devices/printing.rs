@@ -60,6 +60,7 @@ fn record_sale(store: &Store, prid: &str) -> i64 {
                 state: State::Paying,
                 code_masked: Some("2812**********3456".into()),
                 terminal_time: "2026-11-21T14:03:05+08:00".into(),
+                pay_expires_at: None,
             };
             payments::create(c, &new, 0, |_| prid.clone())?;
             let change = Change {
