@@ -1,4 +1,4 @@
-//! `POST /v1/payments/{id}/refunds`: full or partial refunds of a paid sale (DESIGN.md flow
+//! `POST /v1/payments/{id}/refunds`: full or partial refunds of a paid sale (docs/design.md flow
 //! step 6). Refusals (over-refund, wrong state) are 409 and change nothing.
 
 use axum::extract::rejection::JsonRejection;
