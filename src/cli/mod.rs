@@ -247,7 +247,12 @@ async fn pay(c: ApiClient, args: PayArgs) -> Result<u8, CallError> {
             eprintln!("posd: scan the customer's payment code");
         }
     }
+    let mut warned = false;
     while !p.is_final {
+        if let (Some(why), false) = (&p.cannot_record, warned) {
+            eprintln!("posd: CANNOT RECORD — {why}");
+            warned = true;
+        }
         p = c
             .get_long(
                 &format!("/v1/payments/{}?wait=30", p.payment_request_id),
