@@ -10,6 +10,7 @@ pub mod notify;
 pub mod ops;
 pub mod queue;
 pub mod refunds;
+pub mod serve;
 pub mod wire;
 
 use std::sync::Arc;
