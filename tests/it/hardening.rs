@@ -653,3 +653,165 @@ async fn the_notify_listener_serves_while_slow_clients_hold_connections() {
     token.cancel();
     running.engine.shutdown(Duration::from_secs(2)).await;
 }
+
+/// POST `body` to `path` with `key`; returns (status, replayed header, JSON).
+async fn post_keyed(
+    http: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: serde_json::Value,
+) -> (u16, bool, serde_json::Value) {
+    let r = http
+        .post(url)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    (status, replayed, r.json().await.unwrap())
+}
+
+async fn payment_rows(running: &Running) -> i64 {
+    running
+        .engine
+        .store()
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM payments", [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_retried_payment_post_with_its_key_charges_once() {
+    let site = Site::new("");
+    let (running, token) = site.start().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/payments", running.api_addr);
+    let body = serde_json::json!({"amount": "7.00", "code": "281234567890123456"});
+    // Five retries of one timed-out POST, at once, without an order ref.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            post_keyed(&http, url, "retry-1", body).await
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut replays = 0;
+    for t in tasks {
+        let (status, replayed, v) = t.await.unwrap();
+        assert_eq!(status, 202, "{v}");
+        replays += usize::from(replayed);
+        ids.push(v["payment_request_id"].as_str().unwrap().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one payment for one key: {ids:?}");
+    assert_eq!(replays, 4);
+    assert_eq!(payment_rows(&running).await, 1);
+    // The same key with another body is refused and changes nothing.
+    let (status, _, v) = post_keyed(
+        &http,
+        url.clone(),
+        "retry-1",
+        serde_json::json!({"amount": "8.00", "code": "281234567890123456"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    let (code, message) = error_of(409, &v.to_string());
+    assert_eq!(code, "conflict");
+    assert!(message.contains("Idempotency-Key"), "{message}");
+    assert_eq!(payment_rows(&running).await, 1);
+    // A bad key is refused.
+    let (status, _, _) = post_keyed(&http, url, "has space", body).await;
+    assert_eq!(status, 400);
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_retried_refund_post_with_its_key_refunds_once() {
+    let site = Site::new("");
+    let (running, token) = site.start().await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}", running.api_addr);
+    let (status, _, v) = post_keyed(
+        &http,
+        format!("{api}/v1/payments"),
+        "sale-1",
+        serde_json::json!({"amount": "10.00", "code": "281234567890123456"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = v["payment_request_id"].as_str().unwrap().to_string();
+    let paid: serde_json::Value = http
+        .get(format!("{api}/v1/payments/{id}?wait=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paid["state"], "SUCCEEDED", "{paid}");
+    let url = format!("{api}/v1/payments/{id}/refunds");
+    let body = serde_json::json!({"amount": "2.00", "reason": "broken cup"});
+    let (s1, r1, _) = post_keyed(&http, url.clone(), "refund-1", body.clone()).await;
+    let (s2, r2, v2) = post_keyed(&http, url.clone(), "refund-1", body).await;
+    assert_eq!((s1, r1, s2, r2), (202, false, 202, true), "{v2}");
+    assert_eq!(v2["refunds"].as_array().unwrap().len(), 1, "{v2}");
+    let (s3, _, v3) = post_keyed(
+        &http,
+        url,
+        "refund-1",
+        serde_json::json!({"amount": "3.00", "reason": "broken cup"}),
+    )
+    .await;
+    assert_eq!(s3, 409, "{v3}");
+    let refunds: i64 = running
+        .engine
+        .store()
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM refunds", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(refunds, 1);
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn codes_with_control_characters_and_order_refs_with_bidi_overrides_are_refused() {
+    let site = Site::new("");
+    let (running, token) = site.start().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/payments", running.api_addr);
+    for (body, want) in [
+        (
+            serde_json::json!({"amount": "1.00", "code": "281234567890123456\u{0}"}),
+            "invalid_code",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "code": "28123456789\u{7}0123456"}),
+            "invalid_code",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "order_ref": "A-1\u{202E}9-B"}),
+            "invalid_order_ref",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "order_ref": "A\u{2066}1"}),
+            "invalid_order_ref",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "order_ref": "A\u{1b}[2J"}),
+            "invalid_order_ref",
+        ),
+    ] {
+        let r = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let (code, _) = error_of(400, &r.text().await.unwrap());
+        assert_eq!(code, want, "{body}");
+    }
+    assert_eq!(payment_rows(&running).await, 0, "nothing was created");
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
