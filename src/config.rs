@@ -90,7 +90,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalConfig {
-    /// Terminal id (letters and digits, ≤ 16): part of every request id.
+    /// Terminal id (letters and digits, ≤ 16, 1–6 digits): its digits are part of every
+    /// `paymentRequestId`.
     pub id: String,
     /// `referenceMerchantId`.
     pub merchant_id: String,
@@ -210,7 +211,27 @@ pub struct FlowConfig {
     /// Backoff cap of a queued reversal.
     #[serde(default = "d_10m")]
     pub queue_backoff_max: Dur,
+    /// Sent with every pay as `paymentExpiryTime` (request time plus this): the gateway does
+    /// not process a pay that reaches it later. Until then (plus the margin) a gateway with no
+    /// record of the payment may still receive it.
+    #[serde(default = "d_3m")]
+    pub payment_expiry: Dur,
+    /// Added to the pay's expiry before concluding that a payment the gateway does not know
+    /// was never charged (the gateway's clock may run behind ours).
+    #[serde(default = "d_30s")]
+    pub payment_expiry_margin: Dur,
 }
+
+fn d_3m() -> Dur {
+    Dur(Duration::from_secs(180))
+}
+
+/// The shortest and longest `flow.payment_expiry` accepted.
+pub const PAYMENT_EXPIRY_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30 * 60));
+
+/// The longest `flow.payment_expiry_margin` accepted.
+pub const PAYMENT_EXPIRY_MARGIN_MAX: Duration = Duration::from_secs(10 * 60);
 
 fn d_3s() -> Dur {
     Dur(Duration::from_secs(3))
@@ -553,7 +574,7 @@ impl Config {
         if !valid_terminal_id(&t.id) {
             return Err((
                 "terminal.id",
-                format!("{:?} must be 1–16 ASCII letters or digits", t.id),
+                format!("{:?} {}", t.id, crate::domain::request_id::TERMINAL_ID_RULE),
             ));
         }
         for (key, v) in [
@@ -653,6 +674,32 @@ impl Config {
             return Err((
                 "flow.cancel_retry_min",
                 "must not be greater than flow.cancel_retry_max".into(),
+            ));
+        }
+        let (lo, hi) = PAYMENT_EXPIRY_BOUNDS;
+        if f.payment_expiry.0 < lo || f.payment_expiry.0 > hi {
+            return Err((
+                "flow.payment_expiry",
+                format!(
+                    "{} is outside 1s..=30m; the gateway's usual default is \"3m\"",
+                    humantime::format_duration(f.payment_expiry.0)
+                ),
+            ));
+        }
+        if f.payment_expiry.0 < f.pay_timeout.0 {
+            return Err((
+                "flow.payment_expiry",
+                "must not be shorter than flow.pay_timeout (a pay in time would expire in flight)"
+                    .into(),
+            ));
+        }
+        if f.payment_expiry_margin.0 > PAYMENT_EXPIRY_MARGIN_MAX {
+            return Err((
+                "flow.payment_expiry_margin",
+                format!(
+                    "{} is more than 10m; a few seconds cover a clock that is off",
+                    humantime::format_duration(f.payment_expiry_margin.0)
+                ),
             ));
         }
         if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
@@ -915,6 +962,28 @@ store_mcc = "5812"
     fn short_timings_are_accepted() {
         let c = parse("[flow]\ninquiry_interval = \"20ms\"\npay_timeout = \"250ms\"").unwrap();
         assert_eq!(c.flow.inquiry_interval.0, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn payment_expiry_defaults_to_three_minutes_and_is_bounded() {
+        let c = parse("").unwrap();
+        assert_eq!(c.flow.payment_expiry.0, Duration::from_secs(180));
+        assert_eq!(c.flow.payment_expiry_margin.0, Duration::from_secs(30));
+        let c = parse("[flow]\npay_timeout = \"300ms\"\npayment_expiry = \"1s\"\npayment_expiry_margin = \"0s\"")
+            .unwrap();
+        assert_eq!(c.flow.payment_expiry.0, Duration::from_secs(1));
+        for (text, key) in [
+            ("payment_expiry = \"500ms\"", "flow.payment_expiry"),
+            ("payment_expiry = \"31m\"", "flow.payment_expiry"),
+            ("payment_expiry = \"3s\"", "flow.payment_expiry"),
+            (
+                "payment_expiry_margin = \"11m\"",
+                "flow.payment_expiry_margin",
+            ),
+        ] {
+            let e = parse(&format!("[flow]\n{text}")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

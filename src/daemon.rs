@@ -467,7 +467,8 @@ fn spawn_printer_metrics(
 }
 
 /// Feeds validated, de-duplicated scans to the engine: each binds to the sale waiting for a
-/// code; a rejected scan or a scan with no sale waiting is reported with its reason.
+/// code; a rejected scan or a scan with no sale waiting is reported with its reason; a
+/// scanned slip (its `paymentRequestId`) looks its payment up and never pays.
 fn spawn_scanner(engine: Engine, cfg: &Config, metrics: Arc<Metrics>, token: CancellationToken) {
     let mut scans = crate::devices::scanner::spawn(&cfg.scanner, &cfg.code_rules(), token);
     metrics.set_scanner_status("LISTENING");
@@ -477,6 +478,14 @@ fn spawn_scanner(engine: Engine, cfg: &Config, metrics: Arc<Metrics>, token: Can
                 ScanEvent::Rejected { reason, masked } => {
                     tracing::warn!(scan = %masked, reason = %reason, "scan rejected");
                     eprintln!("posd: scan rejected: {reason}");
+                }
+                ScanEvent::Slip(id) => look_up_slip(&engine, &id).await,
+                ScanEvent::Code(code)
+                    if crate::domain::request_id::looks_like_payment_request_id(code.expose())
+                        && engine.view(code.expose()).await.is_ok() =>
+                {
+                    // A slip's barcode the code rules also accept: never pay with it.
+                    look_up_slip(&engine, code.expose()).await
                 }
                 ScanEvent::Code(code) => {
                     let masked = code.masked();
@@ -495,6 +504,22 @@ fn spawn_scanner(engine: Engine, cfg: &Config, metrics: Arc<Metrics>, token: Can
         // The scanner is done for good (shutdown, or stdin closed under systemd).
         metrics.set_scanner_status("STOPPED");
     });
+}
+
+/// A slip was scanned: says what became of its payment (the waiting sale, if any, keeps
+/// waiting for a payment code).
+async fn look_up_slip(engine: &Engine, id: &str) {
+    match engine.view(id).await {
+        Ok(v) => {
+            let summary = crate::devices::scanner::slip_summary(&v.payment);
+            tracing::info!(slip = %id, state = %v.payment.state, "slip scanned: payment looked up");
+            eprintln!("posd: {summary}");
+        }
+        Err(e) => {
+            tracing::warn!(slip = %id, reason = %e, "slip scanned: no such payment");
+            eprintln!("posd: slip {id}: no payment with this id on this terminal");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. From then on a second SIGTERM or SIGINT exits the process

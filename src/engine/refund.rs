@@ -79,7 +79,8 @@ impl Engine {
         }
         let local = self.local_now().naive_local();
         let terminal = self.inner.settings.terminal_id.clone();
-        let inquiry_max = self.inner.settings.inquiry_max;
+        let rules = self.inner.settings.rules();
+        let now = self.now_ms();
         let id_owned = id.to_string();
         let rec = self
             .inner
@@ -101,7 +102,7 @@ impl Engine {
                         }
                     }
                 }
-                let ctx = context_of(&rec, inquiry_max);
+                let ctx = context_of(&rec, rules, now);
                 let (to, cause) = match machine::decide(rec.state, &ctx, &Event::RefundRequested) {
                     Decision::Go { to, cause, effect: Effect::Refund, .. } => (to, cause),
                     Decision::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),

@@ -5,6 +5,7 @@
 //! bounded HTTP exchange), [`Outcome`] (a verified success, a definitive refusal, or
 //! unknown). `sandbox/` is the embedded gateway that speaks the dialects over HTTP.
 
+pub mod alipay_cn;
 pub mod ams;
 pub mod http;
 pub mod sandbox;
