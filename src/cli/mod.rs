@@ -237,7 +237,9 @@ async fn pay(c: ApiClient, args: PayArgs) -> Result<u8, CallError> {
         order_ref: args.order,
         code: args.code,
     };
-    let mut p: PaymentJson = c.post("/v1/payments", &body).await?;
+    // One key for this invocation: a retry after a lost answer returns the same payment.
+    let key = client::new_idempotency_key();
+    let mut p: PaymentJson = c.post_once("/v1/payments", &body, &key).await?;
     if !args.json {
         eprintln!(
             "posd: payment {} started ({})",
