@@ -312,7 +312,7 @@ impl Engine {
         rec: &PaymentRecord,
         to: State,
         refund: Option<&crate::store::payments::RefundRecord>,
-    ) -> Option<crate::devices::receipt::SlipData> {
+    ) -> Option<crate::domain::slip::SlipData> {
         let s = &self.inner.settings;
         slip_data(
             &SlipIdentity {
@@ -836,8 +836,8 @@ pub(crate) fn slip_data(
     rec: &PaymentRecord,
     to: State,
     refund: Option<&crate::store::payments::RefundRecord>,
-) -> Option<crate::devices::receipt::SlipData> {
-    use crate::devices::receipt::{SlipData, SlipKind};
+) -> Option<crate::domain::slip::SlipData> {
+    use crate::domain::slip::{SlipData, SlipKind};
     if to == rec.state {
         return None;
     }

@@ -1,4 +1,4 @@
-//! The store-and-forward reversal queue worker (DESIGN.md rule 4, flow step 7): replays
+//! The store-and-forward reversal queue worker (docs/design.md, rule 4 and flow step 8): replays
 //! queued cancels and refunds until the gateway confirms them or a human decides.
 //!
 //! # Replaying

@@ -18,10 +18,10 @@ mod daemon;
 // End to end through the binary: every sandbox row, crash points, concurrency.
 mod e2e;
 
-// Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
+// Devices: serial scanner over ptys, receipt bytes, print journal and worker.
 mod devices;
 
-// The reversal queue, refunds and the back office (issue 4): rows 86/87, SIGKILL mid-replay,
+// The reversal queue, refunds and the back office: rows 86/87, SIGKILL mid-replay,
 // two replayers on one database, refunds over HTTP, `posd queue` and `posd journal`.
 mod queue;
 // The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
