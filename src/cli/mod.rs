@@ -81,6 +81,9 @@ pub enum Command {
     Config(ConfigCommand),
     /// Run the sandbox gateway alone, for POS developers.
     Sandbox(SandboxArgs),
+    /// The hub: the front gateway of an estate of terminals (its own hub.toml).
+    #[command(subcommand)]
+    Hub(crate::hub::cli::HubCommand),
 }
 
 /// `posd pay`.
@@ -157,6 +160,7 @@ fn run(cli: Cli) -> u8 {
     match &cli.command {
         Command::Keys(KeysCommand::Generate { out }) => return keys_generate(out),
         Command::Config(ConfigCommand::Check) => return config_check(&cli),
+        Command::Hub(cmd) => return crate::hub::cli::run(cli.config.as_deref(), cmd),
         _ => {}
     }
     let cfg = match load_config(&cli) {
@@ -192,7 +196,7 @@ fn run(cli: Cli) -> u8 {
             println!("slip {} queued for printing (copy)", v["slip_id"]);
             Ok(EXIT_OK)
         }),
-        Command::Keys(_) | Command::Config(_) => unreachable!("handled above"),
+        Command::Keys(_) | Command::Config(_) | Command::Hub(_) => unreachable!("handled above"),
     }
 }
 

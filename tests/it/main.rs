@@ -29,3 +29,6 @@ mod notify;
 
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
+
+// posd hub on PostgreSQL: migrations, registry, refusals, terminal → hub → sandbox, kills.
+mod hub;
