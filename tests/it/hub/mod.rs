@@ -6,3 +6,4 @@ mod harness;
 mod pg;
 
 mod basics;
+mod refusals;
