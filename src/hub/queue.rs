@@ -368,9 +368,36 @@ async fn settle(
             )
             .await?;
         }
-        ("cancel", Answer::Failed { code, .. }) => {
-            let status = if item.hub_owned() { "DEAD" } else { "DONE" };
-            finish(tx, item, status, None, Some(code)).await?;
+        ("cancel", Answer::Failed { code, body }) if code == "ORDER_NOT_EXIST" => {
+            // The upstream has no such payment: the pay never arrived, nobody was charged.
+            finish(tx, item, "DONE", Some(body), Some(code)).await?;
+            tx.execute(
+                "UPDATE hub_payments SET state = 'FAILED', result_code = $2, updated_at = now() \
+                 WHERE payment_request_id = $1",
+                &[&pid, &code],
+            )
+            .await?;
+            event(
+                tx,
+                inst,
+                pid,
+                "cancel_answered",
+                Some(&payment.state),
+                Some("FAILED"),
+                Some(code),
+                Some("the pay never arrived upstream"),
+            )
+            .await?;
+        }
+        ("cancel", Answer::Failed { code, body }) => {
+            // The terminal got this verdict too (and holds the payment for a human); a cancel
+            // the hub owns is a dead letter.
+            let (status, answer) = if item.hub_owned() {
+                ("DEAD", None)
+            } else {
+                ("DONE", Some(body))
+            };
+            finish(tx, item, status, answer, Some(code)).await?;
             mark_attention(
                 tx,
                 inst,

@@ -165,8 +165,8 @@ insecure_http = true
 client_id = "SANDBOX_HUB"
 merchant_private_key = "keys/merchant_private.pem"
 gateway_public_key = "keys/gateway_public.pem"
-pay_timeout = "250ms"
-call_timeout = "200ms"
+pay_timeout = "1500ms"
+call_timeout = "700ms"
 [api]
 listen = "127.0.0.1:{api_port}"
 {flow}
@@ -312,6 +312,22 @@ pub async fn register(db: &TestDb, client_id: &str, key: &str) {
     .unwrap();
 }
 
+/// Terminal timings for hub tests: longer than the hub's upstream deadlines (two hops in a
+/// debug build), still seconds for the whole flow.
+pub const TERMINAL_FLOW: &str = r#"
+[flow]
+pay_timeout = "2s"
+inquiry_interval = "50ms"
+inquiry_timeout = "1s"
+inquiry_max = 10
+cancel_timeout = "1s"
+cancel_retry_window = "2s"
+cancel_retry_min = "50ms"
+cancel_retry_max = "100ms"
+queue_backoff_initial = "30s"
+queue_backoff_max = "10m"
+"#;
+
 /// A terminal `posd run` whose gateway is the hub at `hub_base`, signing as `client_id` with
 /// `key`; `extra` sections are appended (e.g. a `[flow]`).
 pub fn terminal(hub_base: &str, client_id: &str, key: &str, extra: &str) -> TestDaemon {
@@ -321,7 +337,12 @@ pub fn terminal(hub_base: &str, client_id: &str, key: &str, extra: &str) -> Test
          gateway_public_key = \"{}\"\n{extra}",
         hub_key_path("hub_public.pem").display()
     );
-    let d = TestDaemon::new(&gateway);
+    let flow = if extra.contains("[flow]") {
+        ""
+    } else {
+        TERMINAL_FLOW
+    };
+    let d = TestDaemon::new(&format!("{gateway}{flow}"));
     // The terminal signs with its own key, not the merchant's (only the hub holds that).
     let private = d.state().join("keys/merchant_private.pem");
     std::fs::remove_file(&private).unwrap();

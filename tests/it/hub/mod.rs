@@ -6,4 +6,5 @@ mod harness;
 mod pg;
 
 mod basics;
+mod e2e;
 mod refusals;
