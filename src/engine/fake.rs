@@ -8,56 +8,187 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::gateway::wire::{
-    CancelResponse, InquiryPaymentResponse, InquiryRefundResponse, PayResponse, RefundResponse,
-};
-use crate::gateway::{Gateway, Outcome, PayOrder, RefundOrder};
+use crate::gateway::{Answer, Facts, Gateway, Inquiry, PayOrder, RefundOrder, Refusal, Reply};
 
 /// What the fake answers, and what it was asked.
 #[derive(Default)]
 pub(crate) struct Script {
-    pub(crate) pay: VecDeque<Outcome<PayResponse>>,
-    pub(crate) inquiry: VecDeque<Outcome<InquiryPaymentResponse>>,
-    pub(crate) cancel: VecDeque<Outcome<CancelResponse>>,
-    pub(crate) refund: VecDeque<Outcome<RefundResponse>>,
+    pub(crate) pay: VecDeque<Reply<Answer>>,
+    pub(crate) inquiry: VecDeque<Reply<Inquiry>>,
+    pub(crate) cancel: VecDeque<Reply<Answer>>,
+    pub(crate) refund: VecDeque<Reply<Answer>>,
     /// What cancels answer once their script is empty (else unknown).
-    pub(crate) cancel_default: Option<Outcome<CancelResponse>>,
+    pub(crate) cancel_default: Option<Reply<Answer>>,
     /// What refunds answer once their script is empty (else unknown).
-    pub(crate) refund_default: Option<Outcome<RefundResponse>>,
+    pub(crate) refund_default: Option<Reply<Answer>>,
     /// Every call: (operation, virtual time, request id).
     pub(crate) calls: Vec<(&'static str, Instant, String)>,
     /// Every call hangs this long before answering.
     pub(crate) delay: Duration,
     /// Pay calls hang this long more (a slow or silent gateway).
     pub(crate) pay_delay: Duration,
+    /// When set, the gateway behind a proxy that holds each pay in transit (see [`Held`]):
+    /// pay, inquiry and cancel answer from it instead of the scripts.
+    pub(crate) held: Option<Held>,
+}
+
+/// A gateway behind a proxy that holds each pay `hold` in transit (the hostile tester's): the
+/// pay reaches it then, and is processed (charged) only if its `paymentExpiryTime` has not
+/// passed. Until it arrives the gateway has no record; once charged, a cancel reverses it.
+pub(crate) struct Held {
+    /// How long a pay is held in transit.
+    pub(crate) hold: Duration,
+    /// The wall clock the engine uses too.
+    pub(crate) clock: Arc<dyn crate::engine::clock::Clock>,
+    /// The pay in transit: when it arrives (epoch ms) and its expiry (epoch ms).
+    pub(crate) in_transit: Option<(i64, Option<i64>)>,
+    /// The pay reached the gateway in time and was charged.
+    pub(crate) charged: bool,
+    /// The charge was reversed by a cancel.
+    pub(crate) cancelled: bool,
+    /// The pay reached the gateway after its expiry and was not processed.
+    pub(crate) refused_late: bool,
+}
+
+impl Held {
+    /// A proxy holding each pay `hold`, on `clock`.
+    pub(crate) fn new(hold: Duration, clock: Arc<dyn crate::engine::clock::Clock>) -> Held {
+        Held {
+            hold,
+            clock,
+            in_transit: None,
+            charged: false,
+            cancelled: false,
+            refused_late: false,
+        }
+    }
+
+    /// Lets the pay arrive if its time has come.
+    pub(crate) fn settle(&mut self) {
+        let now = self.clock.now_ms();
+        if let Some((arrives, expires)) = self.in_transit {
+            if now >= arrives {
+                self.in_transit = None;
+                if expires.is_some_and(|e| arrives > e) {
+                    self.refused_late = true;
+                } else {
+                    self.charged = true;
+                }
+            }
+        }
+    }
+
+    /// The customer is charged at the gateway right now.
+    pub(crate) fn is_charged(&mut self) -> bool {
+        self.settle();
+        self.charged && !self.cancelled
+    }
 }
 
 /// The scripted gateway; clones share one script.
 #[derive(Clone, Default)]
 pub(crate) struct Fake(pub(crate) Arc<Mutex<Script>>);
 
-/// An unknown outcome (a timeout).
-pub(crate) fn unknown<T>() -> Outcome<T> {
-    Outcome::Unknown {
-        why: "timeout".into(),
+/// An unknown answer (a timeout).
+pub(crate) fn unknown() -> Reply<Answer> {
+    Reply::<Answer>::unknown("timeout")
+}
+
+/// A success without facts.
+pub(crate) fn ok() -> Reply<Answer> {
+    Reply::bare(Answer::Success)
+}
+
+/// A success naming the gateway's payment id.
+pub(crate) fn ok_with_payment_id(id: &str) -> Reply<Answer> {
+    Reply {
+        answer: Answer::Success,
+        facts: Facts {
+            payment_id: Some(id.into()),
+            ..Facts::default()
+        },
     }
 }
 
-/// A verified F with `code`.
-pub(crate) fn failed<T>(code: &str) -> Outcome<T> {
-    Outcome::Failed {
-        code: code.into(),
-        message: "m".into(),
+/// A refund success naming the gateway's refund id.
+pub(crate) fn refunded(refund_id: &str) -> Reply<Answer> {
+    Reply {
+        answer: Answer::Success,
+        facts: Facts {
+            refund_id: Some(refund_id.into()),
+            ..Facts::default()
+        },
     }
 }
 
-/// A verified inquiry answer with `paymentStatus = s` (and paymentId G1).
-pub(crate) fn status(s: &str) -> Outcome<InquiryPaymentResponse> {
-    Outcome::Success(InquiryPaymentResponse {
-        payment_status: Some(s.into()),
-        payment_id: Some("G1".into()),
-        ..Default::default()
+/// A refusal meaning `refusal`, with the gateway's `code`.
+pub(crate) fn refused(refusal: Refusal, code: &str) -> Reply<Answer> {
+    Reply {
+        answer: Answer::Failed {
+            refusal,
+            code: code.into(),
+            message: "m".into(),
+        },
+        facts: Facts {
+            result_code: Some(code.into()),
+            result_message: Some("m".into()),
+            ..Facts::default()
+        },
+    }
+}
+
+/// Any other refusal with `code`.
+pub(crate) fn failed(code: &str) -> Reply<Answer> {
+    refused(Refusal::Other, code)
+}
+
+/// "Too late to cancel".
+pub(crate) fn window_passed() -> Reply<Answer> {
+    refused(Refusal::CancelWindowPassed, "CANCEL_WINDOW_EXCEED")
+}
+
+/// A certain inquiry answer (with paymentId G1).
+pub(crate) fn inquired(answer: Inquiry) -> Reply<Inquiry> {
+    Reply {
+        answer,
+        facts: Facts {
+            payment_id: Some("G1".into()),
+            ..Facts::default()
+        },
+    }
+}
+
+/// The inquiry says the payment is still processing.
+pub(crate) fn processing() -> Reply<Inquiry> {
+    inquired(Inquiry::Pending {
+        status: "PROCESSING".into(),
     })
+}
+
+/// The inquiry says paid.
+pub(crate) fn paid() -> Reply<Inquiry> {
+    inquired(Inquiry::Paid)
+}
+
+/// The inquiry finds no such payment.
+pub(crate) fn not_found() -> Reply<Inquiry> {
+    Reply {
+        answer: Inquiry::NotFound,
+        facts: Facts {
+            result_code: Some("ORDER_NOT_EXIST".into()),
+            ..Facts::default()
+        },
+    }
+}
+
+/// The cancel finds no such payment (the pay has not arrived, or never will).
+pub(crate) fn no_such_payment() -> Reply<Answer> {
+    refused(Refusal::NoSuchPayment, "ORDER_NOT_EXIST")
+}
+
+/// The inquiry goes unanswered.
+pub(crate) fn inquiry_unknown() -> Reply<Inquiry> {
+    Reply::<Inquiry>::unknown("timeout")
 }
 
 impl Fake {
@@ -90,32 +221,55 @@ impl Fake {
 
 #[async_trait]
 impl Gateway for Fake {
-    async fn pay(&self, order: &PayOrder) -> Outcome<PayResponse> {
+    async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
+        if let Some(h) = self.script().held.as_mut() {
+            let arrives = h.clock.now_ms() + h.hold.as_millis() as i64;
+            h.in_transit = Some((arrives, order.expires_at.map(|t| t.timestamp_millis())));
+        }
+        if self.script().held.is_some() {
+            // Held in transit: no answer within any deadline the engine allows.
+            self.record("pay", &order.payment_request_id, Duration::from_secs(3600))
+                .await;
+            return unknown();
+        }
         let extra = self.script().pay_delay;
         self.record("pay", &order.payment_request_id, extra).await;
         self.script().pay.pop_front().unwrap_or_else(unknown)
     }
-    async fn inquiry_payment(&self, id: &str) -> Outcome<InquiryPaymentResponse> {
+    async fn inquiry_payment(&self, id: &str) -> Reply<Inquiry> {
         self.record("inquiry", id, Duration::ZERO).await;
-        self.script()
-            .inquiry
-            .pop_front()
-            .unwrap_or_else(|| status("PROCESSING"))
+        if let Some(h) = self.script().held.as_mut() {
+            h.settle();
+            return match (h.charged, h.cancelled) {
+                (true, false) => paid(),
+                (true, true) => inquired(Inquiry::Closed),
+                _ => not_found(),
+            };
+        }
+        self.script().inquiry.pop_front().unwrap_or_else(processing)
     }
-    async fn cancel(&self, id: &str) -> Outcome<CancelResponse> {
+    async fn cancel(&self, id: &str) -> Reply<Answer> {
         self.record("cancel", id, Duration::ZERO).await;
+        if let Some(h) = self.script().held.as_mut() {
+            h.settle();
+            if h.charged {
+                h.cancelled = true;
+                return ok_with_payment_id("G1");
+            }
+            return no_such_payment();
+        }
         let mut s = self.script();
         let d = s.cancel_default.clone();
         s.cancel.pop_front().or(d).unwrap_or_else(unknown)
     }
-    async fn refund(&self, order: &RefundOrder) -> Outcome<RefundResponse> {
+    async fn refund(&self, order: &RefundOrder) -> Reply<Answer> {
         self.record("refund", &order.refund_request_id, Duration::ZERO)
             .await;
         let mut s = self.script();
         let d = s.refund_default.clone();
         s.refund.pop_front().or(d).unwrap_or_else(unknown)
     }
-    async fn inquiry_refund(&self, _id: &str) -> Outcome<InquiryRefundResponse> {
+    async fn inquiry_refund(&self, _id: &str) -> Reply<Answer> {
         unknown()
     }
 }

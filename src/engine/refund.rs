@@ -6,7 +6,6 @@ use super::driver::with_deadline;
 use super::{context_of, make_refund_id, Engine, EngineError};
 use crate::domain::machine::{self, Decision, Effect, Event, State};
 use crate::domain::money::Amount;
-use crate::gateway::Outcome;
 use crate::store::now_ms;
 use crate::store::payments::{self, Change, NewRefund, PaymentRecord};
 
@@ -64,7 +63,8 @@ impl Engine {
         }
         let local = self.local_now().naive_local();
         let terminal = self.inner.settings.terminal_id.clone();
-        let inquiry_max = self.inner.settings.inquiry_max;
+        let rules = self.inner.settings.rules();
+        let now = self.now_ms();
         let id_owned = id.to_string();
         let rec = self
             .inner
@@ -74,7 +74,7 @@ impl Engine {
                 let Some(rec) = payments::get(&tx, &id_owned)? else {
                     return Ok(Err(EngineError::NotFound(id_owned)));
                 };
-                let ctx = context_of(&rec, inquiry_max);
+                let ctx = context_of(&rec, rules, now);
                 let (to, cause) = match machine::decide(rec.state, &ctx, &Event::RefundRequested) {
                     Decision::Go { to, cause, effect: Effect::Refund, .. } => (to, cause),
                     Decision::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),
@@ -148,9 +148,9 @@ impl Engine {
     /// One inquiry to learn a paymentId that no answer carried yet.
     async fn learn_payment_id(&self, id: &str) {
         let t = self.inner.settings.inquiry_timeout;
-        if let Outcome::Success(r) = with_deadline(t, self.inner.gateway.inquiry_payment(id)).await
+        let reply = with_deadline(t, self.inner.gateway.inquiry_payment(id)).await;
         {
-            if let Some(pid) = r.payment_id {
+            if let Some(pid) = reply.facts.payment_id {
                 let id = id.to_string();
                 let noted = self
                     .inner

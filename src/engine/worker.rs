@@ -45,10 +45,10 @@ use super::backoff::{backoff, jittered};
 use super::clock::Clock;
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::{context_of, failpoint, local_time, make_refund_id, slip_data, SlipIdentity};
+use super::{context_of, failpoint, local_time, make_refund_id, slip_data, Rules, SlipIdentity};
 use crate::config::Config;
-use crate::domain::machine::{self, Decision, Event, State};
-use crate::gateway::{wire, Gateway, Outcome, PayOrder, RefundOrder};
+use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
+use crate::gateway::{Gateway, PayOrder, RefundOrder, Reply};
 use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
 use crate::store::queue::{self as q, ItemKind, ItemStatus, LeaseRefused, QueueItem};
 use crate::store::Store;
@@ -88,6 +88,11 @@ pub struct QueueSettings {
     pub merchant_name: String,
     /// Store name on those slips.
     pub store_name: String,
+    /// The inquiry budget (`flow.inquiry_max`), part of the machine's context.
+    pub inquiry_max: u32,
+    /// Added to a pay's expiry before "no such payment" may mean "never charged"
+    /// (`flow.payment_expiry_margin`).
+    pub payment_expiry_margin: Duration,
 }
 
 impl QueueSettings {
@@ -105,6 +110,15 @@ impl QueueSettings {
             timezone: cfg.timezone(),
             merchant_name: cfg.terminal.merchant_name.clone(),
             store_name: cfg.terminal.store_name.clone(),
+            inquiry_max: f.inquiry_max,
+            payment_expiry_margin: f.payment_expiry_margin.0,
+        }
+    }
+
+    pub(crate) fn rules(&self) -> Rules {
+        Rules {
+            inquiry_max: self.inquiry_max,
+            expiry_margin: self.payment_expiry_margin,
         }
     }
 
@@ -152,9 +166,9 @@ impl QueueSignal {
         self.wake.notify_one();
     }
 
-    /// Notes the outcome of any gateway call.
-    pub fn observe<T>(&self, outcome: &Outcome<T>) {
-        if matches!(outcome, Outcome::Unknown { .. }) {
+    /// Notes whether a gateway call got a certain answer.
+    pub fn observe(&self, certain: bool) {
+        if !certain {
             self.down.store(true, Ordering::SeqCst);
         } else if self.down.swap(false, Ordering::SeqCst) {
             self.back.store(true, Ordering::SeqCst);
@@ -172,37 +186,37 @@ pub(crate) struct Watched {
 
 #[async_trait]
 impl Gateway for Watched {
-    async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse> {
+    async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
         let o = self.inner.pay(order).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
     fn prepare_pay(&self, order: PayOrder) -> crate::gateway::PreparedPay {
         self.inner.prepare_pay(order)
     }
-    async fn send_pay(&self, prepared: crate::gateway::PreparedPay) -> Outcome<wire::PayResponse> {
+    async fn send_pay(&self, prepared: crate::gateway::PreparedPay) -> Reply<Answer> {
         let o = self.inner.send_pay(prepared).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn inquiry_payment(&self, id: &str) -> Outcome<wire::InquiryPaymentResponse> {
+    async fn inquiry_payment(&self, id: &str) -> Reply<Inquiry> {
         let o = self.inner.inquiry_payment(id).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn cancel(&self, id: &str) -> Outcome<wire::CancelResponse> {
+    async fn cancel(&self, id: &str) -> Reply<Answer> {
         let o = self.inner.cancel(id).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn refund(&self, order: &RefundOrder) -> Outcome<wire::RefundResponse> {
+    async fn refund(&self, order: &RefundOrder) -> Reply<Answer> {
         let o = self.inner.refund(order).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn inquiry_refund(&self, id: &str) -> Outcome<wire::InquiryRefundResponse> {
+    async fn inquiry_refund(&self, id: &str) -> Reply<Answer> {
         let o = self.inner.inquiry_refund(id).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
 }
@@ -293,6 +307,12 @@ enum Verdict {
     Unreadable {
         why: String,
     },
+    /// The gateway has no record of the payment, its pay's expiry has passed and the last
+    /// inquiry found nothing either: never charged.
+    NeverCharged {
+        inquiry: Inquiry,
+        result_code: Option<String>,
+    },
     Unknown {
         why: String,
     },
@@ -336,6 +356,7 @@ struct SettleCtx {
     store_name: String,
     backoff_initial: Duration,
     backoff_max: Duration,
+    rules: Rules,
 }
 
 impl Replayer {
@@ -558,24 +579,32 @@ impl Replayer {
                     with_deadline(s.call_timeout, gw.cancel(payment_request_id)),
                 )
                 .await;
-                if !matches!(out, Outcome::Unknown { .. }) {
+                if out.is_certain() {
                     failpoint::hit("replay_answered");
                 }
-                match out {
-                    Outcome::Success(r) => Verdict::Confirmed {
-                        payment_id: r.payment_id,
+                match out.answer {
+                    Answer::Success => Verdict::Confirmed {
+                        payment_id: out.facts.payment_id,
                         refund_id: None,
                     },
-                    Outcome::Failed { code, .. } if code == "CANCEL_WINDOW_EXCEED" => {
-                        match self.payment_id_of(payment_request_id, lease_until).await {
-                            Some(payment_id) => Verdict::CancelWindowPassed { payment_id },
-                            None => Verdict::Unknown {
-                                why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
-                            },
-                        }
+                    Answer::Failed {
+                        refusal: Refusal::CancelWindowPassed,
+                        ..
+                    } => match self.payment_id_of(payment_request_id, lease_until).await {
+                        Some(payment_id) => Verdict::CancelWindowPassed { payment_id },
+                        None => Verdict::Unknown {
+                            why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
+                        },
+                    },
+                    answer @ Answer::Failed {
+                        refusal: Refusal::NoSuchPayment,
+                        ..
+                    } => {
+                        self.no_such_payment(payment_request_id, answer, lease_until)
+                            .await
                     }
-                    Outcome::Failed { code, message } => Verdict::Refused { code, message },
-                    Outcome::Unknown { why } => Verdict::Unknown { why },
+                    Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
+                    Answer::Unknown { why } => Verdict::Unknown { why },
                 }
             }
             (ItemKind::Refund, Payload::Refund { .. }) => {
@@ -597,16 +626,16 @@ impl Replayer {
                     with_deadline(s.call_timeout, gw.refund(&order)),
                 )
                 .await;
-                if !matches!(out, Outcome::Unknown { .. }) {
+                if out.is_certain() {
                     failpoint::hit("replay_answered");
                 }
-                match out {
-                    Outcome::Success(r) => Verdict::Confirmed {
-                        payment_id: r.payment_id,
-                        refund_id: r.refund_id,
+                match out.answer {
+                    Answer::Success => Verdict::Confirmed {
+                        payment_id: out.facts.payment_id,
+                        refund_id: out.facts.refund_id,
                     },
-                    Outcome::Failed { code, message } => Verdict::Refused { code, message },
-                    Outcome::Unknown { why } => Verdict::Unknown { why },
+                    Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
+                    Answer::Unknown { why } => Verdict::Unknown { why },
                 }
             }
             _ => Verdict::Unreadable {
@@ -617,6 +646,73 @@ impl Replayer {
                     item.payment_request_id
                 ),
             },
+        }
+    }
+
+    /// A queued cancel answered "no such payment": the machine decides, as it does for the
+    /// payment's task. While the pay may still arrive the item is retried; once it cannot, one
+    /// last inquiry, and only "no such payment" again means never charged.
+    async fn no_such_payment(&self, id: &str, answer: Answer, lease_until: i64) -> Verdict {
+        let refused = match &answer {
+            Answer::Failed { code, message, .. } => Verdict::Refused {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            _ => Verdict::Unknown {
+                why: "unexpected answer".into(),
+            },
+        };
+        let owned = id.to_string();
+        let rec = match self
+            .inner
+            .store
+            .read(move |c| Ok(payments::get(c, &owned)?))
+            .await
+        {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return refused,
+            Err(e) => {
+                return Verdict::Unknown {
+                    why: format!("cannot read the payment: {e}"),
+                }
+            }
+        };
+        let rules = self.inner.settings.rules();
+        let ctx = context_of(&rec, rules, self.inner.clock.now_ms());
+        match machine::decide(rec.state, &ctx, &Event::CancelAnswered(answer)) {
+            Decision::Ignore {
+                effect: Effect::Cancel,
+                why,
+            } => Verdict::Unknown { why: why.into() },
+            Decision::Ignore {
+                effect: Effect::LastInquiry,
+                ..
+            } => {
+                let s = &self.inner.settings;
+                if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
+                    return Verdict::Unknown {
+                        why:
+                            "the pay's expiry has passed; the last inquiry waits for the next lease"
+                                .into(),
+                    };
+                }
+                let reply =
+                    with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id)).await;
+                let ctx = context_of(&rec, rules, self.inner.clock.now_ms());
+                match machine::decide(rec.state, &ctx, &Event::LastInquiry(reply.answer.clone())) {
+                    Decision::Go {
+                        to: State::Failed, ..
+                    } => Verdict::NeverCharged {
+                        inquiry: reply.answer,
+                        result_code: reply.facts.result_code,
+                    },
+                    Decision::Ignore { why, .. } => Verdict::Unknown { why: why.into() },
+                    Decision::Go { .. } | Decision::Refuse { .. } => Verdict::Unknown {
+                        why: "the last inquiry did not settle the payment".into(),
+                    },
+                }
+            }
+            _ => refused,
         }
     }
 
@@ -638,10 +734,10 @@ impl Replayer {
         if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
             return None;
         }
-        match with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id)).await {
-            Outcome::Success(r) => r.payment_id,
-            _ => None,
-        }
+        with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id))
+            .await
+            .facts
+            .payment_id
     }
 
     /// Settles the verdicts of one lease: in one transaction when possible, item by item when
@@ -668,6 +764,7 @@ impl Replayer {
             store_name: self.inner.settings.store_name.clone(),
             backoff_initial: self.inner.settings.backoff_initial,
             backoff_max: self.inner.settings.backoff_max,
+            rules: self.inner.settings.rules(),
         };
         let reports = self
             .inner
@@ -871,7 +968,7 @@ fn settle_one(
         }
         Verdict::CancelWindowPassed { payment_id } => {
             let rec = load_payment(tx, &item.payment_request_id)?;
-            let ctx_m = context_of(&rec, 10);
+            let ctx_m = context_of(&rec, ctx.rules, now);
             let owed = rec.amount.minor() - rec.refunded.minor();
             let decision = machine::decide(rec.state, &ctx_m, &Event::QueuedCancelWindowPassed);
             let Decision::Go {
@@ -963,6 +1060,28 @@ fn settle_one(
                     ItemOutcome::Converted,
                     format!("{resolution} ({})", order.refund_request_id),
                 )
+            })
+        }
+        Verdict::NeverCharged {
+            inquiry,
+            result_code,
+        } => {
+            let resolution =
+                "the gateway has no record of the payment and its pay's expiry has passed: never charged";
+            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
+                return Ok(lost());
+            }
+            q::record_event(tx, id, now, owner, "DONE", resolution)?;
+            let rec = load_payment(tx, &item.payment_request_id)?;
+            let change = Change {
+                result_code: result_code.clone(),
+                ..Default::default()
+            };
+            let event = Event::LastInquiry(inquiry.clone());
+            let state = move_payment(tx, ctx, &rec, &event, change, None)?;
+            Ok(ItemReport {
+                payment_state: Some(state),
+                ..report(item, ItemOutcome::Done, resolution)
             })
         }
         Verdict::Refused { code, message } => give_up(
@@ -1066,7 +1185,7 @@ fn move_payment(
     refund: Option<&payments::RefundRecord>,
 ) -> anyhow::Result<State> {
     let now = ctx.now;
-    match machine::decide(rec.state, &context_of(rec, 10), event) {
+    match machine::decide(rec.state, &context_of(rec, ctx.rules, now), event) {
         Decision::Go {
             to,
             cause,

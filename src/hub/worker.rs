@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{self, Caller};
 use super::service::{apply_status, event, lock_payment, set_lock_timeout, Hub};
 use crate::engine::failpoint;
-use crate::gateway::Outcome;
+use crate::gateway::Inquiry;
 
 /// Timings of the background work.
 #[derive(Debug, Clone)]
@@ -92,22 +92,25 @@ pub async fn decide(hub: &Hub, id: &str) -> anyhow::Result<Decision> {
     }
     // One more inquiry, right before deciding (through the gateway abstraction).
     let inquiry = hub.upstream.gateway().inquiry_payment(id).await;
-    let (status, why) = match &inquiry {
-        Outcome::Success(r) => (r.payment_status.clone().unwrap_or_default(), String::new()),
-        Outcome::Failed { code, .. } => (String::new(), code.clone()),
-        Outcome::Unknown { why } => (String::new(), why.clone()),
+    let payment_id = inquiry.facts.payment_id.clone();
+    // (the paymentStatus to apply, what the decision rests on)
+    let (status, why): (&str, String) = match &inquiry.answer {
+        Inquiry::Paid => ("SUCCESS", String::new()),
+        Inquiry::Declined { code, .. } => ("FAIL", code.clone()),
+        Inquiry::Closed => ("CANCELLED", String::new()),
+        Inquiry::Pending { status } if status == "PENDING" => ("PENDING", String::new()),
+        Inquiry::Pending { status } => ("", format!("paymentStatus {status}")),
+        Inquiry::NotFound => ("", "ORDER_NOT_EXIST".into()),
+        Inquiry::Failed { code } => ("", code.clone()),
+        Inquiry::Unknown { why } => ("", why.clone()),
     };
-    let payment_id = match &inquiry {
-        Outcome::Success(r) => r.payment_id.clone(),
-        _ => None,
-    };
-    let decision = match status.as_str() {
+    let decision = match status {
         "SUCCESS" | "FAIL" | "CANCELLED" => {
             apply_status(
                 &tx,
                 &hub.instance,
                 &row,
-                &status,
+                status,
                 payment_id.as_deref(),
                 "active_cancel_inquiry",
             )
@@ -128,11 +131,7 @@ pub async fn decide(hub: &Hub, id: &str) -> anyhow::Result<Decision> {
             )
             .await?;
             queue::enqueue(&tx, "cancel", id, None, &body, "active").await?;
-            let basis = if status.is_empty() {
-                format!("last inquiry: {why}")
-            } else {
-                format!("last inquiry: paymentStatus {status}")
-            };
+            let basis = format!("last inquiry: {why}");
             event(
                 &tx,
                 &hub.instance,

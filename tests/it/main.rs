@@ -32,3 +32,10 @@ mod ops;
 
 // posd hub on PostgreSQL: migrations, registry, refusals, terminal → hub → sandbox, kills.
 mod hub;
+
+// Operations hardening: config check = run, the empty-store guard, backup, error bodies, slow
+// clients, idempotent POSTs.
+mod hardening;
+
+// The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
+mod mainland;
