@@ -34,6 +34,9 @@ mod recording;
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
 
+// posd hub on PostgreSQL: migrations, registry, refusals, terminal → hub → sandbox, kills.
+mod hub;
+
 // Operations hardening: config check = run, the empty-store guard, backup, error bodies, slow
 // clients, idempotent POSTs.
 mod hardening;
