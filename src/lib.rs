@@ -13,6 +13,7 @@
 //!   systemd watchdog.
 //! - `devices`: scanner, printer, receipt layout.
 //! - `cli`, `config`: the `posd` command line and `config.toml`.
+//! - `hub`: `posd hub`, the front gateway of an estate of terminals, on PostgreSQL.
 //!
 //! ARCHITECTURE.md has the code map and the invariants; docs/design.md the rules and the
 //! flow; docs/protocol.md the gateway protocols.
@@ -28,6 +29,7 @@ pub mod domain;
 pub mod engine;
 pub mod gateway;
 pub mod health;
+pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod store;

@@ -27,8 +27,15 @@ mod queue;
 // The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
 mod notify;
 
+// An answer the database cannot record (a write lock past the busy timeout): kept, retried,
+// shown to the cashier, and recorded by itself once the lock is gone.
+mod recording;
+
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
+
+// posd hub on PostgreSQL: migrations, registry, refusals, terminal → hub → sandbox, kills.
+mod hub;
 
 // Operations hardening: config check = run, the empty-store guard, backup, error bodies, slow
 // clients, idempotent POSTs.

@@ -676,6 +676,75 @@ pub fn verify_notification(
     gateway_key.verify_header(&msg, signature_header)
 }
 
+/// What the signature check of a forwarded answer found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerSignature {
+    /// Signed, and it verifies with the gateway's key.
+    Verified,
+    /// No `signature` header.
+    Unsigned,
+    /// Signed, but it does not verify (or the header is malformed).
+    Invalid(String),
+}
+
+/// The answer of a forwarded call as the gateway sent it, byte for byte, with its signature
+/// checked: the hub relays AMS bodies to its terminals and applies the outcome rules above.
+#[derive(Debug)]
+pub struct ForwardedAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The raw body.
+    pub body: Vec<u8>,
+    /// What the signature check found.
+    pub signature: AnswerSignature,
+}
+
+impl AmsClient {
+    /// Signs `body` exactly as given, sends it to `op` within that operation's deadline and
+    /// returns the answer with its signature checked, or why no answer arrived (the hub's
+    /// forwarding path: the bodies are the terminals', not built here).
+    pub async fn forward(&self, op: Operation, body: Vec<u8>) -> Result<ForwardedAnswer, String> {
+        let request_time = epoch_millis();
+        let signature = self.sign(op, &request_time, &body);
+        let path = self.request_path(op);
+        let deadline = self.deadline(op);
+        let mut req = self
+            .http
+            .post(format!(
+                "{}{}",
+                self.base,
+                op.path(&self.settings.client_id)
+            ))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=UTF-8",
+            )
+            .header("Client-Id", &self.settings.client_id)
+            .header("Request-Time", &request_time)
+            .header("Signature", signature)
+            .timeout(deadline)
+            .body(body);
+        if let Some(token) = &self.settings.agent_token {
+            req = req.header("Agent-Token", token.expose());
+        }
+        let raw = match tokio::time::timeout(deadline, send(req)).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(why)) => return Err(why),
+            Err(_) => return Err(format!("timed out after {} ms", deadline.as_millis())),
+        };
+        let signature = match self.verify(&path, &raw) {
+            Verification::Verified => AnswerSignature::Verified,
+            Verification::Unsigned => AnswerSignature::Unsigned,
+            Verification::Invalid(why) => AnswerSignature::Invalid(why),
+        };
+        Ok(ForwardedAnswer {
+            status: raw.status,
+            body: raw.body,
+            signature,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
