@@ -1,4 +1,4 @@
-//! Refunds (DESIGN.md flow step 6): the back office or the cashier asks, the refund is
+//! Refunds (docs/design.md, flow step 7): the back office or the cashier asks, the refund is
 //! checked and committed under the payment's lock, then sent by the payment's task with the
 //! identical request for the retry window, then queued.
 
