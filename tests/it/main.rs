@@ -43,3 +43,6 @@ mod hardening;
 
 // The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
 mod mainland;
+
+// Architecture checks over the source text: layering, wire strings, //! lines, invariants.
+mod tidy;
