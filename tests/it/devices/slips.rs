@@ -74,3 +74,35 @@ async fn scanning_a_slip_looks_the_payment_up_and_never_pays() {
     assert_eq!(v["state"], "SUCCEEDED", "{v}");
     assert_eq!(d.sandbox_payments(), 2);
 }
+
+/// A terminal id the request id cannot carry is refused by the config, saying why; one it
+/// can carry is taken.
+#[test]
+fn the_config_refuses_a_terminal_id_without_digits_or_with_more_than_six() {
+    let repo = include_str!("../../../config.toml");
+    assert!(
+        repo.contains("id = \"T0001\""),
+        "the repository config names T0001"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let parse = |id: &str| {
+        posd::config::Config::parse(
+            &repo.replace("id = \"T0001\"", &format!("id = \"{id}\"")),
+            &dir.path().join("config.toml"),
+            dir.path(),
+        )
+    };
+    for bad in ["FRONT", "12345678", "T0000001"] {
+        let e = parse(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"))
+            .to_string();
+        assert!(
+            e.contains("terminal.id") && e.contains("1 to 6 digits"),
+            "{bad}: {e}"
+        );
+    }
+    for good in ["T0001", "POS12", "123456"] {
+        assert!(parse(good).is_ok(), "{good}: {:?}", parse(good).err());
+    }
+}
