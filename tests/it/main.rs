@@ -43,3 +43,11 @@ mod hardening;
 
 // The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
 mod mainland;
+
+// Architecture checks over the source text: layering, wire strings, //! lines, invariants.
+mod tidy;
+// Every committed fuzz corpus file through its target's entry point, on stable.
+mod fuzz_corpus;
+
+// Seeded crash-and-fault runs of the real binary behind a fault-injecting gateway proxy.
+mod chaos;
