@@ -461,6 +461,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_periodic_integrity_check_notices_corruption_by_itself() {
+        let (dir, store, health) = on_file().await;
+        store.checkpoint().unwrap();
+        let token = CancellationToken::new();
+        tokio::spawn(
+            health
+                .clone()
+                .integrity_checks(Duration::from_millis(30), token.clone()),
+        );
+        crate::store::integrity::tests::corrupt(&dir.path().join("posd.sqlite3"));
+        let mut noticed = false;
+        for _ in 0..200 {
+            if health.integrity.lock().unwrap().is_err() {
+                noticed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+        assert!(noticed, "the periodic quick_check found the corrupt page");
+        assert!(!health.check().await.alive());
+    }
+
+    #[tokio::test]
     async fn a_corrupted_page_is_noticed_by_the_integrity_check() {
         let (dir, store, health) = on_file().await;
         let db = dir.path().join("posd.sqlite3");
