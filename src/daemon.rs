@@ -212,8 +212,11 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         metrics: metrics.clone(),
         engine: engine.clone(),
     };
+    let backoffice = crate::backoffice::BackOffice::from_config(cfg, engine.clone());
     let app = api::guard::secure(
-        api::router(state).merge(api::ops::router(ops)),
+        api::router(state)
+            .merge(api::ops::router(ops))
+            .merge(backoffice.api_routes()),
         cfg.api.token.as_ref(),
         api::MAX_BODY,
     );

@@ -114,11 +114,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payments/{id}", get(get_payment))
         .route("/v1/payments/{id}/abort", post(abort_payment))
         .route("/v1/payments/{id}/receipt", post(reprint))
-        .merge(
-            queue::routes()
-                .merge(refunds::routes())
-                .merge(journal::routes()),
-        )
+        .merge(queue::routes().merge(refunds::routes()))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

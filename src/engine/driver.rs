@@ -25,6 +25,8 @@ struct Extras {
     payment_id: Option<String>,
     result_message: Option<String>,
     refund_id: Option<String>,
+    /// `paymentTime` / `refundTime` as the gateway gave it (the statement's `paymentTime`).
+    gateway_time: Option<String>,
 }
 
 pub(super) async fn drive(
@@ -163,6 +165,7 @@ async fn send_pay(engine: &Engine, _id: &str, prepared: Option<PreparedPay>) -> 
             Answer::Success,
             Extras {
                 payment_id: r.payment_id,
+                gateway_time: r.payment_time,
                 ..Extras::default()
             },
         ),
@@ -200,7 +203,10 @@ async fn inquire(engine: &Engine, id: &str, waker: &Notify) -> Step {
         Outcome::Success(r) => {
             extras.payment_id = r.payment_id.clone();
             match r.payment_status.as_deref() {
-                Some("SUCCESS") => Inquiry::Paid,
+                Some("SUCCESS") => {
+                    extras.gateway_time = r.payment_time.clone();
+                    Inquiry::Paid
+                }
                 Some("FAIL") => {
                     extras.result_message = r.payment_result_message.clone();
                     Inquiry::Declined {
@@ -316,6 +322,7 @@ async fn refund(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
     let answer = match outcome {
         Outcome::Success(r) => {
             extras.refund_id = r.refund_id;
+            extras.gateway_time = r.refund_time;
             Answer::Success
         }
         Outcome::Failed { code, message } => {
@@ -476,6 +483,7 @@ fn commit_sync(
             result_code,
             result_message: extras.result_message.clone(),
             payment_id: extras.payment_id.clone(),
+            gateway_time: extras.gateway_time.clone(),
             ..Default::default()
         };
         if matches!(event, Event::Inquired(_)) {

@@ -29,3 +29,6 @@ mod notify;
 
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
+
+// The back office: reconciliation against statements built from the sandbox's record, resolve.
+mod reconcile;
