@@ -228,7 +228,7 @@ fn main() {
             let prepare = async move {
                 let id = id_rx.await.unwrap();
                 let t_id = t0.elapsed();
-                let _p = gw.prepare_pay(posd::gateway::PayOrder { payment_request_id: id, amount: Amount::parse("12.34", cny).unwrap(), code, order_ref: None, description: "x".into(), terminal_time: chrono::Utc::now().fixed_offset() });
+                let _p = gw.prepare_pay(posd::gateway::PayOrder { payment_request_id: id, amount: Amount::parse("12.34", cny).unwrap(), code, order_ref: None, description: "x".into(), terminal_time: chrono::Utc::now().fixed_offset(), expires_at: None });
                 (t_id, t0.elapsed())
             };
             let (r, (t_id, t_signed)) = tokio::join!(commit, prepare);

@@ -123,6 +123,7 @@ fn pay_request(c: &mut Criterion) {
         description: "Coffee".into(),
         terminal_time: chrono::DateTime::parse_from_rfc3339("2026-11-21T10:15:30+08:00")
             .expect("time"),
+        expires_at: None,
     };
     c.bench_function("pay request: build + serialize + sign", |b| {
         b.iter(|| {

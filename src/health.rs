@@ -1,34 +1,54 @@
-//! Liveness: one health check (the database answers a query within a deadline, the engine is
-//! not shutting down, every registered worker task is still running) used by `GET /healthz`
-//! and by the systemd watchdog, which pings only after a passing check — so a wedged database
-//! or a dead worker makes systemd restart the daemon.
+//! Liveness: one health check used by `GET /healthz` and by the systemd watchdog, which pings
+//! only after a passing check — so a wedged, read-only, full or corrupt database, or a dead
+//! worker, makes systemd restart the daemon (and `/healthz` say why).
+//!
+//! The check: the database answers a read and commits a real write (the one-row
+//! `health_probe` table, through the same group-commit writer the payments use) within a
+//! deadline; the last `PRAGMA quick_check` (at start and every [`INTEGRITY_EVERY`], on its own
+//! connection, off the request path) found no corruption; the engine is not shutting down;
+//! every registered probe passes. Probes ([`Health::add_worker`]) are the seam for any other
+//! part that can say "I cannot do my job" (a task that stopped, a driver that cannot commit).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::store::notifications;
+use crate::store::{integrity, notifications};
 
-/// How long the database may take to answer the health query.
+/// How long the database may take to answer the health query and commit the probe.
 pub const DB_DEADLINE: Duration = Duration::from_secs(2);
+/// A write probe's result is reused for this long: `/healthz` polled hard costs at most one
+/// commit per interval.
+pub const PROBE_REUSE: Duration = Duration::from_secs(1);
+/// How often `PRAGMA quick_check` runs while the daemon runs.
+pub const INTEGRITY_EVERY: Duration = Duration::from_secs(15 * 60);
 
 /// Says whether a worker is alive: `Err(reason)` when it is not.
 pub type WorkerProbe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// When the last write probe ran, and what it found.
+type LastProbe = (Instant, Result<(), String>);
 
 /// The health check, cheap to clone.
 #[derive(Clone)]
 pub struct Health {
     engine: Engine,
     workers: Arc<Mutex<Vec<(String, WorkerProbe)>>>,
+    /// The last write probe and when it ran (one probe at a time; see [`PROBE_REUSE`]).
+    probe: Arc<tokio::sync::Mutex<Option<LastProbe>>>,
+    /// The last `quick_check`.
+    integrity: Arc<Mutex<Result<(), String>>>,
 }
 
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// The database answered in time.
+    /// The database answered a read and committed the probe's write in time.
     pub database: Result<(), String>,
+    /// The last integrity check found nothing wrong.
+    pub integrity: Result<(), String>,
     /// Shutdown has begun.
     pub shutting_down: bool,
     /// Workers that are not alive, with why.
@@ -46,7 +66,7 @@ impl Report {
     /// The process works (database and workers); the watchdog pings on this, so a drain in
     /// progress is not mistaken for a hang.
     pub fn alive(&self) -> bool {
-        self.database.is_ok() && self.dead_workers.is_empty()
+        self.database.is_ok() && self.integrity.is_ok() && self.dead_workers.is_empty()
     }
 
     /// Why the daemon is not healthy, for `/healthz` and the log.
@@ -54,6 +74,9 @@ impl Report {
         let mut why = Vec::new();
         if let Err(e) = &self.database {
             why.push(format!("database: {e}"));
+        }
+        if let Err(e) = &self.integrity {
+            why.push(format!("database integrity: {e}"));
         }
         for w in &self.dead_workers {
             why.push(format!("worker {w}"));
@@ -71,7 +94,53 @@ impl Health {
         Health {
             engine,
             workers: Arc::new(Mutex::new(Vec::new())),
+            probe: Arc::default(),
+            integrity: Arc::new(Mutex::new(Ok(()))),
         }
+    }
+
+    /// Runs `PRAGMA quick_check` now and keeps its result for the next checks.
+    pub async fn check_integrity(&self) -> Result<(), String> {
+        let r = self.engine.store().quick_check().await;
+        if let Err(e) = &r {
+            tracing::error!(problems = %e, "the database failed its integrity check; restore it from a backup");
+        }
+        *self.integrity.lock().unwrap_or_else(|p| p.into_inner()) = r.clone();
+        r
+    }
+
+    /// Runs [`Health::check_integrity`] every `every` until `token` is cancelled.
+    pub async fn integrity_checks(self, every: Duration, token: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = token.cancelled() => return,
+            }
+            let _ = self.check_integrity().await;
+        }
+    }
+
+    /// The read and the write probe, or the last result if it is younger than
+    /// [`PROBE_REUSE`]. Concurrent callers share one probe.
+    async fn database(&self) -> Result<(), String> {
+        let mut last = self.probe.lock().await;
+        if let Some((at, r)) = &*last {
+            if at.elapsed() < PROBE_REUSE {
+                return r.clone();
+            }
+        }
+        let store = self.engine.store().clone();
+        let probe = async {
+            store.read(|c| Ok(notifications::ping(c)?)).await?;
+            integrity::probe_write(&store).await
+        };
+        let r = match tokio::time::timeout(DB_DEADLINE, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!("no commit within {DB_DEADLINE:?}")),
+        };
+        *last = Some((Instant::now(), r.clone()));
+        r
     }
 
     /// Registers a worker probe under `name`.
@@ -101,16 +170,12 @@ impl Health {
 
     /// Runs the check.
     pub async fn check(&self) -> Report {
-        let db = tokio::time::timeout(
-            DB_DEADLINE,
-            self.engine.store().call(|c| Ok(notifications::ping(c)?)),
-        )
-        .await;
-        let database = match db {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(_) => Err(format!("no answer within {DB_DEADLINE:?}")),
-        };
+        let database = self.database().await;
+        let integrity = self
+            .integrity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let dead_workers = self
             .workers
             .lock()
@@ -120,6 +185,7 @@ impl Health {
             .collect();
         Report {
             database,
+            integrity,
             shutting_down: self.engine.is_shutting_down(),
             dead_workers,
             active_payment_tasks: self.engine.active_drivers(),
@@ -150,44 +216,160 @@ pub async fn watchdog(health: Health, interval: Duration, token: CancellationTok
 mod tests {
     use super::*;
     use crate::engine::EngineSettings;
-    use crate::gateway::wire;
-    use crate::gateway::{Gateway, Outcome, PayOrder, RefundOrder};
+    use crate::gateway::{Answer, Gateway, Inquiry, PayOrder, RefundOrder, Reply};
     use crate::store::Store;
 
     struct Nothing;
 
     #[async_trait::async_trait]
     impl Gateway for Nothing {
-        async fn pay(&self, _: &PayOrder) -> Outcome<wire::PayResponse> {
-            unknown()
+        async fn pay(&self, _: &PayOrder) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-        async fn inquiry_payment(&self, _: &str) -> Outcome<wire::InquiryPaymentResponse> {
-            unknown()
+        async fn inquiry_payment(&self, _: &str) -> Reply<Inquiry> {
+            Reply::<Inquiry>::unknown("test")
         }
-        async fn cancel(&self, _: &str) -> Outcome<wire::CancelResponse> {
-            unknown()
+        async fn cancel(&self, _: &str) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-        async fn refund(&self, _: &RefundOrder) -> Outcome<wire::RefundResponse> {
-            unknown()
+        async fn refund(&self, _: &RefundOrder) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-        async fn inquiry_refund(&self, _: &str) -> Outcome<wire::InquiryRefundResponse> {
-            unknown()
+        async fn inquiry_refund(&self, _: &str) -> Reply<Answer> {
+            Reply::<Answer>::unknown("test")
         }
-    }
-
-    fn unknown<T>() -> Outcome<T> {
-        Outcome::Unknown { why: "test".into() }
     }
 
     fn engine() -> Engine {
+        engine_on(Store::open_in_memory().unwrap())
+    }
+
+    fn engine_on(store: Store) -> Engine {
         let text = include_str!("../config.toml");
         let cfg = crate::config::Config::parse(text, "config.toml".as_ref(), ".".as_ref())
             .expect("the example config parses");
-        Engine::new(
-            Store::open_in_memory().unwrap(),
-            Arc::new(Nothing),
-            EngineSettings::from_config(&cfg),
-        )
+        Engine::new(store, Arc::new(Nothing), EngineSettings::from_config(&cfg))
+    }
+
+    /// A health check over a store in a fresh file, past the probe's reuse window.
+    async fn on_file() -> (tempfile::TempDir, Store, Health) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posd.sqlite3")).unwrap();
+        let health = Health::new(engine_on(store.clone()));
+        let r = health.check().await;
+        assert!(r.healthy(), "a fresh store is healthy: {r:?}");
+        (dir, store, health)
+    }
+
+    /// Lets the next check probe again instead of reusing the last result.
+    async fn forget_probe(h: &Health) {
+        *h.probe.lock().await = None;
+    }
+
+    #[tokio::test]
+    async fn the_probe_really_commits_a_row() {
+        let (_dir, store, health) = on_file().await;
+        let at: i64 = store
+            .read(|c| Ok(c.query_row("SELECT at FROM health_probe", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert!(at > 0);
+        // Within the reuse window no second commit happens.
+        health.check().await;
+        let again: i64 = store
+            .read(|c| Ok(c.query_row("SELECT at FROM health_probe", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(at, again);
+    }
+
+    #[tokio::test]
+    async fn a_read_only_database_is_not_healthy() {
+        let (_dir, store, health) = on_file().await;
+        // What SQLite answers when the file or its filesystem turned read-only (root ignores
+        // file modes, so the fault is injected on the writer connection).
+        store
+            .call(|c| {
+                c.pragma_update(None, "query_only", true)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        forget_probe(&health).await;
+        let r = health.check().await;
+        assert!(!r.alive() && !r.healthy(), "{r:?}");
+        assert!(r.reason().unwrap().contains("readonly"), "{r:?}");
+    }
+
+    /// A small tmpfs mounted on a temp directory (root only), unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().ok()?;
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(Tmpfs(dir))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_not_healthy() {
+        let Some(fs) = Tmpfs::mount("2m") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this test needs to mount a tmpfs (root with CAP_SYS_ADMIN) under CI"
+            );
+            eprintln!("cannot mount a tmpfs here; the full-disk test needs root");
+            return;
+        };
+        let db = fs.0.path().join("posd.sqlite3");
+        let store = Store::open(&db).unwrap();
+        let health = Health::new(engine_on(store.clone()));
+        assert!(health.check().await.healthy());
+        // Fill the filesystem to the last byte.
+        let mut filler = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        drop(filler);
+        forget_probe(&health).await;
+        let r = health.check().await;
+        assert!(!r.alive() && !r.healthy(), "{r:?}");
+        assert!(r.reason().unwrap().starts_with("database:"), "{r:?}");
+        // Space back: healthy again by itself.
+        std::fs::remove_file(fs.0.path().join("filler")).unwrap();
+        forget_probe(&health).await;
+        let r = health.check().await;
+        assert!(r.healthy(), "{r:?}");
+        drop(store);
+        drop(health);
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_page_is_noticed_by_the_integrity_check() {
+        let (dir, store, health) = on_file().await;
+        let db = dir.path().join("posd.sqlite3");
+        assert_eq!(health.check_integrity().await, Ok(()));
+        // Every page in the file itself, none only in the WAL.
+        store.checkpoint().unwrap();
+        crate::store::integrity::tests::corrupt(&db);
+        assert!(health.check_integrity().await.is_err());
+        let r = health.check().await;
+        assert!(!r.alive() && !r.healthy(), "{r:?}");
+        assert!(r.reason().unwrap().contains("database integrity"), "{r:?}");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! Operations routes of the local API: `GET /healthz` (200 when the database and the workers
-//! are alive, 503 with the reason otherwise), `GET /metrics` (Prometheus text), and
+//! Operations routes of the local API: `GET /healthz` (200 when the database reads and
+//! commits, its last integrity check passed and the workers are alive; 503 with the reason
+//! otherwise), `GET /metrics` (Prometheus text), and
 //! `GET /v1/notifications` (received notifications for the back office, e.g. those for
 //! payments this terminal does not know).
 
@@ -41,7 +42,7 @@ pub fn router(state: OpsState) -> Router {
 async fn healthz(State(st): State<OpsState>) -> Response {
     let r = st.health.check().await;
     if r.healthy() {
-        // The reversal queue's depth and the age of its oldest item (issue 4).
+        // The reversal queue's depth and the age of its oldest item.
         let queue = st
             .engine
             .store()
@@ -52,6 +53,7 @@ async fn healthz(State(st): State<OpsState>) -> Response {
         Json(serde_json::json!({
             "status": "ok",
             "database": "ok",
+            "integrity": "ok",
             "active_payment_tasks": r.active_payment_tasks,
             "queue": queue,
         }))
@@ -60,7 +62,11 @@ async fn healthz(State(st): State<OpsState>) -> Response {
         let reason = r.reason().unwrap_or_default();
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "unavailable", "reason": reason})),
+            Json(serde_json::json!({
+                "status": "unavailable",
+                "reason": reason,
+                "error": {"code": "unhealthy", "message": reason},
+            })),
         )
             .into_response()
     }
@@ -71,11 +77,12 @@ async fn scrape(State(st): State<OpsState>) -> Response {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot read the metrics' database figures");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("database unavailable: {e}\n"),
-            )
-                .into_response()
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "database_unavailable",
+                message: format!("database unavailable: {e}"),
+            }
+            .into_response()
         }
     }
 }

@@ -6,10 +6,11 @@
 //! gateway's own answer would have (a sale slip for SUCCEEDED, a confirmed full refund for
 //! REFUNDED).
 
+use crate::domain::machine::Inquiry;
 use crate::domain::machine::{Event, State};
 use crate::domain::money::Amount;
 use crate::engine::{make_refund_id, Engine, EngineError};
-use crate::gateway::Outcome;
+use crate::gateway::{Facts, Reply};
 use crate::store::payments::{self, NewRefund, PaymentRecord, SettleRefund};
 
 /// The longest reason accepted.
@@ -26,10 +27,10 @@ pub const OUTCOMES: [State; 4] = [
 /// What the gateway said when asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewaySays {
-    /// `paymentStatus = SUCCESS`, with the amount it charged in minor units when it said.
+    /// `paymentStatus = SUCCESS`, with the amount it charged when it said.
     Paid {
-        /// Charged amount and currency as the gateway gave them.
-        amount: Option<(String, String)>,
+        /// The charged amount.
+        amount: Option<Amount>,
     },
     /// `paymentStatus = FAIL`.
     Failed {
@@ -51,9 +52,11 @@ impl GatewaySays {
     /// In words, for refusals and the journal.
     pub fn describe(&self) -> String {
         match self {
-            GatewaySays::Paid {
-                amount: Some((v, c)),
-            } => format!("the gateway says it is paid ({v} {c})"),
+            GatewaySays::Paid { amount: Some(a) } => format!(
+                "the gateway says it is paid ({} {})",
+                a.to_decimal(),
+                a.currency().code()
+            ),
             GatewaySays::Paid { amount: None } => "the gateway says it is paid".into(),
             GatewaySays::Failed { code } => format!("the gateway says the payment failed ({code})"),
             GatewaySays::Cancelled => "the gateway says the payment was cancelled".into(),
@@ -104,48 +107,34 @@ pub fn check_reason(reason: &str) -> Result<String, EngineError> {
 async fn ask_gateway(
     engine: &Engine,
     rec: &PaymentRecord,
-) -> Result<(GatewaySays, Option<String>, Option<String>), EngineError> {
+) -> Result<(GatewaySays, Facts), EngineError> {
     let t = engine.settings().inquiry_timeout;
     let asked = tokio::time::timeout(
         t + std::time::Duration::from_secs(1),
         engine.gateway().inquiry_payment(&rec.payment_request_id),
     )
     .await
-    .unwrap_or(Outcome::Unknown {
-        why: format!("no answer within {t:?}"),
-    });
-    match asked {
-        Outcome::Success(r) => {
-            let says = match r.payment_status.as_deref() {
-                Some("SUCCESS") => GatewaySays::Paid {
-                    amount: r
-                        .payment_amount
-                        .as_ref()
-                        .map(|a| (a.value.clone(), a.currency.clone())),
-                },
-                Some("FAIL") => GatewaySays::Failed {
-                    code: r
-                        .payment_result_code
-                        .clone()
-                        .unwrap_or_else(|| "FAIL".into()),
-                },
-                Some("CANCELLED") => GatewaySays::Cancelled,
-                other => GatewaySays::Open {
-                    status: other.unwrap_or("without a status").to_string(),
-                },
-            };
-            Ok((says, r.payment_id, r.payment_time))
+    .unwrap_or_else(|_| Reply::<Inquiry>::unknown(format!("no answer within {t:?}")));
+    let says = match asked.answer {
+        Inquiry::Paid => GatewaySays::Paid {
+            amount: asked.facts.amount,
+        },
+        Inquiry::Declined { code, .. } => GatewaySays::Failed { code },
+        Inquiry::Closed => GatewaySays::Cancelled,
+        Inquiry::Pending { status } => GatewaySays::Open { status },
+        Inquiry::NotFound => GatewaySays::NotFound,
+        Inquiry::Failed { code } => {
+            return Err(EngineError::Conflict(format!(
+                "the gateway refused the check ({code}); nothing was changed; try again later"
+            )))
         }
-        Outcome::Failed { code, .. } if code == "ORDER_NOT_EXIST" => {
-            Ok((GatewaySays::NotFound, None, None))
+        Inquiry::Unknown { why } => {
+            return Err(EngineError::Conflict(format!(
+                "the gateway could not be asked ({why}); nothing was changed; try again when it answers"
+            )))
         }
-        Outcome::Failed { code, message } => Err(EngineError::Conflict(format!(
-            "the gateway refused the check ({code} {message}); nothing was changed; try again later"
-        ))),
-        Outcome::Unknown { why } => Err(EngineError::Conflict(format!(
-            "the gateway could not be asked ({why}); nothing was changed; try again when it answers"
-        ))),
-    }
+    };
+    Ok((says, asked.facts))
 }
 
 /// Resolves `id` as `to` for `reason` (see the module docs).
@@ -168,7 +157,9 @@ pub async fn resolve(
             rec.state
         )));
     }
-    let (says, payment_id, gateway_time) = ask_gateway(engine, &rec).await?;
+    let (says, facts) = ask_gateway(engine, &rec).await?;
+    let payment_id = facts.payment_id;
+    let gateway_time = facts.time;
     if !says.allows().contains(&to) {
         let hint = match says.allows() {
             [] => "wait until the gateway's answer is final".to_string(),
@@ -188,12 +179,11 @@ pub async fn resolve(
     if let (
         State::Succeeded | State::Refunded,
         GatewaySays::Paid {
-            amount: Some((v, c)),
+            amount: Some(charged),
         },
     ) = (to, &says)
     {
-        let charged = Amount::from_wire(v, c).ok();
-        if charged != Some(rec.amount) {
+        if *charged != rec.amount {
             return Err(EngineError::Conflict(format!(
                 "{}, but posd asked for {} {}; it cannot be resolved as {to}: refund it in the merchant portal and resolve it as REFUNDED once the gateway shows it",
                 says.describe(),

@@ -297,42 +297,29 @@ fn refused(e: &ReplayError) -> u8 {
 /// without leaving the machine.
 pub(crate) struct NoGateway;
 
+use crate::gateway::{Answer as GatewayAnswer, Inquiry, Reply};
+
 #[async_trait::async_trait]
 impl crate::gateway::Gateway for NoGateway {
-    async fn pay(
-        &self,
-        _: &crate::gateway::PayOrder,
-    ) -> crate::gateway::Outcome<crate::gateway::wire::PayResponse> {
+    async fn pay(&self, _: &crate::gateway::PayOrder) -> Reply<GatewayAnswer> {
         not_sent()
     }
-    async fn inquiry_payment(
-        &self,
-        _: &str,
-    ) -> crate::gateway::Outcome<crate::gateway::wire::InquiryPaymentResponse> {
+    async fn inquiry_payment(&self, _: &str) -> Reply<Inquiry> {
+        Reply::<Inquiry>::unknown(NOT_SENT)
+    }
+    async fn cancel(&self, _: &str) -> Reply<GatewayAnswer> {
         not_sent()
     }
-    async fn cancel(
-        &self,
-        _: &str,
-    ) -> crate::gateway::Outcome<crate::gateway::wire::CancelResponse> {
+    async fn refund(&self, _: &crate::gateway::RefundOrder) -> Reply<GatewayAnswer> {
         not_sent()
     }
-    async fn refund(
-        &self,
-        _: &crate::gateway::RefundOrder,
-    ) -> crate::gateway::Outcome<crate::gateway::wire::RefundResponse> {
-        not_sent()
-    }
-    async fn inquiry_refund(
-        &self,
-        _: &str,
-    ) -> crate::gateway::Outcome<crate::gateway::wire::InquiryRefundResponse> {
+    async fn inquiry_refund(&self, _: &str) -> Reply<GatewayAnswer> {
         not_sent()
     }
 }
 
-fn not_sent<T>() -> crate::gateway::Outcome<T> {
-    crate::gateway::Outcome::Unknown {
-        why: "not sent: this command never talks to the gateway".into(),
-    }
+const NOT_SENT: &str = "not sent: this command never talks to the gateway";
+
+fn not_sent() -> Reply<GatewayAnswer> {
+    Reply::<GatewayAnswer>::unknown(NOT_SENT)
 }

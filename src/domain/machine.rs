@@ -99,15 +99,38 @@ impl fmt::Display for State {
     }
 }
 
+/// What a gateway's definitive "no" means to the machine. Each dialect's adapter maps its own
+/// result codes to these; the code itself travels beside them for the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The gateway has no record of the payment (it may not have arrived yet).
+    NoSuchPayment,
+    /// Too late to cancel: the payment must be refunded instead.
+    CancelWindowPassed,
+    /// Any other refusal: a human reads the code and message.
+    Other,
+}
+
 /// A gateway answer to pay, cancel or refund, reduced to what the machine branches on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// Verified S.
+    /// Verified success.
     Success,
-    /// Verified (or unsigned) F with its result code.
-    Failed { code: String, message: String },
+    /// A definitive refusal: what it means, and the gateway's code and message as given.
+    Failed {
+        refusal: Refusal,
+        code: String,
+        message: String,
+    },
     /// No certain answer.
     Unknown { why: String },
+}
+
+impl Answer {
+    /// Whether the gateway gave a certain answer (the network works).
+    pub fn is_certain(&self) -> bool {
+        !matches!(self, Answer::Unknown { .. })
+    }
 }
 
 /// An inquiry answer, reduced.
@@ -121,12 +144,19 @@ pub enum Inquiry {
     Closed,
     /// `PROCESSING`, `PENDING`, or an unknown status: keep going.
     Pending { status: String },
-    /// `result` F `ORDER_NOT_EXIST`: the pay may not have arrived yet; keep going.
+    /// The gateway has no record of the payment: the pay may not have arrived yet; keep going.
     NotFound,
-    /// Any other verified F on the inquiry call: go to cancel.
+    /// Any other refusal of the inquiry call: go to cancel.
     Failed { code: String },
     /// No certain answer: keep going.
     Unknown { why: String },
+}
+
+impl Inquiry {
+    /// Whether the gateway gave a certain answer (the network works).
+    pub fn is_certain(&self) -> bool {
+        !matches!(self, Inquiry::Unknown { .. })
+    }
 }
 
 /// Which refund a `Refunding` payment is carrying.
@@ -353,7 +383,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                     Effect::None,
                 ),
                 Inquiry::Pending { status } => keep_going(format!("inquiry: {status}")),
-                Inquiry::NotFound => keep_going("inquiry: ORDER_NOT_EXIST".into()),
+                Inquiry::NotFound => keep_going("inquiry: the gateway has no record yet".into()),
                 Inquiry::Unknown { why } => keep_going(format!("inquiry unanswered: {why}")),
                 Inquiry::Failed { code } => go(
                     S::Cancelling,
@@ -426,19 +456,27 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 Some("SUCCESS"),
                 Effect::None,
             ),
-            Answer::Failed { code, .. } if code == "CANCEL_WINDOW_EXCEED" => go(
+            Answer::Failed {
+                refusal: Refusal::CancelWindowPassed,
+                code,
+                ..
+            } => go(
                 S::Refunding,
                 "cancel window passed; refunding the full amount",
                 Some(code),
                 Effect::Refund,
             ),
-            Answer::Failed { code, .. } if code == "ORDER_NOT_EXIST" && !ctx.gateway_saw_payment => go(
+            Answer::Failed {
+                refusal: Refusal::NoSuchPayment,
+                code,
+                ..
+            } if !ctx.gateway_saw_payment => go(
                 S::Failed,
                 "the gateway has no record of this payment (the pay never arrived); the customer was not charged",
                 Some(code),
                 Effect::None,
             ),
-            Answer::Failed { code, message } => go(
+            Answer::Failed { code, message, .. } => go(
                 S::NeedsAttention,
                 format!("cancel refused: {code} {message}"),
                 Some(code),
@@ -476,7 +514,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 };
                 go(to, "refund confirmed", Some("SUCCESS"), Effect::None)
             }
-            Answer::Failed { code, message } => match ctx.refund_kind {
+            Answer::Failed { code, message, .. } => match ctx.refund_kind {
                 RefundKind::Reversal => go(
                     S::NeedsAttention,
                     format!("reversal refund refused: {code} {message}"),

@@ -10,8 +10,8 @@ use tracing::Instrument as _;
 
 use super::queue::{Payload, PAYLOAD_VERSION};
 use super::{context_of, failpoint, make_refund_id, Engine};
-use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, State};
-use crate::gateway::{Outcome, PreparedPay, RefundOrder};
+use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
+use crate::gateway::{Facts, PreparedPay, RefundOrder, Reply};
 use crate::store::now_ms;
 use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
 
@@ -27,6 +27,17 @@ struct Extras {
     refund_id: Option<String>,
     /// `paymentTime` / `refundTime` as the gateway gave it (the statement's `paymentTime`).
     gateway_time: Option<String>,
+}
+
+impl Extras {
+    fn of(f: &Facts) -> Extras {
+        Extras {
+            payment_id: f.payment_id.clone(),
+            result_message: f.result_message.clone(),
+            refund_id: f.refund_id.clone(),
+            gateway_time: f.time.clone(),
+        }
+    }
 }
 
 pub(super) async fn drive(
@@ -114,15 +125,31 @@ async fn pause(engine: &Engine, d: Duration) -> Result<(), Stop> {
     }
 }
 
-pub(super) async fn with_deadline<T>(
+/// An answer that can say "no certain answer" (the deadline guard's result).
+pub(super) trait Unanswered {
+    /// No certain answer, with why.
+    fn unanswered(why: String) -> Self;
+}
+
+impl Unanswered for Reply<Answer> {
+    fn unanswered(why: String) -> Self {
+        Reply::<Answer>::unknown(why)
+    }
+}
+
+impl Unanswered for Reply<Inquiry> {
+    fn unanswered(why: String) -> Self {
+        Reply::<Inquiry>::unknown(why)
+    }
+}
+
+pub(super) async fn with_deadline<T: Unanswered>(
     d: Duration,
-    fut: impl std::future::Future<Output = Outcome<T>>,
-) -> Outcome<T> {
+    fut: impl std::future::Future<Output = T>,
+) -> T {
     match tokio::time::timeout(d + DEADLINE_MARGIN, fut).await {
         Ok(o) => o,
-        Err(_) => Outcome::Unknown {
-            why: format!("no answer within {d:?}"),
-        },
+        Err(_) => T::unanswered(format!("no answer within {d:?}")),
     }
 }
 
@@ -154,34 +181,14 @@ async fn send_pay(engine: &Engine, _id: &str, prepared: Option<PreparedPay>) -> 
         )));
     };
     let t = engine.settings().pay_timeout;
-    let outcome = in_flight(
+    let reply = in_flight(
         "pay_in_flight",
         with_deadline(t, engine.gateway().send_pay(prepared)),
     )
     .await;
     failpoint::hit("pay_answered");
-    let (answer, extras) = match outcome {
-        Outcome::Success(r) => (
-            Answer::Success,
-            Extras {
-                payment_id: r.payment_id,
-                gateway_time: r.payment_time,
-                ..Extras::default()
-            },
-        ),
-        Outcome::Failed { code, message } => (
-            Answer::Failed {
-                code,
-                message: message.clone(),
-            },
-            Extras {
-                result_message: Some(message),
-                ..Extras::default()
-            },
-        ),
-        Outcome::Unknown { why } => (Answer::Unknown { why }, Extras::default()),
-    };
-    Ok(Some((Event::PayAnswered(answer), extras)))
+    let extras = Extras::of(&reply.facts);
+    Ok(Some((Event::PayAnswered(reply.answer), extras)))
 }
 
 async fn inquire(engine: &Engine, id: &str, waker: &Notify) -> Step {
@@ -196,38 +203,10 @@ async fn inquire(engine: &Engine, id: &str, waker: &Notify) -> Step {
     if rec.state != State::Inquiring && rec.state != State::Paying {
         return Ok(None);
     }
-    let outcome = with_deadline(s.inquiry_timeout, engine.gateway().inquiry_payment(id)).await;
+    let reply = with_deadline(s.inquiry_timeout, engine.gateway().inquiry_payment(id)).await;
     failpoint::hit(&format!("inquiry_{}", rec.inquiries + 1));
-    let mut extras = Extras::default();
-    let inquiry = match outcome {
-        Outcome::Success(r) => {
-            extras.payment_id = r.payment_id.clone();
-            match r.payment_status.as_deref() {
-                Some("SUCCESS") => {
-                    extras.gateway_time = r.payment_time.clone();
-                    Inquiry::Paid
-                }
-                Some("FAIL") => {
-                    extras.result_message = r.payment_result_message.clone();
-                    Inquiry::Declined {
-                        code: r.payment_result_code.unwrap_or_else(|| "FAIL".into()),
-                        message: r.payment_result_message.unwrap_or_default(),
-                    }
-                }
-                Some("CANCELLED") => Inquiry::Closed,
-                other => Inquiry::Pending {
-                    status: other.unwrap_or("no paymentStatus").to_string(),
-                },
-            }
-        }
-        Outcome::Failed { code, .. } if code == "ORDER_NOT_EXIST" => Inquiry::NotFound,
-        Outcome::Failed { code, message } => {
-            extras.result_message = Some(message);
-            Inquiry::Failed { code }
-        }
-        Outcome::Unknown { why } => Inquiry::Unknown { why },
-    };
-    Ok(Some((Event::Inquired(inquiry), extras)))
+    let extras = Extras::of(&reply.facts);
+    Ok(Some((Event::Inquired(reply.answer), extras)))
 }
 
 fn jitter(min: Duration, max: Duration) -> Duration {
@@ -254,27 +233,16 @@ async fn cancel(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
             pause(engine, wait).await?;
         }
     }
-    let outcome = in_flight(
+    let reply = in_flight(
         "cancel_in_flight",
         with_deadline(s.cancel_timeout, engine.gateway().cancel(id)),
     )
     .await;
-    let mut extras = Extras::default();
-    let answer = match outcome {
-        Outcome::Success(r) => {
-            extras.payment_id = r.payment_id;
-            Answer::Success
-        }
-        Outcome::Failed { code, message } => {
-            extras.result_message = Some(message.clone());
-            Answer::Failed { code, message }
-        }
-        Outcome::Unknown { why } => {
-            tracing::warn!(why, "cancel unanswered");
-            Answer::Unknown { why }
-        }
-    };
-    Ok(Some((Event::CancelAnswered(answer), extras)))
+    if let Answer::Unknown { why } = &reply.answer {
+        tracing::warn!(why, "cancel unanswered");
+    }
+    let extras = Extras::of(&reply.facts);
+    Ok(Some((Event::CancelAnswered(reply.answer), extras)))
 }
 
 async fn refund_order(engine: &Engine, id: &str) -> anyhow::Result<(RefundOrder, bool)> {
@@ -313,27 +281,19 @@ async fn refund(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
             pause(engine, wait).await?;
         }
     }
-    let outcome = in_flight(
+    let reply = in_flight(
         "refund_in_flight",
         with_deadline(s.cancel_timeout, engine.gateway().refund(&order)),
     )
     .await;
-    let mut extras = Extras::default();
-    let answer = match outcome {
-        Outcome::Success(r) => {
-            extras.refund_id = r.refund_id;
-            extras.gateway_time = r.refund_time;
-            Answer::Success
-        }
-        Outcome::Failed { code, message } => {
-            extras.result_message = Some(message.clone());
-            Answer::Failed { code, message }
-        }
-        Outcome::Unknown { why } => Answer::Unknown { why },
+    // A refund's answer names the refund; the payment's id comes from pay, inquiry or cancel.
+    let extras = Extras {
+        payment_id: None,
+        ..Extras::of(&reply.facts)
     };
     Ok(Some((
         Event::RefundAnswered {
-            answer,
+            answer: reply.answer,
             fully_refunded: full,
         },
         extras,
@@ -347,15 +307,13 @@ async fn ensure_payment_id(engine: &Engine, rec: &PaymentRecord) -> Option<Strin
     }
     let s = engine.settings();
     for _ in 0..3 {
-        if let Outcome::Success(r) = with_deadline(
+        let reply = with_deadline(
             s.inquiry_timeout,
             engine.gateway().inquiry_payment(&rec.payment_request_id),
         )
-        .await
-        {
-            if r.payment_id.is_some() {
-                return r.payment_id;
-            }
+        .await;
+        if reply.facts.payment_id.is_some() {
+            return reply.facts.payment_id;
         }
     }
     None
@@ -408,8 +366,12 @@ async fn commit(
     // The one case that needs the network before deciding: a reversal refund needs the
     // gateway's paymentId, learned by inquiry when no answer carried it yet.
     let mut learned_pid = extras.payment_id.clone();
-    if let Event::CancelAnswered(Answer::Failed { code, .. }) = event {
-        if code == "CANCEL_WINDOW_EXCEED" && learned_pid.is_none() {
+    if let Event::CancelAnswered(Answer::Failed {
+        refusal: Refusal::CancelWindowPassed,
+        ..
+    }) = event
+    {
+        if learned_pid.is_none() {
             let rec = load(engine, id).await?;
             learned_pid = ensure_payment_id(engine, &rec).await;
         }
@@ -483,7 +445,10 @@ fn commit_sync(
             result_code,
             result_message: extras.result_message.clone(),
             payment_id: extras.payment_id.clone(),
-            gateway_time: extras.gateway_time.clone(),
+            // The gateway's time of the charge, or of the refund being settled.
+            gateway_time: extras.gateway_time.clone().filter(|_| {
+                to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })
+            }),
             ..Default::default()
         };
         if matches!(event, Event::Inquired(_)) {

@@ -8,22 +8,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::gateway::wire::{
-    CancelResponse, InquiryPaymentResponse, InquiryRefundResponse, PayResponse, RefundResponse,
-};
-use crate::gateway::{Gateway, Outcome, PayOrder, RefundOrder};
+use crate::gateway::{Answer, Facts, Gateway, Inquiry, PayOrder, RefundOrder, Refusal, Reply};
 
 /// What the fake answers, and what it was asked.
 #[derive(Default)]
 pub(crate) struct Script {
-    pub(crate) pay: VecDeque<Outcome<PayResponse>>,
-    pub(crate) inquiry: VecDeque<Outcome<InquiryPaymentResponse>>,
-    pub(crate) cancel: VecDeque<Outcome<CancelResponse>>,
-    pub(crate) refund: VecDeque<Outcome<RefundResponse>>,
+    pub(crate) pay: VecDeque<Reply<Answer>>,
+    pub(crate) inquiry: VecDeque<Reply<Inquiry>>,
+    pub(crate) cancel: VecDeque<Reply<Answer>>,
+    pub(crate) refund: VecDeque<Reply<Answer>>,
     /// What cancels answer once their script is empty (else unknown).
-    pub(crate) cancel_default: Option<Outcome<CancelResponse>>,
+    pub(crate) cancel_default: Option<Reply<Answer>>,
     /// What refunds answer once their script is empty (else unknown).
-    pub(crate) refund_default: Option<Outcome<RefundResponse>>,
+    pub(crate) refund_default: Option<Reply<Answer>>,
     /// Every call: (operation, virtual time, request id).
     pub(crate) calls: Vec<(&'static str, Instant, String)>,
     /// Every call hangs this long before answering.
@@ -36,28 +33,95 @@ pub(crate) struct Script {
 #[derive(Clone, Default)]
 pub(crate) struct Fake(pub(crate) Arc<Mutex<Script>>);
 
-/// An unknown outcome (a timeout).
-pub(crate) fn unknown<T>() -> Outcome<T> {
-    Outcome::Unknown {
-        why: "timeout".into(),
+/// An unknown answer (a timeout).
+pub(crate) fn unknown() -> Reply<Answer> {
+    Reply::<Answer>::unknown("timeout")
+}
+
+/// A success without facts.
+pub(crate) fn ok() -> Reply<Answer> {
+    Reply::bare(Answer::Success)
+}
+
+/// A success naming the gateway's payment id.
+pub(crate) fn ok_with_payment_id(id: &str) -> Reply<Answer> {
+    Reply {
+        answer: Answer::Success,
+        facts: Facts {
+            payment_id: Some(id.into()),
+            ..Facts::default()
+        },
     }
 }
 
-/// A verified F with `code`.
-pub(crate) fn failed<T>(code: &str) -> Outcome<T> {
-    Outcome::Failed {
-        code: code.into(),
-        message: "m".into(),
+/// A refund success naming the gateway's refund id.
+pub(crate) fn refunded(refund_id: &str) -> Reply<Answer> {
+    Reply {
+        answer: Answer::Success,
+        facts: Facts {
+            refund_id: Some(refund_id.into()),
+            ..Facts::default()
+        },
     }
 }
 
-/// A verified inquiry answer with `paymentStatus = s` (and paymentId G1).
-pub(crate) fn status(s: &str) -> Outcome<InquiryPaymentResponse> {
-    Outcome::Success(InquiryPaymentResponse {
-        payment_status: Some(s.into()),
-        payment_id: Some("G1".into()),
-        ..Default::default()
+/// A refusal meaning `refusal`, with the gateway's `code`.
+pub(crate) fn refused(refusal: Refusal, code: &str) -> Reply<Answer> {
+    Reply {
+        answer: Answer::Failed {
+            refusal,
+            code: code.into(),
+            message: "m".into(),
+        },
+        facts: Facts {
+            result_code: Some(code.into()),
+            result_message: Some("m".into()),
+            ..Facts::default()
+        },
+    }
+}
+
+/// Any other refusal with `code`.
+pub(crate) fn failed(code: &str) -> Reply<Answer> {
+    refused(Refusal::Other, code)
+}
+
+/// "Too late to cancel".
+pub(crate) fn window_passed() -> Reply<Answer> {
+    refused(Refusal::CancelWindowPassed, "CANCEL_WINDOW_EXCEED")
+}
+
+/// A certain inquiry answer (with paymentId G1).
+pub(crate) fn inquired(answer: Inquiry) -> Reply<Inquiry> {
+    Reply {
+        answer,
+        facts: Facts {
+            payment_id: Some("G1".into()),
+            ..Facts::default()
+        },
+    }
+}
+
+/// The inquiry says the payment is still processing.
+pub(crate) fn processing() -> Reply<Inquiry> {
+    inquired(Inquiry::Pending {
+        status: "PROCESSING".into(),
     })
+}
+
+/// The inquiry says paid.
+pub(crate) fn paid() -> Reply<Inquiry> {
+    inquired(Inquiry::Paid)
+}
+
+/// The inquiry finds no such payment.
+pub(crate) fn not_found() -> Reply<Inquiry> {
+    Reply::bare(Inquiry::NotFound)
+}
+
+/// The inquiry goes unanswered.
+pub(crate) fn inquiry_unknown() -> Reply<Inquiry> {
+    Reply::<Inquiry>::unknown("timeout")
 }
 
 impl Fake {
@@ -90,32 +154,29 @@ impl Fake {
 
 #[async_trait]
 impl Gateway for Fake {
-    async fn pay(&self, order: &PayOrder) -> Outcome<PayResponse> {
+    async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
         let extra = self.script().pay_delay;
         self.record("pay", &order.payment_request_id, extra).await;
         self.script().pay.pop_front().unwrap_or_else(unknown)
     }
-    async fn inquiry_payment(&self, id: &str) -> Outcome<InquiryPaymentResponse> {
+    async fn inquiry_payment(&self, id: &str) -> Reply<Inquiry> {
         self.record("inquiry", id, Duration::ZERO).await;
-        self.script()
-            .inquiry
-            .pop_front()
-            .unwrap_or_else(|| status("PROCESSING"))
+        self.script().inquiry.pop_front().unwrap_or_else(processing)
     }
-    async fn cancel(&self, id: &str) -> Outcome<CancelResponse> {
+    async fn cancel(&self, id: &str) -> Reply<Answer> {
         self.record("cancel", id, Duration::ZERO).await;
         let mut s = self.script();
         let d = s.cancel_default.clone();
         s.cancel.pop_front().or(d).unwrap_or_else(unknown)
     }
-    async fn refund(&self, order: &RefundOrder) -> Outcome<RefundResponse> {
+    async fn refund(&self, order: &RefundOrder) -> Reply<Answer> {
         self.record("refund", &order.refund_request_id, Duration::ZERO)
             .await;
         let mut s = self.script();
         let d = s.refund_default.clone();
         s.refund.pop_front().or(d).unwrap_or_else(unknown)
     }
-    async fn inquiry_refund(&self, _id: &str) -> Outcome<InquiryRefundResponse> {
+    async fn inquiry_refund(&self, _id: &str) -> Reply<Answer> {
         unknown()
     }
 }

@@ -340,6 +340,7 @@ impl Engine {
                 order_ref: req.order_ref.clone(),
                 description: self.inner.settings.description.clone(),
                 terminal_time: now_local,
+                expires_at: None,
             }))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);
@@ -398,6 +399,7 @@ impl Engine {
                 order_ref: waiting.order_ref,
                 description: self.inner.settings.description.clone(),
                 terminal_time: now_local,
+                expires_at: None,
             }))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);

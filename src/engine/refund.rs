@@ -6,7 +6,6 @@ use super::driver::with_deadline;
 use super::{context_of, make_refund_id, Engine, EngineError};
 use crate::domain::machine::{self, Decision, Effect, Event, State};
 use crate::domain::money::Amount;
-use crate::gateway::Outcome;
 use crate::store::now_ms;
 use crate::store::payments::{self, Change, NewRefund, PaymentRecord};
 
@@ -148,9 +147,9 @@ impl Engine {
     /// One inquiry to learn a paymentId that no answer carried yet.
     async fn learn_payment_id(&self, id: &str) {
         let t = self.inner.settings.inquiry_timeout;
-        if let Outcome::Success(r) = with_deadline(t, self.inner.gateway.inquiry_payment(id)).await
+        let reply = with_deadline(t, self.inner.gateway.inquiry_payment(id)).await;
         {
-            if let Some(pid) = r.payment_id {
+            if let Some(pid) = reply.facts.payment_id {
                 let id = id.to_string();
                 let noted = self
                     .inner

@@ -9,10 +9,11 @@ use tokio::time::Instant;
 use super::*;
 use crate::domain::code::CodeRules;
 use crate::domain::money::Currency;
-use crate::gateway::wire::{CancelResponse, PayResponse, RefundResponse};
-use crate::gateway::Outcome;
 
-use super::fake::{failed, status, unknown, Fake};
+use super::fake::{
+    failed, inquiry_unknown, not_found, ok, ok_with_payment_id, paid, processing, refunded,
+    unknown, window_passed, Fake,
+};
 
 fn settings() -> EngineSettings {
     EngineSettings {
@@ -62,10 +63,7 @@ async fn pay_success_is_one_call() {
         .lock()
         .unwrap()
         .pay
-        .push_back(Outcome::Success(PayResponse {
-            payment_id: Some("G9".into()),
-            ..Default::default()
-        }));
+        .push_back(ok_with_payment_id("G9"));
     let e = engine(&fake);
     let rec = e.start_sale(sale(Some(CODE), Some("A-1"))).await.unwrap();
     assert_eq!(rec.state, State::Paying);
@@ -100,11 +98,7 @@ async fn declined_pay_is_failed_with_its_code() {
 #[tokio::test(start_paused = true)]
 async fn unknown_pay_inquires_every_interval_then_cancels() {
     let fake = Fake::default();
-    fake.0
-        .lock()
-        .unwrap()
-        .cancel
-        .push_back(Outcome::Success(CancelResponse::default()));
+    fake.0.lock().unwrap().cancel.push_back(ok());
     let e = engine(&fake);
     let start = Instant::now();
     let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
@@ -135,12 +129,8 @@ async fn inquiry_success_ends_the_sale() {
     let fake = Fake::default();
     {
         let mut s = fake.0.lock().unwrap();
-        s.inquiry.extend([
-            status("PROCESSING"),
-            failed("ORDER_NOT_EXIST"),
-            unknown(),
-            status("SUCCESS"),
-        ]);
+        s.inquiry
+            .extend([processing(), not_found(), inquiry_unknown(), paid()]);
     }
     let e = engine(&fake);
     let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
@@ -196,14 +186,8 @@ async fn cancel_window_exceeded_becomes_a_full_refund() {
     let fake = Fake::default();
     {
         let mut s = fake.0.lock().unwrap();
-        s.cancel.push_back(failed("CANCEL_WINDOW_EXCEED"));
-        s.refund.extend([
-            unknown(),
-            Outcome::Success(RefundResponse {
-                refund_id: Some("RF1".into()),
-                ..Default::default()
-            }),
-        ]);
+        s.cancel.push_back(window_passed());
+        s.refund.extend([unknown(), refunded("RF1")]);
     }
     let e = engine(&fake);
     let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
@@ -243,9 +227,8 @@ async fn abort_while_inquiring_cancels_and_a_late_success_never_becomes_a_sale()
     let fake = Fake::default();
     {
         let mut s = fake.0.lock().unwrap();
-        s.inquiry.extend([status("PROCESSING")]);
-        s.cancel
-            .push_back(Outcome::Success(CancelResponse::default()));
+        s.inquiry.extend([processing()]);
+        s.cancel.push_back(ok());
     }
     let e = engine(&fake);
     let rec = e.start_sale(sale(Some(CODE), Some("A-7"))).await.unwrap();
@@ -283,11 +266,7 @@ async fn abort_while_inquiring_cancels_and_a_late_success_never_becomes_a_sale()
 async fn a_second_payment_for_an_open_order_is_refused() {
     let fake = Fake::default();
     fake.0.lock().unwrap().pay_delay = Duration::from_secs(2);
-    fake.0
-        .lock()
-        .unwrap()
-        .pay
-        .push_back(Outcome::Success(PayResponse::default()));
+    fake.0.lock().unwrap().pay.push_back(ok());
     let e = engine(&fake);
     let rec = e.start_sale(sale(Some(CODE), Some("A-2"))).await.unwrap();
     let err = e
@@ -308,11 +287,7 @@ async fn a_second_payment_for_an_open_order_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn a_scan_binds_to_the_waiting_sale() {
     let fake = Fake::default();
-    fake.0
-        .lock()
-        .unwrap()
-        .pay
-        .push_back(Outcome::Success(PayResponse::default()));
+    fake.0.lock().unwrap().pay.push_back(ok());
     let e = engine(&fake);
     let err = e
         .bind_code(PaymentCode::parse(CODE, &CodeRules::default()).unwrap())
@@ -335,7 +310,7 @@ async fn a_scan_binds_to_the_waiting_sale() {
 #[tokio::test(start_paused = true)]
 async fn recovery_inquires_a_payment_left_paying_and_never_resends_the_pay() {
     let fake = Fake::default();
-    fake.0.lock().unwrap().inquiry.push_back(status("SUCCESS"));
+    fake.0.lock().unwrap().inquiry.push_back(paid());
     let store = Store::open_in_memory().unwrap();
     // A payment committed as PAYING by a process that died before (or after) sending it.
     let rec = store

@@ -47,8 +47,8 @@ use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
 use super::{context_of, failpoint, local_time, make_refund_id, slip_data, SlipIdentity};
 use crate::config::Config;
-use crate::domain::machine::{self, Decision, Event, State};
-use crate::gateway::{wire, Gateway, Outcome, PayOrder, RefundOrder};
+use crate::domain::machine::{self, Answer, Decision, Event, Inquiry, Refusal, State};
+use crate::gateway::{Gateway, PayOrder, RefundOrder, Reply};
 use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
 use crate::store::queue::{self as q, ItemKind, ItemStatus, LeaseRefused, QueueItem};
 use crate::store::Store;
@@ -152,9 +152,9 @@ impl QueueSignal {
         self.wake.notify_one();
     }
 
-    /// Notes the outcome of any gateway call.
-    pub fn observe<T>(&self, outcome: &Outcome<T>) {
-        if matches!(outcome, Outcome::Unknown { .. }) {
+    /// Notes whether a gateway call got a certain answer.
+    pub fn observe(&self, certain: bool) {
+        if !certain {
             self.down.store(true, Ordering::SeqCst);
         } else if self.down.swap(false, Ordering::SeqCst) {
             self.back.store(true, Ordering::SeqCst);
@@ -172,37 +172,37 @@ pub(crate) struct Watched {
 
 #[async_trait]
 impl Gateway for Watched {
-    async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse> {
+    async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
         let o = self.inner.pay(order).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
     fn prepare_pay(&self, order: PayOrder) -> crate::gateway::PreparedPay {
         self.inner.prepare_pay(order)
     }
-    async fn send_pay(&self, prepared: crate::gateway::PreparedPay) -> Outcome<wire::PayResponse> {
+    async fn send_pay(&self, prepared: crate::gateway::PreparedPay) -> Reply<Answer> {
         let o = self.inner.send_pay(prepared).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn inquiry_payment(&self, id: &str) -> Outcome<wire::InquiryPaymentResponse> {
+    async fn inquiry_payment(&self, id: &str) -> Reply<Inquiry> {
         let o = self.inner.inquiry_payment(id).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn cancel(&self, id: &str) -> Outcome<wire::CancelResponse> {
+    async fn cancel(&self, id: &str) -> Reply<Answer> {
         let o = self.inner.cancel(id).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn refund(&self, order: &RefundOrder) -> Outcome<wire::RefundResponse> {
+    async fn refund(&self, order: &RefundOrder) -> Reply<Answer> {
         let o = self.inner.refund(order).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
-    async fn inquiry_refund(&self, id: &str) -> Outcome<wire::InquiryRefundResponse> {
+    async fn inquiry_refund(&self, id: &str) -> Reply<Answer> {
         let o = self.inner.inquiry_refund(id).await;
-        self.signal.observe(&o);
+        self.signal.observe(o.is_certain());
         o
     }
 }
@@ -558,24 +558,25 @@ impl Replayer {
                     with_deadline(s.call_timeout, gw.cancel(payment_request_id)),
                 )
                 .await;
-                if !matches!(out, Outcome::Unknown { .. }) {
+                if out.is_certain() {
                     failpoint::hit("replay_answered");
                 }
-                match out {
-                    Outcome::Success(r) => Verdict::Confirmed {
-                        payment_id: r.payment_id,
+                match out.answer {
+                    Answer::Success => Verdict::Confirmed {
+                        payment_id: out.facts.payment_id,
                         refund_id: None,
                     },
-                    Outcome::Failed { code, .. } if code == "CANCEL_WINDOW_EXCEED" => {
-                        match self.payment_id_of(payment_request_id, lease_until).await {
-                            Some(payment_id) => Verdict::CancelWindowPassed { payment_id },
-                            None => Verdict::Unknown {
-                                why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
-                            },
-                        }
-                    }
-                    Outcome::Failed { code, message } => Verdict::Refused { code, message },
-                    Outcome::Unknown { why } => Verdict::Unknown { why },
+                    Answer::Failed {
+                        refusal: Refusal::CancelWindowPassed,
+                        ..
+                    } => match self.payment_id_of(payment_request_id, lease_until).await {
+                        Some(payment_id) => Verdict::CancelWindowPassed { payment_id },
+                        None => Verdict::Unknown {
+                            why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
+                        },
+                    },
+                    Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
+                    Answer::Unknown { why } => Verdict::Unknown { why },
                 }
             }
             (ItemKind::Refund, Payload::Refund { .. }) => {
@@ -597,16 +598,16 @@ impl Replayer {
                     with_deadline(s.call_timeout, gw.refund(&order)),
                 )
                 .await;
-                if !matches!(out, Outcome::Unknown { .. }) {
+                if out.is_certain() {
                     failpoint::hit("replay_answered");
                 }
-                match out {
-                    Outcome::Success(r) => Verdict::Confirmed {
-                        payment_id: r.payment_id,
-                        refund_id: r.refund_id,
+                match out.answer {
+                    Answer::Success => Verdict::Confirmed {
+                        payment_id: out.facts.payment_id,
+                        refund_id: out.facts.refund_id,
                     },
-                    Outcome::Failed { code, message } => Verdict::Refused { code, message },
-                    Outcome::Unknown { why } => Verdict::Unknown { why },
+                    Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
+                    Answer::Unknown { why } => Verdict::Unknown { why },
                 }
             }
             _ => Verdict::Unreadable {
@@ -638,10 +639,10 @@ impl Replayer {
         if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
             return None;
         }
-        match with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id)).await {
-            Outcome::Success(r) => r.payment_id,
-            _ => None,
-        }
+        with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id))
+            .await
+            .facts
+            .payment_id
     }
 
     /// Settles the verdicts of one lease: in one transaction when possible, item by item when

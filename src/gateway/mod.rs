@@ -1,12 +1,19 @@
-//! The Alipay+ AMS gateway: signing, wire types, the client and the embedded sandbox.
-//!
-//! The engine sees the gateway only through the [`Gateway`] trait and the typed
-//! [`Outcome`]: it branches on `Success` / `Failed` / `Unknown`, never on strings.
+//! The gateway as the engine sees it: the [`Gateway`] trait speaks the machine's own answers
+//! ([`Answer`], [`Inquiry`]) with the typed [`Facts`] an answer carried. Each dialect lives in
+//! its own folder and owns its wire, its result-code mapping and its client: `ams/` (Alipay+
+//! AMS). Shared by every dialect: `sign` (keys, RSA signing and verification), `http` (one
+//! bounded HTTP exchange), [`Outcome`] (a verified success, a definitive refusal, or
+//! unknown). `sandbox/` is the embedded gateway that speaks the dialects over HTTP.
 
-pub mod client;
+pub mod ams;
+pub mod http;
 pub mod sandbox;
 pub mod sign;
-pub mod wire;
+
+/// The AMS client under its earlier path.
+pub use ams::client;
+/// The AMS messages under their earlier path.
+pub use ams::wire;
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset};
@@ -14,20 +21,24 @@ use chrono::{DateTime, FixedOffset};
 use crate::domain::code::PaymentCode;
 use crate::domain::money::Amount;
 
-/// The outcome of one gateway call (rule 2: ambiguity is not failure).
+pub use crate::domain::machine::{Answer, Inquiry, Refusal};
+
+/// The outcome of one exchange with a gateway, before a dialect's adapter interprets it
+/// (rule 2: ambiguity is not failure). The engine never sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {
     /// A verified `resultStatus = S`.
     Success(T),
-    /// A verified `F`, or an unsigned `F` (the gateway omits signatures on signature errors).
+    /// A definitive refusal (AMS: a verified `F`, or an unsigned `F`, since the gateway omits
+    /// signatures on signature errors).
     Failed {
-        /// `result.resultCode`.
+        /// The gateway's result code.
         code: String,
-        /// `result.resultMessage`.
+        /// Its message.
         message: String,
     },
-    /// Anything else: verified `U`, timeout, connect error, HTTP ≠ 200, unparsable JSON, or an
-    /// `S`/`U` answer whose signature is missing or wrong.
+    /// Anything else: timeout, connect error, HTTP ≠ 200, unparsable answer, an answer whose
+    /// signature is missing or wrong, or the gateway saying it does not know yet.
     Unknown {
         /// What happened, for the journal and the logs.
         why: String,
@@ -60,6 +71,9 @@ pub struct PayOrder {
     pub description: String,
     /// Terminal-local request time, sent as `storeTerminalRequestTime`.
     pub terminal_time: DateTime<FixedOffset>,
+    /// After this the gateway must not process the pay (AMS `paymentExpiryTime`); `None`
+    /// leaves it to the gateway's contract default.
+    pub expires_at: Option<DateTime<FixedOffset>>,
 }
 
 /// A refund the engine asks for; identical on every retry.
@@ -109,30 +123,90 @@ impl std::fmt::Debug for SignedRequest {
     }
 }
 
-/// The gateway as the engine sees it. Implemented by the AMS client (real gateway and the
-/// embedded sandbox, both over HTTP) and by in-memory fakes in tests.
+/// Typed facts a gateway answer carried besides its meaning. Every field is optional: a
+/// dialect fills in what its answer held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The gateway's id of the payment.
+    pub payment_id: Option<String>,
+    /// The gateway's id of a refund.
+    pub refund_id: Option<String>,
+    /// The gateway's result code that decided the answer (kept for the journal).
+    pub result_code: Option<String>,
+    /// Its message.
+    pub result_message: Option<String>,
+    /// The amount the answer reports (charged or refunded), when it gave a valid one.
+    pub amount: Option<Amount>,
+    /// When the gateway says the fact happened (paid, cancelled, refunded), as it wrote it.
+    pub time: Option<String>,
+}
+
+/// One gateway call's answer in the machine's terms, with its facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply<A> {
+    /// What the answer means.
+    pub answer: A,
+    /// What else it said.
+    pub facts: Facts,
+}
+
+impl<A> Reply<A> {
+    /// An answer without facts.
+    pub fn bare(answer: A) -> Reply<A> {
+        Reply {
+            answer,
+            facts: Facts::default(),
+        }
+    }
+}
+
+impl Reply<Answer> {
+    /// No certain answer, with why.
+    pub fn unknown(why: impl Into<String>) -> Reply<Answer> {
+        Reply::bare(Answer::Unknown { why: why.into() })
+    }
+
+    /// Whether the gateway answered for certain.
+    pub fn is_certain(&self) -> bool {
+        self.answer.is_certain()
+    }
+}
+
+impl Reply<Inquiry> {
+    /// No certain answer, with why.
+    pub fn unknown(why: impl Into<String>) -> Reply<Inquiry> {
+        Reply::bare(Inquiry::Unknown { why: why.into() })
+    }
+
+    /// Whether the gateway answered for certain.
+    pub fn is_certain(&self) -> bool {
+        self.answer.is_certain()
+    }
+}
+
+/// The gateway as the engine sees it: every call answers in the machine's terms. Implemented
+/// by each dialect's client (the real gateway and the embedded sandbox, both over HTTP) and by
+/// in-memory fakes in tests. No call ever fails: a call without a certain answer is
+/// `Unknown` (rule 2).
 #[async_trait]
 pub trait Gateway: Send + Sync + 'static {
-    /// `POST …/payments/pay`.
-    async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse>;
+    /// Charges the order.
+    async fn pay(&self, order: &PayOrder) -> Reply<Answer>;
     /// Prepares a pay request without sending it (the default prepares nothing).
     fn prepare_pay(&self, order: PayOrder) -> PreparedPay {
         PreparedPay { order, wire: None }
     }
     /// Sends a prepared pay request (the default builds it now with [`Gateway::pay`]).
-    async fn send_pay(&self, prepared: PreparedPay) -> Outcome<wire::PayResponse> {
+    async fn send_pay(&self, prepared: PreparedPay) -> Reply<Answer> {
         self.pay(&prepared.order).await
     }
-    /// `POST …/payments/inquiryPayment` by `paymentRequestId`.
-    async fn inquiry_payment(
-        &self,
-        payment_request_id: &str,
-    ) -> Outcome<wire::InquiryPaymentResponse>;
-    /// `POST …/payments/cancel` by `paymentRequestId`.
-    async fn cancel(&self, payment_request_id: &str) -> Outcome<wire::CancelResponse>;
-    /// `POST …/payments/refund`.
-    async fn refund(&self, order: &RefundOrder) -> Outcome<wire::RefundResponse>;
-    /// `POST …/payments/inquiryRefund` by `refundRequestId`.
-    async fn inquiry_refund(&self, refund_request_id: &str)
-        -> Outcome<wire::InquiryRefundResponse>;
+    /// Asks for the payment's status by our `paymentRequestId`.
+    async fn inquiry_payment(&self, payment_request_id: &str) -> Reply<Inquiry>;
+    /// Cancels by our `paymentRequestId`.
+    async fn cancel(&self, payment_request_id: &str) -> Reply<Answer>;
+    /// Refunds.
+    async fn refund(&self, order: &RefundOrder) -> Reply<Answer>;
+    /// Asks for a refund's status by our `refundRequestId`: success when the refund is done,
+    /// a refusal when it failed, unknown while it is processing.
+    async fn inquiry_refund(&self, refund_request_id: &str) -> Reply<Answer>;
 }

@@ -7,13 +7,20 @@
 //! state (compare-and-set) and appends its journal event (rules 1 and 5).
 //!
 //! # Concurrency
-//! One connection per process behind a mutex, used from `spawn_blocking`; other processes
-//! (a back-office command while the daemon runs) wait on the busy timeout.
+//! A writer connection (group commit, see [`Store::call`]) and a reader connection per
+//! process, each behind a mutex and used from `spawn_blocking`; other processes (a back-office
+//! command while the daemon runs) wait on the busy timeout.
+//!
+//! # Files
+//! Directories posd creates are 0750 (keys 0700) and the database file is 0600, whatever the
+//! umask (SQLite gives `-wal` and `-shm` the database file's mode). Integrity checks, the
+//! empty-store guard, the online backup and the shutdown checkpoint are in [`integrity`].
 //!
 //! # Compatibility
-//! Migrations live in `migrations/NN-name/up.sql` and are applied on open. A database whose
-//! schema is newer than this binary knows is refused, never downgraded.
+//! Migrations live in `migrations/NN-name/up.sql` and are applied on open, in name order. A
+//! database whose schema is newer than this binary knows is refused, never downgraded.
 
+pub mod integrity;
 pub mod journal;
 pub mod notifications;
 pub mod payments;
@@ -26,7 +33,7 @@ use std::time::Duration;
 
 use include_dir::{include_dir, Dir};
 use rusqlite::Connection;
-use rusqlite_migration::Migrations;
+use rusqlite_migration::{Migrations, M};
 
 static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 
@@ -57,6 +64,18 @@ pub enum StoreError {
     },
     #[error("database {path}: migration failed: {message}")]
     Migration { path: PathBuf, message: String },
+    #[error(
+        "database {path} is empty, but {evidence} show this terminal was used before: starting \
+         afresh would lose its history and any reversal still owed. Restore the database from a \
+         backup (README, \"Backup and restore\"), or start once with `posd run --init-store` to \
+         begin a new, empty store on purpose"
+    )]
+    EmptyButUsed { path: PathBuf, evidence: String },
+    #[error(
+        "database {path} failed its integrity check ({detail}); stop using it: restore it from \
+         a backup (README, \"Backup and restore\")"
+    )]
+    Corrupt { path: PathBuf, detail: String },
 }
 
 /// A handle to the database, cheap to clone.
@@ -71,9 +90,76 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// Mode of the directories posd creates (the state directory and its parents).
+pub const DIR_MODE: u32 = 0o750;
+/// Mode of the directories that hold keys.
+pub const KEY_DIR_MODE: u32 = 0o700;
+/// Mode of the database file (and so of its `-wal` and `-shm`).
+pub const DB_FILE_MODE: u32 = 0o600;
+
+/// The migrations in name order (`NN-name/up.sql`). Numbers are reserved per area and may
+/// land out of order, so they are not required to be consecutive; the schema version is the
+/// count applied. Checked by `migrations_are_valid`.
 fn migrations() -> Migrations<'static> {
-    Migrations::from_directory(&MIGRATIONS_DIR)
-        .expect("migrations/ is well formed (checked by a test)")
+    let mut dirs: Vec<&'static Dir<'static>> = MIGRATIONS_DIR.dirs().collect();
+    dirs.sort_by_key(|d| d.path());
+    Migrations::new(
+        dirs.into_iter()
+            .map(|d| {
+                let sql = d
+                    .get_file(d.path().join("up.sql"))
+                    .and_then(|f| f.contents_utf8())
+                    .expect("every migration has a UTF-8 up.sql (checked by a test)");
+                M::up(sql)
+            })
+            .collect(),
+    )
+}
+
+/// Creates `dir` and its missing parents with `mode`, whatever the umask; directories that
+/// exist already are left as they are.
+pub fn create_dir_with_mode(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d);
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database file 0600 if it is missing, and takes group and other access away
+/// from it and its `-wal`/`-shm` if an older posd or a wide umask left them readable.
+fn private_db_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(DB_FILE_MODE)
+            .open(path)?;
+    }
+    for p in [
+        path.to_path_buf(),
+        integrity::sidecar(path, "-wal"),
+        integrity::sidecar(path, "-shm"),
+    ] {
+        if let Ok(meta) = std::fs::metadata(&p) {
+            if meta.permissions().mode() & 0o777 != DB_FILE_MODE {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(DB_FILE_MODE))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Number of migrations this binary knows.
@@ -85,11 +171,15 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and applies the migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            create_dir_with_mode(dir, DIR_MODE).map_err(|source| StoreError::Dir {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
+        private_db_file(path).map_err(|source| StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let sq = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -129,6 +219,11 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether this store lives in memory (tests): no file to check, back up or checkpoint.
+    pub fn in_memory(&self) -> bool {
+        self.path == Path::new(":memory:")
     }
 
     /// Runs `f` on the writer connection, inside a transaction, and returns once that
@@ -338,6 +433,58 @@ mod tests {
     fn migrations_are_valid() {
         migrations().validate().unwrap();
         assert!(schema_version() >= 1);
+        let mut numbers: Vec<&str> = MIGRATIONS_DIR
+            .dirs()
+            .map(|d| {
+                let name = d.path().to_str().expect("UTF-8 migration name");
+                let (nn, rest) = name.split_at(2);
+                assert!(
+                    nn.bytes().all(|b| b.is_ascii_digit()) && rest.starts_with('-'),
+                    "migration {name} must be named NN-name"
+                );
+                assert!(
+                    d.get_file(d.path().join("up.sql")).is_some(),
+                    "{name}/up.sql"
+                );
+                nn
+            })
+            .collect();
+        let count = numbers.len();
+        numbers.dedup();
+        assert_eq!(numbers.len(), count, "two migrations share a number");
+    }
+
+    #[test]
+    fn files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a/b/posd.sqlite3");
+        // A permissive umask, as a shell or a unit without UMask= may leave it.
+        let old = umask(0o000);
+        let opened = Store::open(&db);
+        umask(old);
+        let store = opened.unwrap();
+        store
+            .call_blocking(|c| {
+                c.execute_batch("INSERT INTO health_probe (id, at) VALUES (1, 1)")?;
+                Ok(())
+            })
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("a")), DIR_MODE);
+        assert_eq!(mode(&dir.path().join("a/b")), DIR_MODE);
+        assert_eq!(mode(&db), DB_FILE_MODE);
+        assert_eq!(mode(&integrity::sidecar(&db, "-wal")), DB_FILE_MODE);
+        // An existing readable file is tightened on open.
+        drop(store);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&db).unwrap());
+        assert_eq!(mode(&db), DB_FILE_MODE);
+    }
+
+    /// Sets the process umask and returns the old one (process-wide: only this test sets it).
+    fn umask(mask: u32) -> u32 {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask)).as_raw_mode()
     }
 
     #[test]

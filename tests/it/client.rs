@@ -15,7 +15,7 @@ use posd::gateway::client::{
     EMBEDDED_SANDBOX_CLIENT_ID,
 };
 use posd::gateway::sign::{Message, PrivateKey, PublicKey};
-use posd::gateway::{Gateway, Outcome, RefundOrder};
+use posd::gateway::{Outcome, RefundOrder};
 use serde_json::{json, Value};
 
 use crate::support;

@@ -14,8 +14,8 @@ use posd::domain::machine::{Event, Inquiry, State};
 use posd::domain::money::Amount;
 use posd::engine::{Engine, EngineSettings};
 use posd::gateway::sign::{Message, PrivateKey};
-use posd::gateway::wire::{self, NOTIFY_ACK};
-use posd::gateway::{Gateway, Outcome, PayOrder, RefundOrder};
+use posd::gateway::wire::NOTIFY_ACK;
+use posd::gateway::{Answer, Gateway, PayOrder, RefundOrder, Reply};
 use posd::metrics::Metrics;
 use posd::store::notifications;
 use posd::store::payments::{self, Change, NewPayment};
@@ -35,28 +35,24 @@ struct Silent;
 
 #[async_trait::async_trait]
 impl Gateway for Silent {
-    async fn pay(&self, _: &PayOrder) -> Outcome<wire::PayResponse> {
-        silent()
+    async fn pay(&self, _: &PayOrder) -> Reply<Answer> {
+        Reply::<Answer>::unknown(SILENT)
     }
-    async fn inquiry_payment(&self, _: &str) -> Outcome<wire::InquiryPaymentResponse> {
-        silent()
+    async fn inquiry_payment(&self, _: &str) -> Reply<Inquiry> {
+        Reply::<Inquiry>::unknown(SILENT)
     }
-    async fn cancel(&self, _: &str) -> Outcome<wire::CancelResponse> {
-        silent()
+    async fn cancel(&self, _: &str) -> Reply<Answer> {
+        Reply::<Answer>::unknown(SILENT)
     }
-    async fn refund(&self, _: &RefundOrder) -> Outcome<wire::RefundResponse> {
-        silent()
+    async fn refund(&self, _: &RefundOrder) -> Reply<Answer> {
+        Reply::<Answer>::unknown(SILENT)
     }
-    async fn inquiry_refund(&self, _: &str) -> Outcome<wire::InquiryRefundResponse> {
-        silent()
+    async fn inquiry_refund(&self, _: &str) -> Reply<Answer> {
+        Reply::<Answer>::unknown(SILENT)
     }
 }
 
-fn silent<T>() -> Outcome<T> {
-    Outcome::Unknown {
-        why: "silent test gateway".into(),
-    }
-}
+const SILENT: &str = "silent test gateway";
 
 struct Harness {
     engine: Engine,

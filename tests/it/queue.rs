@@ -18,7 +18,7 @@ use posd::engine::queue::{Payload, PAYLOAD_VERSION};
 use posd::engine::worker::{QueueSettings, Replayer};
 use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
 use posd::gateway::sandbox::{Sandbox, SandboxHandle, SandboxSettings};
-use posd::gateway::{Gateway, Outcome, PayOrder};
+use posd::gateway::{Outcome, PayOrder};
 use posd::store::payments::{self, Change, NewPayment, NewQueueItem};
 use posd::store::Store;
 use serde_json::Value;

@@ -57,6 +57,19 @@ impl Row {
     }
 }
 
+/// One payment in the sandbox's own record.
+struct SandboxPayment {
+    prid: String,
+    pid: String,
+    minor: i64,
+    cur: String,
+    scenario: String,
+    status: String,
+    paid_at: Option<String>,
+    cancelled_at: Option<String>,
+    created_at: String,
+}
+
 /// The Transaction Items rows the sandbox's own record implies: a PAYMENT for every charge
 /// (a success, or row 87's charge that its inquiries never admit), a CANCEL after it for a
 /// charge later cancelled, a REFUND for every refund. A cancel of a never-charged payment
@@ -71,34 +84,35 @@ fn sandbox_statement(d: &TestDaemon) -> Vec<Row> {
              paid_at, cancelled_at, created_at FROM payments ORDER BY created_ms",
         )
         .unwrap();
-    let payments: Vec<(
-        String,
-        String,
-        i64,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-    )> = stmt
+    let payments: Vec<SandboxPayment> = stmt
         .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ))
+            Ok(SandboxPayment {
+                prid: r.get(0)?,
+                pid: r.get(1)?,
+                minor: r.get(2)?,
+                cur: r.get(3)?,
+                scenario: r.get(4)?,
+                status: r.get(5)?,
+                paid_at: r.get(6)?,
+                cancelled_at: r.get(7)?,
+                created_at: r.get(8)?,
+            })
         })
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    for (prid, pid, minor, cur, scenario, status, paid_at, cancelled_at, created_at) in payments {
+    for SandboxPayment {
+        prid,
+        pid,
+        minor,
+        cur,
+        scenario,
+        status,
+        paid_at,
+        cancelled_at,
+        created_at,
+    } in payments
+    {
         let charged = paid_at.is_some() || scenario == "87";
         if !charged {
             continue;

@@ -13,7 +13,7 @@ use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
 use posd::gateway::sandbox::{RequestCounts, Sandbox, SandboxHandle, SandboxSettings};
 use posd::gateway::sign::{Message, PrivateKey};
 use posd::gateway::wire::{self, InquiryPaymentResponse};
-use posd::gateway::{Gateway, Outcome, PayOrder, RefundOrder};
+use posd::gateway::{Outcome, PayOrder, RefundOrder};
 
 use crate::support;
 

@@ -96,6 +96,7 @@ pub fn pay_order(payment_request_id: &str) -> PayOrder {
         order_ref: Some("A-1001".into()),
         description: "Coffee".into(),
         terminal_time: terminal_time(),
+        expires_at: None,
     }
 }
 

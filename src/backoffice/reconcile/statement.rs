@@ -180,11 +180,22 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<StatementFile, StatementError> 
     let mut header_seen = false;
     let mut end_line: Option<usize> = None;
     for rec in reader.records() {
+        // Lines are counted from the byte offset: the csv crate's own line count is off by one
+        // in CRLF files.
+        let line_at = |byte: u64| {
+            let b = text.as_bytes();
+            let mut end = usize::try_from(byte).unwrap_or(usize::MAX).min(b.len());
+            // In CRLF files a record's position can sit on the line end before it.
+            while end < b.len() && (b[end] == b'\r' || b[end] == b'\n') {
+                end += 1;
+            }
+            b[..end].iter().filter(|b| **b == b'\n').count() + 1
+        };
         let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+            let line = e.position().map(|p| line_at(p.byte())).unwrap_or(0);
             err(line, format!("not valid CSV ({e})"))
         })?;
-        let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+        let line = rec.position().map(|p| line_at(p.byte())).unwrap_or(0);
         if rec.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
@@ -379,8 +390,9 @@ mod tests {
         assert_eq!(r.amount.as_decimal(r.currency), Some(1234));
         assert_eq!(r.amount.as_minor_units(), None);
         // A byte-order mark and CRLF line ends are fine.
-        let crlf = format!("\u{feff}{}", file(&[ROW], true).replace('\n', "\r\n"));
-        assert_eq!(parse("x.csv", crlf.as_bytes()).unwrap().rows.len(), 1);
+        let crlf = format!("\u{feff}{}", file(&[ROW, ROW], true).replace('\n', "\r\n"));
+        let f = parse("x.csv", crlf.as_bytes()).unwrap();
+        assert_eq!(f.rows.iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]

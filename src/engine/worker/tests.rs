@@ -13,20 +13,19 @@ use crate::domain::code::{CodeRules, PaymentCode};
 use crate::domain::money::{Amount, Currency};
 use crate::engine::clock::{ManualClock, TokioClock};
 use crate::engine::{Engine, EngineError, EngineSettings, SaleRequest};
-use crate::gateway::wire::{CancelResponse, PayResponse, RefundResponse};
+use crate::gateway::{Answer, Reply};
 use crate::store::payments::NewPayment;
 
-use crate::engine::fake::{failed, unknown, Fake};
+use crate::engine::fake::{
+    failed, inquiry_unknown, ok, ok_with_payment_id, refunded, unknown, window_passed, Fake,
+};
 
-fn cancel_ok() -> Outcome<CancelResponse> {
-    Outcome::Success(CancelResponse::default())
+fn cancel_ok() -> Reply<Answer> {
+    ok()
 }
 
-fn refund_ok() -> Outcome<RefundResponse> {
-    Outcome::Success(RefundResponse {
-        refund_id: Some("GR1".into()),
-        ..Default::default()
-    })
+fn refund_ok() -> Reply<Answer> {
+    refunded("GR1")
 }
 
 const T0: i64 = 1_800_000_000_000;
@@ -206,9 +205,7 @@ async fn unknown_answers_back_off_doubling_with_jitter_up_to_the_cap() {
 async fn a_cancel_past_its_window_becomes_a_refund_item_and_the_refund_ends_refunded() {
     let store = Store::open_in_memory().unwrap();
     let fake = Fake::default();
-    fake.script()
-        .cancel
-        .push_back(failed("CANCEL_WINDOW_EXCEED"));
+    fake.script().cancel.push_back(window_passed());
     fake.script().refund.push_back(refund_ok());
     let clock = Arc::new(ManualClock::at(T0));
     let r = replayer(&store, &fake, clock.clone());
@@ -256,10 +253,8 @@ async fn a_cancel_past_its_window_becomes_a_refund_item_and_the_refund_ends_refu
 async fn without_a_payment_id_the_window_passed_cancel_stays_queued() {
     let store = Store::open_in_memory().unwrap();
     let fake = Fake::default();
-    fake.script()
-        .cancel
-        .push_back(failed("CANCEL_WINDOW_EXCEED"));
-    fake.script().inquiry.push_back(unknown());
+    fake.script().cancel.push_back(window_passed());
+    fake.script().inquiry.push_back(inquiry_unknown());
     let clock = Arc::new(ManualClock::at(T0));
     let r = replayer(&store, &fake, clock.clone());
     let id = queued_cancel(&store, "P1", None, T0);
@@ -585,10 +580,7 @@ async fn the_worker_delivers_a_cancel_the_payment_task_queued_exactly_once() {
 // ---- refunds through the engine ----
 
 async fn paid_sale(engine: &Engine, fake: &Fake) -> String {
-    fake.script().pay.push_back(Outcome::Success(PayResponse {
-        payment_id: Some("G9".into()),
-        ..Default::default()
-    }));
+    fake.script().pay.push_back(ok_with_payment_id("G9"));
     let rec = engine
         .start_sale(SaleRequest {
             amount: cny(1234),

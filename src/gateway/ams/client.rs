@@ -1,6 +1,7 @@
 //! The Alipay+ AMS HTTP client: builds, signs and sends every call over reqwest (rustls,
-//! certificate verification on), verifies the gateway's answer, and maps it to an [`Outcome`]
-//! (PROTOCOL.md §1–4, DESIGN.md rules 2 and 9).
+//! certificate verification on), verifies the gateway's answer, and classifies it as an
+//! [`Outcome`] carrying the AMS response (docs/protocol.md, rules 2 and 9). What an answer
+//! means to the machine is `ams::answer`'s job; `ams/mod.rs` joins the two into the `Gateway`.
 //!
 //! # Outcome rules
 //! Only a verified `S` is a success. A verified `F`, or an `F` without any signature (the
@@ -16,25 +17,22 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use chrono::SecondsFormat;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::sign::{Message, PrivateKey, PublicKey, SignError};
 use super::wire;
-use super::{Gateway, Outcome, PayOrder, PreparedPay, RefundOrder, SignedRequest};
 use crate::config::{check_base_url, Config, Secret};
+use crate::gateway::http::{send, RawResponse};
+use crate::gateway::sign::{Message, PrivateKey, PublicKey, SignError};
+use crate::gateway::{Outcome, PayOrder, PreparedPay, RefundOrder, SignedRequest};
 
 /// Client ids with this prefix talk to the sandbox paths (`/ams/sandbox/api/…`).
 pub const SANDBOX_CLIENT_PREFIX: &str = "SANDBOX_";
 
 /// The client id used with the embedded sandbox when `[gateway] client_id` is not set.
 pub const EMBEDDED_SANDBOX_CLIENT_ID: &str = "SANDBOX_POSD_LOCAL";
-
-/// Largest response body read from the gateway; AMS answers are a few kilobytes.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// The AMS calls a terminal makes (PROTOCOL.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -231,15 +229,6 @@ impl fmt::Debug for AmsClient {
             .field("client_id", &self.settings.client_id)
             .finish_non_exhaustive()
     }
-}
-
-/// The raw answer of one HTTP exchange, before interpretation.
-struct RawResponse {
-    status: u16,
-    signature: Option<String>,
-    response_time: Option<String>,
-    client_id: Option<String>,
-    body: Vec<u8>,
 }
 
 /// What the response signature check found.
@@ -567,56 +556,6 @@ impl AmsClient {
     }
 }
 
-/// Sends the request and reads the whole body (bounded), turning transport errors into text.
-async fn send(req: reqwest::RequestBuilder) -> Result<RawResponse, String> {
-    let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let signature = header("signature");
-    let response_time = header("response-time");
-    let client_id = header("client-id");
-    let status = resp.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!("answer larger than {MAX_RESPONSE_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(RawResponse {
-        status,
-        signature,
-        response_time,
-        client_id,
-        body,
-    })
-}
-
-fn transport_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connect error"
-    } else if e.is_body() || e.is_decode() {
-        "body error"
-    } else {
-        "transport error"
-    };
-    // The chain names the cause (refused, reset, TLS) without any request data.
-    let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// `Request-Time`: epoch milliseconds (PROTOCOL.md §3.3).
 fn epoch_millis() -> String {
     SystemTime::now()
@@ -626,9 +565,11 @@ fn epoch_millis() -> String {
         .to_string()
 }
 
-#[async_trait]
-impl Gateway for AmsClient {
-    async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse> {
+/// The AMS calls, each answering the verified envelope with its AMS response (the `Gateway`
+/// impl in `ams/mod.rs` interprets them).
+impl AmsClient {
+    /// `POST …/payments/pay`.
+    pub async fn pay(&self, order: &PayOrder) -> Outcome<wire::PayResponse> {
         debug!(
             payment_request_id = order.payment_request_id.as_str(),
             code = %order.code,
@@ -640,12 +581,14 @@ impl Gateway for AmsClient {
             .await
     }
 
-    fn prepare_pay(&self, order: PayOrder) -> PreparedPay {
+    /// Serializes and signs a pay request now; [`AmsClient::send_pay`] sends those bytes.
+    pub fn prepare_pay(&self, order: PayOrder) -> PreparedPay {
         let wire = self.prepare(Operation::Pay, &self.pay_request(&order)).ok();
         PreparedPay { order, wire }
     }
 
-    async fn send_pay(&self, prepared: PreparedPay) -> Outcome<wire::PayResponse> {
+    /// Sends a prepared pay request byte for byte.
+    pub async fn send_pay(&self, prepared: PreparedPay) -> Outcome<wire::PayResponse> {
         let PreparedPay { order, wire } = prepared;
         debug!(
             payment_request_id = order.payment_request_id.as_str(),
@@ -662,7 +605,8 @@ impl Gateway for AmsClient {
         }
     }
 
-    async fn inquiry_payment(
+    /// `POST …/payments/inquiryPayment` by `paymentRequestId`.
+    pub async fn inquiry_payment(
         &self,
         payment_request_id: &str,
     ) -> Outcome<wire::InquiryPaymentResponse> {
@@ -673,7 +617,8 @@ impl Gateway for AmsClient {
             .await
     }
 
-    async fn cancel(&self, payment_request_id: &str) -> Outcome<wire::CancelResponse> {
+    /// `POST …/payments/cancel` by `paymentRequestId`.
+    pub async fn cancel(&self, payment_request_id: &str) -> Outcome<wire::CancelResponse> {
         let body = wire::ByRequestId {
             payment_request_id: payment_request_id.to_string(),
         };
@@ -681,7 +626,8 @@ impl Gateway for AmsClient {
             .await
     }
 
-    async fn refund(&self, order: &RefundOrder) -> Outcome<wire::RefundResponse> {
+    /// `POST …/payments/refund`.
+    pub async fn refund(&self, order: &RefundOrder) -> Outcome<wire::RefundResponse> {
         let body = wire::RefundRequest {
             refund_request_id: order.refund_request_id.clone(),
             payment_id: order.payment_id.clone(),
@@ -692,7 +638,8 @@ impl Gateway for AmsClient {
             .await
     }
 
-    async fn inquiry_refund(
+    /// `POST …/payments/inquiryRefund` by `refundRequestId`.
+    pub async fn inquiry_refund(
         &self,
         refund_request_id: &str,
     ) -> Outcome<wire::InquiryRefundResponse> {
