@@ -219,7 +219,8 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
             .merge(backoffice.api_routes()),
         cfg.api.token.as_ref(),
         api::MAX_BODY,
-    );
+    )
+    .merge(api::console::router(backoffice, cfg.api.token.as_ref()));
     let t = token.clone();
     let served = tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -3,6 +3,7 @@
 //! notification listing are in [`ops`], the hardening layers in [`guard`], the gateway's
 //! notification endpoint (its own listener) in [`notify`].
 
+pub mod console;
 pub mod guard;
 pub mod journal;
 pub mod notify;
@@ -53,6 +54,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The message, for pages that show it (the console).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// A 400 with a code and message.
     pub fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {

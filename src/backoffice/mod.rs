@@ -18,6 +18,7 @@ use crate::api::journal::JournalIdentity;
 use crate::api::wire::PaymentJson;
 use crate::api::{resource, ApiError};
 use crate::config::Config;
+use crate::domain::money::Currency;
 use crate::engine::Engine;
 use reconcile::matcher::Report;
 
@@ -33,19 +34,29 @@ pub struct BackOffice {
 struct Inner {
     engine: Engine,
     identity: JournalIdentity,
+    currency: Currency,
 }
 
 impl BackOffice {
-    /// A back office over `engine` for the terminal `identity`.
-    pub fn new(engine: Engine, identity: JournalIdentity) -> BackOffice {
+    /// A back office over `engine` for the terminal `identity` selling in `currency`.
+    pub fn new(engine: Engine, identity: JournalIdentity, currency: Currency) -> BackOffice {
         BackOffice {
-            inner: Arc::new(Inner { engine, identity }),
+            inner: Arc::new(Inner {
+                engine,
+                identity,
+                currency,
+            }),
         }
     }
 
-    /// From the config: the terminal's identity and zone.
+    /// From the config: the terminal's identity, zone and currency.
     pub fn from_config(cfg: &Config, engine: Engine) -> BackOffice {
-        BackOffice::new(engine, identity(cfg))
+        BackOffice::new(engine, identity(cfg), cfg.currency())
+    }
+
+    /// The terminal's currency.
+    pub fn currency(&self) -> Currency {
+        self.inner.currency
     }
 
     /// The engine.

@@ -203,6 +203,20 @@ pub fn open_reversal(conn: &Connection, payment_request_id: &str) -> rusqlite::R
     .optional()
 }
 
+/// The journal rows of the payments in `state`, most recently changed first (the console's
+/// NEEDS_ATTENTION list and open payments).
+pub fn payments_in_state(
+    conn: &Connection,
+    state: &str,
+    limit: i64,
+) -> rusqlite::Result<Vec<JournalRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{PAYMENT_SELECT} WHERE p.state = ?1 ORDER BY p.updated_at DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(rusqlite::params![state, limit], payment_row)?;
+    rows.collect()
+}
+
 /// A journal row with the queue item still owing its payment's reversal (reconciliation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerRow {

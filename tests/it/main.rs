@@ -32,3 +32,5 @@ mod ops;
 
 // The back office: reconciliation against statements built from the sandbox's record, resolve.
 mod reconcile;
+// The web console in headless Chromium (tests/browser/console.mjs) against the real daemon.
+mod reconcile_console;
