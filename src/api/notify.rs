@@ -1,4 +1,4 @@
-//! The notifyPayment endpoint (PROTOCOL.md §2.7, §3.5) on its own listener (`[notify]`).
+//! The notifyPayment endpoint (docs/protocol.md, "notifyPayment") on its own listener (`[notify]`).
 //!
 //! Order of checks, each failing one answered non-S with nothing changed: content type, body
 //! size, the three headers, the RSA signature over `POST <path>\n<client-id>.<request-time>.
@@ -55,11 +55,11 @@ pub struct NotifyState {
 /// The notification router: `POST <path>` only, with size, time and concurrency bounds.
 pub fn router(state: NotifyState) -> Router {
     let path = state.path.clone();
-    super::guard::bounded(
+    super::errors::json_errors(super::guard::bounded(
         Router::new().route(&path, post(receive)).with_state(state),
         NOTIFY_TIMEOUT,
         MAX_CONCURRENT_NOTIFICATIONS,
-    )
+    ))
 }
 
 /// Why a notification was refused (each is a `rejected` metric reason).

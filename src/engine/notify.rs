@@ -1,6 +1,6 @@
-//! Applying a verified notifyPayment (DESIGN.md flow step 4): the machine decides, and the
-//! notification row and its state change commit in one transaction, so a notification and
-//! an inquiry answer can never both apply (rule 5).
+//! Applying a verified notifyPayment (docs/design.md, flow step 5): the machine decides, and the
+//! notification row and its state change commit in one transaction, so a notification and an
+//! inquiry answer can never both apply (rule 5).
 
 use super::{context_of, Engine, EngineError};
 use crate::domain::machine::{self, Decision, Event, State};
@@ -86,7 +86,7 @@ fn decide(
     n: &NewNotification,
     what: Notified,
 ) -> Option<Change> {
-    let inquiry_max = engine.inner.settings.inquiry_max;
+    let rules = engine.inner.settings.rules();
     let Notified::Result { paid } = what else {
         return None;
     };
@@ -95,7 +95,7 @@ fn decide(
         paid,
         amount_matches: matches,
     };
-    match machine::decide(p.state, &context_of(p, inquiry_max), &event) {
+    match machine::decide(p.state, &context_of(p, rules, engine.now_ms()), &event) {
         Decision::Go {
             to,
             cause,

@@ -278,6 +278,7 @@ mod tests {
                 state: State::Paying,
                 code_masked: None,
                 terminal_time: "2026-11-21T10:15:30+08:00".into(),
+                pay_expires_at: None,
             };
             payments::create(c, &new, 1_000, |q| format!("id{q}"))?;
             let paid = Change {

@@ -41,6 +41,9 @@ pub struct PaymentRecord {
     pub created_at: i64,
     /// Last change, epoch ms.
     pub updated_at: i64,
+    /// When the gateway stops accepting the pay (its `paymentExpiryTime`), epoch ms; `None`
+    /// while the sale waits for its code.
+    pub pay_expires_at: Option<i64>,
 }
 
 /// One journal event.
@@ -96,6 +99,8 @@ pub struct NewPayment {
     pub code_masked: Option<String>,
     /// `storeTerminalRequestTime`.
     pub terminal_time: String,
+    /// The pay's expiry, epoch ms (with a code); committed with the intent.
+    pub pay_expires_at: Option<i64>,
 }
 
 /// Why a payment could not be created.
@@ -110,6 +115,8 @@ pub enum CreateError {
     },
     #[error("another sale ({existing}) is already waiting for a code; scan it or abort it first")]
     AlreadyAwaiting { existing: String },
+    #[error("Idempotency-Key {key:?} was used for another request (it created {existing}); send a new key for a new sale, or the identical request to get that payment")]
+    KeyReused { key: String, existing: String },
     #[error(transparent)]
     Db(#[from] rusqlite::Error),
 }
@@ -142,7 +149,9 @@ pub struct Change {
     /// `storeTerminalRequestTime` to record (binding a scan).
     pub terminal_time: Option<String>,
     /// A slip to put in the print journal in the same transaction (a final state).
-    pub slip: Option<crate::devices::receipt::SlipData>,
+    pub slip: Option<crate::domain::slip::SlipData>,
+    /// The pay's expiry to record (binding a scan), epoch ms.
+    pub pay_expires_at: Option<i64>,
     /// The gateway's time of the charge (`paymentTime`), or of the refund being settled
     /// (`refundTime`) when `settle_refund` is set; the first one given is kept.
     pub gateway_time: Option<String>,
@@ -197,7 +206,7 @@ pub struct NewQueueItem {
 
 const COLUMNS: &str = "payment_request_id, order_ref, amount_minor, currency, state, code_masked, \
     result_code, result_message, payment_id, refunded_minor, attention_reason, inquiries, \
-    active_refund_id, refund_return_to, terminal_time, created_at, updated_at";
+    active_refund_id, refund_return_to, terminal_time, created_at, updated_at, pay_expires_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
     let currency: String = r.get(3)?;
@@ -226,6 +235,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
         terminal_time: r.get(14)?,
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
+        pay_expires_at: r.get(17)?,
     })
 }
 
@@ -293,7 +303,8 @@ pub fn create(
     let id = make_id(seq as u64);
     tx.execute(
         "INSERT INTO payments (payment_request_id, order_ref, amount_minor, currency, state, \
-         code_masked, terminal_time, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?8)",
+         code_masked, terminal_time, created_at, updated_at, pay_expires_at) \
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?8,?9)",
         params![
             id,
             new.order_ref,
@@ -302,7 +313,8 @@ pub fn create(
             new.state.as_str(),
             new.code_masked,
             new.terminal_time,
-            now
+            now,
+            new.pay_expires_at
         ],
     )?;
     let cause = if new.state == State::Paying {
@@ -318,6 +330,35 @@ pub fn create(
     )?;
     tx.commit()?;
     Ok(rec)
+}
+
+/// [`create`] under an `Idempotency-Key`, recorded in the same transaction: returns the
+/// payment and whether it already existed (the same key and request made it before). An
+/// error leaves nothing behind once the caller's transaction rolls back.
+pub fn create_once(
+    conn: &mut Connection,
+    new: &NewPayment,
+    now: i64,
+    make_id: impl FnOnce(u64) -> String,
+    key: &super::idempotency::Idempotency,
+) -> Result<(PaymentRecord, bool), CreateError> {
+    use super::idempotency::{check, record, Seen};
+    match check(conn, key)? {
+        Seen::Same(id) => {
+            let rec = get(conn, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            return Ok((rec, true));
+        }
+        Seen::Different(existing) => {
+            return Err(CreateError::KeyReused {
+                key: key.key.clone(),
+                existing,
+            })
+        }
+        Seen::New => {}
+    }
+    let rec = create(conn, new, now, make_id)?;
+    record(conn, key, &rec.payment_request_id, now)?;
+    Ok((rec, false))
 }
 
 /// Takes the next value of the terminal sequence in its own transaction (refund ids).
@@ -510,7 +551,8 @@ pub fn apply_in(
            inquiries = coalesce(?9, inquiries), attention_reason = coalesce(?10, attention_reason), \
            active_refund_id = CASE WHEN ?11 THEN ?12 ELSE active_refund_id END, \
            refund_return_to = CASE WHEN ?11 THEN ?13 ELSE refund_return_to END, \
-           terminal_time = coalesce(?14, terminal_time) \
+           terminal_time = coalesce(?14, terminal_time), \
+           pay_expires_at = coalesce(?15, pay_expires_at) \
          WHERE payment_request_id = ?1 AND state = ?2",
         params![
             id,
@@ -527,6 +569,7 @@ pub fn apply_in(
             active_refund,
             return_to,
             change.terminal_time,
+            change.pay_expires_at,
         ],
     )?;
     if updated == 0 {
@@ -631,6 +674,7 @@ mod tests {
             state,
             code_masked: Some("2812**********3456".into()),
             terminal_time: "2026-11-21T10:15:30+08:00".into(),
+            pay_expires_at: None,
         }
     }
 
@@ -689,11 +733,9 @@ mod tests {
             })
             .unwrap();
         assert_ne!(first.payment_request_id, second.payment_request_id);
-        assert!(
-            second.payment_request_id.contains("00000002"),
-            "{}",
-            second.payment_request_id
-        );
+        let parsed =
+            crate::domain::request_id::parse_payment_request_id(&second.payment_request_id);
+        assert_eq!(parsed.map(|p| p.sequence), Some(2));
         // Even the same second twice cannot collide: the sequence differs.
         let third = Store::open(&path)
             .unwrap()

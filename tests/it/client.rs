@@ -1,6 +1,6 @@
 //! The AMS client against a fake gateway (axum on 127.0.0.1:0) that verifies our signatures
 //! with the merchant public key and signs its answers with the gateway test key: every answer
-//! maps to the right `Outcome`, and the request on the wire is exactly what PROTOCOL.md says.
+//! maps to the right `Outcome`, and the request on the wire is exactly what docs/protocol.md says.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -573,6 +573,28 @@ async fn the_pay_body_has_every_field_of_protocol_2_2() {
             "paymentNotifyUrl": "https://pos.example.com/alipay/notify"
         })
     );
+}
+
+#[tokio::test]
+async fn the_pay_carries_its_expiry_as_iso_8601_with_the_terminal_offset() {
+    let fake = FakeAms::start(Reply::Signed(PAY_S)).await;
+    let client = AmsClient::new(settings(&fake.base_url)).unwrap();
+    let order = posd::gateway::PayOrder {
+        expires_at: Some(
+            chrono::DateTime::parse_from_rfc3339("2026-11-21T10:18:30+08:00").unwrap(),
+        ),
+        ..support::pay_order("PR-3")
+    };
+    client.pay(&order).await;
+    let body = fake.only_request().json();
+    assert_eq!(body["paymentExpiryTime"], "2026-11-21T10:18:30+08:00");
+    // Without one the field is omitted (the gateway applies its contract default).
+    let (_outcome, fake) = pay_with(Reply::Signed(PAY_S)).await;
+    assert!(fake
+        .only_request()
+        .json()
+        .get("paymentExpiryTime")
+        .is_none());
 }
 
 #[tokio::test]
