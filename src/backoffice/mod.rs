@@ -25,6 +25,20 @@ use reconcile::matcher::Report;
 /// The largest statement upload read (all files of one run together).
 pub const MAX_STATEMENT_BYTES: usize = 32 * 1024 * 1024;
 
+/// The routes that take statement files (the JSON API's and the console's upload).
+pub const UPLOAD_PATHS: [&str; 2] = ["/v1/reconcile", "/console/reconcile"];
+
+/// The body limit of a request to `path`: statement uploads may be large, everything else
+/// keeps `default`.
+pub fn body_limit(path: &str, default: usize) -> usize {
+    if UPLOAD_PATHS.contains(&path) {
+        // JSON escaping and multipart framing add to the files' own size.
+        default.max(MAX_STATEMENT_BYTES * 2)
+    } else {
+        default
+    }
+}
+
 /// What the back-office routes and the console share.
 #[derive(Clone)]
 pub struct BackOffice {

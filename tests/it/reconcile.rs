@@ -600,3 +600,42 @@ async fn resolve_needs_attention_and_a_gateway_that_agrees() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_days_statement_goes_through_the_api_and_a_stopped_daemon_is_reconciled_directly() {
+    let mut d = TestDaemon::new("");
+    d.start(None).await;
+    let id = d.pay(&code("56"), "12.34").await;
+    assert_eq!(
+        d.wait_final(&id, Duration::from_secs(20)).await["state"],
+        "SUCCEEDED"
+    );
+    let mut rows = sandbox_statement(&d);
+    assert_eq!(rows.len(), 1);
+    // A merchant's whole day: thousands of rows of its other stores (far beyond the API's
+    // 16 KiB body limit for other routes).
+    let other = Row {
+        store: "S02".into(),
+        ..rows[0].clone()
+    };
+    for i in 0..3000 {
+        rows.push(Row {
+            request_id: format!("S02-ORDER-{i:06}"),
+            ..other.clone()
+        });
+    }
+    let f = write_statement(d.dir.path(), &statement_name(), &rows, true, true);
+    assert!(std::fs::metadata(&f).unwrap().len() > 300_000);
+    let (code, rep, err) = reconcile(&d, &f, false);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("directly"), "went through the daemon: {err}");
+    assert_eq!(rep["out_of_scope"], 3000);
+    assert_eq!(findings_of(&rep, "matched").len(), 1);
+
+    // With the daemon stopped the command works on the database itself, with the same answer.
+    d.kill();
+    let (code, rep2, err) = reconcile(&d, &f, false);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("directly"), "{err}");
+    assert_eq!(rep2["findings"], rep["findings"]);
+}

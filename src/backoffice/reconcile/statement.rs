@@ -179,18 +179,26 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<StatementFile, StatementError> 
     let mut rows = Vec::new();
     let mut header_seen = false;
     let mut end_line: Option<usize> = None;
+    // Where each line starts, so a record's byte offset gives its line (the csv crate's own
+    // line count is off by one in CRLF files).
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect();
+    let line_at = |byte: u64| {
+        let b = text.as_bytes();
+        let mut at = usize::try_from(byte).unwrap_or(usize::MAX).min(b.len());
+        // In CRLF files a record's position can sit on the line end before it.
+        while at < b.len() && (b[at] == b'\r' || b[at] == b'\n') {
+            at += 1;
+        }
+        starts.partition_point(|s| *s <= at)
+    };
     for rec in reader.records() {
-        // Lines are counted from the byte offset: the csv crate's own line count is off by one
-        // in CRLF files.
-        let line_at = |byte: u64| {
-            let b = text.as_bytes();
-            let mut end = usize::try_from(byte).unwrap_or(usize::MAX).min(b.len());
-            // In CRLF files a record's position can sit on the line end before it.
-            while end < b.len() && (b[end] == b'\r' || b[end] == b'\n') {
-                end += 1;
-            }
-            b[..end].iter().filter(|b| **b == b'\n').count() + 1
-        };
         let rec = rec.map_err(|e| {
             let line = e.position().map(|p| line_at(p.byte())).unwrap_or(0);
             err(line, format!("not valid CSV ({e})"))
