@@ -756,3 +756,180 @@ fn fd_amount(minor: Option<i64>, r: &StatementRow) -> String {
         None => r.amount.text.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoffice::reconcile::statement::{self, HEADER};
+
+    const T: &str = "T0001";
+
+    fn id(seq: u32) -> String {
+        format!("20261121101530{T}000000001234{seq:08}123456")
+    }
+
+    fn cny(minor: i64) -> Amount {
+        Amount::from_minor(minor, Currency::from_code("CNY").unwrap()).unwrap()
+    }
+
+    fn day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 21).unwrap()
+    }
+
+    fn pay(seq: u32, state: State) -> LedgerPayment {
+        LedgerPayment {
+            payment_request_id: id(seq),
+            payment_id: Some(format!("G{seq}")),
+            terminal_id: T.into(),
+            amount: cny(1234),
+            state,
+            result_code: None,
+            ever_succeeded: matches!(state, State::Succeeded),
+            business_date: day(),
+            open_reversal: None,
+        }
+    }
+
+    fn file(lines: &[String]) -> StatementFile {
+        let mut s = HEADER.join(",");
+        s.push('\n');
+        for l in lines {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s.push_str("<END>\n");
+        statement::parse("transactionItems_20261121_000.csv", s.as_bytes()).unwrap()
+    }
+
+    fn row(store: &str, request_id: &str, ty: &str, amount: &str) -> String {
+        format!("C,M,{store},G,,{request_id},,d,W,P,{ty},2026-11-21T10:15:31+08:00,IN_STORE_PAYMENT,{amount},CNY")
+    }
+
+    fn ledger(ps: Vec<LedgerPayment>) -> Ledger {
+        Ledger {
+            payments: ps
+                .into_iter()
+                .map(|p| (p.payment_request_id.clone(), p))
+                .collect(),
+            refunds: BTreeMap::new(),
+        }
+    }
+
+    fn scope() -> Scope {
+        Scope {
+            store_ids: vec!["S01".into()],
+            terminal_ids: vec![T.into()],
+        }
+    }
+
+    #[test]
+    fn ids_are_recognised_by_terminal() {
+        assert!(issued_by(&id(7), T));
+        assert!(issued_by(&format!("R{}", id(7)), T));
+        assert!(!issued_by(&id(7), "T0002"));
+        assert!(posd_shaped(&id(7)));
+        assert!(!posd_shaped("ECR-7-000123"));
+    }
+
+    #[test]
+    fn whole_decimal_amounts_are_told_from_minor_units_by_the_books() {
+        // "12" can be 12.00 or 0.12: the books decide, and the report says so.
+        let mut a = pay(1, State::Succeeded);
+        a.amount = cny(1200);
+        let f = file(&[row("S01", &id(1), "PAYMENT", "12")]);
+        let r = reconcile(&[f], &ledger(vec![a]), &scope());
+        assert_eq!(r.units[0].unit, "decimal", "{:?}", r.units);
+        assert_eq!(r.findings[0].kind, Kind::Matched);
+        // "1234" agrees as minor units.
+        let f = file(&[row("S01", &id(1), "PAYMENT", "1234")]);
+        let r = reconcile(&[f], &ledger(vec![pay(1, State::Succeeded)]), &scope());
+        assert_eq!(r.units[0].unit, "minor_units");
+        assert!(!r.has_discrepancies());
+    }
+
+    #[test]
+    fn a_charge_posd_holds_as_not_charged_is_critical_and_says_what_to_do() {
+        let f = file(&[row("S01", &id(1), "PAYMENT", "12.34")]);
+        for s in [State::Failed, State::Cancelled, State::CancelQueued] {
+            let r = reconcile(std::slice::from_ref(&f), &ledger(vec![pay(1, s)]), &scope());
+            let c = &r.findings[0];
+            assert_eq!((c.kind, c.critical), (Kind::ChargedNotAtPosd, true), "{s}");
+            assert_eq!(c.action.len(), 2, "{s}: flag, then refund on --apply");
+        }
+        // The reversal already owed in the queue: critical, but nothing more to queue.
+        let mut q = pay(1, State::CancelQueued);
+        q.open_reversal = Some(9);
+        let r = reconcile(std::slice::from_ref(&f), &ledger(vec![q]), &scope());
+        assert!(r.findings[0].critical && r.findings[0].action.is_empty());
+        assert!(r.findings[0].detail.contains("queue item 9"));
+        // Flagged by an earlier run: only the refund is left to do.
+        let mut flagged = pay(1, State::NeedsAttention);
+        flagged.result_code = Some(STATEMENT_CHARGED.into());
+        let r = reconcile(std::slice::from_ref(&f), &ledger(vec![flagged]), &scope());
+        assert!(matches!(
+            r.findings[0].action[..],
+            [Action::QueueReversal { .. }]
+        ));
+        // Charged and reversed in the same file: matched.
+        let both = file(&[
+            row("S01", &id(1), "PAYMENT", "12.34"),
+            row("S01", &id(1), "CANCEL", "12.34"),
+        ]);
+        let r = reconcile(&[both], &ledger(vec![pay(1, State::Cancelled)]), &scope());
+        assert!(!r.has_discrepancies(), "{:?}", r.findings);
+    }
+
+    #[test]
+    fn other_stores_and_terminals_are_skipped_and_foreign_rows_reported() {
+        let f = file(&[
+            row("S02", "ANY-1", "PAYMENT", "1.00"),
+            row("S01", &id(5).replace(T, "T0002"), "PAYMENT", "1.00"),
+            row("S01", "ECR-1", "PAYMENT", "1.00"),
+            row("S01", &id(1), "PAYMENT", "12.34"),
+        ]);
+        let r = reconcile(&[f], &ledger(vec![pay(1, State::Succeeded)]), &scope());
+        assert_eq!(r.out_of_scope, 2);
+        let kinds: Vec<Kind> = r.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [Kind::UnknownToPosd, Kind::Matched]);
+    }
+
+    #[test]
+    fn a_gateway_reversal_of_a_posd_sale_and_a_reversed_refund_are_state_differences() {
+        let f = file(&[
+            row("S01", &id(1), "PAYMENT", "12.34"),
+            row("S01", &id(1), "PAYMENT_REVERSAL", "12.34"),
+        ]);
+        let r = reconcile(&[f], &ledger(vec![pay(1, State::Succeeded)]), &scope());
+        assert!(
+            r.findings.iter().all(|f| f.kind == Kind::StateDiffers),
+            "{:?}",
+            r.findings
+        );
+        let mut l = ledger(vec![pay(1, State::PartiallyRefunded)]);
+        l.refunds.insert(
+            "R1".into(),
+            LedgerRefund {
+                refund_request_id: "R1".into(),
+                payment_request_id: id(1),
+                amount: cny(500),
+                state: "SUCCEEDED".into(),
+                business_date: day(),
+            },
+        );
+        let f = file(&[
+            row("S01", &id(1), "PAYMENT", "12.34"),
+            row("S01", "R1", "REFUND_REVERSAL", "5.00"),
+        ]);
+        let r = reconcile(&[f], &l, &scope());
+        let kinds: Vec<Kind> = r.findings.iter().map(|f| f.kind).collect();
+        // The reversal row, and the refund itself missing from the file.
+        assert_eq!(
+            kinds,
+            [
+                Kind::Matched,
+                Kind::StateDiffers,
+                Kind::MissingFromStatement
+            ]
+        );
+    }
+}
