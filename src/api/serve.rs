@@ -26,7 +26,7 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -180,6 +180,9 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
         body.len()
     );
+    // Let the request arrive first (briefly), so the client reads the answer as one.
+    let mut head = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut head)).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(reply.as_bytes()).await;
         let _ = stream.shutdown().await;
