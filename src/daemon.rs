@@ -345,11 +345,15 @@ pub async fn start_with(
         metrics: metrics.clone(),
         engine: engine.clone(),
     };
+    let backoffice = crate::backoffice::BackOffice::from_config(cfg, engine.clone());
     let app = api::guard::secure(
-        api::router(state).merge(api::ops::router(ops)),
+        api::router(state)
+            .merge(api::ops::router(ops))
+            .merge(backoffice.api_routes()),
         cfg.api.token.as_ref(),
         api::MAX_BODY,
-    );
+    )
+    .merge(api::console::router(backoffice, cfg.api.token.as_ref()));
     let served = tokio::spawn(api::serve::serve(
         listener,
         app,
