@@ -35,6 +35,9 @@ pub struct HubRules {
     pub notify_url: Option<String>,
     /// The queue's retry rules.
     pub queue: queue::QueueRules,
+    /// Added to a forwarded pay's expiry before "no such payment" upstream means "never
+    /// charged" (the upstream's clock may run behind ours).
+    pub expiry_margin: Duration,
 }
 
 /// One instance's state.
@@ -155,11 +158,34 @@ pub struct PaymentRow {
     pub terminal_cancelled: bool,
     /// Refunded so far.
     pub refunded_minor: i64,
+    /// When the pay (or the first cancel) arrived, epoch ms.
+    pub received_ms: i64,
+}
+
+/// How long after a pay arrived the hub assumes it may still reach the upstream when its
+/// body names no `paymentExpiryTime` (the gateway's usual default is 3 minutes).
+pub const DEFAULT_PAY_LIFETIME_MS: i64 = 180_000;
+
+impl PaymentRow {
+    /// Until when (epoch ms) the forwarded pay may still reach the upstream and be charged:
+    /// its `paymentExpiryTime` (or the default lifetime) plus a clock margin. `None` when no
+    /// pay was ever forwarded for this id (a cancel came first).
+    pub fn pay_may_arrive_until(&self, margin: Duration) -> Option<i64> {
+        let body = self.forward_body.as_ref()?;
+        let expiry = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("paymentExpiryTime")?.as_str().map(str::to_string))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(self.received_ms + DEFAULT_PAY_LIFETIME_MS);
+        Some(expiry + margin.as_millis() as i64)
+    }
 }
 
 const PAYMENT_COLUMNS: &str = "payment_request_id, client_id, state, body_hash, forward_body, \
      amount_minor, currency, payment_id, pay_answer, cancel_answer, \
-     terminal_cancel_at IS NOT NULL, refunded_minor";
+     terminal_cancel_at IS NOT NULL, refunded_minor, \
+     (extract(epoch from received_at) * 1000)::bigint";
 
 fn payment_from_row(r: &tokio_postgres::Row) -> PaymentRow {
     PaymentRow {
@@ -175,6 +201,7 @@ fn payment_from_row(r: &tokio_postgres::Row) -> PaymentRow {
         cancel_answer: r.get(9),
         terminal_cancelled: r.get(10),
         refunded_minor: r.get(11),
+        received_ms: r.get(12),
     }
 }
 

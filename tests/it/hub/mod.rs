@@ -7,4 +7,5 @@ mod pg;
 
 mod basics;
 mod e2e;
+mod kills;
 mod refusals;
