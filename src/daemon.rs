@@ -350,15 +350,12 @@ pub async fn start_with(
         cfg.api.token.as_ref(),
         api::MAX_BODY,
     );
-    let t = token.clone();
-    let served = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { t.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    let served = tokio::spawn(api::serve::serve(
+        listener,
+        app,
+        api::serve::ListenLimits::api(cfg),
+        token.clone(),
+    ));
     health.add_task("api", served.abort_handle());
     if let Some(queue) = engine.queue_worker_task() {
         health.add_task("queue worker", queue);
@@ -373,15 +370,12 @@ pub async fn start_with(
             path: cfg.notify.path.clone(),
             metrics: metrics.clone(),
         });
-        let t = token.clone();
-        let served = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { t.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "notification endpoint stopped");
-            }
-        });
+        let served = tokio::spawn(api::serve::serve(
+            listener,
+            app,
+            api::serve::ListenLimits::notify(cfg),
+            token.clone(),
+        ));
         health.add_task("notify", served.abort_handle());
         tracing::info!(addr = %addr, path = %cfg.notify.path, "notification endpoint listening");
     }

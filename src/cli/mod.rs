@@ -243,7 +243,9 @@ async fn pay(c: ApiClient, args: PayArgs) -> Result<u8, CallError> {
         order_ref: args.order,
         code: args.code,
     };
-    let mut p: PaymentJson = c.post("/v1/payments", &body).await?;
+    // One key for this invocation: a retry after a lost answer returns the same payment.
+    let key = client::new_idempotency_key();
+    let mut p: PaymentJson = c.post_once("/v1/payments", &body, &key).await?;
     if !args.json {
         eprintln!(
             "posd: payment {} started ({})",
@@ -253,7 +255,12 @@ async fn pay(c: ApiClient, args: PayArgs) -> Result<u8, CallError> {
             eprintln!("posd: scan the customer's payment code");
         }
     }
+    let mut warned = false;
     while !p.is_final {
+        if let (Some(why), false) = (&p.cannot_record, warned) {
+            eprintln!("posd: CANNOT RECORD — {why}");
+            warned = true;
+        }
         p = c
             .get_long(
                 &format!("/v1/payments/{}?wait=30", p.payment_request_id),

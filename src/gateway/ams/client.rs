@@ -34,7 +34,7 @@ pub const SANDBOX_CLIENT_PREFIX: &str = "SANDBOX_";
 /// The client id used with the embedded sandbox when `[gateway] client_id` is not set.
 pub const EMBEDDED_SANDBOX_CLIENT_ID: &str = "SANDBOX_POSD_LOCAL";
 
-/// The AMS calls a terminal makes (PROTOCOL.md §1.2).
+/// The AMS calls a terminal makes (docs/protocol.md, "Paths and hosts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// `payments/pay`.
@@ -295,7 +295,8 @@ impl AmsClient {
         format!("{}{}", self.base_path, op.path(&self.settings.client_id))
     }
 
-    /// The pay request body for an order (PROTOCOL.md §2.2). Contains the clear code: never log it.
+    /// The pay request body for an order (docs/protocol.md, "pay"). Contains the clear code: never
+    /// log it.
     pub fn pay_request(&self, order: &PayOrder) -> wire::PayRequest {
         let m = &self.settings.merchant;
         let amount = wire::WireAmount::from(&order.amount);
@@ -559,7 +560,7 @@ impl AmsClient {
     }
 }
 
-/// `Request-Time`: epoch milliseconds (PROTOCOL.md §3.3).
+/// `Request-Time`: epoch milliseconds (docs/protocol.md, "HTTP conventions").
 fn epoch_millis() -> String {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -654,8 +655,8 @@ impl AmsClient {
     }
 }
 
-/// Verifies a notifyPayment from the gateway (PROTOCOL.md §3.5): `path` is the path the
-/// notification was posted to (query string included if any), the other values are the
+/// Verifies a notifyPayment from the gateway (docs/protocol.md, "notifyPayment"): `path` is the
+/// path the notification was posted to (query string included if any), the other values are the
 /// `client-id`, `request-time` and `signature` headers and the raw body, byte for byte.
 pub fn verify_notification(
     gateway_key: &PublicKey,
