@@ -352,9 +352,10 @@ payment_expiry_margin = "0s"
 /// `key`; `extra` sections are appended (e.g. a `[flow]`).
 pub fn terminal(hub_base: &str, client_id: &str, key: &str, extra: &str) -> TestDaemon {
     let gateway = format!(
-        "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"{hub_base}\"\ninsecure_http = true\n\
+        "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"{hub_base}\"\ninsecure_http = {}\n\
          client_id = \"{client_id}\"\nmerchant_private_key = \"var/keys/merchant_private.pem\"\n\
          gateway_public_key = \"{}\"\n{extra}",
+        !hub_base.starts_with("https://"),
         hub_key_path("hub_public.pem").display()
     );
     let flow = if extra.contains("[flow]") {

@@ -9,3 +9,4 @@ mod basics;
 mod e2e;
 mod kills;
 mod refusals;
+mod tls;
