@@ -37,7 +37,8 @@ fn key(name: &str) -> String {
 /// A zero-delay upstream: answers every pay at once with a signed S carrying its own
 /// paymentId (the hub records it, unique).
 async fn zero_delay_upstream() -> String {
-    let gw_key = Arc::new(PrivateKey::from_text(&key("gateway_private_pkcs8.pem"), "gateway").unwrap());
+    let gw_key =
+        Arc::new(PrivateKey::from_text(&key("gateway_private_pkcs8.pem"), "gateway").unwrap());
     let handler = move |uri: Uri, headers: HeaderMap, body: Bytes| {
         let gw_key = gw_key.clone();
         async move {
@@ -56,7 +57,13 @@ async fn zero_delay_upstream() -> String {
             let time = "2026-11-21T10:00:00+08:00";
             let sig = gw_key.sign_header(
                 "1",
-                &Message { method: "POST", uri: uri.path(), client_id: &client_id, time, body: &answer },
+                &Message {
+                    method: "POST",
+                    uri: uri.path(),
+                    client_id: &client_id,
+                    time,
+                    body: &answer,
+                },
             );
             (
                 [
@@ -157,18 +164,29 @@ impl Drop for HubProc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_hub(db_url: &str, upstream: &str, name: &str) -> HubProc {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    for (from, to) in [("hub/hub_private.pem", "hub_private.pem"), ("merchant_private_pkcs8.pem", "merchant_private.pem")] {
+    for (from, to) in [
+        ("hub/hub_private.pem", "hub_private.pem"),
+        ("merchant_private_pkcs8.pem", "merchant_private.pem"),
+    ] {
         let p = dir.path().join(to);
         std::fs::write(&p, key(from)).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    std::fs::write(dir.path().join("gateway_public.pem"), key("gateway_public.pem")).unwrap();
+    std::fs::write(
+        dir.path().join("gateway_public.pem"),
+        key("gateway_public.pem"),
+    )
+    .unwrap();
     let (port, api) = (free_port(), free_port());
     let cfg = format!(
         "[hub]\nlisten = \"127.0.0.1:{port}\"\ninsecure_http = true\nhub_private_key = \"hub_private.pem\"\n\
@@ -191,7 +209,11 @@ async fn start_hub(db_url: &str, upstream: &str, name: &str) -> HubProc {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{api}/healthz")).send().await {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{api}/healthz"))
+            .send()
+            .await
+        {
             if r.status().is_success() {
                 break;
             }
@@ -199,14 +221,21 @@ async fn start_hub(db_url: &str, upstream: &str, name: &str) -> HubProc {
         assert!(Instant::now() < deadline, "hub did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    HubProc { child, base: format!("http://127.0.0.1:{port}"), _dir: dir }
+    HubProc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
 }
 
 async fn xact_commits(pool: &deadpool_postgres::Pool) -> i64 {
     pool.get()
         .await
         .unwrap()
-        .query_one("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()", &[])
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0)
@@ -217,7 +246,12 @@ async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str) {
     let clients: Vec<Arc<AmsClient>> = (0..TERMINALS)
         .map(|i| {
             let hub = hubs[i % hubs.len()];
-            Arc::new(client(&hub.base, &format!("BT{i:03}"), "hub/terminal_a_private.pem", "hub/hub_public.pem"))
+            Arc::new(client(
+                &hub.base,
+                &format!("BT{i:03}"),
+                "hub/terminal_a_private.pem",
+                "hub/hub_public.pem",
+            ))
         })
         .collect();
     let cpu0: f64 = hubs.iter().map(|h| cpu_ms(h.child.id())).sum();
@@ -257,7 +291,10 @@ async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let server = std::env::var("POSD_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
         let name = format!("posd_hub_bench_{}", std::process::id());

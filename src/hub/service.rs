@@ -142,7 +142,7 @@ pub struct PaymentRow {
     pub state: String,
     /// Hash of the terminal's pay body (`None`: a cancel came first).
     pub body_hash: Option<Vec<u8>>,
-    /// The forwarded pay body.
+    /// The forwarded pay body, payment code masked.
     pub forward_body: Option<Vec<u8>>,
     /// Amount in minor units.
     pub amount_minor: Option<i64>,
@@ -578,6 +578,15 @@ impl Hub {
             }
         }
         let forward_body = serde_json::to_vec(&forward)?;
+        // The record keeps the body with the payment code masked (rule 9: never stored in
+        // clear); a repeat carries the code again, and only a repeat is ever re-forwarded.
+        let mut recorded = forward;
+        if let Some(m) = recorded.pointer_mut("/paymentMethod/paymentMethodId") {
+            if let Some(code) = m.as_str() {
+                *m = Value::String(crate::domain::code::mask(code));
+            }
+        }
+        let recorded_body = serde_json::to_vec(&recorded)?;
 
         // Write ahead: the pay is committed before it is forwarded.
         let mut client = self.pool.get().await?;
@@ -591,7 +600,7 @@ impl Hub {
                     &id,
                     &t.client_id,
                     &hash,
-                    &forward_body,
+                    &recorded_body,
                     &amount.minor(),
                     &amount.currency().code(),
                 ],
@@ -643,11 +652,12 @@ impl Hub {
             }
         }
         drop(client);
-        self.forward_pay(t, &id).await
+        self.forward_pay(t, &id, forward_body).await
     }
 
-    /// Forwards a recorded pay under its row lock, or answers from the record.
-    async fn forward_pay(&self, t: &Terminal, id: &str) -> anyhow::Result<Reply> {
+    /// Forwards a recorded pay (`body`: this request's, code in clear) under its row lock, or
+    /// answers from the record.
+    async fn forward_pay(&self, t: &Terminal, id: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
         let op = Operation::Pay;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -667,10 +677,6 @@ impl Hub {
             tx.commit().await?;
             return Ok(self.unknown(t, op, None, "the payment is being cancelled"));
         }
-        let body = row
-            .forward_body
-            .clone()
-            .context("recorded pay without a body")?;
         failpoint::hit("hub_upstream_in_flight");
         let answer = self.upstream.call(op, &body).await;
         let fields = match &answer {
