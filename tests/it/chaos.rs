@@ -58,8 +58,10 @@ const FAILPOINTS: &[&str] = &[
     "inquiry_3",
     "cancel_committed",
     "cancel_in_flight",
+    "refund_in_flight",
     "queue_written",
     "replay_leased",
+    "replay_sent",
     "replay_answered",
     "replay_settled",
 ];
