@@ -338,27 +338,51 @@ fn config_check(cli: &Cli) -> u8 {
         }
     };
     let g = &cfg.gateway;
+    let mut merchant = None;
     if let Some(p) = &g.merchant_private_key {
-        if let Err(e) = crate::gateway::sign::PrivateKey::load(&cfg.resolve(p)) {
-            eprintln!(
-                "posd: config {}: gateway.merchant_private_key: {e}",
-                path.display()
-            );
-            return EXIT_USAGE;
+        match crate::gateway::sign::PrivateKey::load(&cfg.resolve(p)) {
+            Ok(k) => merchant = Some(k),
+            Err(e) => {
+                eprintln!(
+                    "posd: config {}: gateway.merchant_private_key: {e}",
+                    path.display()
+                );
+                return EXIT_USAGE;
+            }
         }
     }
-    if let Some(p) = &g.gateway_public_key {
-        if let Err(e) = crate::gateway::sign::PublicKey::load(&cfg.resolve(p)) {
-            eprintln!(
-                "posd: config {}: gateway.gateway_public_key: {e}",
-                path.display()
-            );
-            return EXIT_USAGE;
+    for (key, file) in [
+        ("gateway.gateway_public_key", &g.gateway_public_key),
+        ("gateway.alipay_public_key", &g.alipay_public_key),
+    ] {
+        let Some(p) = file else { continue };
+        let public = match crate::gateway::sign::PublicKey::load(&cfg.resolve(p)) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("posd: config {}: {key}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+        };
+        if let Some(m) = &merchant {
+            if verifies_own_signature(m, &public) {
+                eprintln!(
+                    "posd: config {}: {key} is the public half of our own merchant_private_key, not the gateway's key: paste the key the gateway shows after you upload yours (mainland: 支付宝公钥, not 应用公钥)",
+                    path.display()
+                );
+                return EXIT_USAGE;
+            }
         }
     }
     let gw = match g.kind {
+        GatewayKind::Sandbox if cfg.mainland() => "embedded sandbox (mainland dialect)".to_string(),
         GatewayKind::Sandbox => "embedded sandbox".to_string(),
         GatewayKind::AlipayPlus => format!("Alipay+ at {}", g.base_url.as_deref().unwrap_or("?")),
+        GatewayKind::AlipayCn => format!(
+            "Alipay mainland at {}",
+            g.base_url
+                .as_deref()
+                .unwrap_or(crate::config::MAINLAND_GATEWAY_URL)
+        ),
     };
     println!(
         "config {} is valid: terminal {}, gateway {gw}, store {}, API {}",
@@ -368,6 +392,16 @@ fn config_check(cli: &Cli) -> u8 {
         cfg.api.listen
     );
     EXIT_OK
+}
+
+/// Whether `public` verifies a signature made with our own private key: the merchant pasted
+/// the app's public key where the gateway's belongs (the most common mainland mistake).
+fn verifies_own_signature(
+    merchant: &crate::gateway::sign::PrivateKey,
+    public: &crate::gateway::sign::PublicKey,
+) -> bool {
+    let probe = b"posd config check: is this the gateway's key?";
+    public.verify(probe, &merchant.sign(probe))
 }
 
 fn run_daemon(cfg: Config) -> u8 {

@@ -7,6 +7,7 @@
 //! verification are exercised exactly as in production. Payments live in the sandbox's own
 //! SQLite file ([`store`]) and survive restarts.
 
+pub mod mainland;
 pub mod notify;
 pub mod ops;
 pub mod scenario;

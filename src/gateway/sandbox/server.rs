@@ -47,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ams/api/v1/payments/{op}", post(handle))
         .route("/ams/sandbox/api/v1/payments/{op}", post(handle))
+        .route(super::mainland::PATH, post(super::mainland::handle))
         .with_state(app)
 }
 
