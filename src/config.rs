@@ -495,6 +495,7 @@ impl Config {
             })?;
         }
         let g = &self.gateway;
+        validate_mainland(g)?;
         if g.kind == GatewayKind::AlipayPlus {
             let url = g.base_url.as_deref().ok_or((
                 "gateway.base_url",
@@ -520,7 +521,6 @@ impl Config {
                 ));
             }
         }
-        validate_mainland(g)?;
         if g.key_version.trim().is_empty() || !g.key_version.bytes().all(|b| b.is_ascii_digit()) {
             return Err((
                 "gateway.key_version",

@@ -32,3 +32,6 @@ mod ops;
 
 // The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
 mod mainland;
+
+// The mainland notification endpoint in process: forged, other app, amount, duplicates, order.
+mod mainland_notify;
