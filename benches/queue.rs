@@ -168,6 +168,8 @@ fn main() {
             timezone: None,
             merchant_name: "Bench".into(),
             store_name: "Bench".into(),
+            inquiry_max: 10,
+            payment_expiry_margin: Duration::from_secs(30),
         };
         let batch = settings.batch;
         let replayer = Replayer::new(

@@ -115,6 +115,8 @@ fn engine(base: String, dir: &std::path::Path) -> Engine {
             cancel_retry_min: Duration::from_secs(5),
             cancel_retry_max: Duration::from_secs(10),
             queue_backoff_initial: Duration::from_secs(30),
+            payment_expiry: Duration::from_secs(180),
+            payment_expiry_margin: Duration::from_secs(30),
         },
     )
 }
@@ -193,6 +195,7 @@ fn main() {
                 state: posd::domain::machine::State::AwaitingCode,
                 code_masked: None,
                 terminal_time: "2026-11-21T10:00:00+08:00".into(),
+                pay_expires_at: None,
             };
             let t0 = Instant::now();
             e.store()
@@ -213,6 +216,7 @@ fn main() {
                 state: posd::domain::machine::State::Paying,
                 code_masked: None,
                 terminal_time: "2026-11-21T10:00:00+08:00".into(),
+                pay_expires_at: None,
             };
             let t0 = Instant::now();
             let (id_tx, id_rx) = tokio::sync::oneshot::channel::<String>();

@@ -90,7 +90,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalConfig {
-    /// Terminal id (letters and digits, ≤ 16): part of every request id.
+    /// Terminal id (letters and digits, ≤ 16, 1–6 digits): its digits are part of every
+    /// `paymentRequestId`.
     pub id: String,
     /// `referenceMerchantId`.
     pub merchant_id: String,
@@ -242,7 +243,27 @@ pub struct FlowConfig {
     /// Backoff cap of a queued reversal.
     #[serde(default = "d_10m")]
     pub queue_backoff_max: Dur,
+    /// Sent with every pay as `paymentExpiryTime` (request time plus this): the gateway does
+    /// not process a pay that reaches it later. Until then (plus the margin) a gateway with no
+    /// record of the payment may still receive it.
+    #[serde(default = "d_3m")]
+    pub payment_expiry: Dur,
+    /// Added to the pay's expiry before concluding that a payment the gateway does not know
+    /// was never charged (the gateway's clock may run behind ours).
+    #[serde(default = "d_30s")]
+    pub payment_expiry_margin: Dur,
 }
+
+fn d_3m() -> Dur {
+    Dur(Duration::from_secs(180))
+}
+
+/// The shortest and longest `flow.payment_expiry` accepted.
+pub const PAYMENT_EXPIRY_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30 * 60));
+
+/// The longest `flow.payment_expiry_margin` accepted.
+pub const PAYMENT_EXPIRY_MARGIN_MAX: Duration = Duration::from_secs(10 * 60);
 
 fn d_3s() -> Dur {
     Dur(Duration::from_secs(3))
@@ -330,9 +351,25 @@ pub struct ApiConfig {
     /// Listen address of the local HTTP API.
     #[serde(default = "d_api_listen")]
     pub listen: SocketAddr,
-    /// Optional bearer token.
+    /// Optional bearer token; required when `listen` is not a loopback address.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Longest wait for a request's headers (also how long an idle connection stays open).
+    #[serde(default = "d_10s")]
+    pub header_timeout: Dur,
+    /// Longest wait for a request's whole body.
+    #[serde(default = "d_10s")]
+    pub body_timeout: Dur,
+    /// Connections one peer address may hold open at once.
+    #[serde(default = "d_api_per_peer")]
+    pub max_connections_per_peer: usize,
+}
+
+fn d_api_per_peer() -> usize {
+    32
+}
+fn d_notify_per_peer() -> usize {
+    8
 }
 
 fn d_api_listen() -> SocketAddr {
@@ -358,6 +395,15 @@ pub struct NotifyConfig {
     /// Path the gateway posts to.
     #[serde(default = "d_notify_path")]
     pub path: String,
+    /// Longest wait for a notification's headers (and an idle connection).
+    #[serde(default = "d_10s")]
+    pub header_timeout: Dur,
+    /// Longest wait for a notification's whole body.
+    #[serde(default = "d_10s")]
+    pub body_timeout: Dur,
+    /// Connections one peer address may hold open at once.
+    #[serde(default = "d_notify_per_peer")]
+    pub max_connections_per_peer: usize,
 }
 
 fn d_notify_listen() -> SocketAddr {
@@ -416,6 +462,104 @@ impl Default for SandboxConfig {
     }
 }
 
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The inclusive bounds of every duration key. The lower bounds let tests run the whole flow
+/// with timings of 10–250 ms; the upper bounds refuse values that would wedge a sale or the
+/// queue (a pay deadline of a day, an inquiry every hour).
+pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
+    ("gateway.connect_timeout", ms(50), secs(30)),
+    ("flow.pay_timeout", ms(50), secs(60)),
+    ("flow.inquiry_interval", ms(10), secs(30)),
+    ("flow.inquiry_timeout", ms(50), secs(60)),
+    ("flow.cancel_timeout", ms(50), secs(60)),
+    ("flow.cancel_retry_window", ms(100), secs(600)),
+    ("flow.cancel_retry_min", ms(10), secs(300)),
+    ("flow.cancel_retry_max", ms(10), secs(600)),
+    ("flow.queue_backoff_initial", ms(50), secs(3600)),
+    ("flow.queue_backoff_max", ms(100), secs(86_400)),
+    ("api.header_timeout", ms(50), secs(300)),
+    ("api.body_timeout", ms(50), secs(300)),
+    ("notify.header_timeout", ms(50), secs(300)),
+    ("notify.body_timeout", ms(50), secs(300)),
+    ("sandbox.cancel_outage", ms(0), secs(3600)),
+];
+
+/// Checks `d` against its key's [`DURATION_BOUNDS`].
+fn check_bounds(key: &'static str, d: Dur) -> Result<(), (&'static str, String)> {
+    let Some((_, lo, hi)) = DURATION_BOUNDS.iter().find(|(k, _, _)| *k == key) else {
+        return Err((
+            key,
+            "has no bounds (a bug: add it to DURATION_BOUNDS)".into(),
+        ));
+    };
+    if d.0 < *lo || d.0 > *hi {
+        return Err((
+            key,
+            format!(
+                "{} is outside {}..={}",
+                humantime::format_duration(d.0),
+                humantime::format_duration(*lo),
+                humantime::format_duration(*hi)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The level names `log.level` accepts, alone or after `target=`.
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// `log.level`: a level name, or comma-separated `target=level` directives.
+fn check_log_level(s: &str) -> Result<(), String> {
+    let is_level = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let ok = !s.trim().is_empty()
+        && s.split(',').all(|part| match part.split_once('=') {
+            None => is_level(part),
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+        });
+    if !ok {
+        return Err(format!(
+            "{s:?}: use error, warn, info, debug or trace, or directives like \"info,posd=debug\""
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(())
+}
+
+/// Whether two listen addresses would collide (same port on the same or a wildcard address).
+fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Checks `gateway.notify_url`: an absolute `https://` URL with a host (`http://` only with
+/// `gateway.insecure_http`).
+pub fn check_notify_url(url: &str, insecure_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!("{url:?} is not a URL ({e}); give the public https URL the gateway posts to, e.g. \"https://pos.example.com/alipay/notify\"")
+    })?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if insecure_http => Ok(()),
+        "http" => Err(format!(
+            "{url:?} is plain http: the gateway posts notifications over https"
+        )),
+        other => Err(format!(
+            "{url:?}: scheme {other:?} is not supported, use https"
+        )),
+    }
+}
+
 /// A config that cannot be used, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -470,7 +614,7 @@ impl Config {
         if !valid_terminal_id(&t.id) {
             return Err((
                 "terminal.id",
-                format!("{:?} must be 1–16 ASCII letters or digits", t.id),
+                format!("{:?} {}", t.id, crate::domain::request_id::TERMINAL_ID_RULE),
             ));
         }
         for (key, v) in [
@@ -483,6 +627,17 @@ impl Config {
         ] {
             if v.trim().is_empty() {
                 return Err((key, "must not be empty".into()));
+            }
+        }
+        for (key, v) in [
+            ("terminal.merchant_mcc", &t.merchant_mcc),
+            ("terminal.store_mcc", &t.store_mcc),
+        ] {
+            if v.len() != 4 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err((
+                    key,
+                    format!("{v:?} must be a 4-digit merchant category code such as \"5812\""),
+                ));
             }
         }
         Currency::from_code(&t.currency).map_err(|e| ("terminal.currency", e.to_string()))?;
@@ -521,6 +676,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &g.notify_url {
+            check_notify_url(url, g.insecure_http).map_err(|m| ("gateway.notify_url", m))?;
+        }
         if g.key_version.trim().is_empty() || !g.key_version.bytes().all(|b| b.is_ascii_digit()) {
             return Err((
                 "gateway.key_version",
@@ -535,6 +693,7 @@ impl Config {
             ));
         }
         for (key, d) in [
+            ("gateway.connect_timeout", g.connect_timeout),
             ("flow.pay_timeout", f.pay_timeout),
             ("flow.inquiry_interval", f.inquiry_interval),
             ("flow.inquiry_timeout", f.inquiry_timeout),
@@ -544,15 +703,44 @@ impl Config {
             ("flow.cancel_retry_max", f.cancel_retry_max),
             ("flow.queue_backoff_initial", f.queue_backoff_initial),
             ("flow.queue_backoff_max", f.queue_backoff_max),
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+            ("notify.header_timeout", self.notify.header_timeout),
+            ("notify.body_timeout", self.notify.body_timeout),
+            ("sandbox.cancel_outage", self.sandbox.cancel_outage),
         ] {
-            if d.0.is_zero() {
-                return Err((key, "must be greater than zero".into()));
-            }
+            check_bounds(key, d)?;
         }
         if f.cancel_retry_min.0 > f.cancel_retry_max.0 {
             return Err((
                 "flow.cancel_retry_min",
                 "must not be greater than flow.cancel_retry_max".into(),
+            ));
+        }
+        let (lo, hi) = PAYMENT_EXPIRY_BOUNDS;
+        if f.payment_expiry.0 < lo || f.payment_expiry.0 > hi {
+            return Err((
+                "flow.payment_expiry",
+                format!(
+                    "{} is outside 1s..=30m; the gateway's usual default is \"3m\"",
+                    humantime::format_duration(f.payment_expiry.0)
+                ),
+            ));
+        }
+        if f.payment_expiry.0 < f.pay_timeout.0 {
+            return Err((
+                "flow.payment_expiry",
+                "must not be shorter than flow.pay_timeout (a pay in time would expire in flight)"
+                    .into(),
+            ));
+        }
+        if f.payment_expiry_margin.0 > PAYMENT_EXPIRY_MARGIN_MAX {
+            return Err((
+                "flow.payment_expiry_margin",
+                format!(
+                    "{} is more than 10m; a few seconds cover a clock that is off",
+                    humantime::format_duration(f.payment_expiry_margin.0)
+                ),
             ));
         }
         if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
@@ -572,6 +760,15 @@ impl Config {
                 ),
             ));
         }
+        if c.prefixes.is_empty() {
+            return Err((
+                "codes.prefixes",
+                format!(
+                    "must list at least one prefix (an empty list would accept any digits); the standard is {:?}",
+                    d_prefixes()
+                ),
+            ));
+        }
         if c.prefixes
             .iter()
             .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
@@ -583,6 +780,44 @@ impl Config {
         }
         if !self.notify.path.starts_with('/') {
             return Err(("notify.path", "must start with '/'".into()));
+        }
+        let a = &self.api;
+        if let Some(token) = &a.token {
+            let tok = token.expose();
+            if tok.is_empty() || !tok.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err((
+                    "api.token",
+                    "must be a non-empty string of printable ASCII without spaces (e.g. 32 random hex digits); remove the key to run without a token on loopback".into(),
+                ));
+            }
+        } else if !a.listen.ip().is_loopback() {
+            return Err((
+                "api.listen",
+                format!(
+                    "{} is reachable from the network: set api.token to a long random string, or listen on 127.0.0.1",
+                    a.listen
+                ),
+            ));
+        }
+        for (key, n) in [
+            ("api.max_connections_per_peer", a.max_connections_per_peer),
+            (
+                "notify.max_connections_per_peer",
+                self.notify.max_connections_per_peer,
+            ),
+        ] {
+            if !(1..=1024).contains(&n) {
+                return Err((key, format!("{n} is outside 1..=1024")));
+            }
+        }
+        if self.notify.enabled && same_listener(self.notify.listen, a.listen) {
+            return Err((
+                "notify.listen",
+                format!(
+                    "{} collides with api.listen {}: the notification endpoint needs its own port",
+                    self.notify.listen, a.listen
+                ),
+            ));
         }
         self.scanner
             .validate()
@@ -599,15 +834,7 @@ impl Config {
                 ),
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            (
-                "log.level",
-                format!(
-                    "{:?}: {e}; use error, warn, info, debug or trace",
-                    self.log.level
-                ),
-            )
-        })?;
+        check_log_level(&self.log.level).map_err(|m| ("log.level", m))?;
         Ok(())
     }
 
@@ -847,6 +1074,28 @@ store_mcc = "5812"
     }
 
     #[test]
+    fn payment_expiry_defaults_to_three_minutes_and_is_bounded() {
+        let c = parse("").unwrap();
+        assert_eq!(c.flow.payment_expiry.0, Duration::from_secs(180));
+        assert_eq!(c.flow.payment_expiry_margin.0, Duration::from_secs(30));
+        let c = parse("[flow]\npay_timeout = \"300ms\"\npayment_expiry = \"1s\"\npayment_expiry_margin = \"0s\"")
+            .unwrap();
+        assert_eq!(c.flow.payment_expiry.0, Duration::from_secs(1));
+        for (text, key) in [
+            ("payment_expiry = \"500ms\"", "flow.payment_expiry"),
+            ("payment_expiry = \"31m\"", "flow.payment_expiry"),
+            ("payment_expiry = \"3s\"", "flow.payment_expiry"),
+            (
+                "payment_expiry_margin = \"11m\"",
+                "flow.payment_expiry_margin",
+            ),
+        ] {
+            let e = parse(&format!("[flow]\n{text}")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_fix() {
         let e = parse("[flow]\ninquiry_max = 5").unwrap_err().to_string();
         assert!(
@@ -900,6 +1149,152 @@ store_mcc = "5812"
         assert!(check_base_url("http://localhost:9000", true).is_ok());
         assert!(check_base_url("http://10.0.0.1:9000", true).is_err());
         assert!(check_base_url("ftp://x", true).is_err());
+    }
+
+    /// The error for `extra`, which must be refused and name `key`.
+    fn refused(extra: &str, key: &str) -> String {
+        let e = parse(extra)
+            .err()
+            .unwrap_or_else(|| panic!("{extra:?} must be refused"))
+            .to_string();
+        assert!(e.contains(key), "{extra:?}: {e}");
+        e
+    }
+
+    #[test]
+    fn a_pay_timeout_of_a_nanosecond_is_refused() {
+        let e = refused("[flow]\npay_timeout = \"1ns\"", "flow.pay_timeout");
+        assert!(e.contains("50ms") && e.contains("1m"), "{e}");
+    }
+
+    #[test]
+    fn a_pay_timeout_of_a_thousand_years_is_refused() {
+        refused("[flow]\npay_timeout = \"1000y\"", "flow.pay_timeout");
+    }
+
+    #[test]
+    fn an_inquiry_interval_of_a_day_is_refused() {
+        refused(
+            "[flow]\ninquiry_interval = \"1day\"",
+            "flow.inquiry_interval",
+        );
+    }
+
+    #[test]
+    fn every_duration_key_has_bounds_and_the_defaults_and_test_timings_fit() {
+        // Defaults fit (parse("") validates them) …
+        parse("").unwrap();
+        // … and so do the short timings the tests run the flow with.
+        parse(
+            "[flow]\npay_timeout = \"50ms\"\ninquiry_interval = \"10ms\"\ninquiry_timeout = \"50ms\"\n\
+             cancel_timeout = \"50ms\"\ncancel_retry_window = \"100ms\"\ncancel_retry_min = \"10ms\"\n\
+             cancel_retry_max = \"50ms\"\nqueue_backoff_initial = \"100ms\"\nqueue_backoff_max = \"400ms\"\n\
+             [api]\nheader_timeout = \"50ms\"\nbody_timeout = \"50ms\"\n[sandbox]\ncancel_outage = \"0s\"",
+        )
+        .unwrap();
+        for (key, lo, hi) in DURATION_BOUNDS {
+            assert!(lo <= hi, "{key}");
+            let (section, name) = key.split_once('.').unwrap();
+            let below = format!(
+                "[{section}]\n{name} = \"{}ms\"",
+                lo.as_millis().saturating_sub(1)
+            );
+            if !lo.is_zero() {
+                refused(&below, key);
+            }
+            let above = format!("[{section}]\n{name} = \"{}ms\"", hi.as_millis() + 1);
+            refused(&above, key);
+        }
+    }
+
+    #[test]
+    fn a_network_listen_without_a_token_is_refused() {
+        let e = refused("[api]\nlisten = \"0.0.0.0:8417\"", "api.listen");
+        assert!(e.contains("api.token"), "{e}");
+        parse("[api]\nlisten = \"0.0.0.0:8417\"\ntoken = \"0123456789abcdef\"").unwrap();
+        parse("[api]\nlisten = \"[::1]:8417\"").unwrap();
+    }
+
+    #[test]
+    fn an_empty_token_is_refused() {
+        refused("[api]\ntoken = \"\"", "api.token");
+        refused("[api]\ntoken = \"has space\"", "api.token");
+    }
+
+    #[test]
+    fn an_mcc_that_is_not_four_digits_is_refused() {
+        let text = MIN.replace("merchant_mcc = \"5812\"", "merchant_mcc = \"ABCD\"");
+        let e = Config::parse(&text, Path::new("t"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("terminal.merchant_mcc") && e.contains("4-digit"),
+            "{e}"
+        );
+        let text = MIN.replace("store_mcc = \"5812\"", "store_mcc = \"58120\"");
+        let e = Config::parse(&text, Path::new("t"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("terminal.store_mcc"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_log_level_is_refused() {
+        let e = refused("[log]\nlevel = \"loud\"", "log.level");
+        assert!(e.contains("debug"), "{e}");
+        refused("[log]\nlevel = \"posd=loud\"", "log.level");
+        parse("[log]\nlevel = \"info,posd=debug\"").unwrap();
+        parse("[log]\nlevel = \"WARN\"").unwrap();
+    }
+
+    #[test]
+    fn a_notify_url_that_is_not_an_https_url_is_refused() {
+        refused(
+            "[gateway]\nnotify_url = \"not a url\"",
+            "gateway.notify_url",
+        );
+        refused(
+            "[gateway]\nnotify_url = \"http://pos.example.com/n\"",
+            "gateway.notify_url",
+        );
+        refused(
+            "[gateway]\nnotify_url = \"ftp://pos.example.com/n\"",
+            "gateway.notify_url",
+        );
+        parse("[gateway]\nnotify_url = \"https://pos.example.com/alipay/notify\"").unwrap();
+    }
+
+    #[test]
+    fn empty_code_prefixes_are_refused() {
+        let e = refused("[codes]\nprefixes = []", "codes.prefixes");
+        assert!(e.contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn a_notify_listener_on_the_api_address_is_refused() {
+        let e = refused(
+            "[api]\nlisten = \"127.0.0.1:8417\"\n[notify]\nenabled = true\nlisten = \"127.0.0.1:8417\"",
+            "notify.listen",
+        );
+        assert!(e.contains("own port"), "{e}");
+        // A wildcard on the same port collides too.
+        refused(
+            "[notify]\nenabled = true\nlisten = \"0.0.0.0:8417\"",
+            "notify.listen",
+        );
+        parse("[notify]\nenabled = true\nlisten = \"0.0.0.0:8418\"").unwrap();
+    }
+
+    #[test]
+    fn a_per_peer_connection_limit_of_zero_is_refused() {
+        refused(
+            "[api]\nmax_connections_per_peer = 0",
+            "api.max_connections_per_peer",
+        );
+        refused(
+            "[notify]\nmax_connections_per_peer = 0",
+            "notify.max_connections_per_peer",
+        );
     }
 
     #[test]

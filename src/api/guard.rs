@@ -115,13 +115,14 @@ pub fn secure(router: Router, token: Option<&Secret>, max_body: usize) -> Router
         },
     )
     .layer(DefaultBodyLimit::max(max_body));
-    match token {
+    let guarded = match token {
         None => limited,
         Some(t) => {
             let expected: Arc<[u8; 32]> = Arc::new(Sha256::digest(t.expose().as_bytes()).into());
             limited.layer(middleware::from_fn_with_state(expected, require_token))
         }
-    }
+    };
+    super::errors::json_errors(guarded)
 }
 
 /// Whether `given` equals the token, in time independent of where they differ (both are

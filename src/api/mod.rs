@@ -3,6 +3,7 @@
 //! notification listing are in [`ops`], the hardening layers in [`guard`], the gateway's
 //! notification endpoint (its own listener) in [`notify`].
 
+pub mod errors;
 pub mod guard;
 pub mod journal;
 pub mod notify;
@@ -98,6 +99,13 @@ impl From<EngineError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: format!("the body is larger than {MAX_BODY} bytes"),
+            };
+        }
         ApiError::bad(
             "invalid_json",
             format!(

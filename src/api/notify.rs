@@ -55,11 +55,11 @@ pub struct NotifyState {
 /// The notification router: `POST <path>` only, with size, time and concurrency bounds.
 pub fn router(state: NotifyState) -> Router {
     let path = state.path.clone();
-    super::guard::bounded(
+    super::errors::json_errors(super::guard::bounded(
         Router::new().route(&path, post(receive)).with_state(state),
         NOTIFY_TIMEOUT,
         MAX_CONCURRENT_NOTIFICATIONS,
-    )
+    ))
 }
 
 /// Why a notification was refused (each is a `rejected` metric reason).

@@ -177,8 +177,11 @@ pub enum Event {
     PayAnswered(Answer),
     /// One inquiry ended.
     Inquired(Inquiry),
-    /// One cancel call ended.
+    /// One cancel call ended (sent by the payment's task, or replayed by the queue).
     CancelAnswered(Answer),
+    /// The last inquiry before concluding that a payment the gateway does not know was never
+    /// charged, made once the pay's expiry (plus the margin) has passed.
+    LastInquiry(Inquiry),
     /// The cancel retry window is over with no certain answer.
     CancelWindowOver,
     /// One refund call ended; `fully_refunded` says whether the captured amount is now all
@@ -226,6 +229,8 @@ pub enum Effect {
     EnqueueCancel,
     /// Put the owed refund in the durable queue (likewise).
     EnqueueRefund,
+    /// Inquire once, now, and report it as [`Event::LastInquiry`].
+    LastInquiry,
 }
 
 /// Facts the machine needs besides the state.
@@ -240,9 +245,20 @@ pub struct Context {
     /// Where a `Requested` refund that the gateway declines returns to.
     pub refund_return_to: State,
     /// Whether any gateway answer ever showed it knew this payment (it gave a `paymentId`).
-    /// A cancel answered `ORDER_NOT_EXIST` for a payment the gateway never saw means the pay
-    /// never arrived (e.g. the terminal died between committing the intent and sending).
     pub gateway_saw_payment: bool,
+    /// Now, epoch ms (time is an input: the machine never reads a clock).
+    pub now_ms: i64,
+    /// From when the pay can no longer reach the gateway and be processed: its expiry plus the
+    /// clock-skew margin, epoch ms. `None` when no pay with an expiry was ever sent.
+    pub pay_dead_at: Option<i64>,
+}
+
+impl Context {
+    /// Whether a pay the gateway has no record of may still arrive and be charged. Until it
+    /// cannot, "no such payment" means "not arrived yet", never "not charged".
+    pub fn pay_may_still_arrive(&self) -> bool {
+        self.pay_dead_at.is_some_and(|dead| self.now_ms < dead)
+    }
 }
 
 impl Default for Context {
@@ -253,6 +269,8 @@ impl Default for Context {
             refund_kind: RefundKind::Reversal,
             refund_return_to: State::Succeeded,
             gateway_saw_payment: false,
+            now_ms: 0,
+            pay_dead_at: None,
         }
     }
 }
@@ -441,6 +459,41 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
             why: format!("payment is already {s}; to give money back, refund it"),
         },
 
+        // "No such payment" on a cancel, from the payment's task or the queue alike: while the
+        // pay may still arrive it means "not arrived yet" and the cancel stays owed (resent,
+        // then queued); once it cannot, one last inquiry decides.
+        (
+            S::Cancelling | S::CancelQueued,
+            Event::CancelAnswered(Answer::Failed {
+                refusal: Refusal::NoSuchPayment,
+                ..
+            }),
+        ) if !ctx.gateway_saw_payment => {
+            if ctx.pay_may_still_arrive() {
+                Decision::Ignore {
+                    why: "the gateway has no record of the payment yet; the pay may still arrive before its expiry, so the cancel stays owed",
+                    effect: Effect::Cancel,
+                }
+            } else {
+                Decision::Ignore {
+                    why: "the gateway has no record of the payment and the pay's expiry has passed; one last inquiry",
+                    effect: Effect::LastInquiry,
+                }
+            }
+        }
+        (S::Cancelling | S::CancelQueued, Event::LastInquiry(i)) => match i {
+            Inquiry::NotFound if !ctx.pay_may_still_arrive() && !ctx.gateway_saw_payment => go(
+                S::Failed,
+                "the gateway has no record of this payment and the pay's expiry has passed: it was never charged",
+                None,
+                Effect::None,
+            ),
+            _ => Decision::Ignore {
+                why: "the last inquiry did not show the gateway never had the payment; the cancel stays owed",
+                effect: Effect::Cancel,
+            },
+        },
+
         // Cancels.
         (S::Cancelling, Event::CancelAnswered(a)) => match a {
             Answer::Success => go(
@@ -458,16 +511,6 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 "cancel window passed; refunding the full amount",
                 Some(code),
                 Effect::Refund,
-            ),
-            Answer::Failed {
-                refusal: Refusal::NoSuchPayment,
-                code,
-                ..
-            } if !ctx.gateway_saw_payment => go(
-                S::Failed,
-                "the gateway has no record of this payment (the pay never arrived); the customer was not charged",
-                Some(code),
-                Effect::None,
             ),
             Answer::Failed { code, message, .. } => go(
                 S::NeedsAttention,

@@ -12,7 +12,6 @@ use super::queue::{Payload, PAYLOAD_VERSION};
 use super::{context_of, failpoint, make_refund_id, Engine};
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
 use crate::gateway::{Facts, PreparedPay, RefundOrder, Reply};
-use crate::store::now_ms;
 use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
 
 /// Extra time the engine allows beyond a call's own deadline before it gives up on the call
@@ -23,6 +22,7 @@ pub(super) const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Extras {
     payment_id: Option<String>,
+    result_code: Option<String>,
     result_message: Option<String>,
     refund_id: Option<String>,
 }
@@ -31,6 +31,7 @@ impl Extras {
     fn of(f: &Facts) -> Extras {
         Extras {
             payment_id: f.payment_id.clone(),
+            result_code: f.result_code.clone(),
             result_message: f.result_message.clone(),
             refund_id: f.refund_id.clone(),
         }
@@ -68,6 +69,7 @@ async fn drive_in_span(
             Effect::Inquire => inquire(engine, id, waker).await,
             Effect::Cancel => cancel(engine, id, &mut cancel_deadline).await,
             Effect::Refund => refund(engine, id, &mut refund_deadline).await,
+            Effect::LastInquiry => last_inquiry(engine, id).await,
         };
         let (event, extras) = match step {
             Ok(Some(x)) => x,
@@ -204,6 +206,15 @@ async fn inquire(engine: &Engine, id: &str, waker: &Notify) -> Step {
     failpoint::hit(&format!("inquiry_{}", rec.inquiries + 1));
     let extras = Extras::of(&reply.facts);
     Ok(Some((Event::Inquired(reply.answer), extras)))
+}
+
+/// The one inquiry, at once, before a payment the gateway does not know is declared never
+/// charged (its pay can no longer arrive).
+async fn last_inquiry(engine: &Engine, id: &str) -> Step {
+    let s = engine.settings();
+    let reply = with_deadline(s.inquiry_timeout, engine.gateway().inquiry_payment(id)).await;
+    let extras = Extras::of(&reply.facts);
+    Ok(Some((Event::LastInquiry(reply.answer), extras)))
 }
 
 fn jitter(min: Duration, max: Duration) -> Duration {
@@ -400,10 +411,10 @@ fn commit_sync(
     extras: &Extras,
     learned_pid: Option<String>,
 ) -> anyhow::Result<Committed> {
-    let inquiry_max = engine.settings().inquiry_max;
+    let rules = engine.settings().rules();
     for _ in 0..16 {
         let rec = payments::get(c, id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))?;
-        let ctx = context_of(&rec, inquiry_max);
+        let ctx = context_of(&rec, rules, engine.now_ms());
         let (to, cause, result_code, effect) = match machine::decide(rec.state, &ctx, event) {
             Decision::Go {
                 to,
@@ -436,6 +447,12 @@ fn commit_sync(
                 });
             }
         };
+        // A final move the machine gives no code of its own records the answer's.
+        let result_code = result_code.or_else(|| {
+            (to.is_final() && to != rec.state)
+                .then(|| extras.result_code.clone())
+                .flatten()
+        });
         let mut change = Change {
             to: Some(to),
             cause,
@@ -447,7 +464,7 @@ fn commit_sync(
         if matches!(event, Event::Inquired(_)) {
             change.inquiries = Some(rec.inquiries + 1);
         }
-        let now = now_ms();
+        let now = engine.now_ms();
         let backoff = engine.settings().queue_backoff_initial.as_millis() as i64;
         match effect {
             Effect::EnqueueCancel => {

@@ -27,6 +27,62 @@ pub(crate) struct Script {
     pub(crate) delay: Duration,
     /// Pay calls hang this long more (a slow or silent gateway).
     pub(crate) pay_delay: Duration,
+    /// When set, the gateway behind a proxy that holds each pay in transit (see [`Held`]):
+    /// pay, inquiry and cancel answer from it instead of the scripts.
+    pub(crate) held: Option<Held>,
+}
+
+/// A gateway behind a proxy that holds each pay `hold` in transit (the hostile tester's): the
+/// pay reaches it then, and is processed (charged) only if its `paymentExpiryTime` has not
+/// passed. Until it arrives the gateway has no record; once charged, a cancel reverses it.
+pub(crate) struct Held {
+    /// How long a pay is held in transit.
+    pub(crate) hold: Duration,
+    /// The wall clock the engine uses too.
+    pub(crate) clock: Arc<dyn crate::engine::clock::Clock>,
+    /// The pay in transit: when it arrives (epoch ms) and its expiry (epoch ms).
+    pub(crate) in_transit: Option<(i64, Option<i64>)>,
+    /// The pay reached the gateway in time and was charged.
+    pub(crate) charged: bool,
+    /// The charge was reversed by a cancel.
+    pub(crate) cancelled: bool,
+    /// The pay reached the gateway after its expiry and was not processed.
+    pub(crate) refused_late: bool,
+}
+
+impl Held {
+    /// A proxy holding each pay `hold`, on `clock`.
+    pub(crate) fn new(hold: Duration, clock: Arc<dyn crate::engine::clock::Clock>) -> Held {
+        Held {
+            hold,
+            clock,
+            in_transit: None,
+            charged: false,
+            cancelled: false,
+            refused_late: false,
+        }
+    }
+
+    /// Lets the pay arrive if its time has come.
+    pub(crate) fn settle(&mut self) {
+        let now = self.clock.now_ms();
+        if let Some((arrives, expires)) = self.in_transit {
+            if now >= arrives {
+                self.in_transit = None;
+                if expires.is_some_and(|e| arrives > e) {
+                    self.refused_late = true;
+                } else {
+                    self.charged = true;
+                }
+            }
+        }
+    }
+
+    /// The customer is charged at the gateway right now.
+    pub(crate) fn is_charged(&mut self) -> bool {
+        self.settle();
+        self.charged && !self.cancelled
+    }
 }
 
 /// The scripted gateway; clones share one script.
@@ -116,7 +172,18 @@ pub(crate) fn paid() -> Reply<Inquiry> {
 
 /// The inquiry finds no such payment.
 pub(crate) fn not_found() -> Reply<Inquiry> {
-    Reply::bare(Inquiry::NotFound)
+    Reply {
+        answer: Inquiry::NotFound,
+        facts: Facts {
+            result_code: Some("ORDER_NOT_EXIST".into()),
+            ..Facts::default()
+        },
+    }
+}
+
+/// The cancel finds no such payment (the pay has not arrived, or never will).
+pub(crate) fn no_such_payment() -> Reply<Answer> {
+    refused(Refusal::NoSuchPayment, "ORDER_NOT_EXIST")
 }
 
 /// The inquiry goes unanswered.
@@ -155,16 +222,42 @@ impl Fake {
 #[async_trait]
 impl Gateway for Fake {
     async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
+        if let Some(h) = self.script().held.as_mut() {
+            let arrives = h.clock.now_ms() + h.hold.as_millis() as i64;
+            h.in_transit = Some((arrives, order.expires_at.map(|t| t.timestamp_millis())));
+        }
+        if self.script().held.is_some() {
+            // Held in transit: no answer within any deadline the engine allows.
+            self.record("pay", &order.payment_request_id, Duration::from_secs(3600))
+                .await;
+            return unknown();
+        }
         let extra = self.script().pay_delay;
         self.record("pay", &order.payment_request_id, extra).await;
         self.script().pay.pop_front().unwrap_or_else(unknown)
     }
     async fn inquiry_payment(&self, id: &str) -> Reply<Inquiry> {
         self.record("inquiry", id, Duration::ZERO).await;
+        if let Some(h) = self.script().held.as_mut() {
+            h.settle();
+            return match (h.charged, h.cancelled) {
+                (true, false) => paid(),
+                (true, true) => inquired(Inquiry::Closed),
+                _ => not_found(),
+            };
+        }
         self.script().inquiry.pop_front().unwrap_or_else(processing)
     }
     async fn cancel(&self, id: &str) -> Reply<Answer> {
         self.record("cancel", id, Duration::ZERO).await;
+        if let Some(h) = self.script().held.as_mut() {
+            h.settle();
+            if h.charged {
+                h.cancelled = true;
+                return ok_with_payment_id("G1");
+            }
+            return no_such_payment();
+        }
         let mut s = self.script();
         let d = s.cancel_default.clone();
         s.cancel.pop_front().or(d).unwrap_or_else(unknown)

@@ -62,6 +62,10 @@ pub struct EngineSettings {
     pub cancel_retry_max: Duration,
     /// First delay of a queued reversal.
     pub queue_backoff_initial: Duration,
+    /// Sent with every pay: the gateway does not process it after request time + this.
+    pub payment_expiry: Duration,
+    /// Added to a pay's expiry before "no such payment" may mean "never charged".
+    pub payment_expiry_margin: Duration,
 }
 
 impl EngineSettings {
@@ -83,6 +87,8 @@ impl EngineSettings {
             cancel_retry_min: f.cancel_retry_min.0,
             cancel_retry_max: f.cancel_retry_max.0,
             queue_backoff_initial: f.queue_backoff_initial.0,
+            payment_expiry: f.payment_expiry.0,
+            payment_expiry_margin: f.payment_expiry_margin.0,
         }
     }
 }
@@ -136,6 +142,8 @@ struct Inner {
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
     /// Bumped after every committed change (metrics, health).
     changes: watch::Sender<u64>,
+    /// Wall time for the machine and the pay's expiry (tokio-driven in tests).
+    clock: Arc<dyn clock::Clock>,
     /// Per-payment state watchers for long-polls: only the waiters of a payment wake.
     watchers: Mutex<HashMap<String, watch::Sender<State>>>,
     /// Signalled when a slip was written to the print journal.
@@ -151,6 +159,16 @@ struct Inner {
 impl Engine {
     /// Builds an engine; no task runs until a sale starts or [`Engine::recover`] is called.
     pub fn new(store: Store, gateway: Arc<dyn Gateway>, settings: EngineSettings) -> Engine {
+        Engine::with_clock(store, gateway, settings, Arc::new(clock::SystemClock))
+    }
+
+    /// [`Engine::new`] with an injected wall clock (tests run the pay's expiry in paused time).
+    pub fn with_clock(
+        store: Store,
+        gateway: Arc<dyn Gateway>,
+        settings: EngineSettings,
+        clock: Arc<dyn clock::Clock>,
+    ) -> Engine {
         let queue = Arc::new(worker::QueueSignal::default());
         // Every outcome feeds the queue's "the gateway answers again" wake-up.
         let gateway = Arc::new(worker::Watched {
@@ -162,6 +180,7 @@ impl Engine {
                 store,
                 gateway,
                 settings,
+                clock,
                 wakers: Mutex::new(HashMap::new()),
                 changes: watch::channel(0).0,
                 watchers: Mutex::new(HashMap::new()),
@@ -297,6 +316,21 @@ impl Engine {
         local_time(self.inner.settings.timezone, chrono::Utc::now())
     }
 
+    /// The engine's wall clock, epoch ms.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The `paymentExpiryTime` of a pay requested now: `payment_expiry` later, rounded up to
+    /// the second it is sent with, as epoch ms and as terminal-local time.
+    fn pay_expiry(&self) -> (i64, DateTime<FixedOffset>) {
+        let expiry = i64::try_from(self.inner.settings.payment_expiry.as_millis()).unwrap_or(0);
+        let at = self.now_ms().saturating_add(expiry);
+        let at = at.saturating_add(999).div_euclid(1000).saturating_mul(1000);
+        let utc = chrono::DateTime::from_timestamp_millis(at).unwrap_or_default();
+        (at, local_time(self.inner.settings.timezone, utc))
+    }
+
     /// Starts a sale. With a code the pay intent is committed (rule 1) and the pay is sent by
     /// the payment's task; without one the sale waits for the next scan.
     pub async fn start_sale(&self, req: SaleRequest) -> Result<PaymentRecord, EngineError> {
@@ -305,7 +339,9 @@ impl Engine {
         }
         let now_local = self.local_now();
         let terminal_time = now_local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        let (expires_ms, expires_at) = self.pay_expiry();
         let new = NewPayment {
+            pay_expires_at: req.code.is_some().then_some(expires_ms),
             order_ref: req.order_ref.clone(),
             amount: req.amount,
             state: if req.code.is_some() {
@@ -340,7 +376,7 @@ impl Engine {
                 order_ref: req.order_ref.clone(),
                 description: self.inner.settings.description.clone(),
                 terminal_time: now_local,
-                expires_at: None,
+                expires_at: Some(expires_at),
             }))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);
@@ -367,6 +403,7 @@ impl Engine {
         let masked = code.masked();
         let now_local = self.local_now();
         let terminal_time = now_local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        let (expires_ms, expires_at) = self.pay_expiry();
         // As in `start_sale`: the waiting sale is handed out from inside the transaction, so
         // the pay request is signed while the commit is on its way to disk.
         let (found_tx, found_rx) = tokio::sync::oneshot::channel::<PaymentRecord>();
@@ -380,6 +417,7 @@ impl Engine {
                 cause: format!("code {masked} scanned; pay intent committed"),
                 code_masked: Some(masked),
                 terminal_time: Some(terminal_time),
+                pay_expires_at: Some(expires_ms),
                 ..Default::default()
             };
             Ok(payments::apply(
@@ -399,7 +437,7 @@ impl Engine {
                 order_ref: waiting.order_ref,
                 description: self.inner.settings.description.clone(),
                 terminal_time: now_local,
-                expires_at: None,
+                expires_at: Some(expires_at),
             }))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);
@@ -434,7 +472,7 @@ impl Engine {
     /// retrying on a concurrent change. Returns the payment after the event.
     pub async fn apply_event(&self, id: &str, event: Event) -> Result<PaymentRecord, EngineError> {
         let id_owned = id.to_string();
-        let inquiry_max = self.inner.settings.inquiry_max;
+        let rules = self.inner.settings.rules();
         let engine = self.clone();
         let outcome = self
             .inner
@@ -444,7 +482,7 @@ impl Engine {
                     let Some(rec) = payments::get(c, &id_owned)? else {
                         return Ok(Err(EngineError::NotFound(id_owned)));
                     };
-                    let ctx = context_of(&rec, inquiry_max);
+                    let ctx = context_of(&rec, rules, engine.now_ms());
                     match machine::decide(rec.state, &ctx, &event) {
                         Decision::Go { to, cause, result_code, .. } => {
                             let refund = match &rec.active_refund_id {
@@ -645,11 +683,32 @@ fn create_error(e: CreateError) -> EngineError {
     }
 }
 
-/// The machine's context for a stored payment.
-pub(crate) fn context_of(rec: &PaymentRecord, inquiry_max: u32) -> Context {
+/// What the machine's context takes from the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rules {
+    /// The inquiry budget.
+    pub(crate) inquiry_max: u32,
+    /// Added to a pay's expiry before it can no longer arrive.
+    pub(crate) expiry_margin: Duration,
+}
+
+impl EngineSettings {
+    pub(crate) fn rules(&self) -> Rules {
+        Rules {
+            inquiry_max: self.inquiry_max,
+            expiry_margin: self.payment_expiry_margin,
+        }
+    }
+}
+
+/// The machine's context for a stored payment at `now_ms` (epoch ms).
+pub(crate) fn context_of(rec: &PaymentRecord, rules: Rules, now_ms: i64) -> Context {
+    let margin = i64::try_from(rules.expiry_margin.as_millis()).unwrap_or(i64::MAX);
     Context {
+        now_ms,
+        pay_dead_at: rec.pay_expires_at.map(|at| at.saturating_add(margin)),
         inquiries_done: rec.inquiries,
-        inquiry_max,
+        inquiry_max: rules.inquiry_max,
         refund_kind: if rec.refund_return_to.is_some() {
             machine::RefundKind::Requested
         } else {

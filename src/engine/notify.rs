@@ -86,7 +86,7 @@ fn decide(
     n: &NewNotification,
     what: Notified,
 ) -> Option<Change> {
-    let inquiry_max = engine.inner.settings.inquiry_max;
+    let rules = engine.inner.settings.rules();
     let Notified::Result { paid } = what else {
         return None;
     };
@@ -95,7 +95,7 @@ fn decide(
         paid,
         amount_matches: matches,
     };
-    match machine::decide(p.state, &context_of(p, inquiry_max), &event) {
+    match machine::decide(p.state, &context_of(p, rules, engine.now_ms()), &event) {
         Decision::Go {
             to,
             cause,

@@ -63,7 +63,8 @@ impl Engine {
         }
         let local = self.local_now().naive_local();
         let terminal = self.inner.settings.terminal_id.clone();
-        let inquiry_max = self.inner.settings.inquiry_max;
+        let rules = self.inner.settings.rules();
+        let now = self.now_ms();
         let id_owned = id.to_string();
         let rec = self
             .inner
@@ -73,7 +74,7 @@ impl Engine {
                 let Some(rec) = payments::get(&tx, &id_owned)? else {
                     return Ok(Err(EngineError::NotFound(id_owned)));
                 };
-                let ctx = context_of(&rec, inquiry_max);
+                let ctx = context_of(&rec, rules, now);
                 let (to, cause) = match machine::decide(rec.state, &ctx, &Event::RefundRequested) {
                     Decision::Go { to, cause, effect: Effect::Refund, .. } => (to, cause),
                     Decision::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),

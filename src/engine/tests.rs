@@ -31,6 +31,8 @@ fn settings() -> EngineSettings {
         cancel_retry_min: Duration::from_secs(5),
         cancel_retry_max: Duration::from_secs(10),
         queue_backoff_initial: Duration::from_secs(30),
+        payment_expiry: Duration::from_secs(180),
+        payment_expiry_margin: Duration::from_secs(30),
     }
 }
 
@@ -323,6 +325,7 @@ async fn recovery_inquires_a_payment_left_paying_and_never_resends_the_pay() {
                     state: State::Paying,
                     code_masked: Some("2812**********3456".into()),
                     terminal_time: "2026-11-21T10:00:00+08:00".into(),
+                    pay_expires_at: None,
                 },
                 1,
                 |s| format!("P{s}"),
@@ -346,8 +349,134 @@ async fn request_ids_are_unique_and_bounded() {
     for _ in 0..50 {
         let r = e.start_sale(sale(None, None)).await.unwrap();
         assert!(r.payment_request_id.len() <= 64);
-        assert!(r.payment_request_id.contains("T0001000000001234"));
+        let p = crate::domain::request_id::parse_payment_request_id(&r.payment_request_id)
+            .expect("a 36-digit paymentRequestId");
+        assert_eq!((p.terminal.as_str(), p.amount_minor), ("000001", 1234));
         assert!(ids.insert(r.payment_request_id.clone()));
         e.abort(&r.payment_request_id).await.unwrap();
     }
+}
+
+// ---- a pay held in transit (the gateway's `paymentExpiryTime` is the only protection) ----
+
+/// An engine and the held-pay gateway on one tokio-driven wall clock.
+fn held_engine(hold: Duration) -> (Engine, Fake, Arc<dyn clock::Clock>) {
+    let clock: Arc<dyn clock::Clock> = Arc::new(clock::TokioClock::new());
+    let fake = Fake::default();
+    fake.script().held = Some(super::fake::Held::new(hold, clock.clone()));
+    let e = Engine::with_clock(
+        Store::open_in_memory().unwrap(),
+        Arc::new(fake.clone()),
+        settings(),
+        clock.clone(),
+    );
+    (e, fake, clock)
+}
+
+fn queue_settings() -> worker::QueueSettings {
+    worker::QueueSettings {
+        backoff_initial: Duration::from_secs(30),
+        backoff_max: Duration::from_secs(600),
+        call_timeout: Duration::from_secs(3),
+        inquiry_timeout: Duration::from_secs(3),
+        batch: 8,
+        concurrency: 2,
+        terminal_id: "T0001".into(),
+        timezone: Some(chrono_tz::Asia::Shanghai),
+        merchant_name: "Demo Cafe".into(),
+        store_name: "Demo Cafe Central".into(),
+        inquiry_max: 10,
+        payment_expiry_margin: Duration::from_secs(30),
+    }
+}
+
+async fn state_of(e: &Engine, id: &str) -> State {
+    e.view(id).await.unwrap().payment.state
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pay_held_past_the_inquiries_is_cancelled_when_it_arrives_never_failed() {
+    // The pay reaches the gateway 40 s after it left: every inquiry (6 s … 36 s) and the first
+    // cancel find no record. It is charged on arrival, so "not charged" would be a lie.
+    let (e, fake, clock) = held_engine(Duration::from_secs(40));
+    let sent_at = clock.now_ms();
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let id = rec.payment_request_id.clone();
+    // The expiry went out with the pay and was committed with its intent.
+    let stored = e.view(&id).await.unwrap().payment.pay_expires_at.unwrap();
+    assert!(
+        stored >= sent_at + 180_000 && stored < sent_at + 181_000,
+        "{}",
+        stored - sent_at
+    );
+    tokio::time::sleep(Duration::from_secs(39)).await;
+    assert_eq!(state_of(&e, &id).await, State::Cancelling);
+    let v = final_state(&e, &id).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let charged = fake.script().held.as_mut().unwrap().is_charged();
+    assert!(
+        !(v.payment.state == State::Failed && charged),
+        "FAILED (\"not charged\") while the gateway charged the customer"
+    );
+    assert_eq!(v.payment.state, State::Cancelled);
+    assert!(fake.script().held.as_ref().unwrap().cancelled);
+    assert!(!charged);
+    assert!(fake.calls("cancel").len() >= 2, "the cancel was resent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pay_held_past_its_expiry_is_queued_then_found_never_charged() {
+    // Held 10 min: it reaches the gateway long after its 3 min expiry and is not processed.
+    // Until the expiry (+30 s margin) has passed the cancel stays owed: queued, retried; only
+    // then, after one last inquiry, is the sale FAILED.
+    let (e, fake, clock) = held_engine(Duration::from_secs(600));
+    e.start_queue_worker_with(queue_settings(), clock.clone());
+    let start = Instant::now();
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let id = rec.payment_request_id.clone();
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(state_of(&e, &id).await, State::CancelQueued);
+    let queued: i64 = e
+        .store()
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM reversal_queue WHERE status = 'PENDING'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "the owed cancel is in the queue");
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(
+        state_of(&e, &id).await,
+        State::CancelQueued,
+        "not before the expiry and its margin (210 s)"
+    );
+    // CANCEL_QUEUED is final for the cashier; the queue carries on by itself.
+    for _ in 0..60 {
+        if state_of(&e, &id).await != State::CancelQueued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let v = e.view(&id).await.unwrap();
+    assert_eq!(v.payment.state, State::Failed);
+    let failed_at = v.events.last().unwrap().at;
+    assert!(
+        failed_at >= rec.pay_expires_at.unwrap() + 30_000,
+        "FAILED {} ms before the expiry + margin",
+        rec.pay_expires_at.unwrap() + 30_000 - failed_at
+    );
+    assert!(Instant::now().duration_since(start) >= Duration::from_secs(210));
+    // The last word was an inquiry, after the last cancel.
+    let last_inquiry = fake.calls("inquiry").last().unwrap().0;
+    assert!(last_inquiry >= fake.calls("cancel").last().unwrap().0);
+    // The pay arrives at 600 s, after its expiry: not processed, never charged.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let mut s = fake.script();
+    let h = s.held.as_mut().unwrap();
+    assert!(!h.is_charged());
+    assert!(h.refused_late);
 }

@@ -45,9 +45,9 @@ use super::backoff::{backoff, jittered};
 use super::clock::Clock;
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::{context_of, failpoint, local_time, make_refund_id, slip_data, SlipIdentity};
+use super::{context_of, failpoint, local_time, make_refund_id, slip_data, Rules, SlipIdentity};
 use crate::config::Config;
-use crate::domain::machine::{self, Answer, Decision, Event, Inquiry, Refusal, State};
+use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
 use crate::gateway::{Gateway, PayOrder, RefundOrder, Reply};
 use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
 use crate::store::queue::{self as q, ItemKind, ItemStatus, LeaseRefused, QueueItem};
@@ -88,6 +88,11 @@ pub struct QueueSettings {
     pub merchant_name: String,
     /// Store name on those slips.
     pub store_name: String,
+    /// The inquiry budget (`flow.inquiry_max`), part of the machine's context.
+    pub inquiry_max: u32,
+    /// Added to a pay's expiry before "no such payment" may mean "never charged"
+    /// (`flow.payment_expiry_margin`).
+    pub payment_expiry_margin: Duration,
 }
 
 impl QueueSettings {
@@ -105,6 +110,15 @@ impl QueueSettings {
             timezone: cfg.timezone(),
             merchant_name: cfg.terminal.merchant_name.clone(),
             store_name: cfg.terminal.store_name.clone(),
+            inquiry_max: f.inquiry_max,
+            payment_expiry_margin: f.payment_expiry_margin.0,
+        }
+    }
+
+    pub(crate) fn rules(&self) -> Rules {
+        Rules {
+            inquiry_max: self.inquiry_max,
+            expiry_margin: self.payment_expiry_margin,
         }
     }
 
@@ -293,6 +307,12 @@ enum Verdict {
     Unreadable {
         why: String,
     },
+    /// The gateway has no record of the payment, its pay's expiry has passed and the last
+    /// inquiry found nothing either: never charged.
+    NeverCharged {
+        inquiry: Inquiry,
+        result_code: Option<String>,
+    },
     Unknown {
         why: String,
     },
@@ -336,6 +356,7 @@ struct SettleCtx {
     store_name: String,
     backoff_initial: Duration,
     backoff_max: Duration,
+    rules: Rules,
 }
 
 impl Replayer {
@@ -575,6 +596,13 @@ impl Replayer {
                             why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
                         },
                     },
+                    answer @ Answer::Failed {
+                        refusal: Refusal::NoSuchPayment,
+                        ..
+                    } => {
+                        self.no_such_payment(payment_request_id, answer, lease_until)
+                            .await
+                    }
                     Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
                     Answer::Unknown { why } => Verdict::Unknown { why },
                 }
@@ -618,6 +646,73 @@ impl Replayer {
                     item.payment_request_id
                 ),
             },
+        }
+    }
+
+    /// A queued cancel answered "no such payment": the machine decides, as it does for the
+    /// payment's task. While the pay may still arrive the item is retried; once it cannot, one
+    /// last inquiry, and only "no such payment" again means never charged.
+    async fn no_such_payment(&self, id: &str, answer: Answer, lease_until: i64) -> Verdict {
+        let refused = match &answer {
+            Answer::Failed { code, message, .. } => Verdict::Refused {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            _ => Verdict::Unknown {
+                why: "unexpected answer".into(),
+            },
+        };
+        let owned = id.to_string();
+        let rec = match self
+            .inner
+            .store
+            .read(move |c| Ok(payments::get(c, &owned)?))
+            .await
+        {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return refused,
+            Err(e) => {
+                return Verdict::Unknown {
+                    why: format!("cannot read the payment: {e}"),
+                }
+            }
+        };
+        let rules = self.inner.settings.rules();
+        let ctx = context_of(&rec, rules, self.inner.clock.now_ms());
+        match machine::decide(rec.state, &ctx, &Event::CancelAnswered(answer)) {
+            Decision::Ignore {
+                effect: Effect::Cancel,
+                why,
+            } => Verdict::Unknown { why: why.into() },
+            Decision::Ignore {
+                effect: Effect::LastInquiry,
+                ..
+            } => {
+                let s = &self.inner.settings;
+                if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
+                    return Verdict::Unknown {
+                        why:
+                            "the pay's expiry has passed; the last inquiry waits for the next lease"
+                                .into(),
+                    };
+                }
+                let reply =
+                    with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id)).await;
+                let ctx = context_of(&rec, rules, self.inner.clock.now_ms());
+                match machine::decide(rec.state, &ctx, &Event::LastInquiry(reply.answer.clone())) {
+                    Decision::Go {
+                        to: State::Failed, ..
+                    } => Verdict::NeverCharged {
+                        inquiry: reply.answer,
+                        result_code: reply.facts.result_code,
+                    },
+                    Decision::Ignore { why, .. } => Verdict::Unknown { why: why.into() },
+                    Decision::Go { .. } | Decision::Refuse { .. } => Verdict::Unknown {
+                        why: "the last inquiry did not settle the payment".into(),
+                    },
+                }
+            }
+            _ => refused,
         }
     }
 
@@ -669,6 +764,7 @@ impl Replayer {
             store_name: self.inner.settings.store_name.clone(),
             backoff_initial: self.inner.settings.backoff_initial,
             backoff_max: self.inner.settings.backoff_max,
+            rules: self.inner.settings.rules(),
         };
         let reports = self
             .inner
@@ -872,7 +968,7 @@ fn settle_one(
         }
         Verdict::CancelWindowPassed { payment_id } => {
             let rec = load_payment(tx, &item.payment_request_id)?;
-            let ctx_m = context_of(&rec, 10);
+            let ctx_m = context_of(&rec, ctx.rules, now);
             let owed = rec.amount.minor() - rec.refunded.minor();
             let decision = machine::decide(rec.state, &ctx_m, &Event::QueuedCancelWindowPassed);
             let Decision::Go {
@@ -964,6 +1060,28 @@ fn settle_one(
                     ItemOutcome::Converted,
                     format!("{resolution} ({})", order.refund_request_id),
                 )
+            })
+        }
+        Verdict::NeverCharged {
+            inquiry,
+            result_code,
+        } => {
+            let resolution =
+                "the gateway has no record of the payment and its pay's expiry has passed: never charged";
+            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
+                return Ok(lost());
+            }
+            q::record_event(tx, id, now, owner, "DONE", resolution)?;
+            let rec = load_payment(tx, &item.payment_request_id)?;
+            let change = Change {
+                result_code: result_code.clone(),
+                ..Default::default()
+            };
+            let event = Event::LastInquiry(inquiry.clone());
+            let state = move_payment(tx, ctx, &rec, &event, change, None)?;
+            Ok(ItemReport {
+                payment_state: Some(state),
+                ..report(item, ItemOutcome::Done, resolution)
             })
         }
         Verdict::Refused { code, message } => give_up(
@@ -1067,7 +1185,7 @@ fn move_payment(
     refund: Option<&payments::RefundRecord>,
 ) -> anyhow::Result<State> {
     let now = ctx.now;
-    match machine::decide(rec.state, &context_of(rec, 10), event) {
+    match machine::decide(rec.state, &context_of(rec, ctx.rules, now), event) {
         Decision::Go {
             to,
             cause,

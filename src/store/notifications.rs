@@ -260,6 +260,7 @@ mod tests {
                 state,
                 code_masked: None,
                 terminal_time: "2026-11-21T10:15:30+08:00".into(),
+                pay_expires_at: None,
             },
             1,
             |seq| format!("P{seq}"),

@@ -41,6 +41,9 @@ pub struct PaymentRecord {
     pub created_at: i64,
     /// Last change, epoch ms.
     pub updated_at: i64,
+    /// When the gateway stops accepting the pay (its `paymentExpiryTime`), epoch ms; `None`
+    /// while the sale waits for its code.
+    pub pay_expires_at: Option<i64>,
 }
 
 /// One journal event.
@@ -96,6 +99,8 @@ pub struct NewPayment {
     pub code_masked: Option<String>,
     /// `storeTerminalRequestTime`.
     pub terminal_time: String,
+    /// The pay's expiry, epoch ms (with a code); committed with the intent.
+    pub pay_expires_at: Option<i64>,
 }
 
 /// Why a payment could not be created.
@@ -143,6 +148,8 @@ pub struct Change {
     pub terminal_time: Option<String>,
     /// A slip to put in the print journal in the same transaction (a final state).
     pub slip: Option<crate::devices::receipt::SlipData>,
+    /// The pay's expiry to record (binding a scan), epoch ms.
+    pub pay_expires_at: Option<i64>,
 }
 
 /// A refund to create.
@@ -194,7 +201,7 @@ pub struct NewQueueItem {
 
 const COLUMNS: &str = "payment_request_id, order_ref, amount_minor, currency, state, code_masked, \
     result_code, result_message, payment_id, refunded_minor, attention_reason, inquiries, \
-    active_refund_id, refund_return_to, terminal_time, created_at, updated_at";
+    active_refund_id, refund_return_to, terminal_time, created_at, updated_at, pay_expires_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
     let currency: String = r.get(3)?;
@@ -223,6 +230,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
         terminal_time: r.get(14)?,
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
+        pay_expires_at: r.get(17)?,
     })
 }
 
@@ -290,7 +298,8 @@ pub fn create(
     let id = make_id(seq as u64);
     tx.execute(
         "INSERT INTO payments (payment_request_id, order_ref, amount_minor, currency, state, \
-         code_masked, terminal_time, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?8)",
+         code_masked, terminal_time, created_at, updated_at, pay_expires_at) \
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?8,?9)",
         params![
             id,
             new.order_ref,
@@ -299,7 +308,8 @@ pub fn create(
             new.state.as_str(),
             new.code_masked,
             new.terminal_time,
-            now
+            now,
+            new.pay_expires_at
         ],
     )?;
     let cause = if new.state == State::Paying {
@@ -507,7 +517,8 @@ pub fn apply_in(
            inquiries = coalesce(?9, inquiries), attention_reason = coalesce(?10, attention_reason), \
            active_refund_id = CASE WHEN ?11 THEN ?12 ELSE active_refund_id END, \
            refund_return_to = CASE WHEN ?11 THEN ?13 ELSE refund_return_to END, \
-           terminal_time = coalesce(?14, terminal_time) \
+           terminal_time = coalesce(?14, terminal_time), \
+           pay_expires_at = coalesce(?15, pay_expires_at) \
          WHERE payment_request_id = ?1 AND state = ?2",
         params![
             id,
@@ -524,6 +535,7 @@ pub fn apply_in(
             active_refund,
             return_to,
             change.terminal_time,
+            change.pay_expires_at,
         ],
     )?;
     if updated == 0 {
@@ -615,6 +627,7 @@ mod tests {
             state,
             code_masked: Some("2812**********3456".into()),
             terminal_time: "2026-11-21T10:15:30+08:00".into(),
+            pay_expires_at: None,
         }
     }
 
@@ -673,11 +686,9 @@ mod tests {
             })
             .unwrap();
         assert_ne!(first.payment_request_id, second.payment_request_id);
-        assert!(
-            second.payment_request_id.contains("00000002"),
-            "{}",
-            second.payment_request_id
-        );
+        let parsed =
+            crate::domain::request_id::parse_payment_request_id(&second.payment_request_id);
+        assert_eq!(parsed.map(|p| p.sequence), Some(2));
         // Even the same second twice cannot collide: the sequence differs.
         let third = Store::open(&path)
             .unwrap()

@@ -428,6 +428,7 @@ mod tests {
             state: State::Cancelling,
             code_masked: None,
             terminal_time: "2026-11-21T10:15:30+08:00".into(),
+            pay_expires_at: None,
         };
         payments::create(c, &new, 1, |_| id.to_string()).unwrap();
         let ch = Change {

@@ -576,6 +576,28 @@ async fn the_pay_body_has_every_field_of_protocol_2_2() {
 }
 
 #[tokio::test]
+async fn the_pay_carries_its_expiry_as_iso_8601_with_the_terminal_offset() {
+    let fake = FakeAms::start(Reply::Signed(PAY_S)).await;
+    let client = AmsClient::new(settings(&fake.base_url)).unwrap();
+    let order = posd::gateway::PayOrder {
+        expires_at: Some(
+            chrono::DateTime::parse_from_rfc3339("2026-11-21T10:18:30+08:00").unwrap(),
+        ),
+        ..support::pay_order("PR-3")
+    };
+    client.pay(&order).await;
+    let body = fake.only_request().json();
+    assert_eq!(body["paymentExpiryTime"], "2026-11-21T10:18:30+08:00");
+    // Without one the field is omitted (the gateway applies its contract default).
+    let (_outcome, fake) = pay_with(Reply::Signed(PAY_S)).await;
+    assert!(fake
+        .only_request()
+        .json()
+        .get("paymentExpiryTime")
+        .is_none());
+}
+
+#[tokio::test]
 async fn the_pay_body_without_notify_url_or_order_ref() {
     let (_outcome, fake) = pay_with(Reply::Signed(PAY_S)).await;
     let body = fake.only_request().json();

@@ -277,7 +277,31 @@ async fn bad_input_is_refused_and_changes_nothing() {
 /// Kills the daemon with SIGKILL at `failpoint` during a sale with the given code, restarts
 /// it, and checks the payment ends where the gateway's own record says it must.
 async fn crash_and_resume(dialect: Dialect, failpoint: &str, last2: &str, want: &[&str]) {
-    let mut d = dialect.daemon("[sandbox]\ncancel_outage = \"60s\"\n");
+    crash_and_resume_with(dialect, failpoint, last2, want, "").await
+}
+
+/// [`crash_and_resume`] with `[flow]` lines added to the short timings.
+async fn crash_and_resume_with(
+    dialect: Dialect,
+    failpoint: &str,
+    last2: &str,
+    want: &[&str],
+    flow: &str,
+) {
+    let keys: Vec<&str> = flow
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    let base: Vec<&str> = super::daemon::FAST_FLOW
+        .lines()
+        .filter(|l| !keys.iter().any(|k| l.starts_with(&format!("{k} "))))
+        .collect();
+    let mut d = dialect.daemon(&format!(
+        "{}\n{flow}\n[sandbox]\ncancel_outage = \"60s\"\n",
+        base.join("\n")
+    ));
     d.start(Some(failpoint)).await;
     // The request may die with the daemon (intent_committed fires before the answer).
     let id = {
@@ -334,8 +358,16 @@ async fn crash_and_resume(dialect: Dialect, failpoint: &str, last2: &str, want: 
 }
 
 in_both_dialects!(
-/// The pay never left: the gateway never heard of it, so the customer was not charged.
-crash_after_intent_committed => |d| crash_and_resume(d, "intent_committed", "56", &["FAILED"])
+/// The pay never left: the gateway never heard of it. Only once the pay's expiry has passed
+/// can "no such payment" mean "not charged"; the cancel is resent past it, then one last
+/// inquiry finds nothing.
+crash_after_intent_committed => |d| crash_and_resume_with(
+    d,
+    "intent_committed",
+    "56",
+    &["FAILED"],
+    "payment_expiry = \"1s\"\npayment_expiry_margin = \"0s\"\ncancel_retry_window = \"4s\"",
+)
 );
 
 in_both_dialects!(

@@ -30,6 +30,10 @@ mod notify;
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
 
+// Operations hardening: config check = run, the empty-store guard, backup, error bodies, slow
+// clients, idempotent POSTs.
+mod hardening;
+
 // The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
 mod mainland;
 

@@ -769,3 +769,15 @@ fn mainland_config_is_validated_with_messages_that_say_what_to_do() {
     let rules = cfg.code_rules();
     assert_eq!((rules.min_len, rules.max_len), (16, 24));
 }
+
+#[tokio::test]
+async fn a_pay_with_an_expiry_sends_time_expire_in_beijing_time_instead_of_timeout_express() {
+    let (client, st) = fake(Reply::Signed(PAY_OK)).await;
+    let mut o = order();
+    o.expires_at = Some(chrono::DateTime::parse_from_rfc3339("2026-01-02T03:05:00Z").unwrap());
+    assert_eq!(client.pay(&o).await.answer, Answer::Success);
+    let seen = st.seen.lock().unwrap();
+    let biz: Value = serde_json::from_str(seen[0].params.get("biz_content").unwrap()).unwrap();
+    assert_eq!(biz["time_expire"], "2026-01-02 11:05:00");
+    assert!(biz.get("timeout_express").is_none(), "{biz}");
+}

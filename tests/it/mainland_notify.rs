@@ -91,6 +91,7 @@ impl Harness {
                     state: State::Paying,
                     code_masked: Some("2812**********3456".into()),
                     terminal_time: "2026-01-02T11:04:05+08:00".into(),
+                    pay_expires_at: None,
                 };
                 payments::create(c, &new, 1, |_| id.clone())?;
                 if state != State::Paying {

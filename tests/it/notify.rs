@@ -108,6 +108,7 @@ impl Harness {
                     state: State::Paying,
                     code_masked: Some("2812**********3456".into()),
                     terminal_time: "2026-11-21T10:15:30+08:00".into(),
+                    pay_expires_at: None,
                 };
                 payments::create(c, &new, 1, |_| id.clone())?;
                 if state != State::Paying {

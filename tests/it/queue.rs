@@ -545,6 +545,7 @@ fn queue_cancel(path: &Path, id: &str) {
                 state: State::Cancelling,
                 code_masked: None,
                 terminal_time: "2026-11-21T10:15:30+08:00".into(),
+                pay_expires_at: None,
             };
             payments::create(c, &new, 1, |_| id.clone())?;
             let ch = Change {
@@ -609,6 +610,8 @@ async fn two_replayers_on_one_database_send_each_item_exactly_once() {
                 timezone: None,
                 merchant_name: "Test Merchant".into(),
                 store_name: "Test Store".into(),
+                inquiry_max: 10,
+                payment_expiry_margin: Duration::from_secs(30),
             },
             role,
         )

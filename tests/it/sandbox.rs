@@ -707,3 +707,26 @@ async fn results_are_notified_until_acknowledged() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(sb.counts().notifications, 2);
 }
+
+#[tokio::test]
+async fn a_pay_that_arrives_after_its_expiry_is_not_processed() {
+    let (_dir, sb) = start().await;
+    let c = client(&sb);
+    let late = PayOrder {
+        expires_at: Some(chrono::Utc::now().fixed_offset() - chrono::Duration::seconds(1)),
+        ..order("expired-1", 10, "12.34")
+    };
+    assert_eq!(failed_code(c.pay(&late).await), "ORDER_IS_CLOSED");
+    // Not recorded: the gateway has no such payment, and nothing was charged.
+    assert_eq!(
+        failed_code(c.inquiry_payment("expired-1").await),
+        "ORDER_NOT_EXIST"
+    );
+    assert_eq!(failed_code(c.cancel("expired-1").await), "ORDER_NOT_EXIST");
+    // In time, the same scenario charges.
+    let in_time = PayOrder {
+        expires_at: Some(chrono::Utc::now().fixed_offset() + chrono::Duration::minutes(3)),
+        ..order("expired-2", 10, "12.34")
+    };
+    success(c.pay(&in_time).await);
+}

@@ -81,7 +81,8 @@ fn all_events() -> Vec<Event> {
         },
         Inquiry::Unknown { why: "w".into() },
     ] {
-        v.push(Event::Inquired(i));
+        v.push(Event::Inquired(i.clone()));
+        v.push(Event::LastInquiry(i));
     }
     for paid in [true, false] {
         for amount_matches in [true, false] {
@@ -126,6 +127,8 @@ fn final_stays_final_except_refunds_and_the_queue() {
                         Event::QueuedCancelConfirmed
                             | Event::QueuedRefundConfirmed { .. }
                             | Event::QueueGaveUp { .. }
+                            // The queued cancel's last word: never charged.
+                            | Event::LastInquiry(Inquiry::NotFound)
                     )
                 );
                 assert!(allowed, "{s} moved to {to} on {e:?}");
@@ -310,10 +313,22 @@ fn cancel_outcomes() {
             ..
         }
     ));
-    // The gateway never saw the pay (no paymentId ever): not charged.
+    // The gateway never saw the pay (no paymentId ever) and it can no longer arrive: one last
+    // inquiry, then not charged (`no_such_payment_means_not_arrived_yet_until_the_expiry`).
     let gone = Event::CancelAnswered(no_such_payment());
     assert_eq!(
-        target(&decide(State::Cancelling, &ctx, &gone)),
+        decide(State::Cancelling, &ctx, &gone),
+        Decision::Ignore {
+            why: "the gateway has no record of the payment and the pay's expiry has passed; one last inquiry",
+            effect: Effect::LastInquiry
+        }
+    );
+    assert_eq!(
+        target(&decide(
+            State::Cancelling,
+            &ctx,
+            &Event::LastInquiry(Inquiry::NotFound)
+        )),
         Some(State::Failed)
     );
     // It did see it and now denies it: a human must look.
@@ -503,6 +518,154 @@ fn restart_resumes_every_open_state() {
             State::Cancelling => assert_eq!(effect, Effect::Cancel),
             State::Refunding => assert_eq!(effect, Effect::Refund),
             _ => assert_eq!(effect, Effect::None, "{s}"),
+        }
+    }
+}
+
+/// Contexts around a pay that stops being processable at `DEAD` (its expiry plus the margin).
+const DEAD: i64 = 1_000_000;
+
+fn at(now_ms: i64, pay_dead_at: Option<i64>, saw: bool) -> Context {
+    Context {
+        now_ms,
+        pay_dead_at,
+        gateway_saw_payment: saw,
+        ..Context::default()
+    }
+}
+
+#[test]
+fn no_such_payment_means_not_arrived_yet_until_the_expiry() {
+    let before = [at(0, Some(DEAD), false), at(DEAD - 1, Some(DEAD), false)];
+    let after = [
+        at(DEAD, Some(DEAD), false),
+        at(DEAD + 60_000, Some(DEAD), false),
+        // No pay with an expiry was ever sent (a sale from before the expiry was recorded).
+        at(5, None, false),
+    ];
+    for s in [State::Cancelling, State::CancelQueued] {
+        let gone = Event::CancelAnswered(no_such_payment());
+        for ctx in &before {
+            assert!(ctx.pay_may_still_arrive());
+            // The cancel stays owed: resent by the payment's task, retried by the queue.
+            assert!(
+                matches!(
+                    decide(s, ctx, &gone),
+                    Decision::Ignore {
+                        effect: Effect::Cancel,
+                        ..
+                    }
+                ),
+                "{s} {ctx:?}"
+            );
+            // Even a "no such payment" from the last inquiry changes nothing while the pay may
+            // still arrive.
+            assert!(matches!(
+                decide(s, ctx, &Event::LastInquiry(Inquiry::NotFound)),
+                Decision::Ignore {
+                    effect: Effect::Cancel,
+                    ..
+                }
+            ));
+        }
+        for ctx in &after {
+            assert!(!ctx.pay_may_still_arrive());
+            assert!(matches!(
+                decide(s, ctx, &gone),
+                Decision::Ignore {
+                    effect: Effect::LastInquiry,
+                    ..
+                }
+            ));
+            assert!(matches!(
+                decide(s, ctx, &Event::LastInquiry(Inquiry::NotFound)),
+                Decision::Go {
+                    to: State::Failed,
+                    effect: Effect::None,
+                    ..
+                }
+            ));
+        }
+    }
+    // The gateway once gave a paymentId and now denies the payment: a human looks.
+    assert_eq!(
+        target(&decide(
+            State::Cancelling,
+            &at(DEAD + 1, Some(DEAD), true),
+            &Event::CancelAnswered(no_such_payment())
+        )),
+        Some(State::NeedsAttention)
+    );
+    assert!(matches!(
+        decide(
+            State::Cancelling,
+            &at(DEAD + 1, Some(DEAD), true),
+            &Event::LastInquiry(Inquiry::NotFound)
+        ),
+        Decision::Ignore {
+            effect: Effect::Cancel,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn the_last_inquiry_concludes_never_charged_only_on_no_such_payment() {
+    let ctx = at(DEAD, Some(DEAD), false);
+    for i in [
+        Inquiry::Paid,
+        Inquiry::Declined {
+            code: "D".into(),
+            message: "m".into(),
+        },
+        Inquiry::Closed,
+        Inquiry::Pending {
+            status: "PROCESSING".into(),
+        },
+        Inquiry::Failed {
+            code: "PROCESS_FAIL".into(),
+        },
+        Inquiry::Unknown { why: "w".into() },
+    ] {
+        for s in [State::Cancelling, State::CancelQueued] {
+            assert!(
+                matches!(
+                    decide(s, &ctx, &Event::LastInquiry(i.clone())),
+                    Decision::Ignore {
+                        effect: Effect::Cancel,
+                        ..
+                    }
+                ),
+                "{s} {i:?}: the cancel stays owed"
+            );
+        }
+    }
+    // Outside a reversal the last inquiry means nothing.
+    for s in ALL_STATES
+        .into_iter()
+        .filter(|s| !matches!(s, State::Cancelling | State::CancelQueued))
+    {
+        assert_eq!(
+            target(&decide(s, &ctx, &Event::LastInquiry(Inquiry::NotFound))),
+            None,
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn never_failed_while_the_pay_may_still_arrive() {
+    // Whatever happens to a payment that is being reversed, it is never declared "not charged"
+    // (FAILED) while a pay the gateway has not seen may still reach it.
+    for ctx in [at(0, Some(DEAD), false), at(DEAD - 1, Some(DEAD), false)] {
+        for s in [State::Cancelling, State::CancelQueued] {
+            for e in all_events() {
+                assert_ne!(
+                    target(&decide(s, &ctx, &e)),
+                    Some(State::Failed),
+                    "{s} on {e:?}"
+                );
+            }
         }
     }
 }

@@ -17,7 +17,8 @@ use crate::gateway::{Answer, Reply};
 use crate::store::payments::NewPayment;
 
 use crate::engine::fake::{
-    failed, inquiry_unknown, ok, ok_with_payment_id, refunded, unknown, window_passed, Fake,
+    failed, inquiry_unknown, no_such_payment, not_found, ok, ok_with_payment_id, paid, refunded,
+    unknown, window_passed, Fake,
 };
 
 fn cancel_ok() -> Reply<Answer> {
@@ -42,6 +43,8 @@ fn settings() -> QueueSettings {
         timezone: Some(chrono_tz::Asia::Shanghai),
         merchant_name: "Demo Cafe".into(),
         store_name: "Demo Cafe Central".into(),
+        inquiry_max: 10,
+        payment_expiry_margin: Duration::from_secs(30),
     }
 }
 
@@ -61,6 +64,7 @@ fn queued_cancel(store: &Store, id: &str, payment_id: Option<&str>, due: i64) ->
                 state: State::Cancelling,
                 code_masked: Some("2812**********3456".into()),
                 terminal_time: "2026-11-21T10:15:30+08:00".into(),
+                pay_expires_at: None,
             };
             payments::create(c, &new, T0, |_| id.clone())?;
             let ch = Change {
@@ -291,6 +295,63 @@ async fn a_refusal_is_a_dead_letter_and_the_payment_needs_attention_with_the_rea
 }
 
 #[tokio::test]
+async fn a_queued_cancel_that_finds_no_payment_waits_for_the_expiry_then_asks_once_more() {
+    // The gateway has no record of the payment: while its pay may still arrive that means
+    // "not arrived yet" (not a dead letter); after the expiry and the margin, one last inquiry
+    // that finds nothing either means never charged.
+    let store = Store::open_in_memory().unwrap();
+    let fake = Fake::default();
+    fake.script().cancel_default = Some(no_such_payment());
+    let clock = Arc::new(ManualClock::at(T0));
+    let r = replayer(&store, &fake, clock.clone());
+    let id = queued_cancel(&store, "P1", None, T0);
+    let expires = T0 + 180_000;
+    store
+        .call_blocking(move |c| {
+            c.execute(
+                "UPDATE payments SET pay_expires_at = ?1 WHERE payment_request_id = 'P1'",
+                [expires],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let rep = r.drain().await.unwrap();
+    assert_eq!(rep[0].outcome, ItemOutcome::Retry, "{:?}", rep[0]);
+    assert_eq!(item(&store, id).status, ItemStatus::Pending);
+    assert_eq!(payment(&store, "P1").state, State::CancelQueued);
+    assert!(
+        fake.calls("inquiry").is_empty(),
+        "no inquiry before the expiry"
+    );
+    // Within the margin (30 s) after the expiry: still not arrived yet.
+    clock.advance(180_000 + 29_000);
+    let rep = r.replay_all().await.unwrap();
+    assert_eq!(rep[0].outcome, ItemOutcome::Retry);
+    assert!(fake.calls("inquiry").is_empty());
+    // Past it: the last inquiry finds the payment after all — the cancel stays owed.
+    clock.advance(2_000);
+    fake.script().inquiry.push_back(paid());
+    let rep = r.replay_all().await.unwrap();
+    assert_eq!(rep[0].outcome, ItemOutcome::Retry);
+    assert_eq!(fake.calls("inquiry").len(), 1);
+    assert_eq!(payment(&store, "P1").state, State::CancelQueued);
+    // Next time it finds nothing: never charged.
+    clock.advance(60_000);
+    fake.script().inquiry.push_back(not_found());
+    let rep = r.replay_all().await.unwrap();
+    assert_eq!(rep[0].outcome, ItemOutcome::Done);
+    assert_eq!(rep[0].payment_state, Some(State::Failed));
+    assert_eq!(item(&store, id).status, ItemStatus::Done);
+    let p = payment(&store, "P1");
+    assert_eq!(p.state, State::Failed);
+    assert_eq!(p.result_code.as_deref(), Some("ORDER_NOT_EXIST"));
+    assert!(p.attention_reason.is_none());
+    let last = events_of(&store, "P1").pop().unwrap();
+    assert!(last.cause.contains("never charged"), "{last:?}");
+    assert_eq!(fake.calls("cancel").len(), 4);
+}
+
+#[tokio::test]
 async fn a_replayer_whose_lease_was_retaken_writes_nothing() {
     let store = Store::open_in_memory().unwrap();
     let fake = Fake::default();
@@ -488,6 +549,8 @@ fn engine_settings() -> EngineSettings {
         cancel_retry_min: Duration::from_secs(5),
         cancel_retry_max: Duration::from_secs(10),
         queue_backoff_initial: Duration::from_secs(30),
+        payment_expiry: Duration::from_secs(180),
+        payment_expiry_margin: Duration::from_secs(30),
     }
 }
 

@@ -188,7 +188,13 @@ impl CnClient {
             product_code: "FACE_TO_FACE_PAYMENT".into(),
             store_id: self.settings.store_id.clone().filter(|s| !s.is_empty()),
             terminal_id: self.settings.terminal_id.clone().filter(|s| !s.is_empty()),
-            timeout_express: Some(self.settings.trade_timeout.clone()),
+            timeout_express: order
+                .expires_at
+                .is_none()
+                .then(|| self.settings.trade_timeout.clone()),
+            time_expire: order
+                .expires_at
+                .map(|t| wire::timestamp(t.with_timezone(&Utc))),
         };
         serde_json::to_string(&biz).map_err(|e| format!("cannot serialize the pay: {e}"))
     }

@@ -339,6 +339,9 @@ impl AmsClient {
                 },
             },
             payment_notify_url: self.settings.notify_url.clone(),
+            payment_expiry_time: order
+                .expires_at
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, false)),
         }
     }
 

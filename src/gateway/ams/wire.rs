@@ -63,6 +63,9 @@ pub struct PayRequest {
     /// Where the gateway sends notifyPayment.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub payment_notify_url: Option<String>,
+    /// ISO 8601 with offset: the gateway does not process the pay after this time.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub payment_expiry_time: Option<String>,
 }
 
 /// `paymentMethod`.

@@ -271,6 +271,14 @@ fn pay(
     else {
         return Ok(invalid("auth_code is too short"));
     };
+    // A pay that reaches the gateway after its time_expire is not processed.
+    let expiry = match b.time_expire.as_deref() {
+        None => None,
+        Some(t) => match wire::parse_timestamp(t) {
+            Some(ms) => Some(ms),
+            None => return Ok(invalid("time_expire must be yyyy-MM-dd HH:mm:ss")),
+        },
+    };
     let fingerprint = sha256_hex(&["alipay_cn", &b.total_amount, code]);
     store.transaction(|c| {
         let (row, reply) = match store::payment_by_request_id(c, &b.out_trade_no)? {
@@ -280,6 +288,10 @@ fn pay(
             Some(row) => {
                 let reply = scenario::repeat_pay(&row.facts);
                 return Ok(pay_reply(&row, &reply, true));
+            }
+            None if expiry.is_some_and(|at| now.ms > at) => {
+                tracing::warn!(out_trade_no = %b.out_trade_no, "sandbox (mainland): pay arrived after its time_expire; not processed");
+                return Ok(business_failure("ACQ.TRADE_HAS_CLOSE", Map::new()));
             }
             None => {
                 let (status, fail_code, reply) = scenario::first_pay(scen);

@@ -231,6 +231,14 @@ fn pay(store: &Store, body: &[u8], client_id: &str, now: &Now) -> rusqlite::Resu
     else {
         return illegal("paymentMethodId is too short");
     };
+    // A pay that reaches the gateway after its paymentExpiryTime is not processed.
+    let expiry = match req.payment_expiry_time.as_deref() {
+        None => None,
+        Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Ok(t) => Some(t.timestamp_millis()),
+            Err(_) => return illegal("paymentExpiryTime must be ISO 8601 with an offset"),
+        },
+    };
     let fingerprint = sha256_hex(&[
         &req.payment_amount.value,
         &req.payment_amount.currency,
@@ -251,6 +259,16 @@ fn pay(store: &Store, body: &[u8], client_id: &str, now: &Now) -> rusqlite::Resu
             Some(row) => {
                 let reply = scenario::repeat_pay(&row.facts);
                 (row, reply, false)
+            }
+            None if expiry.is_some_and(|at| now.ms > at) => {
+                tracing::warn!(
+                    payment_request_id = id,
+                    "sandbox: pay arrived after its paymentExpiryTime; not processed"
+                );
+                return Ok(answer(failure_body(
+                    "ORDER_IS_CLOSED",
+                    Some("the pay arrived after its paymentExpiryTime"),
+                )));
             }
             None => {
                 let (status, fail_code, reply) = scenario::first_pay(scen);

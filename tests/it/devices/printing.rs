@@ -254,7 +254,7 @@ async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies()
     let worker =
         PrintWorker::spawn(&cfg, OwnConnection::open(&path).unwrap(), shutdown.clone()).unwrap();
     let mut engine = Connection::open(&path).unwrap();
-    let prid = "20261121140305T000100000000123400000042123456";
+    let prid = "126112114030500000100004200000012347";
     let id = record_sale(&mut engine, prid);
     worker.wake();
 
@@ -333,7 +333,7 @@ async fn file_printer_writes_bin_and_txt_per_slip() {
     assert_eq!(row(&engine, id).status, SlipStatus::Printed);
     let txt = std::fs::read_to_string(receipts.join(format!("P7-{id}-sale.txt"))).unwrap();
     assert!(
-        txt.contains("SALE") && txt.contains("[CODE128 P7]") && !txt.contains("COPY"),
+        txt.contains("SALE") && txt.contains("[barcode P7]") && !txt.contains("COPY"),
         "{txt}"
     );
     let txt = std::fs::read_to_string(receipts.join(format!("P7-{copy}-sale-copy.txt"))).unwrap();
