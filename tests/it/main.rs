@@ -39,3 +39,6 @@ mod mainland;
 
 // The mainland notification endpoint in process: forged, other app, amount, duplicates, order.
 mod mainland_notify;
+
+// The sandbox in the mainland dialect, and its overrides and delayed outcomes in both dialects.
+mod mainland_sandbox;

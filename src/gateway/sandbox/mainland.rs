@@ -294,6 +294,10 @@ fn pay(
                 return Ok(business_failure("ACQ.TRADE_HAS_CLOSE", Map::new()));
             }
             None => {
+                // A sticky override or a delayed outcome replaces the code's own row.
+                let (scen, digits, approve_at) =
+                    super::overrides::pick(c, scen, digits, now.ms)?;
+                let digits = digits.as_str();
                 let (status, fail_code, reply) = scenario::first_pay(scen);
                 let row = PaymentRow {
                     payment_request_id: b.out_trade_no.clone(),
@@ -317,6 +321,9 @@ fn pay(
                     },
                 };
                 store::insert_payment(c, &row, digits)?;
+                if let Some(at) = approve_at {
+                    super::overrides::record_delay(c, &row.payment_request_id, at)?;
+                }
                 tracing::info!(
                     out_trade_no = %row.payment_request_id,
                     code = %row.code_masked,
@@ -379,6 +386,7 @@ fn query(store: &Store, b: TradeBiz, now: &CnNow) -> rusqlite::Result<CnReply> {
         let Some(mut row) = find(c, &b)? else {
             return Ok(business_failure("ACQ.TRADE_NOT_EXIST", Map::new()));
         };
+        super::overrides::settle_delay(c, &mut row, now.ms)?;
         let (answer, next) = scenario::inquiry(&row.facts);
         let InquiryAnswer::Status(status) = answer else {
             return Ok(CnReply::NoAnswer);
