@@ -1,4 +1,4 @@
-//! Queue drain benchmark (issue 4): 10,000 queued cancels in a file database (WAL,
+//! Queue drain benchmark: 10,000 queued cancels in a file database (WAL,
 //! `synchronous=FULL`) drained by the real `Replayer` through the real `AmsClient` against a
 //! zero-delay loopback gateway that answers every cancel with a signed S. Prints items/s
 //! (each acknowledgement durable before its payment is reported moved) next to the cost of one

@@ -1,4 +1,4 @@
-//! Sale benchmarks (issue 3), each beside the machine's floor measured in the same run:
+//! Sale benchmarks, each beside the machine's floor measured in the same run:
 //! (a) a sale with its code accepted → pay request on the wire (id, intent commit, JSON,
 //!     sign, send), and (a') the same from a scan bound to a waiting sale, against
 //!     one `synchronous=FULL` commit + one OpenSSL RSA-2048 sign;

@@ -1,5 +1,5 @@
-//! `config.toml`: the serde shape (unknown keys rejected, defaults per DESIGN.md) and its
-//! validation, with errors that name the key and say what would be valid.
+//! `config.toml`: the serde shape (unknown keys rejected, defaults per docs/design.md and
+//! README.md) and its validation, with errors that name the key and say what would be valid.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -380,15 +380,12 @@ pub async fn start_with(
         cfg.api.token.as_ref(),
         api::MAX_BODY,
     );
-    let t = token.clone();
-    let served = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { t.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    let served = tokio::spawn(api::serve::serve(
+        listener,
+        app,
+        api::serve::ListenLimits::api(cfg),
+        token.clone(),
+    ));
     health.add_task("api", served.abort_handle());
     if let Some(queue) = engine.queue_worker_task() {
         health.add_task("queue worker", queue);
@@ -408,15 +405,12 @@ pub async fn start_with(
         } else {
             api::notify::router(notify_state)
         };
-        let t = token.clone();
-        let served = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { t.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "notification endpoint stopped");
-            }
-        });
+        let served = tokio::spawn(api::serve::serve(
+            listener,
+            app,
+            api::serve::ListenLimits::notify(cfg),
+            token.clone(),
+        ));
         health.add_task("notify", served.abort_handle());
         tracing::info!(addr = %addr, path = %cfg.notify.path, "notification endpoint listening");
     }

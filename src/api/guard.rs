@@ -10,6 +10,8 @@
 //!   sale's intent is committed, then its task is spawned).
 //! - Over the concurrency bound a request is answered 503 at once rather than queued, so a
 //!   stuck client cannot build a backlog; long-polls (`?wait=`) get their own longer deadline.
+//!   `GET /healthz` is outside the bound. Bodies are read before a request takes a slot, and
+//!   slow or idle connections are cut, by the accept loop in [`super::serve`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +68,12 @@ fn with_limits(router: Router, limits: Limits) -> Router {
 }
 
 async fn limit(State(l): State<Limits>, req: Request, next: Next) -> Response {
-    let Ok(permit) = l.permits.clone().try_acquire_owned() else {
+    // Health answers even when every handler slot is taken: that is when it matters.
+    let permit = if req.uri().path() == UNAUTHENTICATED_PATH {
+        None
+    } else if let Ok(p) = l.permits.clone().try_acquire_owned() {
+        Some(p)
+    } else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",

@@ -1,4 +1,4 @@
-//! The notifyPayment endpoint (PROTOCOL.md §2.7, §3.5) on its own listener (`[notify]`).
+//! The notifyPayment endpoint (docs/protocol.md, "notifyPayment") on its own listener (`[notify]`).
 //!
 //! Order of checks, each failing one answered non-S with nothing changed: content type, body
 //! size, the three headers, the RSA signature over `POST <path>\n<client-id>.<request-time>.

@@ -1,4 +1,4 @@
-//! The local API's JSON shapes (the outside contract in DESIGN.md) and their conversion from
+//! The local API's JSON shapes (the outside contract in docs/design.md) and their conversion from
 //! the domain and store types. The CLI reuses them.
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,10 @@ pub struct PaymentJson {
     /// Refunds of this payment.
     #[serde(default)]
     pub refunds: Vec<RefundJson>,
+    /// Present while an answer for this payment cannot be recorded (the database refuses
+    /// writes): the state shown is behind; do not hand over goods. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cannot_record: Option<String>,
 }
 
 /// `{"error":{"code","message"}}`.
@@ -180,6 +184,7 @@ impl PaymentJson {
             updated_at: rfc3339(p.updated_at),
             events: v.events.iter().map(EventJson::from).collect(),
             refunds: refunds.iter().map(RefundJson::from).collect(),
+            cannot_record: v.recording.as_ref().map(|f| f.advice()),
         }
     }
 }

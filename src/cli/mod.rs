@@ -86,6 +86,9 @@ pub enum Command {
     Config(ConfigCommand),
     /// Run the sandbox gateway alone, for POS developers.
     Sandbox(SandboxArgs),
+    /// The hub: the front gateway of an estate of terminals (its own hub.toml).
+    #[command(subcommand)]
+    Hub(crate::hub::cli::HubCommand),
 }
 
 /// `posd pay`.
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> u8 {
     match &cli.command {
         Command::Keys(KeysCommand::Generate { out }) => return keys_generate(out),
         Command::Config(ConfigCommand::Check) => return config_check(&cli),
+        Command::Hub(cmd) => return crate::hub::cli::run(cli.config.as_deref(), cmd),
         Command::Run(args) => return run_daemon(&cli, *args),
         _ => {}
     }
@@ -207,7 +211,9 @@ fn run(cli: Cli) -> u8 {
             println!("slip {} queued for printing (copy)", v["slip_id"]);
             Ok(EXIT_OK)
         }),
-        Command::Keys(_) | Command::Config(_) | Command::Run(_) => unreachable!("handled above"),
+        Command::Keys(_) | Command::Config(_) | Command::Run(_) | Command::Hub(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -237,7 +243,9 @@ async fn pay(c: ApiClient, args: PayArgs) -> Result<u8, CallError> {
         order_ref: args.order,
         code: args.code,
     };
-    let mut p: PaymentJson = c.post("/v1/payments", &body).await?;
+    // One key for this invocation: a retry after a lost answer returns the same payment.
+    let key = client::new_idempotency_key();
+    let mut p: PaymentJson = c.post_once("/v1/payments", &body, &key).await?;
     if !args.json {
         eprintln!(
             "posd: payment {} started ({})",
@@ -247,7 +255,12 @@ async fn pay(c: ApiClient, args: PayArgs) -> Result<u8, CallError> {
             eprintln!("posd: scan the customer's payment code");
         }
     }
+    let mut warned = false;
     while !p.is_final {
+        if let (Some(why), false) = (&p.cannot_record, warned) {
+            eprintln!("posd: CANNOT RECORD — {why}");
+            warned = true;
+        }
         p = c
             .get_long(
                 &format!("/v1/payments/{}?wait=30", p.payment_request_id),

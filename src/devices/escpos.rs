@@ -2,12 +2,12 @@
 //! printer prints, and [`dump`], which shows such bytes as readable commands for tests and
 //! snapshots.
 //!
-//! The `escpos` crate builds the standard commands. Three of its gaps are filled here: it has
-//! no CODE128, so CODE128 is sent as raw `GS k 73` with code set C packed here (two digits
-//! per byte; `{C` followed by ASCII digits would print a different, valid barcode) and its
-//! width computed from the profile before printing ([`plan_barcode`]); the cash drawer pulse is the full 5-byte `ESC p m t1 t2`; and text is cleaned
-//! up to the profile's encoding first, because the crate silently sends an unencodable
-//! character as UTF-8.
+//! The `escpos` crate builds the standard commands. Three of its gaps are filled here: it has no
+//! CODE128, so CODE128 is sent as raw `GS k 73` with code set C packed here (two digits per byte;
+//! `{C` followed by ASCII digits would print a different, valid barcode) and its width computed
+//! from the profile before printing ([`plan_barcode`]); the cash drawer pulse is the full 5-byte
+//! `ESC p m t1 t2`; and text is cleaned up to the profile's encoding first, because the crate
+//! silently sends an unencodable character as UTF-8.
 
 use std::sync::{Arc, Mutex};
 

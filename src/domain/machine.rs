@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-/// Every state a payment can be in (DESIGN.md "States", the outside contract).
+/// Every state a payment can be in (docs/design.md "States", the outside contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     /// A sale was started without a code; the next scan binds to it.
@@ -87,7 +87,7 @@ impl State {
     }
 
     /// States in which a pay answer, an inquiry or a notification may still settle the sale:
-    /// not final and not being cancelled (DESIGN.md flow step 4).
+    /// not final and not being cancelled (docs/design.md, flow step 5).
     pub fn accepts_payment_result(self) -> bool {
         matches!(self, State::Paying | State::Inquiring)
     }

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use rand::Rng;
+
+use super::backoff::{backoff, jittered};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -19,7 +21,7 @@ use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecor
 pub(super) const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Facts an answer carried besides the event.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Extras {
     payment_id: Option<String>,
     result_code: Option<String>,
@@ -75,26 +77,89 @@ async fn drive_in_span(
             Ok(Some(x)) => x,
             Ok(None) => {
                 // Woken (an abort) or nothing to send: re-read the state and resume from it.
-                match load(engine, id).await {
+                match load_until_read(engine, id).await {
                     Ok(rec) => {
                         effect = machine::resume_effect(rec.state);
                         continue;
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read payment; stopping its task");
-                        break;
-                    }
+                    Err(Stop) => break,
                 }
             }
             Err(Stop) => break,
         };
-        match commit(engine, id, &event, extras).await {
+        match commit_until_recorded(engine, id, &event, extras).await {
             Ok(next) => effect = next,
+            // Shutdown while the answer could not be recorded: the payment stays open, and
+            // recovery resumes it on the next start (rule 6).
+            Err(Stop) => break,
+        }
+    }
+}
+
+/// First pause after a failed commit or read.
+const RECORD_RETRY_INITIAL: Duration = Duration::from_millis(100);
+/// Longest pause between commit retries.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before retry `attempt` (1-based) of a failed commit or read.
+fn record_retry(attempt: u32) -> Duration {
+    let d = backoff(
+        attempt.saturating_sub(1),
+        RECORD_RETRY_INITIAL,
+        RECORD_RETRY_MAX,
+    );
+    jittered(d, rand::thread_rng().gen::<f64>())
+}
+
+/// Commits the answer, retrying with backoff for as long as the database refuses the write
+/// (a lock held past the busy timeout, a read-only or full disk): the answer is kept, nothing
+/// acts on it before it is recorded, the payment is flagged "cannot record" meanwhile, and the
+/// task carries on by itself once the fault clears. Only shutdown stops it.
+async fn commit_until_recorded(
+    engine: &Engine,
+    id: &str,
+    event: &Event,
+    extras: Extras,
+) -> Result<Effect, Stop> {
+    let mut attempt: u32 = 0;
+    loop {
+        match commit(engine, id, event, extras.clone()).await {
+            Ok(next) => {
+                if attempt > 0 {
+                    engine.recorded(id);
+                }
+                return Ok(next);
+            }
             Err(e) => {
-                // The database refused a write. Stop here: the payment stays in a non-final
-                // state that recovery resumes on the next start (rule 6).
-                tracing::error!(error = %e, "cannot commit an answer; the payment will be resumed on restart");
-                break;
+                attempt = attempt.saturating_add(1);
+                engine.cannot_record(id, &e);
+                tracing::warn!(error = %format!("{e:#}"), attempt, "cannot record the answer; retrying");
+                pause(engine, record_retry(attempt)).await?;
+            }
+        }
+    }
+}
+
+/// Reads the payment, retrying with backoff while the database cannot be read; stops only on
+/// shutdown or when the payment is gone.
+async fn load_until_read(engine: &Engine, id: &str) -> Result<PaymentRecord, Stop> {
+    let mut attempt: u32 = 0;
+    loop {
+        let owned = id.to_string();
+        match engine
+            .store()
+            .read(move |c| Ok(payments::get(c, &owned)?))
+            .await
+        {
+            Ok(Some(rec)) => return Ok(rec),
+            Ok(None) => {
+                tracing::error!("payment vanished; stopping its task");
+                return Err(Stop);
+            }
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(error = %format!("{e:#}"), attempt, "cannot read the payment; retrying");
+                pause(engine, record_retry(attempt)).await?;
             }
         }
     }
@@ -198,7 +263,7 @@ async fn inquire(engine: &Engine, id: &str, waker: &Notify) -> Step {
         _ = engine.inner.shutdown.cancelled() => return Err(Stop),
     }
     // An abort may have landed while we slept without waking us (it raced the sleep's end).
-    let rec = load(engine, id).await.map_err(|_| Stop)?;
+    let rec = load_until_read(engine, id).await?;
     if rec.state != State::Inquiring && rec.state != State::Paying {
         return Ok(None);
     }

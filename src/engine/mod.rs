@@ -10,6 +10,7 @@ pub mod failpoint;
 pub(crate) mod fake;
 pub mod notify;
 pub mod queue;
+pub mod recording;
 mod refund;
 pub mod worker;
 
@@ -108,6 +109,8 @@ pub enum EngineError {
     Internal(#[from] anyhow::Error),
 }
 
+pub use recording::{Fault as RecordingBlocked, RecordingFault};
+
 /// A payment with its journal, as the API shows it.
 #[derive(Debug, Clone)]
 pub struct PaymentView {
@@ -115,6 +118,9 @@ pub struct PaymentView {
     pub payment: PaymentRecord,
     /// Its journal, oldest first.
     pub events: Vec<EventRecord>,
+    /// Set while an answer for this payment cannot be recorded (the database refuses
+    /// writes): its stored state is behind, and goods must not be handed over.
+    pub recording: Option<RecordingBlocked>,
 }
 
 /// What a sale needs.
@@ -144,6 +150,8 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// Wall time for the machine and the pay's expiry (tokio-driven in tests).
     clock: Arc<dyn clock::Clock>,
+    /// Commits that fail right now.
+    recording: recording::Recording,
     /// Per-payment state watchers for long-polls: only the waiters of a payment wake.
     watchers: Mutex<HashMap<String, watch::Sender<State>>>,
     /// Signalled when a slip was written to the print journal.
@@ -181,6 +189,7 @@ impl Engine {
                 gateway,
                 settings,
                 clock,
+                recording: recording::Recording::default(),
                 wakers: Mutex::new(HashMap::new()),
                 changes: watch::channel(0).0,
                 watchers: Mutex::new(HashMap::new()),
@@ -217,7 +226,14 @@ impl Engine {
                     settings,
                     "daemon",
                 )
-                .with_on_change(move |id, state| engine.changed_payment(id, state))
+                .with_on_change({
+                    let engine = engine.clone();
+                    move |id, state| engine.changed_payment(id, state)
+                })
+                .with_on_fault(move |error| match error {
+                    Some(e) => engine.inner.recording.queue_failed(engine.now_ms(), e),
+                    None => engine.inner.recording.queue_ok(),
+                })
                 .with_shutdown(self.inner.shutdown.clone());
                 let task = self.inner.tracker.spawn(worker::run(
                     r.clone(),
@@ -296,7 +312,7 @@ impl Engine {
         rec: &PaymentRecord,
         to: State,
         refund: Option<&crate::store::payments::RefundRecord>,
-    ) -> Option<crate::devices::receipt::SlipData> {
+    ) -> Option<crate::domain::slip::SlipData> {
         let s = &self.inner.settings;
         slip_data(
             &SlipIdentity {
@@ -334,6 +350,17 @@ impl Engine {
     /// Starts a sale. With a code the pay intent is committed (rule 1) and the pay is sent by
     /// the payment's task; without one the sale waits for the next scan.
     pub async fn start_sale(&self, req: SaleRequest) -> Result<PaymentRecord, EngineError> {
+        self.start_sale_once(req, None).await.map(|(rec, _)| rec)
+    }
+
+    /// [`Engine::start_sale`] under an `Idempotency-Key`, stored in the intent's transaction:
+    /// the same key and request return the payment they created (`true`: nothing new was
+    /// started), the same key with another request is refused.
+    pub async fn start_sale_once(
+        &self,
+        req: SaleRequest,
+        key: Option<crate::store::idempotency::Idempotency>,
+    ) -> Result<(PaymentRecord, bool), EngineError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -360,11 +387,20 @@ impl Engine {
         // commit is still on its way to disk. Nothing is sent before that commit returns.
         let (id_tx, id_rx) = tokio::sync::oneshot::channel::<String>();
         let commit = self.inner.store.call(move |c| {
-            Ok(payments::create(c, &new, now_ms(), |seq| {
+            let make_id = |seq| {
                 let id = make_payment_id(local, &terminal, amount_minor, seq);
                 let _ = id_tx.send(id.clone());
                 id
-            }))
+            };
+            let created = match &key {
+                None => payments::create(c, &new, now_ms(), make_id).map(|rec| (rec, false)),
+                Some(k) => payments::create_once(c, &new, now_ms(), make_id, k),
+            };
+            match created {
+                // A database error fails the job, so its savepoint rolls the whole of it back.
+                Err(CreateError::Db(e)) => Err(e.into()),
+                other => Ok(other),
+            }
         });
         let prepare = async {
             let code = req.code.clone()?;
@@ -380,7 +416,11 @@ impl Engine {
             }))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);
-        let rec = committed?.map_err(create_error)?;
+        let (rec, replayed) = committed?.map_err(create_error)?;
+        if replayed {
+            tracing::info!(payment = %rec.payment_request_id, "sale retried with its Idempotency-Key; nothing new started");
+            return Ok((rec, true));
+        }
         self.changed();
         tracing::info!(payment = %rec.payment_request_id, amount = %rec.amount, state = %rec.state, "sale started");
         if let Some(prepared) = prepared {
@@ -392,7 +432,7 @@ impl Engine {
                 Some(prepared),
             );
         }
-        Ok(rec)
+        Ok((rec, false))
     }
 
     /// Binds a scanned code to the sale waiting for one and sends the pay.
@@ -521,16 +561,63 @@ impl Engine {
     /// One payment with its journal.
     pub async fn view(&self, id: &str) -> Result<PaymentView, EngineError> {
         let id = id.to_string();
-        self.inner
+        let v = self
+            .inner
             .store
             .read(move |c| {
                 let Some(payment) = payments::get(c, &id)? else {
                     return Ok(Err(EngineError::NotFound(id)));
                 };
                 let events = payments::events(c, &id)?;
-                Ok(Ok(PaymentView { payment, events }))
+                Ok(Ok((payment, events)))
             })
-            .await?
+            .await?;
+        let (payment, events) = v?;
+        let recording = self.inner.recording.of(&payment.payment_request_id);
+        Ok(PaymentView {
+            payment,
+            events,
+            recording,
+        })
+    }
+
+    /// Whether answers cannot be recorded right now (the health check's flag): which payments
+    /// wait, since when, and the latest error. `None` while every commit goes through.
+    pub fn recording_fault(&self) -> Option<RecordingFault> {
+        self.inner.recording.summary()
+    }
+
+    /// A commit of `id`'s answer failed: flags it; the first failure wakes its long-polls so
+    /// the cashier learns at once.
+    pub(crate) fn cannot_record(&self, id: &str, error: &anyhow::Error) {
+        let text = format!("{error:#}");
+        if self
+            .inner
+            .recording
+            .payment_failed(id, self.now_ms(), &text)
+        {
+            tracing::error!(payment = %id, error = %text, "cannot record an answer; retrying the commit, the payment stays open");
+            self.wake_watchers(id);
+        }
+    }
+
+    /// A commit of `id`'s answer went through after failing.
+    pub(crate) fn recorded(&self, id: &str) {
+        if self.inner.recording.payment_recorded(id) {
+            tracing::info!(payment = %id, "the answer is recorded again");
+            self.wake_watchers(id);
+        }
+    }
+
+    fn wake_watchers(&self, id: &str) {
+        let w = self
+            .inner
+            .watchers
+            .lock()
+            .expect("watchers lock is never held across a panic");
+        if let Some(tx) = w.get(id) {
+            tx.send_modify(|_| {});
+        }
     }
 
     /// Waits until the payment is final or `wait` passes, then returns it. Only this
@@ -551,18 +638,32 @@ impl Engine {
             self.drop_watcher(id);
             return Ok(v);
         }
+        // A wait that began while recording was blocked returns at its deadline (the view
+        // carries the condition); one in progress returns as soon as it begins or clears.
+        let blocked_at_start = v.recording.is_some();
         let deadline = tokio::time::Instant::now() + wait;
         // A commit from another process (a back-office command on the same database) does
         // not signal us: re-read at least this often.
         const REREAD: Duration = Duration::from_secs(1);
         loop {
             let next = (tokio::time::Instant::now() + REREAD).min(deadline);
-            match tokio::time::timeout_at(next, rx.changed()).await {
-                Ok(Ok(())) if !rx.borrow_and_update().is_final() => continue,
-                _ => {}
-            }
+            let woken = match tokio::time::timeout_at(next, rx.changed()).await {
+                Ok(Ok(())) => {
+                    let fin = rx.borrow_and_update().is_final();
+                    let blocked = self.inner.recording.of(id).is_some();
+                    if !fin && blocked == blocked_at_start {
+                        continue;
+                    }
+                    true
+                }
+                _ => false,
+            };
             let v = self.view(id).await?;
-            if v.payment.state.is_final() || tokio::time::Instant::now() >= deadline {
+            let blocked_changed = woken && v.recording.is_some() != blocked_at_start;
+            if v.payment.state.is_final()
+                || blocked_changed
+                || tokio::time::Instant::now() >= deadline
+            {
                 self.drop_watcher(id);
                 return Ok(v);
             }
@@ -676,9 +777,9 @@ impl Engine {
 
 fn create_error(e: CreateError) -> EngineError {
     match e {
-        CreateError::OrderBusy { .. } | CreateError::AlreadyAwaiting { .. } => {
-            EngineError::Conflict(e.to_string())
-        }
+        CreateError::OrderBusy { .. }
+        | CreateError::AlreadyAwaiting { .. }
+        | CreateError::KeyReused { .. } => EngineError::Conflict(e.to_string()),
         CreateError::Db(e) => EngineError::Internal(e.into()),
     }
 }
@@ -735,8 +836,8 @@ pub(crate) fn slip_data(
     rec: &PaymentRecord,
     to: State,
     refund: Option<&crate::store::payments::RefundRecord>,
-) -> Option<crate::devices::receipt::SlipData> {
-    use crate::devices::receipt::{SlipData, SlipKind};
+) -> Option<crate::domain::slip::SlipData> {
+    use crate::domain::slip::{SlipData, SlipKind};
     if to == rec.state {
         return None;
     }

@@ -480,3 +480,80 @@ async fn a_pay_held_past_its_expiry_is_queued_then_found_never_charged() {
     assert!(!h.is_charged());
     assert!(h.refused_late);
 }
+
+// ---- an answer that cannot be recorded ----
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_cannot_be_recorded_is_kept_retried_and_recorded_once_the_fault_clears() {
+    let fake = Fake::default();
+    fake.script().pay_delay = Duration::from_secs(1);
+    fake.script().inquiry.push_back(paid());
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let id = rec.payment_request_id.clone();
+    // The database starts refusing every write to payments (an injected I/O error).
+    e.store()
+        .call(|c| {
+            c.execute_batch(
+                "CREATE TEMP TRIGGER refuse BEFORE UPDATE ON payments \
+                 BEGIN SELECT RAISE(ABORT, 'injected: disk I/O error'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // A long-poll in progress learns at once that the answer cannot be recorded.
+    let waiting = {
+        let e = e.clone();
+        let id = id.clone();
+        tokio::spawn(async move { e.wait_final(&id, Duration::from_secs(60)).await })
+    };
+    let v = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the long-poll returns when recording is blocked")
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.payment.state, State::Paying);
+    let blocked = v.recording.expect("the view carries the condition");
+    assert!(blocked.advice().contains("do not hand over goods"));
+    assert!(blocked.error.contains("injected"), "{}", blocked.error);
+    let fault = e.recording_fault().expect("the health flag is up");
+    assert_eq!(fault.payments, vec![id.clone()]);
+    // The pay's answer (unknown) is kept and never acted on while unrecorded: no inquiry.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        fake.calls("inquiry").is_empty(),
+        "acted on an unrecorded answer"
+    );
+    let v = e.view(&id).await.unwrap();
+    assert_eq!(v.payment.state, State::Paying);
+    assert!(v.recording.unwrap().attempts > 5, "the commit is retried");
+    // The fault clears: the payment carries on by itself, without a restart.
+    e.store()
+        .call(|c| {
+            c.execute_batch("DROP TRIGGER temp.refuse")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // (A long-poll that began while blocked returns when the condition clears: poll again.)
+    let v = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let v = final_state(&e, &id).await;
+            if v.payment.state.is_final() {
+                break v;
+            }
+        }
+    })
+    .await
+    .expect("the payment finishes on its own");
+    assert_eq!(v.payment.state, State::Succeeded);
+    assert!(v.recording.is_none());
+    assert!(e.recording_fault().is_none());
+    assert_eq!(fake.calls("pay").len(), 1, "the pay was not resent");
+    let states: Vec<_> = v.events.iter().map(|e| e.to).collect();
+    assert_eq!(
+        states,
+        vec![State::Paying, State::Inquiring, State::Succeeded]
+    );
+}

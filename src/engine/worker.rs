@@ -1,4 +1,4 @@
-//! The store-and-forward reversal queue worker (DESIGN.md rule 4, flow step 7): replays
+//! The store-and-forward reversal queue worker (docs/design.md, rule 4 and flow step 8): replays
 //! queued cancels and refunds until the gateway confirms them or a human decides.
 //!
 //! # Replaying
@@ -340,11 +340,15 @@ struct ReplayerInner {
     owner: String,
     leases: AtomicU64,
     on_change: OnChange,
+    on_fault: OnFault,
     shutdown: CancellationToken,
 }
 
 /// Told `(payment, state)` for every payment a settle touched.
 type OnChange = Box<dyn Fn(&str, State) + Send + Sync>;
+
+/// Told the error when the queue cannot record (lease or settle), `None` once it can again.
+type OnFault = Box<dyn Fn(Option<&str>) + Send + Sync>;
 
 /// Everything a settle needs besides the verdicts.
 struct SettleCtx {
@@ -383,6 +387,7 @@ impl Replayer {
                 owner,
                 leases: AtomicU64::new(0),
                 on_change: Box::new(|_, _| {}),
+                on_fault: Box::new(|_| {}),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -392,6 +397,12 @@ impl Replayer {
     /// engine's long-poll wake-ups).
     pub fn with_on_change(self, f: impl Fn(&str, State) + Send + Sync + 'static) -> Replayer {
         self.rebuild(|i| i.on_change = Box::new(f))
+    }
+
+    /// Runs `f(Some(error))` whenever the queue cannot record a lease or a settle (the answers
+    /// stay unsettled; the items are retaken when their leases expire), `f(None)` once it can.
+    pub fn with_on_fault(self, f: impl Fn(Option<&str>) + Send + Sync + 'static) -> Replayer {
+        self.rebuild(|i| i.on_fault = Box::new(f))
     }
 
     /// Stops draining between batches once `token` is cancelled.
@@ -766,27 +777,41 @@ impl Replayer {
             backoff_max: self.inner.settings.backoff_max,
             rules: self.inner.settings.rules(),
         };
-        let reports = self
+        let settled = self
             .inner
             .store
             .call(move |c| {
                 match settle_batch(c, &ctx, &verdicts) {
-                    Ok(r) => Ok(r),
+                    Ok(r) => Ok((r, None)),
                     Err(batch_err) if verdicts.len() > 1 => {
                         tracing::warn!(error = %batch_err, "settling the batch failed; settling item by item");
                         let mut out = Vec::new();
+                        let mut failed = None;
                         for v in verdicts.chunks(1) {
                             match settle_batch(c, &ctx, v) {
                                 Ok(mut r) => out.append(&mut r),
-                                Err(e) => tracing::error!(item = v[0].0.id, error = %e, "cannot settle a queue item; it is retried when its lease expires"),
+                                Err(e) => {
+                                    tracing::error!(item = v[0].0.id, error = %e, "cannot settle a queue item; it is retried when its lease expires");
+                                    failed = Some(format!("{e:#}"));
+                                }
                             }
                         }
-                        Ok(out)
+                        Ok((out, failed))
                     }
                     Err(e) => Err(e),
                 }
             })
-            .await?;
+            .await;
+        let reports = match settled {
+            Ok((reports, failed)) => {
+                (self.inner.on_fault)(failed.as_deref());
+                reports
+            }
+            Err(e) => {
+                (self.inner.on_fault)(Some(&format!("{e:#}")));
+                return Err(e);
+            }
+        };
         // The crash point after a settle that moved something (a reschedule is not one).
         if reports.iter().any(|r| r.outcome == ItemOutcome::Done) {
             failpoint::hit("replay_settled");
@@ -1264,14 +1289,19 @@ async fn run_in_span(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: Can
         }
         let mut pause = s.poll();
         match replayer.drain().await {
-            Ok(_) => {
+            Ok(reports) => {
+                if reports.is_empty() {
+                    (replayer.inner.on_fault)(None);
+                }
                 if let Ok(Some(at)) = replayer.next_wakeup().await {
                     let until = Duration::from_millis((at - clock.now_ms()).max(0).unsigned_abs());
                     pause = until.clamp(MIN_PAUSE, s.poll());
                 }
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "queue replay failed; retrying after the poll interval")
+                let text = format!("{e:#}");
+                (replayer.inner.on_fault)(Some(&text));
+                tracing::error!(error = %text, "queue replay failed; retrying after the poll interval")
             }
         }
         tokio::select! {

@@ -115,6 +115,8 @@ pub enum CreateError {
     },
     #[error("another sale ({existing}) is already waiting for a code; scan it or abort it first")]
     AlreadyAwaiting { existing: String },
+    #[error("Idempotency-Key {key:?} was used for another request (it created {existing}); send a new key for a new sale, or the identical request to get that payment")]
+    KeyReused { key: String, existing: String },
     #[error(transparent)]
     Db(#[from] rusqlite::Error),
 }
@@ -147,7 +149,7 @@ pub struct Change {
     /// `storeTerminalRequestTime` to record (binding a scan).
     pub terminal_time: Option<String>,
     /// A slip to put in the print journal in the same transaction (a final state).
-    pub slip: Option<crate::devices::receipt::SlipData>,
+    pub slip: Option<crate::domain::slip::SlipData>,
     /// The pay's expiry to record (binding a scan), epoch ms.
     pub pay_expires_at: Option<i64>,
 }
@@ -325,6 +327,35 @@ pub fn create(
     )?;
     tx.commit()?;
     Ok(rec)
+}
+
+/// [`create`] under an `Idempotency-Key`, recorded in the same transaction: returns the
+/// payment and whether it already existed (the same key and request made it before). An
+/// error leaves nothing behind once the caller's transaction rolls back.
+pub fn create_once(
+    conn: &mut Connection,
+    new: &NewPayment,
+    now: i64,
+    make_id: impl FnOnce(u64) -> String,
+    key: &super::idempotency::Idempotency,
+) -> Result<(PaymentRecord, bool), CreateError> {
+    use super::idempotency::{check, record, Seen};
+    match check(conn, key)? {
+        Seen::Same(id) => {
+            let rec = get(conn, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            return Ok((rec, true));
+        }
+        Seen::Different(existing) => {
+            return Err(CreateError::KeyReused {
+                key: key.key.clone(),
+                existing,
+            })
+        }
+        Seen::New => {}
+    }
+    let rec = create(conn, new, now, make_id)?;
+    record(conn, key, &rec.payment_request_id, now)?;
+    Ok((rec, false))
 }
 
 /// Takes the next value of the terminal sequence in its own transaction (refund ids).

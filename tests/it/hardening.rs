@@ -478,3 +478,340 @@ async fn every_error_reply_has_the_json_error_body() {
     token.cancel();
     running.engine.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Short slow-client limits on both listeners.
+const SLOW_LIMITS: &str = "[api]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"300ms\"\nbody_timeout = \"300ms\"\nmax_connections_per_peer = 100\n\
+[notify]\nenabled = true\nlisten = \"127.0.0.1:0\"\npath = \"/alipay/notify\"\nheader_timeout = \"300ms\"\nbody_timeout = \"300ms\"\nmax_connections_per_peer = 100\n";
+
+/// A TCP connection to `to` from the loopback address `from` (so attackers and the probe are
+/// different peers).
+async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind((std::net::Ipv4Addr::from(from), 0).into()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Opens `n` connections from `from` that send a POST's headers and part of its body.
+async fn partial_bodies(
+    n: usize,
+    from: [u8; 4],
+    to: std::net::SocketAddr,
+    path: &str,
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = connect_from(from, to).await;
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"amount\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        held.push(s);
+    }
+    held
+}
+
+/// Reads what the server sends until it closes (or 5 s pass).
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn partial_bodies_hold_no_slot_and_are_cut_at_the_body_deadline() {
+    let site = Site::new(SLOW_LIMITS);
+    let (running, token) = site.start().await;
+    let api = running.api_addr;
+    // More half-sent bodies than the API has handler slots (64).
+    let mut held = partial_bodies(70, [127, 0, 0, 2], api, "/v1/payments").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://{api}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status(),
+        200,
+        "health answers while slow clients are connected"
+    );
+    let sale = http
+        .post(format!("http://{api}/v1/payments"))
+        .json(&serde_json::json!({"amount": "1.00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sale.status(),
+        202,
+        "a sale starts: {}",
+        sale.text().await.unwrap()
+    );
+    // Each slow client gets a 408 with the JSON error body, then the connection closes.
+    for s in held.iter_mut().take(5) {
+        let answer = read_to_close(s).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"request_timeout\""), "{answer}");
+    }
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn idle_and_header_trickling_connections_are_closed_at_the_header_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let site = Site::new(SLOW_LIMITS);
+    let (running, token) = site.start().await;
+    for addr in [running.api_addr, running.notify_addr.unwrap()] {
+        let mut idle = connect_from([127, 0, 0, 2], addr).await;
+        let mut partial = connect_from([127, 0, 0, 2], addr).await;
+        partial
+            .write_all(b"GET /healthz HTTP/1.1\r\nho")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        read_to_close(&mut idle).await;
+        read_to_close(&mut partial).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{addr}: closed after {:?}",
+            started.elapsed()
+        );
+    }
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_peer_over_its_connection_limit_gets_a_json_503_and_others_are_served() {
+    let site = Site::new(
+        "[api]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_peer = 4\n\
+         [notify]\nenabled = true\nlisten = \"127.0.0.1:0\"\nmax_connections_per_peer = 4\n",
+    );
+    let (running, token) = site.start().await;
+    for addr in [running.api_addr, running.notify_addr.unwrap()] {
+        let _held: Vec<_> = futures_connect(4, [127, 0, 0, 3], addr).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut extra = connect_from([127, 0, 0, 3], addr).await;
+        let answer = read_to_close(&mut extra).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{addr}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        let (code, _) = error_of(503, body);
+        assert_eq!(code, "too_many_connections");
+        // Another peer is served meanwhile.
+        let r = reqwest::Client::new()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 503, "{addr}");
+    }
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn futures_connect(
+    n: usize,
+    from: [u8; 4],
+    to: std::net::SocketAddr,
+) -> Vec<tokio::net::TcpStream> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(connect_from(from, to).await);
+    }
+    v
+}
+
+#[tokio::test]
+async fn the_notify_listener_serves_while_slow_clients_hold_connections() {
+    let site = Site::new(SLOW_LIMITS);
+    let (running, token) = site.start().await;
+    let notify = running.notify_addr.unwrap();
+    // More half-sent notifications than the endpoint has handler slots (16).
+    let mut held = partial_bodies(20, [127, 0, 0, 2], notify, "/alipay/notify").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A notification from another peer reaches the handler: it is judged (here: unsigned,
+    // so refused for its missing headers), not turned away as busy.
+    let r = reqwest::Client::new()
+        .post(format!("http://{notify}/alipay/notify"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("PARAM_ILLEGAL"));
+    let answer = read_to_close(&mut held[0]).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+/// POST `body` to `path` with `key`; returns (status, replayed header, JSON).
+async fn post_keyed(
+    http: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: serde_json::Value,
+) -> (u16, bool, serde_json::Value) {
+    let r = http
+        .post(url)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    (status, replayed, r.json().await.unwrap())
+}
+
+async fn payment_rows(running: &Running) -> i64 {
+    running
+        .engine
+        .store()
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM payments", [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_retried_payment_post_with_its_key_charges_once() {
+    let site = Site::new("");
+    let (running, token) = site.start().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/payments", running.api_addr);
+    let body = serde_json::json!({"amount": "7.00", "code": "281234567890123456"});
+    // Five retries of one timed-out POST, at once, without an order ref.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            post_keyed(&http, url, "retry-1", body).await
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut replays = 0;
+    for t in tasks {
+        let (status, replayed, v) = t.await.unwrap();
+        assert_eq!(status, 202, "{v}");
+        replays += usize::from(replayed);
+        ids.push(v["payment_request_id"].as_str().unwrap().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one payment for one key: {ids:?}");
+    assert_eq!(replays, 4);
+    assert_eq!(payment_rows(&running).await, 1);
+    // The same key with another body is refused and changes nothing.
+    let (status, _, v) = post_keyed(
+        &http,
+        url.clone(),
+        "retry-1",
+        serde_json::json!({"amount": "8.00", "code": "281234567890123456"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    let (code, message) = error_of(409, &v.to_string());
+    assert_eq!(code, "conflict");
+    assert!(message.contains("Idempotency-Key"), "{message}");
+    assert_eq!(payment_rows(&running).await, 1);
+    // A bad key is refused.
+    let (status, _, _) = post_keyed(&http, url, "has space", body).await;
+    assert_eq!(status, 400);
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_retried_refund_post_with_its_key_refunds_once() {
+    let site = Site::new("");
+    let (running, token) = site.start().await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}", running.api_addr);
+    let (status, _, v) = post_keyed(
+        &http,
+        format!("{api}/v1/payments"),
+        "sale-1",
+        serde_json::json!({"amount": "10.00", "code": "281234567890123456"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = v["payment_request_id"].as_str().unwrap().to_string();
+    let paid: serde_json::Value = http
+        .get(format!("{api}/v1/payments/{id}?wait=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paid["state"], "SUCCEEDED", "{paid}");
+    let url = format!("{api}/v1/payments/{id}/refunds");
+    let body = serde_json::json!({"amount": "2.00", "reason": "broken cup"});
+    let (s1, r1, _) = post_keyed(&http, url.clone(), "refund-1", body.clone()).await;
+    let (s2, r2, v2) = post_keyed(&http, url.clone(), "refund-1", body).await;
+    assert_eq!((s1, r1, s2, r2), (202, false, 202, true), "{v2}");
+    assert_eq!(v2["refunds"].as_array().unwrap().len(), 1, "{v2}");
+    let (s3, _, v3) = post_keyed(
+        &http,
+        url,
+        "refund-1",
+        serde_json::json!({"amount": "3.00", "reason": "broken cup"}),
+    )
+    .await;
+    assert_eq!(s3, 409, "{v3}");
+    let refunds: i64 = running
+        .engine
+        .store()
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM refunds", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(refunds, 1);
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn codes_with_control_characters_and_order_refs_with_bidi_overrides_are_refused() {
+    let site = Site::new("");
+    let (running, token) = site.start().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/payments", running.api_addr);
+    for (body, want) in [
+        (
+            serde_json::json!({"amount": "1.00", "code": "281234567890123456\u{0}"}),
+            "invalid_code",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "code": "28123456789\u{7}0123456"}),
+            "invalid_code",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "order_ref": "A-1\u{202E}9-B"}),
+            "invalid_order_ref",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "order_ref": "A\u{2066}1"}),
+            "invalid_order_ref",
+        ),
+        (
+            serde_json::json!({"amount": "1.00", "order_ref": "A\u{1b}[2J"}),
+            "invalid_order_ref",
+        ),
+    ] {
+        let r = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let (code, _) = error_of(400, &r.text().await.unwrap());
+        assert_eq!(code, want, "{body}");
+    }
+    assert_eq!(payment_rows(&running).await, 0, "nothing was created");
+    token.cancel();
+    running.engine.shutdown(Duration::from_secs(2)).await;
+}

@@ -18,17 +18,24 @@ mod daemon;
 // End to end through the binary: every sandbox row, crash points, concurrency.
 mod e2e;
 
-// Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
+// Devices: serial scanner over ptys, receipt bytes, print journal and worker.
 mod devices;
 
-// The reversal queue, refunds and the back office (issue 4): rows 86/87, SIGKILL mid-replay,
+// The reversal queue, refunds and the back office: rows 86/87, SIGKILL mid-replay,
 // two replayers on one database, refunds over HTTP, `posd queue` and `posd journal`.
 mod queue;
 // The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
 mod notify;
 
+// An answer the database cannot record (a write lock past the busy timeout): kept, retried,
+// shown to the cashier, and recorded by itself once the lock is gone.
+mod recording;
+
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
+
+// posd hub on PostgreSQL: migrations, registry, refusals, terminal → hub → sandbox, kills.
+mod hub;
 
 // Operations hardening: config check = run, the empty-store guard, backup, error bodies, slow
 // clients, idempotent POSTs.
