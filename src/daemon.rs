@@ -328,6 +328,7 @@ pub async fn start_with(
     let (gateway, gateway_public, client_id, sandbox): (Arc<dyn Gateway>, _, _, _) =
         if cfg.mainland() {
             let (client, sandbox) = connect_mainland(cfg, local_notify_url).await?;
+            let client = client.with_observer(metrics.call_observer());
             let key = client.settings().alipay_key.clone();
             let app_id = client.settings().app_id.clone();
             (Arc::new(client), key, app_id, sandbox)

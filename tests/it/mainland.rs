@@ -781,3 +781,29 @@ async fn a_pay_with_an_expiry_sends_time_expire_in_beijing_time_instead_of_timeo
     assert_eq!(biz["time_expire"], "2026-01-02 11:05:00");
     assert!(biz.get("timeout_express").is_none(), "{biz}");
 }
+
+#[tokio::test]
+async fn every_call_reaches_the_metrics_observer_with_its_outcome_and_code() {
+    use posd::gateway::client::{CallRecord, Operation};
+    for (reply, want) in [
+        (Reply::Signed(PAY_OK), ("success", Some("10000"))),
+        (
+            Reply::Signed(PAY_BALANCE),
+            ("failed", Some("ACQ.BUYER_BALANCE_NOT_ENOUGH")),
+        ),
+        (Reply::WrongSign(PAY_OK), ("unknown", Some("10000"))),
+        (Reply::Raw(500, ""), ("unknown", None)),
+    ] {
+        let seen: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
+        let (client, _st) = fake(reply).await;
+        let sink = seen.clone();
+        let client = client.with_observer(Arc::new(move |r: &CallRecord| {
+            sink.lock().unwrap().push(r.clone())
+        }));
+        client.pay(&order()).await;
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].operation, Operation::Pay);
+        assert_eq!((seen[0].outcome, seen[0].result_code.as_deref()), want);
+    }
+}
