@@ -363,3 +363,66 @@ async fn a_close_without_refund_fails_an_unpaid_sale_and_wait_buyer_pay_changes_
     assert_ack(&h.post(gateway_signed("C1", "TRADE_SUCCESS", "12.34")).await);
     assert_eq!(h.get("C1").state, State::Failed);
 }
+
+#[tokio::test]
+async fn the_mainland_sandbox_notifies_a_paid_trade_and_the_endpoint_applies_it() {
+    use posd::gateway::alipay_cn::{CnClient, CnSettings};
+    use posd::gateway::sandbox::{Sandbox, SandboxSettings};
+    let h = Harness::new();
+    h.payment("N1", State::Inquiring);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let notify_url = format!("http://{}{PATH}", listener.local_addr().unwrap());
+    let app = h.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::start(SandboxSettings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("sandbox.sqlite3"),
+        support::gateway_key(),
+        support::merchant_public(),
+    ))
+    .await
+    .unwrap();
+    let client = CnClient::new(CnSettings {
+        base_url: format!("{}/gateway.do", sandbox.base_url()),
+        app_id: APP_ID.into(),
+        merchant_key: support::merchant_key(),
+        alipay_key: support::gateway_public(),
+        notify_url: Some(notify_url),
+        app_auth_token: None,
+        store_id: None,
+        terminal_id: None,
+        trade_timeout: "5m".into(),
+        insecure_http: true,
+        connect_timeout: Duration::from_secs(1),
+        pay_timeout: Duration::from_secs(3),
+        inquiry_timeout: Duration::from_secs(3),
+        cancel_timeout: Duration::from_secs(3),
+    })
+    .unwrap();
+    // The pay answers here; the test's engine learns it only through the notification.
+    assert_eq!(
+        client.pay(&support::pay_order("N1")).await.answer,
+        Answer::Success
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.get("N1").state != State::Succeeded {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notification never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.recorded(), vec!["APPLIED"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sandbox.counts().notifications_acked < 1 {
+        assert!(std::time::Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sandbox.counts().notifications,
+        1,
+        "acknowledged at once: no resend"
+    );
+    sandbox.shutdown().await;
+}

@@ -16,6 +16,8 @@
 //!
 //! A repeated pay answers the trade as it stands (`40004 ACQ.TRADE_HAS_SUCCESS` once paid).
 //! A request whose signature does not verify gets the gateway's unsigned `error_response`.
+//! A trade that becomes paid (at the pay or at a query) is notified to the pay's loopback
+//! `notify_url` as a signed `trade_status_sync` form, resent until the answer is `success`.
 
 use std::sync::Arc;
 
@@ -41,6 +43,109 @@ use crate::gateway::alipay_cn::wire::{
 
 /// The path the mainland face listens on.
 pub const PATH: &str = "/gateway.do";
+
+/// A `trade_status_sync` notification that became due: a form POST to the pay's `notify_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CnNotify {
+    /// The pay's `notify_url`.
+    pub url: String,
+    /// The fields, `sign` and `sign_type` not yet added.
+    pub fields: Vec<(String, String)>,
+}
+
+/// The notification of a trade that just became paid.
+fn paid_notification(row: &PaymentRow, now: &CnNow) -> Option<CnNotify> {
+    let url = row.notify_url.clone()?;
+    let f = |k: &str, v: String| (k.to_string(), v);
+    Some(CnNotify {
+        url,
+        fields: vec![
+            f("notify_time", now.text.clone()),
+            f("notify_type", "trade_status_sync".into()),
+            f("notify_id", format!("{}{}", now.ms, row.payment_id)),
+            f("app_id", row.client_id.clone()),
+            f("charset", "utf-8".into()),
+            f("version", "1.0".into()),
+            f("trade_no", row.payment_id.clone()),
+            f("out_trade_no", row.payment_request_id.clone()),
+            f("trade_status", "TRADE_SUCCESS".into()),
+            f("total_amount", yuan(row.facts.amount_minor)),
+            f("receipt_amount", yuan(row.facts.amount_minor)),
+            f("gmt_create", row.created_at.clone()),
+            f(
+                "gmt_payment",
+                row.paid_at.clone().unwrap_or_else(|| now.text.clone()),
+            ),
+        ],
+    })
+}
+
+/// Signs and delivers a notification (loopback only), resending until the merchant answers
+/// exactly `success`, like the AMS face.
+pub async fn deliver(
+    job: CnNotify,
+    key: Arc<crate::gateway::sign::PrivateKey>,
+    http: reqwest::Client,
+    counters: Arc<super::Counters>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let Some(url) = super::notify::loopback_url(&job.url) else {
+        tracing::warn!(
+            "sandbox (mainland): notify_url is not a loopback URL; no notification sent"
+        );
+        return;
+    };
+    let content = sign_content(
+        job.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &["sign", "sign_type"],
+        true,
+    );
+    let body = {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &job.fields {
+            form.append_pair(k, v);
+        }
+        form.append_pair("sign", &sign_rsa2(&key, &content));
+        form.append_pair("sign_type", "RSA2");
+        form.finish()
+    };
+    let mut backoff = super::notify::FIRST_BACKOFF;
+    for attempt in 1..=super::notify::ATTEMPTS {
+        counters.notifications.fetch_add(1, Ordering::Relaxed);
+        let sent = http
+            .post(url.clone())
+            .timeout(super::notify::SEND_TIMEOUT)
+            .header(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(body.clone())
+            .send();
+        let acked = tokio::select! {
+            _ = token.cancelled() => return,
+            r = sent => match r {
+                Ok(resp) => {
+                    let ok = resp.status().is_success();
+                    ok && resp.bytes().await.is_ok_and(|b| b.as_ref() == b"success")
+                }
+                Err(_) => false,
+            },
+        };
+        if acked {
+            counters.notifications_acked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if attempt < super::notify::ATTEMPTS {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff *= 2;
+        }
+    }
+    tracing::warn!("sandbox (mainland): notification never acknowledged; giving up");
+}
 
 /// What to send back.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,8 +300,31 @@ impl CnNow {
     }
 }
 
-/// Runs one verified call against the store.
+thread_local! {
+    /// Notifications that became due during the call running on this thread (collected by
+    /// [`run`]; a rolled-back transaction's are dropped with its error).
+    static DUE: std::cell::RefCell<Vec<CnNotify>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn pending_notify(n: CnNotify) {
+    DUE.with(|d| d.borrow_mut().push(n));
+}
+
+/// Runs one verified call against the store; returns the answer and the notifications due.
 pub fn run(
+    store: &Store,
+    method: Method,
+    p: &Params,
+    now: &CnNow,
+    outage: std::time::Duration,
+) -> rusqlite::Result<(CnReply, Vec<CnNotify>)> {
+    DUE.with(|d| d.borrow_mut().clear());
+    let reply = run_inner(store, method, p, now, outage);
+    let due = DUE.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    Ok((reply?, due))
+}
+
+fn run_inner(
     store: &Store,
     method: Method,
     p: &Params,
@@ -334,6 +462,11 @@ fn pay(
                 (row, reply)
             }
         };
+        if row.facts.status == Status::Success {
+            if let Some(n) = paid_notification(&row, now) {
+                pending_notify(n);
+            }
+        }
         Ok(pay_reply(&row, &reply, false))
     })
 }
@@ -391,11 +524,17 @@ fn query(store: &Store, b: TradeBiz, now: &CnNow) -> rusqlite::Result<CnReply> {
         let InquiryAnswer::Status(status) = answer else {
             return Ok(CnReply::NoAnswer);
         };
-        if next.status == Status::Success && row.paid_at.is_none() {
+        let became_paid = next.status == Status::Success && row.paid_at.is_none();
+        if became_paid {
             row.paid_at = Some(now.text.clone());
         }
         row.facts = next;
         store::update_payment(c, &row)?;
+        if became_paid {
+            if let Some(n) = paid_notification(&row, now) {
+                pending_notify(n);
+            }
+        }
         let trade_status = match status {
             // A declined bar-code pay leaves no trade behind.
             Status::Fail => return Ok(business_failure("ACQ.TRADE_NOT_EXIST", Map::new())),
@@ -636,7 +775,18 @@ pub async fn handle(State(app): State<Arc<App>>, body: Bytes) -> Response {
     })
     .await;
     let reply = match ran {
-        Ok(Ok(r)) => r,
+        Ok(Ok((r, due))) => {
+            for job in due {
+                app.tracker.spawn(deliver(
+                    job,
+                    app.gateway_key.clone(),
+                    app.http.clone(),
+                    app.counters.clone(),
+                    app.token.clone(),
+                ));
+            }
+            r
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "sandbox (mainland): database error");
             CnReply::Answer {
