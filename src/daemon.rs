@@ -338,7 +338,8 @@ pub async fn start_with(
                 settings.notify_url = local_notify_url;
             }
             let client_id = settings.client_id.clone();
-            let client = AmsClient::new(settings)?.with_observer(metrics.call_observer());
+            let client = AmsClient::new_with_roots(settings, gateway_ca(cfg)?.as_deref())?
+                .with_observer(metrics.call_observer());
             (Arc::new(client), gateway_public, client_id, sandbox)
         };
     let engine = Engine::new(store, gateway, EngineSettings::from_config(cfg));
@@ -376,11 +377,15 @@ pub async fn start_with(
         metrics: metrics.clone(),
         engine: engine.clone(),
     };
+    let backoffice = crate::backoffice::BackOffice::from_config(cfg, engine.clone());
     let app = api::guard::secure(
-        api::router(state).merge(api::ops::router(ops)),
+        api::router(state)
+            .merge(api::ops::router(ops))
+            .merge(backoffice.api_routes()),
         cfg.api.token.as_ref(),
         api::MAX_BODY,
-    );
+    )
+    .merge(api::console::router(backoffice, cfg.api.token.as_ref()));
     let served = tokio::spawn(api::serve::serve(
         listener,
         app,
@@ -486,7 +491,13 @@ pub async fn connect_gateway(
         return Ok((Arc::new(client), sandbox));
     }
     let (settings, _, sandbox) = client_settings(cfg).await?;
-    Ok((Arc::new(AmsClient::new(settings)?), sandbox))
+    Ok((
+        Arc::new(AmsClient::new_with_roots(
+            settings,
+            gateway_ca(cfg)?.as_deref(),
+        )?),
+        sandbox,
+    ))
 }
 
 /// The `app_id` the embedded mainland sandbox is spoken to with when none is configured.
@@ -640,4 +651,16 @@ pub async fn shutdown_signal() {
         eprintln!("posd: second signal, exiting now; open payments resume on the next start");
         std::process::exit(0);
     });
+}
+
+/// The PEM bundle of `[gateway] ca_file`, if set: extra roots the client trusts (a hub's
+/// private CA). A file that cannot be read stops the start with the key named.
+fn gateway_ca(cfg: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = &cfg.gateway.ca_file else {
+        return Ok(None);
+    };
+    let path = cfg.resolve(path);
+    std::fs::read(&path)
+        .map(Some)
+        .with_context(|| format!("gateway.ca_file {}: cannot read", path.display()))
 }

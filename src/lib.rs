@@ -21,12 +21,15 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoffice;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod devices;
 pub mod domain;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod gateway;
 pub mod health;
 pub mod hub;

@@ -26,7 +26,7 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,6 +44,8 @@ pub struct ListenLimits {
     pub max_body: usize,
     /// Connections one peer IP may hold open at once.
     pub max_per_peer: usize,
+    /// Whether the back office's statement uploads may exceed `max_body` (the API listener).
+    pub statement_uploads: bool,
 }
 
 impl ListenLimits {
@@ -54,6 +56,7 @@ impl ListenLimits {
             body_timeout: cfg.api.body_timeout.0,
             max_body: super::MAX_BODY,
             max_per_peer: cfg.api.max_connections_per_peer,
+            statement_uploads: true,
         }
     }
 
@@ -64,6 +67,7 @@ impl ListenLimits {
             body_timeout: cfg.notify.body_timeout.0,
             max_body: super::notify::MAX_NOTIFY_BODY,
             max_per_peer: cfg.notify.max_connections_per_peer,
+            statement_uploads: false,
         }
     }
 }
@@ -176,6 +180,9 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
         body.len()
     );
+    // Let the request arrive first (briefly), so the client reads the answer as one.
+    let mut head = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut head)).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(reply.as_bytes()).await;
         let _ = stream.shutdown().await;
@@ -187,6 +194,14 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
 /// with the body in memory.
 async fn read_body(State(limits): State<ListenLimits>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
+    let limits = if limits.statement_uploads {
+        ListenLimits {
+            max_body: crate::backoffice::body_limit(parts.uri.path(), limits.max_body),
+            ..limits
+        }
+    } else {
+        limits
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -49,3 +49,14 @@ mod mainland_notify;
 
 // The sandbox in the mainland dialect, and its overrides and delayed outcomes in both dialects.
 mod mainland_sandbox;
+// The back office: reconciliation against statements built from the sandbox's record, resolve.
+mod reconcile;
+// The web console in headless Chromium (tests/browser/console.mjs) against the real daemon.
+mod reconcile_console;
+// Architecture checks over the source text: layering, wire strings, //! lines, invariants.
+mod tidy;
+// Every committed fuzz corpus file through its target's entry point, on stable.
+mod fuzz_corpus;
+
+// Seeded crash-and-fault runs of the real binary behind a fault-injecting gateway proxy.
+mod chaos;

@@ -248,6 +248,15 @@ impl AmsClient {
     /// Builds a client. Refuses a base URL that is not `https://` (or `http://` to a loopback
     /// host with `insecure_http`), or that carries a query or fragment.
     pub fn new(settings: ClientSettings) -> Result<AmsClient, ClientError> {
+        AmsClient::new_with_roots(settings, None)
+    }
+
+    /// [`AmsClient::new`], also trusting the certificates of a PEM bundle as roots (a private
+    /// CA, e.g. a hub's; `gateway.ca_file`). Certificate verification stays on.
+    pub fn new_with_roots(
+        settings: ClientSettings,
+        extra_roots_pem: Option<&[u8]>,
+    ) -> Result<AmsClient, ClientError> {
         check_base_url(&settings.base_url, settings.insecure_http).map_err(ClientError::BaseUrl)?;
         let url = reqwest::Url::parse(&settings.base_url)
             .map_err(|e| ClientError::BaseUrl(e.to_string()))?;
@@ -269,6 +278,11 @@ impl AmsClient {
         if loopback {
             // http is only ever allowed to loopback (checked above); never send it to a proxy.
             builder = builder.no_proxy();
+        }
+        if let Some(pem) = extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         Ok(AmsClient {
             http: builder.build()?,
@@ -742,6 +756,48 @@ impl AmsClient {
             body: raw.body,
             signature,
         })
+    }
+}
+
+#[doc(hidden)]
+pub mod fuzz_entry {
+    //! The answer interpretation as one call, for the fuzz target and its corpus replay.
+
+    use super::{wire, AmsClient, Operation, Outcome, RawResponse};
+
+    /// Interprets a raw answer to `op` exactly as a live call would; returns the outcome's
+    /// label (`success`, `failed`, `unknown`) and the result code read from the answer.
+    pub fn interpret(
+        client: &AmsClient,
+        op: Operation,
+        status: u16,
+        signature: Option<String>,
+        response_time: Option<String>,
+        client_id: Option<String>,
+        body: Vec<u8>,
+    ) -> (&'static str, Option<String>) {
+        let path = client.request_path(op);
+        let raw = RawResponse {
+            status,
+            signature,
+            response_time,
+            client_id,
+            body,
+        };
+        fn label<T>((o, code): (Outcome<T>, Option<String>)) -> (&'static str, Option<String>) {
+            (o.label(), code)
+        }
+        match op {
+            Operation::Pay => label(client.interpret::<wire::PayResponse>(&path, raw)),
+            Operation::InquiryPayment => {
+                label(client.interpret::<wire::InquiryPaymentResponse>(&path, raw))
+            }
+            Operation::Cancel => label(client.interpret::<wire::CancelResponse>(&path, raw)),
+            Operation::Refund => label(client.interpret::<wire::RefundResponse>(&path, raw)),
+            Operation::InquiryRefund => {
+                label(client.interpret::<wire::InquiryRefundResponse>(&path, raw))
+            }
+        }
     }
 }
 

@@ -1,5 +1,12 @@
-//! `config.toml`: the serde shape (unknown keys rejected, defaults per docs/design.md and
-//! README.md) and its validation, with errors that name the key and say what would be valid.
+//! `config.toml`: its raw serde shape (unknown keys rejected, documented defaults), here;
+//! the rules it must meet in [`validate`]; the validated, typed [`Config`] everyone reads in
+//! [`settings`]. Errors name the key and say what would be valid.
+
+mod settings;
+pub mod validate;
+
+pub use settings::Config;
+pub use validate::{check_notify_url, DURATION_BOUNDS};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,8 +16,6 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::code::CodeRules;
-use crate::domain::money::Currency;
-use crate::domain::request_id::valid_terminal_id;
 
 /// A secret string from the config (API token, agent token): `Debug` prints `MASKED`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -45,10 +50,10 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// The whole configuration.
+/// The config file as parsed, before validation (see [`Config`] for what posd reads).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct RawConfig {
     /// `[terminal]`
     pub terminal: TerminalConfig,
     /// `[gateway]`
@@ -81,9 +86,6 @@ pub struct Config {
     /// `[sandbox]`
     #[serde(default)]
     pub sandbox: SandboxConfig,
-    /// Directory of the config file: relative paths in it are resolved against it.
-    #[serde(skip)]
-    pub base_dir: PathBuf,
 }
 
 /// `[terminal]`: who this terminal is.
@@ -169,6 +171,9 @@ pub struct GatewayConfig {
     /// Allows `http://` for a loopback `base_url` (test gateways).
     #[serde(default)]
     pub insecure_http: bool,
+    /// Extra trusted root certificates (PEM), e.g. a hub's private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// ISV mode: sent as `Agent-Token`.
     #[serde(default)]
     pub agent_token: Option<Secret>,
@@ -325,7 +330,7 @@ fn d_max_len(mainland: bool) -> usize {
         32
     }
 }
-fn d_prefixes() -> Vec<String> {
+pub(crate) fn d_prefixes() -> Vec<String> {
     CodeRules::default().prefixes
 }
 
@@ -366,10 +371,10 @@ pub struct ApiConfig {
 }
 
 fn d_api_per_peer() -> usize {
-    32
+    256
 }
 fn d_notify_per_peer() -> usize {
-    8
+    32
 }
 
 fn d_api_listen() -> SocketAddr {
@@ -462,104 +467,6 @@ impl Default for SandboxConfig {
     }
 }
 
-const fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// The inclusive bounds of every duration key. The lower bounds let tests run the whole flow
-/// with timings of 10–250 ms; the upper bounds refuse values that would wedge a sale or the
-/// queue (a pay deadline of a day, an inquiry every hour).
-pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
-    ("gateway.connect_timeout", ms(50), secs(30)),
-    ("flow.pay_timeout", ms(50), secs(60)),
-    ("flow.inquiry_interval", ms(10), secs(30)),
-    ("flow.inquiry_timeout", ms(50), secs(60)),
-    ("flow.cancel_timeout", ms(50), secs(60)),
-    ("flow.cancel_retry_window", ms(100), secs(600)),
-    ("flow.cancel_retry_min", ms(10), secs(300)),
-    ("flow.cancel_retry_max", ms(10), secs(600)),
-    ("flow.queue_backoff_initial", ms(50), secs(3600)),
-    ("flow.queue_backoff_max", ms(100), secs(86_400)),
-    ("api.header_timeout", ms(50), secs(300)),
-    ("api.body_timeout", ms(50), secs(300)),
-    ("notify.header_timeout", ms(50), secs(300)),
-    ("notify.body_timeout", ms(50), secs(300)),
-    ("sandbox.cancel_outage", ms(0), secs(3600)),
-];
-
-/// Checks `d` against its key's [`DURATION_BOUNDS`].
-fn check_bounds(key: &'static str, d: Dur) -> Result<(), (&'static str, String)> {
-    let Some((_, lo, hi)) = DURATION_BOUNDS.iter().find(|(k, _, _)| *k == key) else {
-        return Err((
-            key,
-            "has no bounds (a bug: add it to DURATION_BOUNDS)".into(),
-        ));
-    };
-    if d.0 < *lo || d.0 > *hi {
-        return Err((
-            key,
-            format!(
-                "{} is outside {}..={}",
-                humantime::format_duration(d.0),
-                humantime::format_duration(*lo),
-                humantime::format_duration(*hi)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The level names `log.level` accepts, alone or after `target=`.
-const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
-
-/// `log.level`: a level name, or comma-separated `target=level` directives.
-fn check_log_level(s: &str) -> Result<(), String> {
-    let is_level = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
-    let ok = !s.trim().is_empty()
-        && s.split(',').all(|part| match part.split_once('=') {
-            None => is_level(part),
-            Some((target, level)) => !target.trim().is_empty() && is_level(level),
-        });
-    if !ok {
-        return Err(format!(
-            "{s:?}: use error, warn, info, debug or trace, or directives like \"info,posd=debug\""
-        ));
-    }
-    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("{s:?}: {e}"))?;
-    Ok(())
-}
-
-/// Whether two listen addresses would collide (same port on the same or a wildcard address).
-fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-/// Checks `gateway.notify_url`: an absolute `https://` URL with a host (`http://` only with
-/// `gateway.insecure_http`).
-pub fn check_notify_url(url: &str, insecure_http: bool) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| {
-        format!("{url:?} is not a URL ({e}); give the public https URL the gateway posts to, e.g. \"https://pos.example.com/alipay/notify\"")
-    })?;
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{url:?} has no host"));
-    }
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if insecure_http => Ok(()),
-        "http" => Err(format!(
-            "{url:?} is plain http: the gateway posts notifications over https"
-        )),
-        other => Err(format!(
-            "{url:?}: scheme {other:?} is not supported, use https"
-        )),
-    }
-}
-
 /// A config that cannot be used, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -576,333 +483,6 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
-}
-
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."));
-        Config::parse(&text, path, &base)
-    }
-
-    /// Parses and validates config text; `base_dir` anchors relative paths.
-    pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
-        cfg.base_dir = base_dir.to_path_buf();
-        cfg.validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                message,
-            })?;
-        Ok(cfg)
-    }
-
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        let t = &self.terminal;
-        if !valid_terminal_id(&t.id) {
-            return Err((
-                "terminal.id",
-                format!("{:?} {}", t.id, crate::domain::request_id::TERMINAL_ID_RULE),
-            ));
-        }
-        for (key, v) in [
-            ("terminal.merchant_id", &t.merchant_id),
-            ("terminal.merchant_name", &t.merchant_name),
-            ("terminal.merchant_mcc", &t.merchant_mcc),
-            ("terminal.store_id", &t.store_id),
-            ("terminal.store_name", &t.store_name),
-            ("terminal.store_mcc", &t.store_mcc),
-        ] {
-            if v.trim().is_empty() {
-                return Err((key, "must not be empty".into()));
-            }
-        }
-        for (key, v) in [
-            ("terminal.merchant_mcc", &t.merchant_mcc),
-            ("terminal.store_mcc", &t.store_mcc),
-        ] {
-            if v.len() != 4 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err((
-                    key,
-                    format!("{v:?} must be a 4-digit merchant category code such as \"5812\""),
-                ));
-            }
-        }
-        Currency::from_code(&t.currency).map_err(|e| ("terminal.currency", e.to_string()))?;
-        if let Some(tz) = &t.timezone {
-            tz.parse::<chrono_tz::Tz>().map_err(|_| {
-                (
-                    "terminal.timezone",
-                    format!("{tz:?} is not an IANA time zone name such as \"Asia/Shanghai\""),
-                )
-            })?;
-        }
-        let g = &self.gateway;
-        validate_mainland(g)?;
-        if g.kind == GatewayKind::AlipayPlus {
-            let url = g.base_url.as_deref().ok_or((
-                "gateway.base_url",
-                "required when gateway.kind = \"alipay_plus\" (e.g. \"https://open-sea-global.alipay.com\")".to_string(),
-            ))?;
-            check_base_url(url, g.insecure_http).map_err(|m| ("gateway.base_url", m))?;
-            if g.client_id.as_deref().is_none_or(str::is_empty) {
-                return Err((
-                    "gateway.client_id",
-                    "required when gateway.kind = \"alipay_plus\"".into(),
-                ));
-            }
-            if g.merchant_private_key.is_none() {
-                return Err((
-                    "gateway.merchant_private_key",
-                    "required: path of the merchant private key (posd keys generate --out DIR makes one)".into(),
-                ));
-            }
-            if g.gateway_public_key.is_none() {
-                return Err((
-                    "gateway.gateway_public_key",
-                    "required: path of the gateway public key from the dashboard".into(),
-                ));
-            }
-        }
-        if let Some(url) = &g.notify_url {
-            check_notify_url(url, g.insecure_http).map_err(|m| ("gateway.notify_url", m))?;
-        }
-        if g.key_version.trim().is_empty() || !g.key_version.bytes().all(|b| b.is_ascii_digit()) {
-            return Err((
-                "gateway.key_version",
-                "must be a number such as \"1\"".into(),
-            ));
-        }
-        let f = &self.flow;
-        if !(10..=20).contains(&f.inquiry_max) {
-            return Err((
-                "flow.inquiry_max",
-                format!("{} is outside 10..=20 (the best practice)", f.inquiry_max),
-            ));
-        }
-        for (key, d) in [
-            ("gateway.connect_timeout", g.connect_timeout),
-            ("flow.pay_timeout", f.pay_timeout),
-            ("flow.inquiry_interval", f.inquiry_interval),
-            ("flow.inquiry_timeout", f.inquiry_timeout),
-            ("flow.cancel_timeout", f.cancel_timeout),
-            ("flow.cancel_retry_window", f.cancel_retry_window),
-            ("flow.cancel_retry_min", f.cancel_retry_min),
-            ("flow.cancel_retry_max", f.cancel_retry_max),
-            ("flow.queue_backoff_initial", f.queue_backoff_initial),
-            ("flow.queue_backoff_max", f.queue_backoff_max),
-            ("api.header_timeout", self.api.header_timeout),
-            ("api.body_timeout", self.api.body_timeout),
-            ("notify.header_timeout", self.notify.header_timeout),
-            ("notify.body_timeout", self.notify.body_timeout),
-            ("sandbox.cancel_outage", self.sandbox.cancel_outage),
-        ] {
-            check_bounds(key, d)?;
-        }
-        if f.cancel_retry_min.0 > f.cancel_retry_max.0 {
-            return Err((
-                "flow.cancel_retry_min",
-                "must not be greater than flow.cancel_retry_max".into(),
-            ));
-        }
-        let (lo, hi) = PAYMENT_EXPIRY_BOUNDS;
-        if f.payment_expiry.0 < lo || f.payment_expiry.0 > hi {
-            return Err((
-                "flow.payment_expiry",
-                format!(
-                    "{} is outside 1s..=30m; the gateway's usual default is \"3m\"",
-                    humantime::format_duration(f.payment_expiry.0)
-                ),
-            ));
-        }
-        if f.payment_expiry.0 < f.pay_timeout.0 {
-            return Err((
-                "flow.payment_expiry",
-                "must not be shorter than flow.pay_timeout (a pay in time would expire in flight)"
-                    .into(),
-            ));
-        }
-        if f.payment_expiry_margin.0 > PAYMENT_EXPIRY_MARGIN_MAX {
-            return Err((
-                "flow.payment_expiry_margin",
-                format!(
-                    "{} is more than 10m; a few seconds cover a clock that is off",
-                    humantime::format_duration(f.payment_expiry_margin.0)
-                ),
-            ));
-        }
-        if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
-            return Err((
-                "flow.queue_backoff_initial",
-                "must not be greater than flow.queue_backoff_max".into(),
-            ));
-        }
-        let c = &self.codes;
-        let rules = self.code_rules();
-        if rules.min_len == 0 || rules.min_len > rules.max_len || rules.max_len > 64 {
-            return Err((
-                "codes.min_len",
-                format!(
-                    "min_len {} / max_len {}: need 1 ≤ min_len ≤ max_len ≤ 64",
-                    rules.min_len, rules.max_len
-                ),
-            ));
-        }
-        if c.prefixes.is_empty() {
-            return Err((
-                "codes.prefixes",
-                format!(
-                    "must list at least one prefix (an empty list would accept any digits); the standard is {:?}",
-                    d_prefixes()
-                ),
-            ));
-        }
-        if c.prefixes
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err((
-                "codes.prefixes",
-                "every prefix must be digits, e.g. \"28\"".into(),
-            ));
-        }
-        if !self.notify.path.starts_with('/') {
-            return Err(("notify.path", "must start with '/'".into()));
-        }
-        let a = &self.api;
-        if let Some(token) = &a.token {
-            let tok = token.expose();
-            if tok.is_empty() || !tok.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err((
-                    "api.token",
-                    "must be a non-empty string of printable ASCII without spaces (e.g. 32 random hex digits); remove the key to run without a token on loopback".into(),
-                ));
-            }
-        } else if !a.listen.ip().is_loopback() {
-            return Err((
-                "api.listen",
-                format!(
-                    "{} is reachable from the network: set api.token to a long random string, or listen on 127.0.0.1",
-                    a.listen
-                ),
-            ));
-        }
-        for (key, n) in [
-            ("api.max_connections_per_peer", a.max_connections_per_peer),
-            (
-                "notify.max_connections_per_peer",
-                self.notify.max_connections_per_peer,
-            ),
-        ] {
-            if !(1..=1024).contains(&n) {
-                return Err((key, format!("{n} is outside 1..=1024")));
-            }
-        }
-        if self.notify.enabled && same_listener(self.notify.listen, a.listen) {
-            return Err((
-                "notify.listen",
-                format!(
-                    "{} collides with api.listen {}: the notification endpoint needs its own port",
-                    self.notify.listen, a.listen
-                ),
-            ));
-        }
-        self.scanner
-            .validate()
-            .map_err(|e| ("scanner", e.to_string()))?;
-        self.printer
-            .validate()
-            .map_err(|e| ("printer", e.to_string()))?;
-        if !["text", "json", "journald"].contains(&self.log.format.as_str()) {
-            return Err((
-                "log.format",
-                format!(
-                    "{:?}: use \"text\", \"json\" or \"journald\"",
-                    self.log.format
-                ),
-            ));
-        }
-        check_log_level(&self.log.level).map_err(|m| ("log.level", m))?;
-        Ok(())
-    }
-
-    /// Whether posd speaks the mainland dialect: `kind = "alipay_cn"`, or the sandbox with
-    /// `dialect = "alipay_cn"`.
-    pub fn mainland(&self) -> bool {
-        match self.gateway.kind {
-            GatewayKind::AlipayCn => true,
-            GatewayKind::Sandbox => self.gateway.dialect == Dialect::AlipayCn,
-            GatewayKind::AlipayPlus => false,
-        }
-    }
-
-    /// The payment-code rules from `[codes]`.
-    pub fn code_rules(&self) -> CodeRules {
-        let mainland = self.mainland();
-        CodeRules {
-            min_len: self.codes.min_len.unwrap_or(d_min_len(mainland)),
-            max_len: self.codes.max_len.unwrap_or(d_max_len(mainland)),
-            prefixes: self.codes.prefixes.clone(),
-        }
-    }
-
-    /// The terminal's default currency (validated).
-    pub fn currency(&self) -> Currency {
-        Currency::from_code(&self.terminal.currency).expect("validated in Config::validate")
-    }
-
-    /// The terminal's time zone, if configured (validated); `None` means system local.
-    pub fn timezone(&self) -> Option<chrono_tz::Tz> {
-        self.terminal
-            .timezone
-            .as_deref()
-            .map(|s| s.parse().expect("validated in Config::validate"))
-    }
-
-    /// Resolves a configured path: absolute as is, relative against the config's directory.
-    pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-
-    /// The SQLite file: `[store] path`, else `$STATE_DIRECTORY/posd.sqlite3`, else
-    /// `var/posd.sqlite3` beside the config.
-    pub fn store_path(&self) -> PathBuf {
-        if let Some(p) = &self.store.path {
-            return self.resolve(p);
-        }
-        if let Some(dir) = state_directory() {
-            return dir.join("posd.sqlite3");
-        }
-        self.resolve(Path::new("var/posd.sqlite3"))
-    }
-
-    /// The sandbox's SQLite file: `[sandbox] path`, else `sandbox.sqlite3` next to the store.
-    pub fn sandbox_path(&self) -> PathBuf {
-        match &self.sandbox.path {
-            Some(p) => self.resolve(p),
-            None => self
-                .store_path()
-                .parent()
-                .map(|d| d.join("sandbox.sqlite3"))
-                .unwrap_or_else(|| PathBuf::from("sandbox.sqlite3")),
-        }
-    }
 }
 
 /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), first entry.
@@ -967,6 +547,24 @@ fn validate_mainland(g: &GatewayConfig) -> Result<(), (&'static str, String)> {
         ));
     }
     Ok(())
+}
+
+/// Whether `[gateway]` makes posd speak the mainland dialect: `kind = "alipay_cn"`, or the
+/// sandbox with `dialect = "alipay_cn"`.
+fn is_mainland(g: &GatewayConfig) -> bool {
+    match g.kind {
+        GatewayKind::AlipayCn => true,
+        GatewayKind::Sandbox => g.dialect == Dialect::AlipayCn,
+        GatewayKind::AlipayPlus => false,
+    }
+}
+
+/// `[codes] min_len` / `max_len`, with the dialect's defaults (mainland 16–24, AMS 17–32).
+fn code_lengths(c: &CodesConfig, mainland: bool) -> (usize, usize) {
+    (
+        c.min_len.unwrap_or(d_min_len(mainland)),
+        c.max_len.unwrap_or(d_max_len(mainland)),
+    )
 }
 
 /// The mainland production gateway, `[gateway] base_url`'s default for `kind = "alipay_cn"`.
@@ -1046,7 +644,7 @@ store_mcc = "5812"
 
     #[test]
     fn repository_config_is_valid() {
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../config.toml");
         let cfg = Config::parse(text, Path::new("config.toml"), Path::new(".")).unwrap();
         assert_eq!(cfg.gateway.kind, GatewayKind::Sandbox);
         assert_eq!(cfg.scanner.kind, crate::devices::config::ScannerKind::Stdin);
