@@ -309,7 +309,8 @@ pub async fn start_with(
         ));
     }
     let client_id = settings.client_id.clone();
-    let client = AmsClient::new(settings)?.with_observer(metrics.call_observer());
+    let client = AmsClient::new_with_roots(settings, gateway_ca(cfg)?.as_deref())?
+        .with_observer(metrics.call_observer());
     let engine = Engine::new(store, Arc::new(client), EngineSettings::from_config(cfg));
     let health = Health::new(engine.clone());
     // The store passed `quick_check` on open; check again now and then, off the request path.
@@ -345,11 +346,15 @@ pub async fn start_with(
         metrics: metrics.clone(),
         engine: engine.clone(),
     };
+    let backoffice = crate::backoffice::BackOffice::from_config(cfg, engine.clone());
     let app = api::guard::secure(
-        api::router(state).merge(api::ops::router(ops)),
+        api::router(state)
+            .merge(api::ops::router(ops))
+            .merge(backoffice.api_routes()),
         cfg.api.token.as_ref(),
         api::MAX_BODY,
-    );
+    )
+    .merge(api::console::router(backoffice, cfg.api.token.as_ref()));
     let served = tokio::spawn(api::serve::serve(
         listener,
         app,
@@ -444,7 +449,10 @@ async fn client_settings(
 /// `gateway.kind = "sandbox"`), for back-office commands that work with the daemon stopped.
 pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<SandboxHandle>)> {
     let (settings, _, sandbox) = client_settings(cfg).await?;
-    Ok((AmsClient::new(settings)?, sandbox))
+    Ok((
+        AmsClient::new_with_roots(settings, gateway_ca(cfg)?.as_deref())?,
+        sandbox,
+    ))
 }
 
 /// Mirrors the print worker's status into the `posd_printer_status` gauge.
@@ -542,4 +550,16 @@ pub async fn shutdown_signal() {
         eprintln!("posd: second signal, exiting now; open payments resume on the next start");
         std::process::exit(0);
     });
+}
+
+/// The PEM bundle of `[gateway] ca_file`, if set: extra roots the client trusts (a hub's
+/// private CA). A file that cannot be read stops the start with the key named.
+fn gateway_ca(cfg: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = &cfg.gateway.ca_file else {
+        return Ok(None);
+    };
+    let path = cfg.resolve(path);
+    std::fs::read(&path)
+        .map(Some)
+        .with_context(|| format!("gateway.ca_file {}: cannot read", path.display()))
 }

@@ -44,6 +44,8 @@ pub struct ListenLimits {
     pub max_body: usize,
     /// Connections one peer IP may hold open at once.
     pub max_per_peer: usize,
+    /// Whether the back office's statement uploads may exceed `max_body` (the API listener).
+    pub statement_uploads: bool,
 }
 
 impl ListenLimits {
@@ -54,6 +56,7 @@ impl ListenLimits {
             body_timeout: cfg.api.body_timeout.0,
             max_body: super::MAX_BODY,
             max_per_peer: cfg.api.max_connections_per_peer,
+            statement_uploads: true,
         }
     }
 
@@ -64,6 +67,7 @@ impl ListenLimits {
             body_timeout: cfg.notify.body_timeout.0,
             max_body: super::notify::MAX_NOTIFY_BODY,
             max_per_peer: cfg.notify.max_connections_per_peer,
+            statement_uploads: false,
         }
     }
 }
@@ -190,6 +194,14 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
 /// with the body in memory.
 async fn read_body(State(limits): State<ListenLimits>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
+    let limits = if limits.statement_uploads {
+        ListenLimits {
+            max_body: crate::backoffice::body_limit(parts.uri.path(), limits.max_body),
+            ..limits
+        }
+    } else {
+        limits
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

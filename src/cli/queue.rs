@@ -295,7 +295,7 @@ fn refused(e: &ReplayError) -> u8 {
 
 /// The gateway of a command that must not send anything (abandon): every call is refused
 /// without leaving the machine.
-struct NoGateway;
+pub(crate) struct NoGateway;
 
 use crate::gateway::{Answer as GatewayAnswer, Inquiry, Reply};
 

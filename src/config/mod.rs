@@ -158,6 +158,9 @@ pub struct GatewayConfig {
     /// Allows `http://` for a loopback `base_url` (test gateways).
     #[serde(default)]
     pub insecure_http: bool,
+    /// Extra trusted root certificates (PEM), e.g. a hub's private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// ISV mode: sent as `Agent-Token`.
     #[serde(default)]
     pub agent_token: Option<Secret>,
