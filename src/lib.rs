@@ -27,6 +27,8 @@ pub mod daemon;
 pub mod devices;
 pub mod domain;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod gateway;
 pub mod health;
 pub mod hub;

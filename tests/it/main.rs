@@ -46,3 +46,8 @@ mod mainland;
 
 // Architecture checks over the source text: layering, wire strings, //! lines, invariants.
 mod tidy;
+// Every committed fuzz corpus file through its target's entry point, on stable.
+mod fuzz_corpus;
+
+// Seeded crash-and-fault runs of the real binary behind a fault-injecting gateway proxy.
+mod chaos;

@@ -759,6 +759,48 @@ impl AmsClient {
     }
 }
 
+#[doc(hidden)]
+pub mod fuzz_entry {
+    //! The answer interpretation as one call, for the fuzz target and its corpus replay.
+
+    use super::{wire, AmsClient, Operation, Outcome, RawResponse};
+
+    /// Interprets a raw answer to `op` exactly as a live call would; returns the outcome's
+    /// label (`success`, `failed`, `unknown`) and the result code read from the answer.
+    pub fn interpret(
+        client: &AmsClient,
+        op: Operation,
+        status: u16,
+        signature: Option<String>,
+        response_time: Option<String>,
+        client_id: Option<String>,
+        body: Vec<u8>,
+    ) -> (&'static str, Option<String>) {
+        let path = client.request_path(op);
+        let raw = RawResponse {
+            status,
+            signature,
+            response_time,
+            client_id,
+            body,
+        };
+        fn label<T>((o, code): (Outcome<T>, Option<String>)) -> (&'static str, Option<String>) {
+            (o.label(), code)
+        }
+        match op {
+            Operation::Pay => label(client.interpret::<wire::PayResponse>(&path, raw)),
+            Operation::InquiryPayment => {
+                label(client.interpret::<wire::InquiryPaymentResponse>(&path, raw))
+            }
+            Operation::Cancel => label(client.interpret::<wire::CancelResponse>(&path, raw)),
+            Operation::Refund => label(client.interpret::<wire::RefundResponse>(&path, raw)),
+            Operation::InquiryRefund => {
+                label(client.interpret::<wire::InquiryRefundResponse>(&path, raw))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
