@@ -172,12 +172,13 @@ impl Upstream {
             .context("upstream.gateway_public_key is required")?;
         let gateway_key =
             PublicKey::load(gw_path).with_context(|| "upstream.gateway_public_key".to_string())?;
-        if u.ca_file.is_some() {
-            anyhow::bail!(
-                "upstream.ca_file is not supported yet: the upstream is verified against the \
-                 system's roots; remove the key"
-            );
-        }
+        let ca = match &u.ca_file {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("upstream.ca_file {}: cannot read", p.display()))?,
+            ),
+            None => None,
+        };
         let settings = ClientSettings {
             base_url: u
                 .base_url
@@ -208,7 +209,8 @@ impl Upstream {
                 terminal_id: String::new(),
             },
         };
-        let client = AmsClient::new(settings).context("cannot build the upstream client")?;
+        let client = AmsClient::new_with_roots(settings, ca.as_deref())
+            .context("cannot build the upstream client")?;
         Ok(Upstream { client, metrics })
     }
 
