@@ -27,6 +27,8 @@ struct Extras {
     result_code: Option<String>,
     result_message: Option<String>,
     refund_id: Option<String>,
+    /// `paymentTime` / `refundTime` as the gateway gave it (the statement's `paymentTime`).
+    gateway_time: Option<String>,
 }
 
 impl Extras {
@@ -36,6 +38,7 @@ impl Extras {
             result_code: f.result_code.clone(),
             result_message: f.result_message.clone(),
             refund_id: f.refund_id.clone(),
+            gateway_time: f.time.clone(),
         }
     }
 }
@@ -524,6 +527,10 @@ fn commit_sync(
             result_code,
             result_message: extras.result_message.clone(),
             payment_id: extras.payment_id.clone(),
+            // The gateway's time of the charge, or of the refund being settled.
+            gateway_time: extras.gateway_time.clone().filter(|_| {
+                to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })
+            }),
             ..Default::default()
         };
         if matches!(event, Event::Inquired(_)) {

@@ -511,6 +511,23 @@ impl Engine {
     /// Applies an outside event (abort, notification, refund request) with compare-and-set,
     /// retrying on a concurrent change. Returns the payment after the event.
     pub async fn apply_event(&self, id: &str, event: Event) -> Result<PaymentRecord, EngineError> {
+        self.apply_event_with(id, event, |_, _, _| Ok(())).await
+    }
+
+    /// [`Engine::apply_event`] where `extend` adds to the machine's change inside the same
+    /// transaction, after the machine said go (rows written with the move: a refund and its
+    /// queue item, a reason). A move to NEEDS_ATTENTION stores its cause as the reason.
+    pub async fn apply_event_with<F>(
+        &self,
+        id: &str,
+        event: Event,
+        extend: F,
+    ) -> Result<PaymentRecord, EngineError>
+    where
+        F: Fn(&rusqlite::Connection, &PaymentRecord, &mut Change) -> anyhow::Result<()>
+            + Send
+            + 'static,
+    {
         let id_owned = id.to_string();
         let rules = self.inner.settings.rules();
         let engine = self.clone();
@@ -529,14 +546,18 @@ impl Engine {
                                 Some(r) => payments::get_refund(c, r)?,
                                 None => None,
                             };
-                            let change = Change {
+                            let mut change = Change {
                                 to: Some(to),
+                                attention_reason: (to == State::NeedsAttention).then(|| cause.clone()),
                                 cause,
                                 result_code,
                                 slip: engine.slip_for(&rec, to, refund.as_ref()),
                                 ..Default::default()
                             };
-                            if let Some(new) = payments::apply(c, &id_owned, rec.state, &change, now_ms())? {
+                            let tx = c.savepoint()?;
+                            extend(&tx, &rec, &mut change)?;
+                            if let Some(new) = payments::apply_in(&tx, &id_owned, rec.state, &change, now_ms())? {
+                                tx.commit()?;
                                 return Ok(Ok((new, true)));
                             }
                         }
