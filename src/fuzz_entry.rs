@@ -423,8 +423,8 @@ pub fn mainland_notify(data: &[u8]) {
     }
     if let Ok(n) = notify::verify(k.gateway.public_key(), CLIENT_ID, &body) {
         assert!(sign_it, "an unsigned mainland notification verified");
-        let _ = n.to_record(&body);
-        let _ = n.notified();
+        let _ = crate::api::notify_cn::to_record(&n, &body);
+        let _ = crate::api::notify_cn::notified(&n);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod guard;
 pub mod journal;
 pub mod notify;
+pub mod notify_cn;
 pub mod ops;
 pub mod queue;
 pub mod refunds;

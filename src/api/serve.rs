@@ -10,6 +10,7 @@
 //! - At most `max_per_peer` connections per peer IP address; the next is answered 503 (JSON)
 //!   at once and closed.
 //! - `GET /healthz` is outside the handlers' concurrency bound (see [`super::guard`]).
+//! - Every 4xx/5xx reply of whatever `app` holds carries the JSON error body ([`super::errors`]).
 //! - On shutdown no connection is accepted, and open ones finish their request and close.
 
 use std::collections::HashMap;
@@ -116,7 +117,9 @@ pub async fn serve(
     limits: ListenLimits,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = app.layer(middleware::from_fn_with_state(limits, read_body));
+    // Whatever was merged into `app` (and its fallback), every error reply gets the JSON body.
+    let app =
+        super::errors::json_errors(app).layer(middleware::from_fn_with_state(limits, read_body));
     let peers = Peers::default();
     let tracker = TaskTracker::new();
     loop {

@@ -44,7 +44,7 @@ pub enum GatewaySays {
         /// The status.
         status: String,
     },
-    /// `ORDER_NOT_EXIST`: the gateway has no such payment.
+    /// The gateway has no such payment.
     NotFound,
 }
 
@@ -63,9 +63,7 @@ impl GatewaySays {
             GatewaySays::Open { status } => {
                 format!("the gateway says the payment is still {status}")
             }
-            GatewaySays::NotFound => {
-                "the gateway has no record of this payment (ORDER_NOT_EXIST)".into()
-            }
+            GatewaySays::NotFound => "the gateway has no record of this payment".into(),
         }
     }
 

@@ -387,8 +387,15 @@ fn config_check(cli: &Cli) -> u8 {
     };
     let g = &cfg.gateway;
     let gw = match g.kind {
+        GatewayKind::Sandbox if cfg.mainland() => "embedded sandbox (mainland dialect)".to_string(),
         GatewayKind::Sandbox => "embedded sandbox".to_string(),
         GatewayKind::AlipayPlus => format!("Alipay+ at {}", g.base_url.as_deref().unwrap_or("?")),
+        GatewayKind::AlipayCn => format!(
+            "Alipay mainland at {}",
+            g.base_url
+                .as_deref()
+                .unwrap_or(crate::config::MAINLAND_GATEWAY_URL)
+        ),
     };
     println!(
         "config {} is valid: terminal {}, gateway {gw}, store {}, API {}",

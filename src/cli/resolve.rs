@@ -3,8 +3,6 @@
 //! and refuses an outcome it contradicts. Through the daemon's API, or on the database
 //! directly (with the gateway client `posd run` builds) when the daemon cannot be reached.
 
-use std::sync::Arc;
-
 use clap::Args;
 
 use super::client::{ApiClient, CallError};
@@ -91,7 +89,7 @@ async fn direct(
         eprintln!("posd: {e:#}");
         EXIT_NOT_SUCCEEDED
     })?;
-    let engine = Engine::new(store, Arc::new(client), EngineSettings::from_config(cfg));
+    let engine = Engine::new(store, client, EngineSettings::from_config(cfg));
     let out = resolve::resolve(&engine, id, to, reason).await;
     let view = match out {
         Ok(_) => engine.view(id).await,

@@ -31,8 +31,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
     // of through store functions.
     (RUSQLITE, "src/engine/driver.rs", "rusqlite"),
     (RUSQLITE, "src/engine/worker.rs", "rusqlite"),
-    // The journal query lives in the API instead of store/journal.rs.
-    (RUSQLITE, "src/api/journal.rs", "rusqlite"),
     // The queue worker still branches on AMS codes / writes the AMS success code.
     (WIRE, "src/engine/worker.rs", "CANCEL_WINDOW_EXCEED"),
     (WIRE, "src/engine/worker.rs", "\"SUCCESS\""),
