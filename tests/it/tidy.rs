@@ -46,8 +46,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
     (WIRE, "src/api/notify.rs", "NotifyPayment"),
     (WIRE, "src/api/notify.rs", "NOTIFY_ACK"),
     (WIRE, "src/api/notify.rs", "NOTIFY_RETRY"),
-    // The back office's resolve words its finding with the AMS code.
-    (WIRE, "src/backoffice/resolve.rs", "ORDER_NOT_EXIST"),
     // The machine journals AMS result codes as its own (success, the queued cancel window).
     (WIRE, "src/domain/machine.rs", "CANCEL_WINDOW_EXCEED"),
     (WIRE, "src/domain/machine.rs", "\"SUCCESS\""),
