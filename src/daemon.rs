@@ -386,6 +386,8 @@ pub async fn start_with(
         api::MAX_BODY,
     )
     .merge(api::console::router(backoffice, cfg.api.token.as_ref()));
+    // Unknown routes of the merged listener answer with the JSON error body too.
+    let app = api::errors::json_errors(app);
     let served = tokio::spawn(api::serve::serve(
         listener,
         app,

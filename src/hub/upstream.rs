@@ -254,3 +254,77 @@ impl Upstream {
         answer
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::client::ForwardedAnswer;
+
+    fn raw(status: u16, body: &str, signature: AnswerSignature) -> Result<ForwardedAnswer, String> {
+        Ok(ForwardedAnswer {
+            status,
+            body: body.as_bytes().to_vec(),
+            signature,
+        })
+    }
+
+    const S: &str = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"ok"},"paymentId":"P1"}"#;
+    const F: &str =
+        r#"{"result":{"resultCode":"RISK_REJECT","resultStatus":"F","resultMessage":"no"}}"#;
+    const U: &str = r#"{"result":{"resultCode":"PAYMENT_IN_PROCESS","resultStatus":"U","resultMessage":"wait"}}"#;
+
+    #[test]
+    fn only_a_verified_s_is_a_success() {
+        assert!(
+            matches!(classify(raw(200, S, AnswerSignature::Verified)), Answer::Success(b) if b == S.as_bytes())
+        );
+        for sig in [
+            AnswerSignature::Unsigned,
+            AnswerSignature::Invalid("bad".into()),
+        ] {
+            assert!(matches!(classify(raw(200, S, sig)), Answer::Unknown { .. }));
+        }
+    }
+
+    #[test]
+    fn an_f_is_failed_when_verified_or_unsigned_and_unknown_when_badly_signed() {
+        for sig in [AnswerSignature::Verified, AnswerSignature::Unsigned] {
+            assert!(
+                matches!(classify(raw(200, F, sig)), Answer::Failed { code, .. } if code == "RISK_REJECT")
+            );
+        }
+        assert!(matches!(
+            classify(raw(200, F, AnswerSignature::Invalid("bad".into()))),
+            Answer::Unknown { .. }
+        ));
+    }
+
+    #[test]
+    fn u_errors_and_garbage_are_unknown() {
+        assert!(matches!(
+            classify(raw(200, U, AnswerSignature::Verified)),
+            Answer::Unknown { code: Some(c), .. } if c == "PAYMENT_IN_PROCESS"
+        ));
+        assert!(matches!(
+            classify(raw(500, S, AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        assert!(matches!(
+            classify(raw(200, "<html>", AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        assert!(matches!(
+            classify(raw(200, "{}", AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        let odd = r#"{"result":{"resultCode":"X","resultStatus":"Q","resultMessage":""}}"#;
+        assert!(matches!(
+            classify(raw(200, odd, AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        assert!(matches!(
+            classify(Err("timed out".into())),
+            Answer::Unknown { .. }
+        ));
+    }
+}

@@ -435,6 +435,16 @@ async fn the_statement_of_every_sandbox_row_matches_and_each_discrepancy_is_its_
         (0, 0),
         "no refund without --apply"
     );
+    // The same file again changes nothing: no second move, no new journal event.
+    let events_before = p["events"].as_array().unwrap().len();
+    let (code, again, _) = reconcile(&d, &whole, false);
+    assert_eq!(code, 1);
+    assert_eq!(findings_of(&again, "charged_not_at_posd").len(), 1);
+    assert_eq!(
+        d.get(cancelled).await["events"].as_array().unwrap().len(),
+        events_before,
+        "a second run wrote nothing"
+    );
     // The rest of the file still matches.
     assert_eq!(findings_of(&rep, "matched").len(), rows.len());
 
