@@ -502,15 +502,26 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 Some("SUCCESS"),
                 Effect::None,
             ),
+            // A refund needs the gateway's paymentId: without one, a human refunds it.
+            Answer::Failed {
+                refusal: Refusal::CancelWindowPassed,
+                code,
+                ..
+            } if ctx.gateway_saw_payment => go(
+                S::Refunding,
+                "cancel window passed; refunding the full amount",
+                Some(code),
+                Effect::Refund,
+            ),
             Answer::Failed {
                 refusal: Refusal::CancelWindowPassed,
                 code,
                 ..
             } => go(
-                S::Refunding,
-                "cancel window passed; refunding the full amount",
+                S::NeedsAttention,
+                "cancel window passed and a refund is owed, but the gateway never gave the paymentId; refund it from the merchant portal",
                 Some(code),
-                Effect::Refund,
+                Effect::None,
             ),
             Answer::Failed { code, message, .. } => go(
                 S::NeedsAttention,

@@ -96,7 +96,13 @@ pub(crate) fn unknown() -> Reply<Answer> {
 
 /// A success without facts.
 pub(crate) fn ok() -> Reply<Answer> {
-    Reply::bare(Answer::Success)
+    Reply {
+        answer: Answer::Success,
+        facts: Facts {
+            result_code: Some("SUCCESS".into()),
+            ..Facts::default()
+        },
+    }
 }
 
 /// A success naming the gateway's payment id.
@@ -105,6 +111,7 @@ pub(crate) fn ok_with_payment_id(id: &str) -> Reply<Answer> {
         answer: Answer::Success,
         facts: Facts {
             payment_id: Some(id.into()),
+            result_code: Some("SUCCESS".into()),
             ..Facts::default()
         },
     }
@@ -116,6 +123,7 @@ pub(crate) fn refunded(refund_id: &str) -> Reply<Answer> {
         answer: Answer::Success,
         facts: Facts {
             refund_id: Some(refund_id.into()),
+            result_code: Some("SUCCESS".into()),
             ..Facts::default()
         },
     }

@@ -37,7 +37,6 @@ use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use rand::Rng;
-use rusqlite::Connection;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -45,12 +44,15 @@ use super::backoff::{backoff, jittered};
 use super::clock::Clock;
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::{context_of, failpoint, local_time, make_refund_id, slip_data, Rules, SlipIdentity};
+use super::transition::{fully_refunded, learn_payment_id, note_only, plan, Env, Planned};
+use super::{context_of, failpoint, local_time, Rules, SlipIdentity};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
-use crate::gateway::{Gateway, PayOrder, RefundOrder, Reply};
-use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
+use crate::gateway::{Facts, Gateway, PayOrder, RefundOrder, Reply};
+use crate::store::payments::{self, Change, PaymentRecord};
 use crate::store::queue::{self as q, ItemKind, ItemStatus, LeaseRefused, QueueItem};
+use crate::store::refunds::RefundState;
+use crate::store::transition::Tx;
 use crate::store::Store;
 
 /// How many worst-case calls a lease covers.
@@ -296,9 +298,11 @@ enum Verdict {
     Confirmed {
         payment_id: Option<String>,
         refund_id: Option<String>,
+        result_code: Option<String>,
     },
     CancelWindowPassed {
         payment_id: String,
+        code: String,
     },
     Refused {
         code: String,
@@ -361,6 +365,22 @@ struct SettleCtx {
     backoff_initial: Duration,
     backoff_max: Duration,
     rules: Rules,
+}
+
+impl SettleCtx {
+    fn env(&self) -> Env<'_> {
+        Env {
+            rules: self.rules,
+            now_ms: self.now,
+            local: self.local,
+            who: SlipIdentity {
+                merchant_name: &self.merchant_name,
+                store_name: &self.store_name,
+                terminal_id: &self.terminal_id,
+            },
+            backoff_initial: self.backoff_initial,
+        }
+    }
 }
 
 impl Replayer {
@@ -597,12 +617,14 @@ impl Replayer {
                     Answer::Success => Verdict::Confirmed {
                         payment_id: out.facts.payment_id,
                         refund_id: None,
+                        result_code: out.facts.result_code,
                     },
                     Answer::Failed {
                         refusal: Refusal::CancelWindowPassed,
+                        code,
                         ..
                     } => match self.payment_id_of(payment_request_id, lease_until).await {
-                        Some(payment_id) => Verdict::CancelWindowPassed { payment_id },
+                        Some(payment_id) => Verdict::CancelWindowPassed { payment_id, code },
                         None => Verdict::Unknown {
                             why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
                         },
@@ -644,6 +666,7 @@ impl Replayer {
                     Answer::Success => Verdict::Confirmed {
                         payment_id: out.facts.payment_id,
                         refund_id: out.facts.refund_id,
+                        result_code: out.facts.result_code,
                     },
                     Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
                     Answer::Unknown { why } => Verdict::Unknown { why },
@@ -734,7 +757,7 @@ impl Replayer {
         let stored = self
             .inner
             .store
-            .call(move |c| Ok(payments::get(c, &owned)?.and_then(|p| p.payment_id)))
+            .read(move |c| Ok(payments::get(c, &owned)?.and_then(|p| p.payment_id)))
             .await
             .ok()
             .flatten();
@@ -745,10 +768,7 @@ impl Replayer {
         if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
             return None;
         }
-        with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id))
-            .await
-            .facts
-            .payment_id
+        learn_payment_id(self.inner.gateway.as_ref(), id, s.inquiry_timeout, 1).await
     }
 
     /// Settles the verdicts of one lease: in one transaction when possible, item by item when
@@ -861,7 +881,7 @@ pub fn check_reason(reason: &str) -> Result<String, ReplayError> {
 }
 
 fn settle_batch(
-    conn: &mut Connection,
+    conn: &mut Tx,
     ctx: &SettleCtx,
     verdicts: &[(QueueItem, Verdict)],
 ) -> anyhow::Result<Vec<ItemReport>> {
@@ -885,13 +905,13 @@ fn report(item: &QueueItem, outcome: ItemOutcome, detail: impl Into<String>) -> 
     }
 }
 
-fn load_payment(tx: &Connection, id: &str) -> anyhow::Result<PaymentRecord> {
+fn load_payment(tx: &Tx, id: &str) -> anyhow::Result<PaymentRecord> {
     payments::get(tx, id)?.ok_or_else(|| anyhow::anyhow!("queue item for unknown payment {id}"))
 }
 
 /// Settles one item inside the caller's transaction.
 fn settle_one(
-    tx: &Connection,
+    tx: &Tx,
     ctx: &SettleCtx,
     item: &QueueItem,
     v: &Verdict,
@@ -947,6 +967,7 @@ fn settle_one(
         Verdict::Confirmed {
             payment_id,
             refund_id,
+            result_code,
         } => {
             if !q::close(
                 tx,
@@ -960,49 +981,56 @@ fn settle_one(
             }
             q::record_event(tx, id, now, owner, "DONE", "confirmed by the gateway")?;
             let rec = load_payment(tx, &item.payment_request_id)?;
-            let mut change = Change {
+            let facts = Facts {
                 payment_id: payment_id.clone(),
-                ..Default::default()
+                refund_id: refund_id.clone(),
+                result_code: result_code.clone(),
+                ..Facts::default()
             };
-            let mut refund = None;
-            let event = match (item.kind, &item.refund_request_id) {
+            let (event, refund) = match (item.kind, &item.refund_request_id) {
                 (ItemKind::Refund, Some(rid)) => {
                     let r = payments::get_refund(tx, rid)?
                         .ok_or_else(|| anyhow::anyhow!("queued refund {rid} has no refund row"))?;
-                    refund = Some(r.clone());
-                    change.settle_refund = Some(SettleRefund {
-                        refund_request_id: rid.clone(),
-                        state: "SUCCEEDED",
-                        refund_id: refund_id.clone(),
-                        result_code: Some("SUCCESS".into()),
-                        result_message: None,
-                        add_to_refunded: r.state != "SUCCEEDED",
-                    });
-                    Event::QueuedRefundConfirmed {
-                        fully_refunded: rec.refunded.minor() + r.amount.minor()
-                            >= rec.amount.minor(),
-                    }
+                    let event = Event::QueuedRefundConfirmed {
+                        fully_refunded: fully_refunded(&rec, &r),
+                    };
+                    (event, Some(r))
                 }
-                _ => Event::QueuedCancelConfirmed,
+                _ => (Event::QueuedCancelConfirmed, None),
             };
-            let state = move_payment(tx, ctx, &rec, &event, change, refund.as_ref())?;
+            let state = move_payment(tx, ctx, &rec, &event, &facts, refund.as_ref(), |_| {})?;
             Ok(ItemReport {
                 payment_state: Some(state),
                 ..report(item, ItemOutcome::Done, "confirmed by the gateway")
             })
         }
-        Verdict::CancelWindowPassed { payment_id } => {
+        Verdict::CancelWindowPassed { payment_id, code } => {
             let rec = load_payment(tx, &item.payment_request_id)?;
-            let ctx_m = context_of(&rec, ctx.rules, now);
             let owed = rec.amount.minor() - rec.refunded.minor();
-            let decision = machine::decide(rec.state, &ctx_m, &Event::QueuedCancelWindowPassed);
-            let Decision::Go {
-                to,
-                cause,
-                result_code,
-                ..
-            } = decision
-            else {
+            if owed <= 0 {
+                return give_up(
+                    tx,
+                    ctx,
+                    item,
+                    ItemStatus::Dead,
+                    "the cancel window has passed and nothing is left to refund".into(),
+                    Some(code.clone()),
+                );
+            }
+            let facts = Facts {
+                payment_id: Some(payment_id.clone()),
+                ..Facts::default()
+            };
+            let env = ctx.env();
+            let planned = plan(
+                &env,
+                &rec,
+                &Event::QueuedCancelWindowPassed,
+                &facts,
+                None,
+                &mut || Ok(payments::next_sequence(tx)?),
+            )?;
+            let Planned::Move(p) = planned else {
                 return give_up(
                     tx,
                     ctx,
@@ -1012,78 +1040,35 @@ fn settle_one(
                         "the cancel window has passed, but the payment is {}; refund it by hand",
                         rec.state
                     ),
-                    Some("CANCEL_WINDOW_EXCEED".into()),
+                    Some(code.clone()),
                 );
             };
-            if owed <= 0 {
-                return give_up(
-                    tx,
-                    ctx,
-                    item,
-                    ItemStatus::Dead,
-                    "the cancel window has passed and nothing is left to refund".into(),
-                    Some("CANCEL_WINDOW_EXCEED".into()),
-                );
-            }
             let resolution = "cancel window passed; the full amount is queued as a refund";
             if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
                 return Ok(lost());
             }
-            let seq = payments::next_sequence(tx)?;
-            let amount = crate::domain::money::Amount::from_minor(owed, rec.amount.currency())?;
-            let order = RefundOrder {
-                refund_request_id: make_refund_id(ctx.local, &ctx.terminal_id, owed, seq),
-                payment_id: payment_id.clone(),
-                amount,
-                reason: Some("reversal: cancel window passed".into()),
-            };
+            let rid = p
+                .change
+                .new_refund
+                .as_ref()
+                .map(|r| r.refund_request_id.clone())
+                .unwrap_or_default();
             q::record_event(
                 tx,
                 id,
                 now,
                 owner,
                 "CONVERTED",
-                &format!("{resolution}: refund {}", order.refund_request_id),
+                &format!("{resolution}: refund {rid}"),
             )?;
-            let change = Change {
-                to: Some(to),
-                cause,
-                result_code,
-                payment_id: Some(payment_id.clone()),
-                new_refund: Some(NewRefund {
-                    refund_request_id: order.refund_request_id.clone(),
-                    kind: "REVERSAL",
-                    amount,
-                    reason: order.reason.clone(),
-                    return_to: None,
-                }),
-                settle_refund: Some(SettleRefund {
-                    refund_request_id: order.refund_request_id.clone(),
-                    state: "QUEUED",
-                    refund_id: None,
-                    result_code: None,
-                    result_message: None,
-                    add_to_refunded: false,
-                }),
-                enqueue: Some(NewQueueItem {
-                    kind: "REFUND",
-                    refund_request_id: Some(order.refund_request_id.clone()),
-                    payload_version: PAYLOAD_VERSION,
-                    payload: Payload::from_refund(&rec.payment_request_id, &order).encode(),
-                    // A new request: send it at once.
-                    next_attempt_at: now,
-                }),
-                ..Default::default()
-            };
-            let moved =
-                payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, now)?
-                    .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
+            let moved = payments::apply_in(tx, &rec.payment_request_id, rec.state, &p.change, now)?
+                .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
             Ok(ItemReport {
                 payment_state: Some(moved.state),
                 ..report(
                     item,
                     ItemOutcome::Converted,
-                    format!("{resolution} ({})", order.refund_request_id),
+                    format!("{resolution} ({rid})"),
                 )
             })
         }
@@ -1098,12 +1083,12 @@ fn settle_one(
             }
             q::record_event(tx, id, now, owner, "DONE", resolution)?;
             let rec = load_payment(tx, &item.payment_request_id)?;
-            let change = Change {
+            let facts = Facts {
                 result_code: result_code.clone(),
-                ..Default::default()
+                ..Facts::default()
             };
             let event = Event::LastInquiry(inquiry.clone());
-            let state = move_payment(tx, ctx, &rec, &event, change, None)?;
+            let state = move_payment(tx, ctx, &rec, &event, &facts, None, |_| {})?;
             Ok(ItemReport {
                 payment_state: Some(state),
                 ..report(item, ItemOutcome::Done, resolution)
@@ -1145,7 +1130,7 @@ fn settle_one(
 /// Dead letter or abandon: the item closes, its refund (if any) is marked, and the payment
 /// goes to NEEDS_ATTENTION with the reason.
 fn give_up(
-    tx: &Connection,
+    tx: &Tx,
     ctx: &SettleCtx,
     item: &QueueItem,
     status: ItemStatus,
@@ -1161,22 +1146,15 @@ fn give_up(
     }
     q::record_event(tx, item.id, ctx.now, &ctx.owner, status.as_str(), &reason)?;
     let rec = load_payment(tx, &item.payment_request_id)?;
-    let change = Change {
-        result_code: code.clone(),
-        settle_refund: item.refund_request_id.as_ref().map(|rid| SettleRefund {
-            refund_request_id: rid.clone(),
-            state: if status == ItemStatus::Abandoned {
-                "ABANDONED"
-            } else {
-                "FAILED"
-            },
-            refund_id: None,
-            result_code: code,
-            result_message: None,
-            add_to_refunded: false,
-        }),
-        ..Default::default()
+    let refund = match &item.refund_request_id {
+        Some(rid) => payments::get_refund(tx, rid)?,
+        None => None,
     };
+    let facts = Facts {
+        result_code: code,
+        ..Facts::default()
+    };
+    let abandoned = status == ItemStatus::Abandoned;
     let state = move_payment(
         tx,
         ctx,
@@ -1184,10 +1162,16 @@ fn give_up(
         &Event::QueueGaveUp {
             reason: reason.clone(),
         },
-        change,
-        None,
+        &facts,
+        refund.as_ref(),
+        |change| {
+            // A human gave the refund up; the gateway did not refuse it.
+            if let (true, Some(s)) = (abandoned, change.settle_refund.as_mut()) {
+                s.state = RefundState::Abandoned;
+            }
+        },
     )?;
-    let outcome = if status == ItemStatus::Abandoned {
+    let outcome = if abandoned {
         ItemOutcome::Abandoned
     } else {
         ItemOutcome::Dead
@@ -1198,54 +1182,30 @@ fn give_up(
     })
 }
 
-/// Applies the machine's decision on `event` to the payment inside the transaction; when the
-/// machine ignores it (the payment moved on, e.g. a human resolved it), the outcome is still
-/// journaled on the payment without changing its state. Returns the state after.
+/// Plans `event` on the payment and commits it inside the transaction; when the machine
+/// ignores it (the payment moved on, e.g. a human resolved it), the outcome is still
+/// journaled on the payment, with the event's refund rows, without changing its state.
+/// `patch` adjusts the planned change (abandon). Returns the state after.
 fn move_payment(
-    tx: &Connection,
+    tx: &Tx,
     ctx: &SettleCtx,
     rec: &PaymentRecord,
     event: &Event,
-    mut change: Change,
+    facts: &Facts,
     refund: Option<&payments::RefundRecord>,
+    patch: impl FnOnce(&mut Change),
 ) -> anyhow::Result<State> {
-    let now = ctx.now;
-    match machine::decide(rec.state, &context_of(rec, ctx.rules, now), event) {
-        Decision::Go {
-            to,
-            cause,
-            result_code,
-            ..
-        } => {
-            change.to = Some(to);
-            // The confirmation's slip (CANCEL, REFUND) commits with it, like the payment
-            // task's.
-            let mut with_id = rec.clone();
-            if with_id.payment_id.is_none() {
-                with_id.payment_id = change.payment_id.clone();
-            }
-            let who = SlipIdentity {
-                merchant_name: &ctx.merchant_name,
-                store_name: &ctx.store_name,
-                terminal_id: &ctx.terminal_id,
-            };
-            change.slip = slip_data(&who, ctx.local, &with_id, to, refund);
-            if to == State::NeedsAttention {
-                change.attention_reason = Some(cause.clone());
-            }
-            change.cause = cause;
-            change.result_code = result_code.or(change.result_code);
-        }
-        Decision::Ignore { why, .. } => {
-            change.to = None;
-            change.cause = format!("queue: {event:?}; the payment stays {} ({why})", rec.state);
-        }
-        Decision::Refuse { why } => {
-            change.to = None;
-            change.cause = format!("queue: {event:?}; the payment stays {} ({why})", rec.state);
-        }
-    }
-    let moved = payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, now)?
+    let env = ctx.env();
+    let planned = plan(&env, rec, event, facts, refund, &mut || {
+        Ok(payments::next_sequence(tx)?)
+    })?;
+    let mut change = match planned {
+        Planned::Move(p) => p.change,
+        Planned::Ignore { why, .. } => note_only(rec, event, facts, refund, why),
+        Planned::Refuse { why } => note_only(rec, event, facts, refund, &why),
+    };
+    patch(&mut change);
+    let moved = payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, ctx.now)?
         .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
     Ok(moved.state)
 }
