@@ -1,4 +1,4 @@
-//! Queue drain benchmark (issue 4): 10,000 queued cancels in a file database (WAL,
+//! Queue drain benchmark: 10,000 queued cancels in a file database (WAL,
 //! `synchronous=FULL`) drained by the real `Replayer` through the real `AmsClient` against a
 //! zero-delay loopback gateway that answers every cancel with a signed S. Prints items/s
 //! (each acknowledgement durable before its payment is reported moved) next to the cost of one
@@ -17,6 +17,9 @@ use posd::engine::worker::{QueueSettings, Replayer};
 use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
 use posd::gateway::sign::{Message, PrivateKey, PublicKey};
 use posd::store::Store;
+
+#[path = "floor.rs"]
+mod floor;
 
 const ITEMS: usize = 10_000;
 
@@ -128,6 +131,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("posd.sqlite3")).unwrap();
         let commit = commit_cost(&store);
+        let floors_before = floor::Floors::measure(&dir.path().join("floor"), 200, 300);
         fill(&store);
         let count = Arc::new(AtomicU64::new(0));
         let addr = loopback_gateway(count.clone()).await;
@@ -201,6 +205,14 @@ fn main() {
             took.as_secs_f64(),
             ITEMS as f64 / took.as_secs_f64(),
             commit.as_secs_f64() * 1000.0
+        );
+        // Per item: the lease and the settle (2 commits when nothing shares them), the cancel
+        // signed here and its answer verified, the answer signed by the loopback gateway.
+        let floors = floors_before.min(floor::Floors::measure(&dir.path().join("floor-after"), 200, 300));
+        floors.report(
+            "queue drain",
+            ITEMS as f64 / took.as_secs_f64(),
+            floor::PerItem { commits: 2.0, signs: 2.0, verifies: 1.0 },
         );
     });
 }

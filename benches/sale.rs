@@ -1,4 +1,4 @@
-//! Sale benchmarks (issue 3), each beside the machine's floor measured in the same run:
+//! Sale benchmarks, each beside the machine's floor measured in the same run:
 //! (a) a sale with its code accepted → pay request on the wire (id, intent commit, JSON,
 //!     sign, send), and (a') the same from a scan bound to a waiting sale, against
 //!     one `synchronous=FULL` commit + one OpenSSL RSA-2048 sign;
@@ -20,6 +20,9 @@ use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
 use posd::gateway::sign::{Message, PrivateKey, PublicKey};
 use posd::store::Store;
 use tokio::sync::mpsc;
+
+#[path = "floor.rs"]
+mod floor;
 
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
 
@@ -169,6 +172,8 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let n_commit = if quick { 10 } else { 300 };
     let commit_before = full_commit(dir.path(), n_commit);
+    let n_rsa = if quick { 5 } else { 300 };
+    let floors_before = floor::Floors::measure(&dir.path().join("floor"), n_commit, n_rsa);
     let sign = openssl_sign();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -308,5 +313,25 @@ fn main() {
         println!("    target <= 1.5 x (sign + commit) = {}  -> ratio {:.2}", ms(floor_a.mul_f64(1.5)), median.max(scan_median).as_secs_f64() / floor_a.as_secs_f64());
         println!("(b) full sales: {done} in {:.2} s = {rate:.0} sales/s (32 in flight)", elapsed.as_secs_f64());
         println!("    fsync ceiling {ceiling:.0} commits/s / 2 commits per sale = {:.0} sales/s -> {:.0} % of it (target >= 70 %)", ceiling / 2.0, 100.0 * rate / (ceiling / 2.0));
+        // Floors measured in this run, before and after the load (the lower of each).
+        let floors = floors_before.min(floor::Floors::measure(&dir.path().join("floor-after"), n_commit, n_rsa));
+        // (a): the sign overlaps the intent's commit, so the floor is the larger of the two.
+        let larger = floors.sign.max(floors.commit);
+        println!(
+            "(a) floor: max(sign {} ms, commit {} ms) = {} ms; (a) median is {:.2} x it, (a') {:.2} x (target <= 1.3 x)",
+            floor::ms(floors.sign),
+            floor::ms(floors.commit),
+            floor::ms(larger),
+            median.as_secs_f64() / larger.as_secs_f64(),
+            scan_median.as_secs_f64() / larger.as_secs_f64()
+        );
+        // (b): per sale the terminal commits twice (intent, answer), signs the pay and
+        // verifies the answer; this bench's gateway answers with one pre-signed body and
+        // verifies nothing. A real gateway on the same cores would add one sign and one verify.
+        floors.report("(b) full sales", rate, floor::PerItem { commits: 2.0, signs: 1.0, verifies: 1.0 });
+        println!(
+            "    with a real gateway's sign + verify on the same cores the CPU ceiling would be {:.0}/s",
+            floors.cpu_ceiling(floor::PerItem { commits: 2.0, signs: 2.0, verifies: 2.0 })
+        );
     });
 }

@@ -9,12 +9,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use posd::domain::code::{CodeRules, PaymentCode};
 use posd::domain::money::{Amount, Currency};
 use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity, Operation};
 use posd::gateway::sign::{parse_signature_header, Message, PrivateKey, PublicKey};
 use posd::gateway::PayOrder;
+
+#[path = "floor.rs"]
+mod floor;
 
 const MERCHANT_PRIVATE: &str = include_str!("../tests/keys/merchant_private_pkcs8.pem");
 const MERCHANT_PUBLIC: &str = include_str!("../tests/keys/merchant_public.pem");
@@ -161,4 +164,54 @@ criterion_group! {
     config = config();
     targets = signing, pay_request, parsers
 }
-criterion_main!(benches);
+/// The pay request's own rate, measured in the same run as the floors and printed beside
+/// them: building, serializing and signing needs one sign and no commit.
+fn floors() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 5 } else { 500 };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let floors = floor::Floors::measure(dir.path(), if quick { 5 } else { 200 }, n);
+    let client = client(Arc::new(
+        PrivateKey::from_text(MERCHANT_PRIVATE, "merchant").expect("merchant key"),
+    ));
+    let cny = Currency::from_code("CNY").expect("CNY");
+    let order = PayOrder {
+        payment_request_id: "20261121101530T0001000000012340000042817263".into(),
+        amount: Amount::parse("12.34", cny).expect("amount"),
+        code: PaymentCode::parse(CODE, &CodeRules::default()).expect("code"),
+        order_ref: Some("A-1001".into()),
+        description: "Coffee".into(),
+        terminal_time: chrono::DateTime::parse_from_rfc3339("2026-11-21T10:15:30+08:00")
+            .expect("time"),
+        expires_at: None,
+    };
+    // One thread per core, as the ceiling assumes.
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..floors.cores {
+            s.spawn(|| {
+                for _ in 0..n {
+                    let body = serde_json::to_vec(&client.pay_request(black_box(&order)))
+                        .expect("serializes");
+                    black_box(client.sign(Operation::Pay, "1700000000000", &body));
+                }
+            });
+        }
+    });
+    let rate = (n * floors.cores) as f64 / t0.elapsed().as_secs_f64();
+    floors.report(
+        "pay requests built + serialized + signed",
+        rate,
+        floor::PerItem {
+            commits: 0.0,
+            signs: 1.0,
+            verifies: 0.0,
+        },
+    );
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    floors();
+}

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::config::{Config, GatewayKind};
+use crate::config::{Config, ConfigError, GatewayKind};
 use crate::devices::print_worker::{PrintWorker, PrintWorkerHandle};
 use crate::devices::scanner::ScanEvent;
 use crate::engine::{Engine, EngineSettings};
@@ -23,7 +23,7 @@ use crate::gateway::sandbox::{self, Sandbox, SandboxHandle, SandboxSettings};
 use crate::gateway::sign::{self, PrivateKey, PublicKey};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{integrity, StoreError};
 
 /// How long shutdown waits for in-flight gateway calls before leaving them to recovery.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -38,6 +38,98 @@ pub fn state_dir(cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// What `posd run` was told on its command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// `--init-store`: start a new, empty store even where the state directory shows an
+    /// earlier one (the old files are moved aside, not deleted).
+    pub init_store: bool,
+}
+
+/// Everything `posd run` refuses before it starts, beyond the config's own validation:
+/// `posd config check` runs exactly this too. Key files (present, private, parseable), the
+/// sandbox's generated keys when they exist, and a store path that is not a directory.
+pub fn preflight(cfg: &Config, config_path: &Path) -> Result<(), ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: config_path.to_path_buf(),
+        key,
+        message,
+    };
+    let store = cfg.store_path();
+    if store.is_dir() {
+        return Err(invalid(
+            "store.path",
+            format!(
+                "{} is a directory; give the database file, e.g. {}",
+                store.display(),
+                store.join("posd.sqlite3").display()
+            ),
+        ));
+    }
+    if let Some(parent) = store.parent().filter(|p| p.exists() && !p.is_dir()) {
+        return Err(invalid(
+            "store.path",
+            format!("{} is not a directory", parent.display()),
+        ));
+    }
+    let g = &cfg.gateway;
+    match &g.merchant_private_key {
+        Some(p) => {
+            PrivateKey::load(&cfg.resolve(p))
+                .map_err(|e| invalid("gateway.merchant_private_key", e.to_string()))?;
+        }
+        None => {
+            let generated = state_dir(cfg).join("keys").join(sign::PRIVATE_KEY_FILE);
+            if generated.exists() {
+                PrivateKey::load(&generated).map_err(|e| {
+                    invalid(
+                        "gateway.merchant_private_key",
+                        format!("the sandbox key: {e}"),
+                    )
+                })?;
+            }
+        }
+    }
+    if let Some(p) = &g.gateway_public_key {
+        PublicKey::load(&cfg.resolve(p))
+            .map_err(|e| invalid("gateway.gateway_public_key", e.to_string()))?;
+    }
+    if g.kind == GatewayKind::Sandbox {
+        let key = state_dir(cfg)
+            .join("sandbox-keys")
+            .join(sandbox::GATEWAY_PRIVATE_KEY_FILE);
+        if key.exists() {
+            PrivateKey::load(&key)
+                .map_err(|e| invalid("sandbox", format!("the sandbox gateway key: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a failed start is the operator's to fix (config, keys, the store's files): `posd
+/// run` then exits 2, and systemd does not restart it (`RestartPreventExitStatus=2`).
+pub fn is_operator_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<ConfigError>().is_some()
+            || c.downcast_ref::<crate::gateway::sign::SignError>()
+                .is_some()
+            || matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(
+                    StoreError::EmptyButUsed { .. }
+                        | StoreError::Corrupt { .. }
+                        | StoreError::TooNew { .. }
+                )
+            )
+    })
+}
+
+/// The slip directory of the file printer (evidence of prior use for the empty-store guard).
+fn slip_dir(cfg: &Config) -> Option<PathBuf> {
+    (cfg.printer.kind == crate::devices::config::PrinterKind::File)
+        .then(|| cfg.resolve(&cfg.printer.path))
+}
+
 /// The merchant key: the configured file, or in sandbox mode one generated once into
 /// `<state>/keys/` (never overwritten).
 pub fn merchant_key(cfg: &Config) -> anyhow::Result<PrivateKey> {
@@ -49,6 +141,7 @@ pub fn merchant_key(cfg: &Config) -> anyhow::Result<PrivateKey> {
         "gateway.merchant_private_key is required for the real gateway"
     );
     let dir = state_dir(cfg).join("keys");
+    crate::store::create_dir_with_mode(&dir, crate::store::KEY_DIR_MODE)?;
     let path = dir.join(sign::PRIVATE_KEY_FILE);
     if !path.exists() {
         let generated = sign::generate_keys(&dir)?;
@@ -62,8 +155,9 @@ pub async fn start_embedded_sandbox(
     cfg: &Config,
     merchant_public: PublicKey,
 ) -> anyhow::Result<(SandboxHandle, PublicKey)> {
-    let (gateway_key, gateway_public) =
-        sandbox::load_or_create_keys(&state_dir(cfg).join("sandbox-keys"))?;
+    let keys = state_dir(cfg).join("sandbox-keys");
+    crate::store::create_dir_with_mode(&keys, crate::store::KEY_DIR_MODE)?;
+    let (gateway_key, gateway_public) = sandbox::load_or_create_keys(&keys)?;
     let mut settings = SandboxSettings::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         cfg.sandbox_path(),
@@ -98,13 +192,22 @@ pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(cfg, StartOptions::default(), shutdown).await
+}
+
+/// [`run`] with the command line's options.
+pub async fn run_with(
+    cfg: Config,
+    opts: StartOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         shutdown.await;
         t.cancel();
     });
-    let running = start(&cfg, token.clone()).await?;
+    let running = start_with(&cfg, opts, token.clone()).await?;
     notify_systemd(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("ready: API listening, payments resumed"),
@@ -135,6 +238,11 @@ pub async fn run(
     if let Some(s) = running.sandbox {
         s.shutdown().await;
     }
+    // Clean shutdown: fold the WAL into the database file, which then holds every commit.
+    match running.engine.store().checkpoint() {
+        Ok(()) => tracing::info!("database checkpointed"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot checkpoint the database"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -148,9 +256,28 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
 
 /// Starts every part of the daemon and returns once the API listens.
 pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Running> {
+    start_with(cfg, StartOptions::default(), token).await
+}
+
+/// [`start`] with the command line's options.
+pub async fn start_with(
+    cfg: &Config,
+    opts: StartOptions,
+    token: CancellationToken,
+) -> anyhow::Result<Running> {
     let store_path = cfg.store_path();
     tracing::info!(path = %store_path.display(), "opening the store");
-    let store = Store::open(&store_path)?;
+    let state = state_dir(cfg);
+    crate::store::create_dir_with_mode(&state, crate::store::DIR_MODE)
+        .with_context(|| format!("cannot create the state directory {}", state.display()))?;
+    let slips = slip_dir(cfg);
+    let store = {
+        let (path, state, init) = (store_path.clone(), state.clone(), opts.init_store);
+        tokio::task::spawn_blocking(move || {
+            integrity::open_for_daemon(&path, &state, slips.as_deref(), init)
+        })
+        .await??
+    };
     let metrics = Metrics::new();
 
     // Bound before the client exists: the embedded sandbox is told where to notify.
@@ -185,6 +312,12 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
     let client = AmsClient::new(settings)?.with_observer(metrics.call_observer());
     let engine = Engine::new(store, Arc::new(client), EngineSettings::from_config(cfg));
     let health = Health::new(engine.clone());
+    // The store passed `quick_check` on open; check again now and then, off the request path.
+    tokio::spawn(
+        health
+            .clone()
+            .integrity_checks(crate::health::INTEGRITY_EVERY, token.clone()),
+    );
 
     let resumed = engine.recover().await?;
     if resumed > 0 {
@@ -217,15 +350,12 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
         cfg.api.token.as_ref(),
         api::MAX_BODY,
     );
-    let t = token.clone();
-    let served = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { t.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    let served = tokio::spawn(api::serve::serve(
+        listener,
+        app,
+        api::serve::ListenLimits::api(cfg),
+        token.clone(),
+    ));
     health.add_task("api", served.abort_handle());
     if let Some(queue) = engine.queue_worker_task() {
         health.add_task("queue worker", queue);
@@ -240,15 +370,12 @@ pub async fn start(cfg: &Config, token: CancellationToken) -> anyhow::Result<Run
             path: cfg.notify.path.clone(),
             metrics: metrics.clone(),
         });
-        let t = token.clone();
-        let served = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { t.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "notification endpoint stopped");
-            }
-        });
+        let served = tokio::spawn(api::serve::serve(
+            listener,
+            app,
+            api::serve::ListenLimits::notify(cfg),
+            token.clone(),
+        ));
         health.add_task("notify", served.abort_handle());
         tracing::info!(addr = %addr, path = %cfg.notify.path, "notification endpoint listening");
     }
@@ -340,7 +467,8 @@ fn spawn_printer_metrics(
 }
 
 /// Feeds validated, de-duplicated scans to the engine: each binds to the sale waiting for a
-/// code; a rejected scan or a scan with no sale waiting is reported with its reason.
+/// code; a rejected scan or a scan with no sale waiting is reported with its reason; a
+/// scanned slip (its `paymentRequestId`) looks its payment up and never pays.
 fn spawn_scanner(engine: Engine, cfg: &Config, metrics: Arc<Metrics>, token: CancellationToken) {
     let mut scans = crate::devices::scanner::spawn(&cfg.scanner, &cfg.code_rules(), token);
     metrics.set_scanner_status("LISTENING");
@@ -350,6 +478,14 @@ fn spawn_scanner(engine: Engine, cfg: &Config, metrics: Arc<Metrics>, token: Can
                 ScanEvent::Rejected { reason, masked } => {
                     tracing::warn!(scan = %masked, reason = %reason, "scan rejected");
                     eprintln!("posd: scan rejected: {reason}");
+                }
+                ScanEvent::Slip(id) => look_up_slip(&engine, &id).await,
+                ScanEvent::Code(code)
+                    if crate::domain::request_id::looks_like_payment_request_id(code.expose())
+                        && engine.view(code.expose()).await.is_ok() =>
+                {
+                    // A slip's barcode the code rules also accept: never pay with it.
+                    look_up_slip(&engine, code.expose()).await
                 }
                 ScanEvent::Code(code) => {
                     let masked = code.masked();
@@ -368,6 +504,22 @@ fn spawn_scanner(engine: Engine, cfg: &Config, metrics: Arc<Metrics>, token: Can
         // The scanner is done for good (shutdown, or stdin closed under systemd).
         metrics.set_scanner_status("STOPPED");
     });
+}
+
+/// A slip was scanned: says what became of its payment (the waiting sale, if any, keeps
+/// waiting for a payment code).
+async fn look_up_slip(engine: &Engine, id: &str) {
+    match engine.view(id).await {
+        Ok(v) => {
+            let summary = crate::devices::scanner::slip_summary(&v.payment);
+            tracing::info!(slip = %id, state = %v.payment.state, "slip scanned: payment looked up");
+            eprintln!("posd: {summary}");
+        }
+        Err(e) => {
+            tracing::warn!(slip = %id, reason = %e, "slip scanned: no such payment");
+            eprintln!("posd: slip {id}: no payment with this id on this terminal");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. From then on a second SIGTERM or SIGINT exits the process

@@ -1,4 +1,4 @@
--- The reversal queue's own bookkeeping (issue 4): how an item ended, and the item's journal
+-- The reversal queue's own bookkeeping: how an item ended, and the item's journal
 -- (every retry, conversion, dead letter and abandon, with who did it). Times are Unix epoch ms.
 
 -- How a DONE / DEAD / ABANDONED item ended, in words (the back office reads it).

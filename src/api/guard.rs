@@ -10,6 +10,8 @@
 //!   sale's intent is committed, then its task is spawned).
 //! - Over the concurrency bound a request is answered 503 at once rather than queued, so a
 //!   stuck client cannot build a backlog; long-polls (`?wait=`) get their own longer deadline.
+//!   `GET /healthz` is outside the bound. Bodies are read before a request takes a slot, and
+//!   slow or idle connections are cut, by the accept loop in [`super::serve`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +68,12 @@ fn with_limits(router: Router, limits: Limits) -> Router {
 }
 
 async fn limit(State(l): State<Limits>, req: Request, next: Next) -> Response {
-    let Ok(permit) = l.permits.clone().try_acquire_owned() else {
+    // Health answers even when every handler slot is taken: that is when it matters.
+    let permit = if req.uri().path() == UNAUTHENTICATED_PATH {
+        None
+    } else if let Ok(p) = l.permits.clone().try_acquire_owned() {
+        Some(p)
+    } else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
@@ -115,13 +122,14 @@ pub fn secure(router: Router, token: Option<&Secret>, max_body: usize) -> Router
         },
     )
     .layer(DefaultBodyLimit::max(max_body));
-    match token {
+    let guarded = match token {
         None => limited,
         Some(t) => {
             let expected: Arc<[u8; 32]> = Arc::new(Sha256::digest(t.expose().as_bytes()).into());
             limited.layer(middleware::from_fn_with_state(expected, require_token))
         }
-    }
+    };
+    super::errors::json_errors(guarded)
 }
 
 /// Whether `given` equals the token, in time independent of where they differ (both are

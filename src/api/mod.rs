@@ -3,12 +3,14 @@
 //! notification listing are in [`ops`], the hardening layers in [`guard`], the gateway's
 //! notification endpoint (its own listener) in [`notify`].
 
+pub mod errors;
 pub mod guard;
 pub mod journal;
 pub mod notify;
 pub mod ops;
 pub mod queue;
 pub mod refunds;
+pub mod serve;
 pub mod wire;
 
 use std::sync::Arc;
@@ -97,6 +99,13 @@ impl From<EngineError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: format!("the body is larger than {MAX_BODY} bytes"),
+            };
+        }
         ApiError::bad(
             "invalid_json",
             format!(
@@ -134,21 +143,75 @@ pub async fn resource(engine: &Engine, v: PaymentView) -> Result<PaymentJson, Ap
     Ok(PaymentJson::new(&v, &refunds))
 }
 
-/// Validates an order reference: printable, at most 64 characters.
+/// Whether `c` reorders how text around it is displayed (bidirectional embedding, override,
+/// isolate and mark characters): an order reference with one can print differently from
+/// what it is.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Validates an order reference: 1–64 printable characters, no bidi controls.
 pub fn check_order_ref(s: &str) -> Result<(), ApiError> {
-    if s.is_empty() || s.chars().count() > 64 || s.chars().any(char::is_control) {
+    if s.is_empty()
+        || s.chars().count() > 64
+        || s.chars().any(|c| c.is_control() || is_bidi_control(c))
+    {
         return Err(ApiError::bad(
             "invalid_order_ref",
-            format!("order_ref {s:?} must be 1–64 printable characters"),
+            format!(
+                "order_ref {s:?} must be 1–64 printable characters, without control or bidirectional-override characters"
+            ),
         ));
     }
     Ok(())
 }
 
+/// The header a client sends to make a creating POST safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The longest `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// The request's `Idempotency-Key` for `scope`, fingerprinted over `fields`; `None` without
+/// the header. A key must be 1–128 visible ASCII characters.
+pub fn idempotency(
+    headers: &axum::http::HeaderMap,
+    scope: String,
+    fields: &[&str],
+) -> Result<Option<crate::store::idempotency::Idempotency>, ApiError> {
+    use sha2::{Digest, Sha256};
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| {
+            !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1–{MAX_IDEMPOTENCY_KEY} visible ASCII characters, e.g. a UUID"),
+            )
+        })?;
+    let mut h = Sha256::new();
+    for f in fields {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    Ok(Some(crate::store::idempotency::Idempotency {
+        scope,
+        key: key.to_string(),
+        fingerprint: format!("{:x}", h.finalize()),
+    }))
+}
+
 async fn create_payment(
     AxState(st): AxState<ApiState>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<CreatePayment>, JsonRejection>,
-) -> Result<(StatusCode, Json<PaymentJson>), ApiError> {
+) -> Result<Response, ApiError> {
     let Json(req) = body?;
     let currency = match &req.currency {
         Some(c) => {
@@ -161,6 +224,16 @@ async fn create_payment(
     if let Some(o) = &req.order_ref {
         check_order_ref(o)?;
     }
+    if req
+        .code
+        .as_deref()
+        .is_some_and(|c| c.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad(
+            "invalid_code",
+            "the code contains control characters (such as NUL); send the digits only",
+        ));
+    }
     let code = match &req.code {
         Some(raw) => Some(
             PaymentCode::parse(raw, &st.code_rules)
@@ -168,16 +241,45 @@ async fn create_payment(
         ),
         None => None,
     };
-    let rec = st
+    // The fingerprint covers what the sale means; the code only in its masked form.
+    let minor = amount.minor().to_string();
+    let masked = code.as_ref().map(PaymentCode::masked);
+    let key = idempotency(
+        &headers,
+        "payment".into(),
+        &[
+            "POST /v1/payments",
+            &minor,
+            amount.currency().code(),
+            req.order_ref.as_deref().unwrap_or("\u{0}"),
+            masked.as_deref().unwrap_or("\u{0}"),
+        ],
+    )?;
+    let (rec, replayed) = st
         .engine
-        .start_sale(SaleRequest {
-            amount,
-            order_ref: req.order_ref.clone(),
-            code,
-        })
+        .start_sale_once(
+            SaleRequest {
+                amount,
+                order_ref: req.order_ref.clone(),
+                code,
+            },
+            key,
+        )
         .await?;
     let v = st.engine.view(&rec.payment_request_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(resource(&st.engine, v).await?)))
+    Ok(created(resource(&st.engine, v).await?, replayed))
+}
+
+/// 202 with the resource; a replayed request says so in `Idempotent-Replayed: true`.
+pub fn created(body: PaymentJson, replayed: bool) -> Response {
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    resp
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,4 +1,4 @@
-//! The notifyPayment endpoint (PROTOCOL.md §2.7, §3.5) on its own listener (`[notify]`).
+//! The notifyPayment endpoint (docs/protocol.md, "notifyPayment") on its own listener (`[notify]`).
 //!
 //! Order of checks, each failing one answered non-S with nothing changed: content type, body
 //! size, the three headers, the RSA signature over `POST <path>\n<client-id>.<request-time>.
@@ -55,11 +55,11 @@ pub struct NotifyState {
 /// The notification router: `POST <path>` only, with size, time and concurrency bounds.
 pub fn router(state: NotifyState) -> Router {
     let path = state.path.clone();
-    super::guard::bounded(
+    super::errors::json_errors(super::guard::bounded(
         Router::new().route(&path, post(receive)).with_state(state),
         NOTIFY_TIMEOUT,
         MAX_CONCURRENT_NOTIFICATIONS,
-    )
+    ))
 }
 
 /// Why a notification was refused (each is a `rejected` metric reason).
@@ -210,19 +210,40 @@ async fn verified(
         Some(q) => format!("{}?{q}", st.path),
         None => st.path.clone(),
     };
-    verify_notification(
+    check(
         &st.gateway_key,
+        &st.client_id,
         &path,
+        client_id,
+        request_time,
+        &signature,
+        &body,
+    )
+}
+
+/// The checks after the headers were read: signature first, then client id, then the JSON.
+fn check(
+    gateway_key: &PublicKey,
+    our_client_id: &str,
+    path: &str,
+    client_id: String,
+    request_time: String,
+    signature: &str,
+    body: &[u8],
+) -> Result<(NewNotification, Notified), Reject> {
+    verify_notification(
+        gateway_key,
+        path,
         &client_id,
         &request_time,
-        &body,
-        &signature,
+        body,
+        signature,
     )
     .map_err(|_| Reject::Signature)?;
-    if client_id != st.client_id {
+    if client_id != our_client_id {
         return Err(Reject::ClientId);
     }
-    let text = std::str::from_utf8(&body).map_err(|_| Reject::Json)?;
+    let text = std::str::from_utf8(body).map_err(|_| Reject::Json)?;
     let msg: NotifyPayment = serde_json::from_str(text).map_err(|_| Reject::Json)?;
     let what = match (
         msg.notify_type.as_deref(),
@@ -242,8 +263,52 @@ async fn verified(
         amount_value: msg.payment_amount.as_ref().map(|a| a.value.clone()),
         currency: msg.payment_amount.as_ref().map(|a| a.currency.clone()),
         request_time,
-        body_sha256: format!("{:x}", Sha256::digest(&body)),
+        body_sha256: format!("{:x}", Sha256::digest(body)),
         body: text.to_string(),
     };
     Ok((n, what))
+}
+
+#[doc(hidden)]
+pub mod fuzz_entry {
+    //! The endpoint's checks as one call, for the fuzz target and its corpus replay: header
+    //! extraction, signature, client id, JSON — everything before the database.
+
+    use axum::http::HeaderMap;
+
+    use super::{check, header_str, is_json};
+    use crate::engine::notify::Notified;
+    use crate::gateway::sign::PublicKey;
+    use crate::store::notifications::NewNotification;
+
+    /// `Ok` with what would be recorded, or the rejection's metric reason.
+    pub fn verify(
+        gateway_key: &PublicKey,
+        our_client_id: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(NewNotification, Notified), &'static str> {
+        let run = || {
+            if !is_json(headers) {
+                return Err(super::Reject::ContentType);
+            }
+            if body.len() > super::MAX_NOTIFY_BODY {
+                return Err(super::Reject::TooLarge);
+            }
+            let client_id = header_str(headers, "client-id")?.to_string();
+            let request_time = header_str(headers, "request-time")?.to_string();
+            let signature = header_str(headers, "signature")?;
+            check(
+                gateway_key,
+                our_client_id,
+                path,
+                client_id,
+                request_time,
+                signature,
+                body,
+            )
+        };
+        run().map_err(super::Reject::reason)
+    }
 }

@@ -1,14 +1,14 @@
-//! `POST /v1/payments/{id}/refunds`: full or partial refunds of a paid sale (DESIGN.md flow
-//! step 6). Refusals (over-refund, wrong state) are 409 and change nothing.
+//! `POST /v1/payments/{id}/refunds`: full or partial refunds of a paid sale (docs/design.md
+//! flow step 6), retry-safe with an `Idempotency-Key`. Refusals (over-refund, wrong state, a
+//! reused key) are 409 and change nothing.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State as AxState};
-use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 
-use super::wire::{CreateRefund, PaymentJson};
-use super::{resource, ApiError, ApiState};
+use super::wire::CreateRefund;
+use super::{created, idempotency, resource, ApiError, ApiState};
 use crate::domain::money::Amount;
 
 /// The refund routes.
@@ -19,8 +19,9 @@ pub fn routes() -> Router<ApiState> {
 async fn create_refund(
     AxState(st): AxState<ApiState>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<CreateRefund>, JsonRejection>,
-) -> Result<(StatusCode, Json<PaymentJson>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let Json(req) = body?;
     let payment = st.engine.view(&id).await?.payment;
     let amount = match &req.amount {
@@ -35,7 +36,20 @@ async fn create_refund(
         })?),
         None => None,
     };
-    st.engine.refund(&id, amount, req.reason.clone()).await?;
+    let minor = amount.map(|a| a.minor().to_string());
+    let key = idempotency(
+        &headers,
+        format!("refund:{id}"),
+        &[
+            "POST /v1/payments/{id}/refunds",
+            minor.as_deref().unwrap_or("\u{0}"),
+            req.reason.as_deref().map(str::trim).unwrap_or("\u{0}"),
+        ],
+    )?;
+    let (_, replayed) = st
+        .engine
+        .refund_once(&id, amount, req.reason.clone(), key)
+        .await?;
     let v = st.engine.view(&id).await?;
-    Ok((StatusCode::ACCEPTED, Json(resource(&st.engine, v).await?)))
+    Ok(created(resource(&st.engine, v).await?, replayed))
 }

@@ -1,4 +1,4 @@
-//! The local API's JSON shapes (the outside contract in DESIGN.md) and their conversion from
+//! The local API's JSON shapes (the outside contract in docs/design.md) and their conversion from
 //! the domain and store types. The CLI reuses them.
 
 use serde::{Deserialize, Serialize};

@@ -12,6 +12,16 @@ use crate::config::Config;
 
 /// Default per-request timeout.
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// How often [`ApiClient::post_once`] sends a creating request whose answer did not arrive.
+const POST_ATTEMPTS: u32 = 3;
+
+/// A fresh `Idempotency-Key`: 128 random bits, hex.
+pub fn new_idempotency_key() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +112,33 @@ impl ApiClient {
         .await
     }
 
+    /// POST a creating request with an `Idempotency-Key` (one per CLI invocation): when the
+    /// daemon cannot be reached or the answer is lost, the identical request is sent again
+    /// with the same key, so a retry never creates a second payment or refund.
+    pub async fn post_once<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: &str,
+    ) -> Result<T, CallError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let rb = self
+                .http
+                .post(self.url(path))
+                .header(crate::api::IDEMPOTENCY_KEY, key)
+                .json(body)
+                .timeout(TIMEOUT);
+            match self.send(rb, path).await {
+                Err(CallError::Unreachable { .. }) if attempt < POST_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// GET raw text (CSV, metrics).
     pub async fn get_text(&self, path: &str) -> Result<String, CallError> {
         let rb = self.auth(self.http.get(self.url(path)).timeout(TIMEOUT));
@@ -169,5 +206,51 @@ fn refused(status: u16, text: &str) -> CallError {
             code: format!("http_{status}"),
             message: text.chars().take(200).collect(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one request's head and returns its `idempotency-key` header.
+    async fn key_of(s: &mut tokio::net::TcpStream) -> Option<String> {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        head.lines()
+            .find_map(|l| l.strip_prefix("idempotency-key: ").map(str::to_string))
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_retried_with_the_same_key() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // First attempt: the request arrives, the answer is lost.
+            let (mut s, _) = listener.accept().await.unwrap();
+            let first = key_of(&mut s).await;
+            drop(s);
+            // Second attempt: answered.
+            let (mut s, _) = listener.accept().await.unwrap();
+            let second = key_of(&mut s).await;
+            s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await
+                .unwrap();
+            (first, second)
+        });
+        let c = ApiClient::new(format!("http://{addr}"), None);
+        let key = new_idempotency_key();
+        assert_eq!(key.len(), 32);
+        let v: serde_json::Value = c
+            .post_once("/v1/payments", &serde_json::json!({"amount": "1"}), &key)
+            .await
+            .unwrap();
+        assert_eq!(v, serde_json::json!({}));
+        let (first, second) = server.await.unwrap();
+        assert_eq!(first.as_deref(), Some(key.as_str()));
+        assert_eq!(second.as_deref(), Some(key.as_str()));
+        assert_ne!(new_idempotency_key(), key);
     }
 }

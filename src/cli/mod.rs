@@ -42,7 +42,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: API, scanner, printer, queue worker, recovery.
-    Run,
+    Run(RunArgs),
+    /// Copy the database to FILE with SQLite's online backup (safe while the daemon runs).
+    Backup {
+        /// The new file (never overwritten); restore by copying it back with posd stopped.
+        file: PathBuf,
+    },
     /// Ask the running daemon to take a payment and wait for its final state.
     Pay(PayArgs),
     /// Show one payment with its events.
@@ -81,6 +86,9 @@ pub enum Command {
     Config(ConfigCommand),
     /// Run the sandbox gateway alone, for POS developers.
     Sandbox(SandboxArgs),
+    /// The hub: the front gateway of an estate of terminals (its own hub.toml).
+    #[command(subcommand)]
+    Hub(crate::hub::cli::HubCommand),
 }
 
 /// `posd pay`.
@@ -101,6 +109,15 @@ pub struct PayArgs {
     /// Print the payment resource as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `posd run`.
+#[derive(Debug, Clone, Copy, Args, Default)]
+pub struct RunArgs {
+    /// Start a new, empty store even though the state directory shows an earlier one (its
+    /// files are moved aside). Without it posd refuses to replace a lost database silently.
+    #[arg(long)]
+    pub init_store: bool,
 }
 
 /// `posd keys …`.
@@ -157,6 +174,8 @@ fn run(cli: Cli) -> u8 {
     match &cli.command {
         Command::Keys(KeysCommand::Generate { out }) => return keys_generate(out),
         Command::Config(ConfigCommand::Check) => return config_check(&cli),
+        Command::Hub(cmd) => return crate::hub::cli::run(cli.config.as_deref(), cmd),
+        Command::Run(args) => return run_daemon(&cli, *args),
         _ => {}
     }
     let cfg = match load_config(&cli) {
@@ -164,7 +183,7 @@ fn run(cli: Cli) -> u8 {
         Err(code) => return code,
     };
     match cli.command {
-        Command::Run => run_daemon(cfg),
+        Command::Backup { file } => backup(&cfg, &file),
         Command::Sandbox(args) => run_sandbox(cfg, args),
         Command::Pay(args) => with_client(&cfg, |c| pay(c, args)),
         Command::Status { id, json } => with_client(&cfg, |c| async move {
@@ -192,7 +211,9 @@ fn run(cli: Cli) -> u8 {
             println!("slip {} queued for printing (copy)", v["slip_id"]);
             Ok(EXIT_OK)
         }),
-        Command::Keys(_) | Command::Config(_) => unreachable!("handled above"),
+        Command::Keys(_) | Command::Config(_) | Command::Run(_) | Command::Hub(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -222,7 +243,9 @@ async fn pay(c: ApiClient, args: PayArgs) -> Result<u8, CallError> {
         order_ref: args.order,
         code: args.code,
     };
-    let mut p: PaymentJson = c.post("/v1/payments", &body).await?;
+    // One key for this invocation: a retry after a lost answer returns the same payment.
+    let key = client::new_idempotency_key();
+    let mut p: PaymentJson = c.post_once("/v1/payments", &body, &key).await?;
     if !args.json {
         eprintln!(
             "posd: payment {} started ({})",
@@ -333,34 +356,28 @@ fn keys_generate(out: &std::path::Path) -> u8 {
     }
 }
 
+/// Loads the config and runs [`crate::daemon::preflight`]: what `posd run` and `posd config
+/// check` both refuse, with exit code 2.
+fn checked_config(cli: &Cli) -> Result<Config, u8> {
+    let path = find_config(cli.config.as_deref());
+    let cfg = Config::load(&path).map_err(|e| {
+        eprintln!("posd: {e}");
+        EXIT_USAGE
+    })?;
+    crate::daemon::preflight(&cfg, &path).map_err(|e| {
+        eprintln!("posd: {e}");
+        EXIT_USAGE
+    })?;
+    Ok(cfg)
+}
+
 fn config_check(cli: &Cli) -> u8 {
     let path = find_config(cli.config.as_deref());
-    let cfg = match Config::load(&path) {
+    let cfg = match checked_config(cli) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("posd: {e}");
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let g = &cfg.gateway;
-    if let Some(p) = &g.merchant_private_key {
-        if let Err(e) = crate::gateway::sign::PrivateKey::load(&cfg.resolve(p)) {
-            eprintln!(
-                "posd: config {}: gateway.merchant_private_key: {e}",
-                path.display()
-            );
-            return EXIT_USAGE;
-        }
-    }
-    if let Some(p) = &g.gateway_public_key {
-        if let Err(e) = crate::gateway::sign::PublicKey::load(&cfg.resolve(p)) {
-            eprintln!(
-                "posd: config {}: gateway.gateway_public_key: {e}",
-                path.display()
-            );
-            return EXIT_USAGE;
-        }
-    }
     let gw = match g.kind {
         GatewayKind::Sandbox => "embedded sandbox".to_string(),
         GatewayKind::AlipayPlus => format!("Alipay+ at {}", g.base_url.as_deref().unwrap_or("?")),
@@ -375,13 +392,25 @@ fn config_check(cli: &Cli) -> u8 {
     EXIT_OK
 }
 
-fn run_daemon(cfg: Config) -> u8 {
+fn run_daemon(cli: &Cli, args: RunArgs) -> u8 {
+    // The same refusals as `posd config check`, before anything starts.
+    let cfg = match checked_config(cli) {
+        Ok(checked) => checked,
+        Err(code) => return code,
+    };
     if let Err(e) = crate::logging::init(&cfg.log) {
         eprintln!("posd: {e}");
         return EXIT_USAGE;
     }
     let rt = runtime();
-    let result = rt.block_on(crate::daemon::run(cfg, crate::daemon::shutdown_signal()));
+    let opts = crate::daemon::StartOptions {
+        init_store: args.init_store,
+    };
+    let result = rt.block_on(crate::daemon::run_with(
+        cfg,
+        opts,
+        crate::daemon::shutdown_signal(),
+    ));
     // A blocking stdin read (the stdin scanner) must not hold the exit.
     rt.shutdown_timeout(crate::daemon::RUNTIME_EXIT_GRACE);
     match result {
@@ -389,7 +418,32 @@ fn run_daemon(cfg: Config) -> u8 {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "posd stopped");
             eprintln!("posd: {e:#}");
-            1
+            if crate::daemon::is_operator_error(&e) {
+                EXIT_USAGE
+            } else {
+                EXIT_NOT_SUCCEEDED
+            }
+        }
+    }
+}
+
+fn backup(cfg: &Config, file: &std::path::Path) -> u8 {
+    let db = cfg.store_path();
+    match crate::store::integrity::backup(&db, file) {
+        Ok(r) => {
+            println!(
+                "backed up {} to {} ({} pages, schema {}, {} payments); checked with quick_check",
+                db.display(),
+                file.display(),
+                r.pages,
+                r.schema_version,
+                r.payments
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("posd: {e}");
+            EXIT_NOT_SUCCEEDED
         }
     }
 }

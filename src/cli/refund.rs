@@ -39,8 +39,10 @@ async fn refund(c: ApiClient, args: RefundArgs) -> Result<u8, CallError> {
         amount: args.amount.clone(),
         reason: args.reason.clone(),
     };
+    // One key for this invocation: a retry after a lost answer never refunds twice.
+    let key = super::client::new_idempotency_key();
     let mut p: PaymentJson = c
-        .post(&format!("/v1/payments/{}/refunds", args.id), &body)
+        .post_once(&format!("/v1/payments/{}/refunds", args.id), &body, &key)
         .await?;
     let Some(rid) = p.refunds.last().map(|r| r.refund_request_id.clone()) else {
         return Err(CallError::Protocol(

@@ -1,5 +1,5 @@
-//! `[scanner]` and `[printer]` in `config.toml`: serde types with DESIGN.md's defaults, and
-//! `validate()` methods whose errors name the key and what would be valid.
+//! `[scanner]` and `[printer]` in `config.toml`: serde types with the defaults of docs/design.md,
+//! and `validate()` methods whose errors name the key and what would be valid.
 
 use std::path::PathBuf;
 use std::time::Duration;

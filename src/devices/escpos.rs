@@ -2,11 +2,12 @@
 //! printer prints, and [`dump`], which shows such bytes as readable commands for tests and
 //! snapshots.
 //!
-//! The `escpos` crate builds the standard commands. Three of its gaps are filled here
-//! (CRATES.md §1.2): CODE128 is sent as raw `GS k 73` with code sets B and C chosen to fit
-//! the paper; the cash drawer pulse is the full 5-byte `ESC p m t1 t2`; and text is cleaned
-//! up to the profile's encoding first, because the crate silently sends an unencodable
-//! character as UTF-8.
+//! The `escpos` crate builds the standard commands. Three of its gaps are filled here: it has no
+//! CODE128, so CODE128 is sent as raw `GS k 73` with code set C packed here (two digits per byte;
+//! `{C` followed by ASCII digits would print a different, valid barcode) and its width computed
+//! from the profile before printing ([`plan_barcode`]); the cash drawer pulse is the full 5-byte
+//! `ESC p m t1 t2`; and text is cleaned up to the profile's encoding first, because the crate
+//! silently sends an unencodable character as UTF-8.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,9 +24,12 @@ use super::receipt::{Align, Line};
 /// Height of the CODE128 bars in dots (10 mm at 203 dpi).
 const BARCODE_HEIGHT: u8 = 80;
 /// Quiet zone on each side of a CODE128 symbol, in modules (the standard asks for 10).
-const QUIET_ZONE_MODULES: u32 = 10;
+pub const QUIET_ZONE_MODULES: u32 = 10;
 /// The widest CODE128 module used even when a wider one would fit (3 dots reads well).
-const MAX_MODULE: u8 = 3;
+pub const MAX_MODULE: u8 = 3;
+/// The narrowest CODE128 module printed, whatever a profile allows: a 1-dot module
+/// (0.125 mm) does not scan reliably, and Epson-class firmware accepts 2 to 6 only.
+pub const MIN_MODULE: u8 = 2;
 /// What replaces a character the printer's encoding cannot print.
 const REPLACEMENT: char = '?';
 
@@ -108,21 +112,21 @@ fn try_render(lines: &[Line], profile: &Profile) -> escpos::errors::Result<Vec<u
             Line::Blank => {
                 p.write("\n")?;
             }
-            Line::Code128(data) => {
+            Line::Barcode(data) => {
                 p.justify(JustifyMode::CENTER)?;
-                match code128_command(data, profile) {
-                    Some(cmd) => {
-                        p.custom(&cmd)?;
+                match plan_barcode(data, profile) {
+                    BarcodePlan::Code128 { command, .. } => {
+                        p.custom(&command)?;
                     }
-                    None if profile.qr => {
-                        // Too long for a readable CODE128 on this paper: a QR code still
-                        // lets the back office scan the id; the text line carries it too.
+                    BarcodePlan::Qr => {
+                        // Too wide for CODE128 on this head: a QR code still lets the back
+                        // office scan the id; the text line carries it too.
                         p.qrcode_option(
                             &printable(data, TextEncoding::Utf8),
                             QRCodeOption::new(QRCodeModel::Model2, 4, QRCodeCorrectionLevel::M),
                         )?;
                     }
-                    None => {}
+                    BarcodePlan::TextOnly => {}
                 }
                 p.justify(JustifyMode::LEFT)?;
             }
@@ -168,7 +172,7 @@ fn justify(a: Align) -> JustifyMode {
 
 /// The cash drawer pulse for the profile's drawer port (`ESC p m t1 t2`), or `None` if the
 /// profile has no drawer. The `escpos` crate's own command is 3 bytes and swallows the next
-/// two bytes of the slip (CRATES.md §1.2).
+/// two bytes of the slip.
 pub fn drawer_kick(profile: &Profile) -> Option<Vec<u8>> {
     let d = profile.drawer?;
     let m = if d.pin == 5 { 1 } else { 0 };
@@ -211,24 +215,111 @@ pub fn printable(text: &str, encoding: TextEncoding) -> String {
     out
 }
 
-/// A CODE128 symbol as ESC/POS data for `GS k 73`: code set B for text, code set C (two
-/// digits per symbol) for runs of digits. Returns the data bytes and the number of symbol
-/// characters (start, data, code switches and check; the stop is separate).
+/// How a slip's identifier is printed on one profile, decided before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BarcodePlan {
+    /// CODE128: the full command (`GS w`, `GS h`, `GS H 0`, `GS k 73 n data`), the module
+    /// width in dots and the symbol's width in dots with its quiet zones.
+    Code128 {
+        /// The bytes to send.
+        command: Vec<u8>,
+        /// Dots per module.
+        module: u8,
+        /// Width of symbol plus quiet zones, in dots; never more than the profile's `dots`.
+        dots: u32,
+    },
+    /// A QR code of the same value: CODE128 does not fit the head.
+    Qr,
+    /// Neither fits or the printer draws neither: the text line alone carries the id.
+    TextOnly,
+}
+
+/// Chooses CODE128, QR or text only for `data` on `profile`: CODE128 at the widest module
+/// from [`MIN_MODULE`] (or the profile's own minimum, if higher) up to [`MAX_MODULE`] whose
+/// symbol with 10-module quiet zones fits `profile.dots`; otherwise a QR code if the printer
+/// draws one; otherwise nothing but the text line.
+pub fn plan_barcode(data: &str, profile: &Profile) -> BarcodePlan {
+    if let Some((command, module, dots)) = code128_command(data, profile) {
+        return BarcodePlan::Code128 {
+            command,
+            module,
+            dots,
+        };
+    }
+    if profile.qr && !data.is_empty() {
+        BarcodePlan::Qr
+    } else {
+        BarcodePlan::TextOnly
+    }
+}
+
+/// Modules of a CODE128 symbol of `symbols` symbol characters (start, data, code switches,
+/// check) with its stop pattern and both quiet zones: 11·symbols + 13 + 2·10.
+pub fn code128_modules(symbols: u32) -> u32 {
+    symbols * 11 + 13 + 2 * QUIET_ZONE_MODULES
+}
+
+/// A CODE128 symbol as ESC/POS data for `GS k 73`. An all-digit, even-length identifier (the
+/// 36-digit `paymentRequestId`) goes out as `{C` and one byte per digit pair, valued 0–99;
+/// other text uses code set B with set C for long digit runs. Returns the data bytes and the
+/// number of symbol characters (start, data, code switches and check; the stop is
+/// separate), or `None` for text CODE128 cannot carry.
+///
+/// Set C values 16 then 4, 5 or 20 are the bytes DLE EOT / DLE ENQ / DLE DC4: printers may
+/// take them for real-time commands inside barcode data. Such data is packed with the digit
+/// pairs shifted by one (the first and last digit in set B), and only if that still holds the
+/// pattern, in set B alone. Every packing is decoded back and compared before it is used, so
+/// a wrong packing never reaches paper.
 pub fn code128_data(data: &str) -> Option<(Vec<u8>, u32)> {
     if data.is_empty() || !data.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return None;
     }
-    let packed = code128_packed(data);
-    // Set C values 16 then 4, 5 or 20 are the bytes DLE EOT / DLE ENQ / DLE DC4: printers
-    // may take them for real-time commands inside barcode data and answer with a status
-    // byte nobody asked for. Such ids go out in set B, whose bytes are all printable.
-    let real_time = packed
-        .0
-        .windows(2)
-        .any(|w| w[0] == 0x10 && matches!(w[1], 0x04 | 0x05 | 0x14));
-    if !real_time {
-        return Some(packed);
+    let checked = |(payload, symbols): (Vec<u8>, u32)| {
+        (decode_code128(&payload).as_deref() == Some(data) && !real_time_bytes(&payload))
+            .then_some((payload, symbols))
+    };
+    let digits = data.bytes().all(|b| b.is_ascii_digit());
+    if digits && data.len() % 2 == 0 {
+        if let Some(p) = checked(set_c(b"", data.as_bytes(), b"")) {
+            return Some(p);
+        }
+        if data.len() >= 4 {
+            let b = data.as_bytes();
+            let (first, middle, last) = (&b[..1], &b[1..b.len() - 1], &b[b.len() - 1..]);
+            if let Some(p) = checked(set_c(first, middle, last)) {
+                return Some(p);
+            }
+        }
+    } else if let Some(p) = checked(code128_packed(data)) {
+        return Some(p);
     }
+    checked(set_b(data))
+}
+
+/// `{C` + digit pairs, with `head` before it and `tail` after it in set B.
+fn set_c(head: &[u8], pairs: &[u8], tail: &[u8]) -> (Vec<u8>, u32) {
+    let mut out = Vec::with_capacity(pairs.len() / 2 + 8);
+    let mut symbols = 2u32; // start and check
+    if !head.is_empty() {
+        out.extend_from_slice(b"{B");
+        out.extend_from_slice(head);
+        symbols += u32::try_from(head.len()).unwrap_or(u32::MAX / 4) + 1;
+    }
+    out.extend_from_slice(b"{C");
+    for pair in pairs.chunks_exact(2) {
+        out.push((pair[0] - b'0') * 10 + (pair[1] - b'0'));
+        symbols += 1;
+    }
+    if !tail.is_empty() {
+        out.extend_from_slice(b"{B");
+        out.extend_from_slice(tail);
+        symbols += u32::try_from(tail.len()).unwrap_or(u32::MAX / 4) + 1;
+    }
+    (out, symbols)
+}
+
+/// All of `data` in code set B (`{` doubled).
+fn set_b(data: &str) -> (Vec<u8>, u32) {
     let mut out = b"{B".to_vec();
     for b in data.bytes() {
         if b == b'{' {
@@ -237,10 +328,17 @@ pub fn code128_data(data: &str) -> Option<(Vec<u8>, u32)> {
         out.push(b);
     }
     let symbols = 2 + u32::try_from(data.len()).unwrap_or(u32::MAX / 2);
-    Some((out, symbols))
+    (out, symbols)
 }
 
-/// [`code128_data`] with set C for digit runs, before the real-time-command check.
+/// Whether `GS k` data holds DLE followed by EOT, ENQ or DC4.
+fn real_time_bytes(payload: &[u8]) -> bool {
+    payload
+        .windows(2)
+        .any(|w| w[0] == 0x10 && matches!(w[1], 0x04 | 0x05 | 0x14))
+}
+
+/// Mixed text: code set B, with set C for digit runs of six or more (four at the end).
 fn code128_packed(data: &str) -> (Vec<u8>, u32) {
     let bytes = data.as_bytes();
     let digit_run = |from: usize| {
@@ -296,16 +394,17 @@ fn code128_packed(data: &str) -> (Vec<u8>, u32) {
 }
 
 /// The full barcode command (`GS w`, `GS h`, `GS H 0`, `GS k 73 n data`) with the widest
-/// module up to [`MAX_MODULE`] that fits the paper, or `None` if the profile has no CODE128
-/// or the symbol does not fit even at the profile's narrowest module.
-pub fn code128_command(data: &str, profile: &Profile) -> Option<Vec<u8>> {
+/// module up to [`MAX_MODULE`] that fits the paper, the module and the width in dots; `None`
+/// if the profile has no CODE128 or the symbol does not fit even at the narrowest module.
+pub fn code128_command(data: &str, profile: &Profile) -> Option<(Vec<u8>, u8, u32)> {
     if !profile.code128 {
         return None;
     }
     let (payload, symbols) = code128_data(data)?;
     let n = u8::try_from(payload.len()).ok()?;
-    let modules = symbols * 11 + 13 + 2 * QUIET_ZONE_MODULES;
-    let module = (profile.min_module..=MAX_MODULE.max(profile.min_module))
+    let modules = code128_modules(symbols);
+    let narrowest = profile.min_module.max(MIN_MODULE);
+    let module = (narrowest..=MAX_MODULE.max(narrowest))
         .rev()
         .find(|m| modules * u32::from(*m) <= profile.dots)?;
     let mut cmd = vec![
@@ -324,7 +423,7 @@ pub fn code128_command(data: &str, profile: &Profile) -> Option<Vec<u8>> {
         n,
     ];
     cmd.extend_from_slice(&payload);
-    Some(cmd)
+    Some((cmd, module, modules * u32::from(module)))
 }
 
 /// Decodes `GS k 73` data back to the text it encodes (code sets B and C only, as
@@ -451,10 +550,16 @@ mod tests {
         Profile::load("generic-80mm").unwrap()
     }
 
+    /// A 36-digit paymentRequestId of the current layout.
+    const ID: &str = "126112114030500000100004200000012347";
+    /// A 45-character id of the older layout, still in existing databases.
+    const OLD_ID: &str = "20261121140305T000100000000123400000042123456";
+
     #[test]
     fn code128_round_trips_and_packs_digits() {
         for s in [
-            "20261121140305T000100000000123400000042123456",
+            ID,
+            OLD_ID,
             "12",
             "123",
             "ABC-123456",
@@ -466,31 +571,121 @@ mod tests {
             assert_eq!(decode_code128(&payload).as_deref(), Some(s), "{s}");
             assert!(symbols as usize <= s.len() + 4);
         }
-        let (_, symbols) = code128_data("20261121140305T000100000000123400000042123456").unwrap();
+        // The 36-digit id: {C and 18 bytes valued 0–99, one per digit pair.
+        let (payload, symbols) = code128_data(ID).unwrap();
+        let mut want = b"{C".to_vec();
+        want.extend([
+            12, 61, 12, 11, 40, 30, 50, 0, 0, 10, 0, 4, 20, 0, 0, 1, 23, 47,
+        ]);
+        assert_eq!(payload, want);
+        assert_eq!(symbols, 20);
+        let (_, symbols) = code128_data(OLD_ID).unwrap();
         // 7 pairs, B, T, C, 15 pairs, plus start and check.
         assert_eq!(symbols, 27);
         assert_eq!(code128_data("é"), None);
-        // "1604" in set C would be the bytes DLE EOT: set B instead.
-        let (payload, _) = code128_data("16041234").unwrap();
-        assert_eq!(payload, b"{B16041234");
+        assert_eq!(code128_data(""), None);
         let (payload, _) = code128_data("17041234").unwrap();
         assert_eq!(payload, [b'{', b'C', 17, 4, 12, 34]);
-        assert_eq!(code128_data(""), None);
     }
 
     #[test]
-    fn barcode_module_is_the_widest_that_fits() {
-        let id = "20261121140305T000100000000123400000042123456";
-        // 27 symbols * 11 + 13 + 20 quiet = 330 modules.
-        let cmd = code128_command(id, &p80()).unwrap();
-        assert_eq!(&cmd[..3], &[0x1d, b'w', 1]);
-        let cmd = code128_command("ABC-123456", &p80()).unwrap();
-        assert_eq!(&cmd[..3], &[0x1d, b'w', 3]);
-        let mut strict = p80();
-        strict.min_module = 2;
-        assert_eq!(code128_command(id, &strict), None);
-        strict.code128 = false;
-        assert_eq!(code128_command("ABC", &strict), None);
+    fn real_time_command_bytes_never_reach_the_barcode_data() {
+        // "1604" in set C would be the bytes DLE EOT: the pairs are shifted by one digit.
+        let (payload, symbols) = code128_data("16041234").unwrap();
+        assert_eq!(
+            payload,
+            [b'{', b'B', b'1', b'{', b'C', 60, 41, 23, b'{', b'B', b'4']
+        );
+        // Start B, "1", Code C, three pairs, Code B, "4", check.
+        assert_eq!(symbols, 9);
+        // Shifted, "1605916059" still holds DLE ENQ: set B alone.
+        let (payload, _) = code128_data("1605916059").unwrap();
+        assert_eq!(payload, b"{B1605916059");
+        // "16" not followed by 04, 05 or 20 is harmless.
+        let (payload, _) = code128_data("116052").unwrap();
+        assert_eq!(payload, [b'{', b'C', 11, 60, 52]);
+        for s in ["16041234", "1605916059", "116052", "1620"] {
+            let (payload, _) = code128_data(s).unwrap();
+            assert_eq!(decode_code128(&payload).as_deref(), Some(s));
+            assert!(!real_time_bytes(&payload), "{s}: {payload:?}");
+        }
+    }
+
+    /// The pitfall the self-check guards: `{C` followed by ASCII digits is a valid barcode of
+    /// other digits. Decoding such a payload shows it, and a packer that produced it would be
+    /// refused.
+    #[test]
+    fn wrong_set_c_packing_is_caught() {
+        let wrong: Vec<u8> = [b"{C".as_slice(), b"12345678"].concat();
+        assert_eq!(
+            decode_code128(&wrong).as_deref(),
+            Some("4950515253545556"),
+            "ASCII digits after {{C are pairs 49, 50, ..."
+        );
+        assert_ne!(decode_code128(&wrong).as_deref(), Some("12345678"));
+        // The right packing decodes to the id; the renderer compares before printing.
+        let (right, _) = code128_data("12345678").unwrap();
+        assert_eq!(right, [b'{', b'C', 12, 34, 56, 78]);
+        assert_eq!(decode_code128(&right).as_deref(), Some("12345678"));
+        // Values above 99 are not set C at all.
+        assert_eq!(decode_code128(&[b'{', b'C', 100]), None);
+    }
+
+    #[test]
+    fn width_is_computed_from_the_profile_before_printing() {
+        // 20 symbols: 20 * 11 + 13 + 20 quiet = 253 modules.
+        assert_eq!(code128_modules(20), 253);
+        let mut p = p80();
+        let BarcodePlan::Code128 {
+            command,
+            module,
+            dots,
+        } = plan_barcode(ID, &p)
+        else {
+            panic!("CODE128 fits 576 dots");
+        };
+        assert_eq!((module, dots), (2, 506));
+        assert_eq!(&command[..3], &[0x1d, b'w', 2]);
+        // Short data gets the wider 3-dot module.
+        let BarcodePlan::Code128 { module, .. } = plan_barcode("ABC-123456", &p) else {
+            panic!()
+        };
+        assert_eq!(module, 3);
+        // 512 dots still fit; 505 do not, and the QR code takes over.
+        p.dots = 512;
+        assert!(matches!(
+            plan_barcode(ID, &p),
+            BarcodePlan::Code128 { dots: 506, .. }
+        ));
+        p.dots = 505;
+        assert_eq!(plan_barcode(ID, &p), BarcodePlan::Qr);
+        // A profile that allows 1-dot modules still gets 2 dots at least.
+        p.min_module = 1;
+        assert_eq!(plan_barcode(ID, &p), BarcodePlan::Qr);
+        // The older 45-character ids need 660 dots: QR on 576 dots.
+        p.dots = 576;
+        assert_eq!(plan_barcode(OLD_ID, &p), BarcodePlan::Qr);
+        p.qr = false;
+        assert_eq!(plan_barcode(OLD_ID, &p), BarcodePlan::TextOnly);
+        p.code128 = false;
+        p.qr = true;
+        assert_eq!(plan_barcode("ABC", &p), BarcodePlan::Qr);
+    }
+
+    #[test]
+    fn every_shipped_profile_of_512_dots_or_more_prints_the_id_as_code128() {
+        for name in Profile::names() {
+            let p = Profile::load(&name).unwrap();
+            let plan = plan_barcode(ID, &p);
+            if p.dots >= 512 {
+                assert!(
+                    matches!(plan, BarcodePlan::Code128 { dots, .. } if dots <= p.dots),
+                    "{name}: {plan:?}"
+                );
+            } else {
+                assert_eq!(plan, BarcodePlan::Qr, "{name}");
+            }
+        }
     }
 
     #[test]

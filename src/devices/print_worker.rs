@@ -6,18 +6,20 @@
 //! transaction and may call [`PrintWorkerHandle::wake`]. Rendering and device I/O happen
 //! here, the I/O on the printer thread, so a dead printer delays nothing but the slip.
 //!
+//! # Store, clock, backoff
+//! The worker reads and writes the print journal through the daemon's [`Store`] (its reader
+//! connection for reads, the group-committing writer for changes), takes wall time from the
+//! crate's [`Clock`] and retry delays from [`crate::engine::backoff`].
+//!
 //! # Retry
 //! A failed slip stays pending; its next attempt is due after `retry_initial` doubling up to
 //! `retry_max`. The worker asks the printer for its status every `status_poll`; when a
 //! faulty printer (offline, paper out, cover open) answers ready again, every pending slip is
 //! made due at once. On start every pending slip is due at once too.
 
-use std::future::Future;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,75 +29,15 @@ use super::escpos::{drawer_kick, render};
 use super::printer::{open_transport, Job, PrinterHandle, PrinterStatus, Transport};
 use super::profile::Profile;
 use super::receipt::{layout, to_text, SlipKind};
+use crate::engine::backoff::backoff;
+use crate::engine::clock::{Clock, SystemClock};
 use crate::store::print_journal::{self, SlipRow};
+use crate::store::Store;
 
 /// Slips taken from the journal per round.
 const BATCH: usize = 16;
 /// The longest the worker sleeps without looking at the journal (a missed wake-up).
 const FALLBACK_POLL: Duration = Duration::from_secs(30);
-
-/// How the worker reaches the database. The lead's `store::Store` implements this with its
-/// `call`; [`OwnConnection`] is a connection of the worker's own.
-pub trait JournalDb: Clone + Send + Sync + 'static {
-    /// Runs `f` on a connection off the async runtime.
-    fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> impl Future<Output = anyhow::Result<R>> + Send;
-}
-
-/// A connection of the worker's own on the daemon's database file (WAL, busy timeout 5 s),
-/// used through `spawn_blocking`.
-#[derive(Clone)]
-pub struct OwnConnection(Arc<Mutex<Connection>>);
-
-impl OwnConnection {
-    /// Opens the database file in WAL mode with a 5 s busy timeout.
-    pub fn open(path: &Path) -> rusqlite::Result<OwnConnection> {
-        let c = Connection::open(path)?;
-        c.pragma_update(None, "journal_mode", "WAL")?;
-        c.busy_timeout(Duration::from_secs(5))?;
-        Ok(OwnConnection::from_connection(c))
-    }
-
-    /// Wraps an open connection (tests use an in-memory one).
-    pub fn from_connection(c: Connection) -> OwnConnection {
-        OwnConnection(Arc::new(Mutex::new(c)))
-    }
-}
-
-impl JournalDb for OwnConnection {
-    async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> anyhow::Result<R> {
-        let c = self.0.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            // A poisoned lock only means an earlier closure panicked; SQLite rolled back.
-            let mut guard = c.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await??;
-        Ok(r)
-    }
-}
-
-impl JournalDb for crate::store::Store {
-    async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> anyhow::Result<R> {
-        crate::store::Store::call(self, move |c| Ok(f(c)?)).await
-    }
-}
-
-/// The wall clock in unix milliseconds; tests pass their own.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| chrono::Utc::now().timestamp_millis())
-}
 
 /// The worker's timings and options (from `[printer]`).
 #[derive(Debug, Clone)]
@@ -119,12 +61,6 @@ impl From<&PrinterConfig> for WorkerSettings {
             open_drawer: c.open_drawer,
         }
     }
-}
-
-/// The delay before attempt `attempts + 1`: `initial · 2^(attempts-1)`, capped at `max`.
-pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
-    let shift = attempts.saturating_sub(1).min(20);
-    initial.saturating_mul(1 << shift).min(max)
 }
 
 /// The running worker: its status channel and its wake-up.
@@ -169,9 +105,9 @@ pub struct PrintWorker;
 impl PrintWorker {
     /// Starts the worker for `[printer]`: loads the profile, opens the transport on its own
     /// thread and spawns the task. Fails only on a bad profile or if no thread can start.
-    pub fn spawn<D: JournalDb>(
+    pub fn spawn(
         cfg: &PrinterConfig,
-        db: D,
+        store: Store,
         shutdown: CancellationToken,
     ) -> anyhow::Result<PrintWorkerHandle> {
         let profile = Profile::load(&cfg.profile)?;
@@ -179,27 +115,27 @@ impl PrintWorker {
             open_transport(cfg),
             profile,
             WorkerSettings::from(cfg),
-            db,
-            system_clock(),
+            store,
+            Arc::new(SystemClock),
             shutdown,
         )?;
         Ok(h)
     }
 
     /// Starts the worker over any transport (tests pass fakes) and clock.
-    pub fn spawn_with<D: JournalDb>(
+    pub fn spawn_with(
         transport: Box<dyn Transport>,
         profile: Profile,
         settings: WorkerSettings,
-        db: D,
-        clock: Clock,
+        store: Store,
+        clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> std::io::Result<PrintWorkerHandle> {
         let printer = PrinterHandle::spawn(transport)?;
         let (status_tx, status) = watch::channel(PrinterStatus::Unknown);
         let wake = Arc::new(Notify::new());
         let worker = Worker {
-            db,
+            store,
             printer,
             profile,
             settings,
@@ -212,20 +148,20 @@ impl PrintWorker {
     }
 }
 
-struct Worker<D> {
-    db: D,
+struct Worker {
+    store: Store,
     printer: PrinterHandle,
     profile: Profile,
     settings: WorkerSettings,
-    clock: Clock,
+    clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
     status: watch::Sender<PrinterStatus>,
 }
 
-impl<D: JournalDb> Worker<D> {
+impl Worker {
     async fn run(self, shutdown: CancellationToken) {
         tracing::info!(profile = %self.profile.name, "print worker started");
-        if let Err(e) = self.db.call(|c| print_journal::retry_now(c)).await {
+        if let Err(e) = self.store.call(|c| Ok(print_journal::retry_now(c)?)).await {
             tracing::warn!(error = %e, "print journal not readable at start");
         }
         // Know the printer's status from the start (for /healthz), not after the first poll.
@@ -249,10 +185,10 @@ impl<D: JournalDb> Worker<D> {
 
     /// Prints due slips until one fails. Returns true if one failed.
     async fn print_due(&self) -> bool {
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         let rows = match self
-            .db
-            .call(move |c| print_journal::due(c, now, BATCH))
+            .store
+            .read(move |c| Ok(print_journal::due(c, now, BATCH)?))
             .await
         {
             Ok(rows) => rows,
@@ -276,10 +212,10 @@ impl<D: JournalDb> Worker<D> {
             match self.printer.print(job).await {
                 Ok(status) => {
                     self.status.send_replace(status);
-                    let now = (self.clock)();
+                    let now = self.clock.now_ms();
                     if let Err(e) = self
-                        .db
-                        .call(move |c| print_journal::mark_printed(c, id, now))
+                        .store
+                        .call(move |c| Ok(print_journal::mark_printed(c, id, now)?))
                         .await
                     {
                         // The slip is on paper; the worst case is one duplicate after a restart.
@@ -291,19 +227,26 @@ impl<D: JournalDb> Worker<D> {
                 Err(e) => {
                     let status = e.status();
                     self.status.send_replace(status);
+                    // `attempts` failures before this one: retry_initial · 2^attempts, capped.
                     let delay = backoff(
-                        attempts + 1,
+                        attempts,
                         self.settings.retry_initial,
                         self.settings.retry_max,
                     );
-                    let next =
-                        (self.clock)() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                    let next = self.clock.now_ms()
+                        + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
                     let msg = e.to_string();
                     tracing::warn!(slip = id, %status, error = %msg, retry_in = ?delay, "slip not printed, kept pending");
                     if let Err(e) = self
-                        .db
+                        .store
                         .call(move |c| {
-                            print_journal::mark_failed(c, id, &msg, status.as_str(), next)
+                            Ok(print_journal::mark_failed(
+                                c,
+                                id,
+                                &msg,
+                                status.as_str(),
+                                next,
+                            )?)
                         })
                         .await
                     {
@@ -322,8 +265,12 @@ impl<D: JournalDb> Worker<D> {
         if failed {
             return wait;
         }
-        if let Ok(Some(at)) = self.db.call(|c| print_journal::next_due_at(c)).await {
-            let ms = u64::try_from(at - (self.clock)()).unwrap_or(0);
+        if let Ok(Some(at)) = self
+            .store
+            .read(|c| Ok(print_journal::next_due_at(c)?))
+            .await
+        {
+            let ms = u64::try_from(at - self.clock.now_ms()).unwrap_or(0);
             wait = wait.min(Duration::from_millis(ms));
         }
         wait
@@ -338,7 +285,7 @@ impl<D: JournalDb> Worker<D> {
             tracing::info!(from = %before, to = %now, "printer status changed");
         }
         if before.is_fault() && !now.is_fault() {
-            match self.db.call(|c| print_journal::retry_now(c)).await {
+            match self.store.call(|c| Ok(print_journal::retry_now(c)?)).await {
                 Ok(n) if n > 0 => tracing::info!(slips = n, "printer back, retrying pending slips"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot reschedule pending slips"),
@@ -377,23 +324,5 @@ impl<D: JournalDb> Worker<D> {
             bytes,
             preview: to_text(&lines, self.profile.width),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps_without_overflow() {
-        let (i, m) = (Duration::from_secs(2), Duration::from_secs(60));
-        let seq: Vec<u64> = (1..=7).map(|a| backoff(a, i, m).as_secs()).collect();
-        assert_eq!(seq, vec![2, 4, 8, 16, 32, 60, 60]);
-        assert_eq!(backoff(0, i, m), i);
-        assert_eq!(backoff(u32::MAX, i, m), m);
-        assert_eq!(
-            backoff(u32::MAX, Duration::MAX, Duration::MAX),
-            Duration::MAX
-        );
     }
 }

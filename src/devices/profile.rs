@@ -126,6 +126,9 @@ pub enum ProfileError {
     Invalid { origin: String, message: String },
 }
 
+/// The largest profile file read.
+pub const MAX_PROFILE_BYTES: u64 = 64 * 1024;
+
 impl Profile {
     /// Loads a profile by name from the embedded set (`generic-80mm`, `generic-58mm`, ...),
     /// or, if `name` contains a `/` or ends in `.toml`, from that file.
@@ -147,12 +150,34 @@ impl Profile {
         Profile::parse(text, name)
     }
 
-    /// Loads a profile from a TOML file.
+    /// Loads a profile from a TOML file: a regular file of at most [`MAX_PROFILE_BYTES`]
+    /// (a device or a FIFO named by mistake — the printer's `device` given as its `profile` —
+    /// would otherwise block the read or fill the memory).
     pub fn load_path(path: &Path) -> Result<Profile, ProfileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io {
+        use std::io::Read as _;
+        let io = |source| ProfileError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file; name a profile .toml file",
+            )));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(MAX_PROFILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_PROFILE_BYTES {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {MAX_PROFILE_BYTES} bytes; a profile is a few lines"),
+            )));
+        }
         Profile::parse(&text, &path.display().to_string())
     }
 
@@ -265,5 +290,19 @@ mod tests {
             e.starts_with("cannot read printer profile /nonexistent/p.toml"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_device_or_a_huge_file_named_as_the_profile_is_refused_without_reading_it_all() {
+        // /dev/zero never ends: an unbounded read would fill the memory.
+        let e = Profile::load("/dev/zero").unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_PROFILE_BYTES as usize + 1]).unwrap();
+        let e = Profile::load(big.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 }

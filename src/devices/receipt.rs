@@ -1,73 +1,14 @@
 //! The receipt layout: a pure function from a slip's data and a paper width to lines.
 //! No bytes, no printer, no clock.
 //!
-//! What a slip shows is fixed by DESIGN.md "Receipt" and the Alipay+ best practice
-//! ("打印收据"): merchant and store name, terminal id, transaction type, order amount and
-//! currency, `paymentRequestId` as text and as CODE128, `paymentId` when known, an Alipay+
-//! mark, local date and time to the second. It never shows the wallet or issuer name, the
+//! What a slip shows is fixed by the receipt rules in docs/design.md and the Alipay+ best
+//! practice ("打印收据"): merchant and store name, terminal id, transaction type, order amount
+//! and currency, `paymentRequestId` as text and as a barcode, `paymentId` when known, an
+//! Alipay+ mark, local date and time to the second. It never shows the wallet or issuer name, the
 //! customer's payment amount, or a payment code: [`SlipData`] has no field for any of them,
 //! so the layout cannot print them by mistake.
 
-use chrono::NaiveDateTime;
-
-use crate::domain::money::Amount;
-
-/// Which transaction a slip is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SlipKind {
-    /// A completed payment.
-    Sale,
-    /// A payment reversed by cancel.
-    Cancel,
-    /// A (full or partial) refund.
-    Refund,
-}
-
-impl SlipKind {
-    /// The word printed on the slip and stored in the print journal.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlipKind::Sale => "SALE",
-            SlipKind::Cancel => "CANCEL",
-            SlipKind::Refund => "REFUND",
-        }
-    }
-
-    /// Parses the stored form (`SALE`, `CANCEL`, `REFUND`).
-    pub fn parse(s: &str) -> Option<SlipKind> {
-        match s {
-            "SALE" => Some(SlipKind::Sale),
-            "CANCEL" => Some(SlipKind::Cancel),
-            "REFUND" => Some(SlipKind::Refund),
-            _ => None,
-        }
-    }
-}
-
-/// Everything a slip may show, and nothing it must not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlipData {
-    /// SALE, CANCEL or REFUND.
-    pub kind: SlipKind,
-    /// `[terminal] merchant_name`.
-    pub merchant_name: String,
-    /// `[terminal] store_name`.
-    pub store_name: String,
-    /// `[terminal] id`.
-    pub terminal_id: String,
-    /// The order amount (for a refund: the refunded amount) and its currency.
-    pub amount: Amount,
-    /// The merchant's `paymentRequestId`.
-    pub payment_request_id: String,
-    /// The gateway's `paymentId`, when known.
-    pub payment_id: Option<String>,
-    /// The `refundRequestId` of a refund slip.
-    pub refund_request_id: Option<String>,
-    /// Local date and time of the transaction, to the second.
-    pub local_time: NaiveDateTime,
-    /// A reprint: the slip says COPY.
-    pub copy: bool,
-}
+pub use crate::domain::slip::{SlipData, SlipKind};
 
 /// Horizontal alignment of a text line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +33,10 @@ pub enum Line {
         /// Double width and height.
         big: bool,
     },
-    /// A CODE128 barcode of ASCII data, centred, with no human-readable line (the text is
-    /// printed on its own line by the layout).
-    Code128(String),
+    /// The slip's identifier as a barcode, centred, with no human-readable line (the text is
+    /// printed on its own line by the layout): CODE128 where it fits the head, else a QR
+    /// code (`escpos::plan_barcode`).
+    Barcode(String),
     /// An empty line.
     Blank,
 }
@@ -175,7 +117,7 @@ pub fn layout(slip: &SlipData, width: usize) -> Vec<Line> {
         pair(&mut out, "Refund request", id, width);
     }
     pair(&mut out, "Request ID", &slip.payment_request_id, width);
-    out.push(Line::Code128(slip.payment_request_id.clone()));
+    out.push(Line::Barcode(slip.payment_request_id.clone()));
     out.push(Line::text(rule));
     if slip.copy {
         out.push(Line::center("*** COPY ***", true, false));
@@ -238,7 +180,7 @@ pub fn char_width(c: char) -> usize {
     }
 }
 
-/// The slip as plain text, one line per line, barcodes as `[CODE128 data]`: the `.txt`
+/// The slip as plain text, one line per line, barcodes as `[barcode data]`: the `.txt`
 /// preview next to a file-printed slip, and what tests read.
 pub fn to_text(lines: &[Line], width: usize) -> String {
     let mut s = String::new();
@@ -251,8 +193,8 @@ pub fn to_text(lines: &[Line], width: usize) -> String {
                 }
                 s.push_str(text);
             }
-            Line::Code128(data) => {
-                s.push_str("[CODE128 ");
+            Line::Barcode(data) => {
+                s.push_str("[barcode ");
                 s.push_str(data);
                 s.push(']');
             }
@@ -266,23 +208,7 @@ pub fn to_text(lines: &[Line], width: usize) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::domain::money::Currency;
-
-    pub(crate) fn sample(kind: SlipKind) -> SlipData {
-        SlipData {
-            kind,
-            merchant_name: "Tea House Ltd".into(),
-            store_name: "Store 1".into(),
-            terminal_id: "T0001".into(),
-            amount: Amount::parse("12.34", Currency::from_code("CNY").unwrap()).unwrap(),
-            payment_request_id: "20261121140305T000100000000123400000042123456".into(),
-            payment_id: Some("2026112119074102000000000012345".into()),
-            refund_request_id: None,
-            local_time: NaiveDateTime::parse_from_str("2026-11-21 14:03:05", "%Y-%m-%d %H:%M:%S")
-                .unwrap(),
-            copy: false,
-        }
-    }
+    pub(crate) use crate::domain::slip::tests::sample;
 
     fn text_of(lines: &[Line]) -> String {
         to_text(lines, 48)
@@ -301,12 +227,12 @@ pub(crate) mod tests {
             "T0001",
             "2026-11-21 14:03:05",
             "CNY 12.34",
-            "20261121140305T000100000000123400000042123456",
+            "126112114030500000100004200000012347",
             "2026112119074102000000000012345",
         ] {
             assert!(t.contains(needle), "{needle:?} missing from\n{t}");
         }
-        assert!(lines.contains(&Line::Code128(s.payment_request_id.clone())));
+        assert!(lines.contains(&Line::Barcode(s.payment_request_id.clone())));
         assert!(!t.contains("COPY"));
     }
 

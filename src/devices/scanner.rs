@@ -12,6 +12,10 @@
 //! next one; the same code within `dedup_window` is taken once. A full code is never logged:
 //! rejected input is reported masked.
 //!
+//! A scanned slip is told apart from a payment code: text that is not a valid code but has the
+//! shape of a `paymentRequestId` (the slip's barcode, `domain::request_id`) is delivered as
+//! [`ScanEvent::Slip`], and the daemon looks that payment up instead of paying with it.
+//!
 //! Binding a code to the payment that is `AWAITING_CODE` is the engine's job.
 
 pub mod evdev;
@@ -26,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{ScannerConfig, ScannerKind};
 use crate::domain::code::{mask, CodeRules, PaymentCode};
+use crate::domain::request_id::looks_like_payment_request_id;
 
 /// Events buffered between a scanner thread and the engine.
 const CHANNEL_CAPACITY: usize = 32;
@@ -35,8 +40,12 @@ pub const READ_POLL: Duration = Duration::from_millis(100);
 /// What the scanner delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanEvent {
-    /// A valid payment code (masked in `Debug` and `Display`).
+    /// A valid payment code (masked in `Debug` and `Display`). It may still be a slip's
+    /// barcode when the code rules allow codes as long as a request id: the daemon checks
+    /// the store before paying with anything [`looks_like_payment_request_id`] accepts.
     Code(PaymentCode),
+    /// A slip's barcode: a `paymentRequestId` (not secret, not a payment code).
+    Slip(String),
     /// Input that is not a payment code: the cashier-readable reason and the input masked.
     Rejected {
         /// Why, for the cashier ("too short: 12 digits, need 17–32").
@@ -144,16 +153,20 @@ impl ScanFilter {
         };
         let text = String::from_utf8_lossy(&data);
         match PaymentCode::parse(&text, &self.rules) {
+            Err(_) if looks_like_payment_request_id(text.trim()) => {
+                let id = text.trim().to_string();
+                if self.repeat(id.as_bytes(), now) {
+                    tracing::debug!(slip = %id, "same slip scanned again, ignored");
+                    return None;
+                }
+                Some(ScanEvent::Slip(id))
+            }
             Err(e) => Some(ScanEvent::Rejected {
                 reason: e.to_string(),
                 masked: mask(text.trim()),
             }),
             Ok(code) => {
-                let digest: [u8; 32] = Sha256::digest(code.expose().as_bytes()).into();
-                let repeat = matches!(self.last, Some((d, t))
-                    if d == digest && now.saturating_duration_since(t) < self.window);
-                self.last = Some((digest, now));
-                if repeat {
+                if self.repeat(code.expose().as_bytes(), now) {
                     tracing::debug!(code = %code, "same code scanned again, ignored");
                     None
                 } else {
@@ -161,6 +174,15 @@ impl ScanFilter {
                 }
             }
         }
+    }
+
+    /// Whether `scan` is the last scan again within the window; remembers it either way.
+    fn repeat(&mut self, scan: &[u8], now: Instant) -> bool {
+        let digest: [u8; 32] = Sha256::digest(scan).into();
+        let repeat = matches!(self.last, Some((d, t))
+            if d == digest && now.saturating_duration_since(t) < self.window);
+        self.last = Some((digest, now));
+        repeat
     }
 }
 
@@ -216,10 +238,33 @@ pub fn pump<R: Read + ?Sized>(
     }
 }
 
+/// One line about a scanned slip's payment, for the cashier: id, state, amount, refunds,
+/// the gateway's payment id and why a human must act, when there is such a reason.
+pub fn slip_summary(p: &crate::store::payments::PaymentRecord) -> String {
+    let mut s = format!(
+        "slip {}: {} {} {}",
+        p.payment_request_id,
+        p.state,
+        p.amount.currency().code(),
+        p.amount.to_decimal()
+    );
+    if p.refunded.minor() > 0 {
+        s.push_str(&format!(", refunded {}", p.refunded.to_decimal()));
+    }
+    if let Some(id) = &p.payment_id {
+        s.push_str(&format!(", paymentId {id}"));
+    }
+    if let Some(r) = &p.attention_reason {
+        s.push_str(&format!(", needs attention: {r}"));
+    }
+    s
+}
+
 /// Sends an event from a scanner thread; false if the receiver is gone.
 fn deliver(tx: &mpsc::Sender<ScanEvent>, ev: ScanEvent) -> bool {
     match &ev {
         ScanEvent::Code(c) => tracing::info!(code = %c, "scan"),
+        ScanEvent::Slip(id) => tracing::info!(slip = %id, "slip scanned"),
         ScanEvent::Rejected { reason, masked } => {
             tracing::warn!(%reason, input = %masked, "scan rejected")
         }
@@ -409,6 +454,34 @@ mod tests {
         }
         let mut off = ScanFilter::new(CodeRules::default(), Duration::ZERO, 64);
         assert!(off.frame(data(A), t0).is_some() && off.frame(data(A), t0).is_some());
+    }
+
+    #[test]
+    fn a_slip_barcode_is_a_slip_not_a_code_nor_a_rejection() {
+        let mut f = ScanFilter::new(CodeRules::default(), Duration::from_secs(2), 64);
+        let t0 = Instant::now();
+        let id = "126112114030500000100004200000012347";
+        let old = "20261121140305T000100000000123400000042123456";
+        assert_eq!(f.frame(data(id), t0), Some(ScanEvent::Slip(id.to_string())));
+        assert_eq!(f.frame(data(id), t0), None, "repeat within the window");
+        assert_eq!(
+            f.frame(data(old), t0),
+            Some(ScanEvent::Slip(old.to_string()))
+        );
+        // A payment code is still a code, and 36 digits that are no request id are rejected.
+        assert!(matches!(f.frame(data(A), t0), Some(ScanEvent::Code(_))));
+        assert!(matches!(
+            f.frame(data(&"9".repeat(36)), t0),
+            Some(ScanEvent::Rejected { .. })
+        ));
+        // Codes as long as a request id: the code wins here, the daemon checks the store.
+        let rules = CodeRules {
+            max_len: 40,
+            prefixes: vec!["12".into()],
+            ..CodeRules::default()
+        };
+        let mut long = ScanFilter::new(rules, Duration::from_secs(2), 64);
+        assert!(matches!(long.frame(data(id), t0), Some(ScanEvent::Code(_))));
     }
 
     #[test]

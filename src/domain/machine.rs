@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-/// Every state a payment can be in (DESIGN.md "States", the outside contract).
+/// Every state a payment can be in (docs/design.md "States", the outside contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     /// A sale was started without a code; the next scan binds to it.
@@ -87,7 +87,7 @@ impl State {
     }
 
     /// States in which a pay answer, an inquiry or a notification may still settle the sale:
-    /// not final and not being cancelled (DESIGN.md flow step 4).
+    /// not final and not being cancelled (docs/design.md, flow step 5).
     pub fn accepts_payment_result(self) -> bool {
         matches!(self, State::Paying | State::Inquiring)
     }
@@ -275,7 +275,9 @@ impl Default for Context {
     }
 }
 
-/// The machine's answer to an event.
+/// The machine's answer to an event. A `result_code` is the one the machine itself decided on
+/// (a refusal's code, `AMOUNT_MISMATCH`); when it gives none, the transition records the code
+/// the answer carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Move to `to` (may equal the current state only when `effect` continues a loop: then
@@ -332,7 +334,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
 
         // The answer to pay.
         (S::Paying, Event::PayAnswered(a)) => match a {
-            Answer::Success => go(S::Succeeded, "pay succeeded", Some("SUCCESS"), Effect::None),
+            Answer::Success => go(S::Succeeded, "pay succeeded", None, Effect::None),
             Answer::Failed { code, .. } => go(S::Failed, "pay declined", Some(code), Effect::None),
             Answer::Unknown { why } => go(
                 S::Inquiring,
@@ -346,7 +348,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
         (S::Inquiring, Event::PayAnswered(Answer::Success)) => go(
             S::Succeeded,
             "late pay answer: succeeded",
-            Some("SUCCESS"),
+            None,
             Effect::None,
         ),
         (S::Inquiring, Event::PayAnswered(Answer::Failed { code, .. })) => go(
@@ -380,7 +382,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 }
             };
             match i {
-                Inquiry::Paid => go(S::Succeeded, "inquiry: paid", Some("SUCCESS"), Effect::None),
+                Inquiry::Paid => go(S::Succeeded, "inquiry: paid", None, Effect::None),
                 Inquiry::Declined { code, .. } => go(
                     S::Failed,
                     "inquiry: payment failed",
@@ -390,7 +392,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 Inquiry::Closed => go(
                     S::Cancelled,
                     "inquiry: the gateway closed the payment",
-                    Some("CANCELLED"),
+                    None,
                     Effect::None,
                 ),
                 Inquiry::Pending { status } => keep_going(format!("inquiry: {status}")),
@@ -424,7 +426,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 go(
                     S::Succeeded,
                     "notification: paid",
-                    Some("SUCCESS"),
+                    None,
                     Effect::None,
                 )
             } else {
@@ -499,7 +501,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
             Answer::Success => go(
                 S::Cancelled,
                 "cancel confirmed",
-                Some("SUCCESS"),
+                None,
                 Effect::None,
             ),
             // A refund needs the gateway's paymentId: without one, a human refunds it.
@@ -559,7 +561,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 } else {
                     S::PartiallyRefunded
                 };
-                go(to, "refund confirmed", Some("SUCCESS"), Effect::None)
+                go(to, "refund confirmed", None, Effect::None)
             }
             Answer::Failed { code, message, .. } => match ctx.refund_kind {
                 RefundKind::Reversal => go(
@@ -607,14 +609,14 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
         (S::CancelQueued, Event::QueuedCancelConfirmed) => go(
             S::Cancelled,
             "queued cancel confirmed",
-            Some("SUCCESS"),
+            None,
             Effect::None,
         ),
         // The reversal stays owed: the payment waits in CANCEL_QUEUED for the queued refund.
         (S::CancelQueued, Event::QueuedCancelWindowPassed) => go(
             S::CancelQueued,
             "queued cancel refused: the cancel window has passed; the full amount is queued as a refund",
-            Some("CANCEL_WINDOW_EXCEED"),
+            None,
             Effect::EnqueueRefund,
         ),
         (S::CancelQueued | S::Refunding, Event::QueuedRefundConfirmed { fully_refunded }) => {
@@ -623,7 +625,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
             } else {
                 S::PartiallyRefunded
             };
-            go(to, "queued refund confirmed", Some("SUCCESS"), Effect::None)
+            go(to, "queued refund confirmed", None, Effect::None)
         }
         (S::CancelQueued | S::Refunding, Event::QueueGaveUp { reason }) => go(
             S::NeedsAttention,

@@ -1,6 +1,7 @@
-//! The queue's retry delays as pure functions: exponential from `queue_backoff_initial`,
-//! doubling per attempt, capped at `queue_backoff_max`, with jitter that only ever shortens
-//! a delay (so the cap holds) and never by more than a quarter.
+//! Retry delays as pure functions, for the reversal queue and the print worker: exponential
+//! from an initial delay (`queue_backoff_initial`, `printer.retry_initial`), doubling per
+//! attempt, capped (`queue_backoff_max`, `printer.retry_max`), with jitter that only ever
+//! shortens a delay (so the cap holds) and never by more than a quarter.
 
 use std::time::Duration;
 

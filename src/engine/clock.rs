@@ -1,6 +1,6 @@
-//! Wall-clock time for the queue, injected (STYLE point 24): `SystemClock` in the daemon,
-//! a clock that follows tokio's (pausable) time or one set by hand in tests. Persisted
-//! times (`next_attempt_at`, leases) come from here, never from `SystemTime` directly.
+//! Wall-clock time, injected, for the queue and the print worker: `SystemClock` in the daemon, a
+//! clock that follows tokio's (pausable) time or one set by hand in tests. Persisted times
+//! (`next_attempt_at`, leases) come from here, never from `SystemTime` directly.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

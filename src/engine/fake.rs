@@ -175,7 +175,9 @@ pub(crate) fn processing() -> Reply<Inquiry> {
 
 /// The inquiry says paid.
 pub(crate) fn paid() -> Reply<Inquiry> {
-    inquired(Inquiry::Paid)
+    let mut r = inquired(Inquiry::Paid);
+    r.facts.result_code = Some("SUCCESS".into());
+    r
 }
 
 /// The inquiry finds no such payment.
@@ -250,7 +252,11 @@ impl Gateway for Fake {
             h.settle();
             return match (h.charged, h.cancelled) {
                 (true, false) => paid(),
-                (true, true) => inquired(Inquiry::Closed),
+                (true, true) => {
+                    let mut r = inquired(Inquiry::Closed);
+                    r.facts.result_code = Some("CANCELLED".into());
+                    r
+                }
                 _ => not_found(),
             };
         }

@@ -313,7 +313,7 @@ impl Engine {
         rec: &PaymentRecord,
         to: State,
         refund: Option<&crate::store::payments::RefundRecord>,
-    ) -> Option<crate::devices::receipt::SlipData> {
+    ) -> Option<crate::domain::slip::SlipData> {
         let s = &self.inner.settings;
         slip_data(
             &SlipIdentity {
@@ -369,6 +369,17 @@ impl Engine {
     /// Starts a sale. With a code the pay intent is committed (rule 1) and the pay is sent by
     /// the payment's task; without one the sale waits for the next scan.
     pub async fn start_sale(&self, req: SaleRequest) -> Result<PaymentRecord, EngineError> {
+        self.start_sale_once(req, None).await.map(|(rec, _)| rec)
+    }
+
+    /// [`Engine::start_sale`] under an `Idempotency-Key`, stored in the intent's transaction:
+    /// the same key and request return the payment they created (`true`: nothing new was
+    /// started), the same key with another request is refused.
+    pub async fn start_sale_once(
+        &self,
+        req: SaleRequest,
+        key: Option<crate::store::idempotency::Idempotency>,
+    ) -> Result<(PaymentRecord, bool), EngineError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -395,11 +406,20 @@ impl Engine {
         // commit is still on its way to disk. Nothing is sent before that commit returns.
         let (id_tx, id_rx) = tokio::sync::oneshot::channel::<String>();
         let commit = self.inner.store.call(move |c| {
-            Ok(payments::create(c, &new, now_ms(), |seq| {
+            let make_id = |seq| {
                 let id = make_payment_id(local, &terminal, amount_minor, seq);
                 let _ = id_tx.send(id.clone());
                 id
-            }))
+            };
+            let created = match &key {
+                None => payments::create(c, &new, now_ms(), make_id).map(|rec| (rec, false)),
+                Some(k) => payments::create_once(c, &new, now_ms(), make_id, k),
+            };
+            match created {
+                // A database error fails the job, so its savepoint rolls the whole of it back.
+                Err(CreateError::Db(e)) => Err(e.into()),
+                other => Ok(other),
+            }
         });
         let prepare = async {
             let code = req.code.clone()?;
@@ -415,7 +435,11 @@ impl Engine {
             }))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);
-        let rec = committed?.map_err(create_error)?;
+        let (rec, replayed) = committed?.map_err(create_error)?;
+        if replayed {
+            tracing::info!(payment = %rec.payment_request_id, "sale retried with its Idempotency-Key; nothing new started");
+            return Ok((rec, true));
+        }
         self.changed();
         tracing::info!(payment = %rec.payment_request_id, amount = %rec.amount, state = %rec.state, "sale started");
         if let Some(prepared) = prepared {
@@ -427,7 +451,7 @@ impl Engine {
                 Some(prepared),
             );
         }
-        Ok(rec)
+        Ok((rec, false))
     }
 
     /// Binds a scanned code to the sale waiting for one and sends the pay.
@@ -785,9 +809,9 @@ impl Engine {
 
 fn create_error(e: CreateError) -> EngineError {
     match e {
-        CreateError::OrderBusy { .. } | CreateError::AlreadyAwaiting { .. } => {
-            EngineError::Conflict(e.to_string())
-        }
+        CreateError::OrderBusy { .. }
+        | CreateError::AlreadyAwaiting { .. }
+        | CreateError::KeyReused { .. } => EngineError::Conflict(e.to_string()),
         CreateError::Db(e) => EngineError::Internal(e.into()),
     }
 }
@@ -844,8 +868,8 @@ pub(crate) fn slip_data(
     rec: &PaymentRecord,
     to: State,
     refund: Option<&crate::store::payments::RefundRecord>,
-) -> Option<crate::devices::receipt::SlipData> {
-    use crate::devices::receipt::{SlipData, SlipKind};
+) -> Option<crate::domain::slip::SlipData> {
+    use crate::domain::slip::{SlipData, SlipKind};
     if to == rec.state {
         return None;
     }

@@ -1,6 +1,6 @@
-//! Applying a verified notifyPayment (DESIGN.md flow step 4): the machine decides, and the
-//! notification row and its state change commit in one transaction, so a notification and
-//! an inquiry answer can never both apply (rule 5).
+//! Applying a verified notifyPayment (docs/design.md, flow step 5): the machine decides, and the
+//! notification row and its state change commit in one transaction, so a notification and an
+//! inquiry answer can never both apply (rule 5).
 
 use super::transition::{plan, Planned};
 use super::{Engine, EngineError};

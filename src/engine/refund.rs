@@ -1,4 +1,4 @@
-//! Refunds (DESIGN.md flow step 6): the back office or the cashier asks, the refund is
+//! Refunds (docs/design.md, flow step 7): the back office or the cashier asks, the refund is
 //! checked and committed under the payment's lock, then sent by the payment's task with the
 //! identical request for the retry window, then queued.
 
@@ -7,6 +7,7 @@ use super::{make_refund_id, Engine, EngineError};
 use crate::domain::machine::{Effect, Event, RefundKind, State};
 use crate::domain::money::Amount;
 use crate::gateway::Facts;
+use crate::store::idempotency::{self, Idempotency, Seen};
 use crate::store::payments::{self, Change, NewRefund, PaymentRecord};
 use crate::store::refunds::{self, RefundState};
 
@@ -26,6 +27,21 @@ impl Engine {
         amount: Option<Amount>,
         reason: Option<String>,
     ) -> Result<PaymentRecord, EngineError> {
+        self.refund_once(id, amount, reason, None)
+            .await
+            .map(|(rec, _)| rec)
+    }
+
+    /// [`Engine::refund`] under an `Idempotency-Key`, recorded in the refund's transaction:
+    /// the same key and request return the payment as it is (`true`: no second refund), the
+    /// same key with another request is refused.
+    pub async fn refund_once(
+        &self,
+        id: &str,
+        amount: Option<Amount>,
+        reason: Option<String>,
+        key: Option<Idempotency>,
+    ) -> Result<(PaymentRecord, bool), EngineError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -73,6 +89,18 @@ impl Engine {
                 let Some(rec) = payments::get(&tx, &id_owned)? else {
                     return Ok(Err(EngineError::NotFound(id_owned)));
                 };
+                if let Some(k) = &key {
+                    match idempotency::check(&tx, k)? {
+                        Seen::New => {}
+                        Seen::Same(_) => return Ok(Ok((rec, true))),
+                        Seen::Different(existing) => {
+                            return Ok(Err(EngineError::Conflict(format!(
+                                "Idempotency-Key {:?} was used for another request (it created refund {existing}); send a new key for a new refund, or the identical request",
+                                k.key
+                            ))))
+                        }
+                    }
+                }
                 let planned = plan(&env, &rec, &Event::RefundRequested, &Facts::default(), None, &mut || {
                     Ok(payments::next_sequence(&tx)?)
                 })?;
@@ -115,6 +143,9 @@ impl Engine {
                 }
                 let seq = payments::next_sequence(&tx)?;
                 let refund_id = make_refund_id(env.local, env.who.terminal_id, want, seq);
+                if let Some(k) = &key {
+                    idempotency::record(&tx, k, &refund_id, env.now_ms)?;
+                }
                 let change = Change {
                     cause: format!("{}: {} {} as {refund_id}", p.change.cause, show(want), cur.code()),
                     payment_id: Some(payment_id),
@@ -131,13 +162,18 @@ impl Engine {
                     return Err(anyhow::anyhow!("payment {id_owned} changed inside its own transaction"));
                 };
                 tx.commit()?;
-                Ok(Ok(moved))
+                Ok(Ok((moved, false)))
             })
             .await??;
+        let (rec, replayed) = rec;
+        if replayed {
+            tracing::info!(payment = %rec.payment_request_id, "refund retried with its Idempotency-Key; nothing new sent");
+            return Ok((rec, true));
+        }
         self.changed_payment(&rec.payment_request_id, rec.state);
         tracing::info!(payment = %rec.payment_request_id, refund = ?rec.active_refund_id, "refund committed; sending");
         self.spawn_driver(rec.payment_request_id.clone(), Effect::Refund, None);
-        Ok(rec)
+        Ok((rec, false))
     }
 
     /// One inquiry to learn a paymentId that no answer carried yet, recorded when learned.

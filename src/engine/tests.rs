@@ -349,7 +349,9 @@ async fn request_ids_are_unique_and_bounded() {
     for _ in 0..50 {
         let r = e.start_sale(sale(None, None)).await.unwrap();
         assert!(r.payment_request_id.len() <= 64);
-        assert!(r.payment_request_id.contains("T0001000000001234"));
+        let p = crate::domain::request_id::parse_payment_request_id(&r.payment_request_id)
+            .expect("a 36-digit paymentRequestId");
+        assert_eq!((p.terminal.as_str(), p.amount_minor), ("000001", 1234));
         assert!(ids.insert(r.payment_request_id.clone()));
         e.abort(&r.payment_request_id).await.unwrap();
     }

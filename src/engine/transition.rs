@@ -109,9 +109,11 @@ pub(crate) fn plan(
         Decision::Ignore { why, effect } => return Ok(Planned::Ignore { why, effect }),
         Decision::Refuse { why } => return Ok(Planned::Refuse { why }),
     };
-    // A final move the machine gives no code of its own records the answer's.
+    // When the machine gives no code of its own the answer's is recorded — except an
+    // inquiry's that only keeps the payment waiting (it decided nothing).
+    let keeps_waiting = matches!(event, Event::Inquired(_)) && !(to.is_final() && to != rec.state);
     let result_code = result_code.or_else(|| {
-        (to.is_final() && to != rec.state)
+        (!keeps_waiting)
             .then(|| facts.result_code.clone())
             .flatten()
     });

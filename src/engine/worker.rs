@@ -1,4 +1,4 @@
-//! The store-and-forward reversal queue worker (DESIGN.md rule 4, flow step 7): replays
+//! The store-and-forward reversal queue worker (docs/design.md, rule 4 and flow step 8): replays
 //! queued cancels and refunds until the gateway confirms them or a human decides.
 //!
 //! # Replaying
@@ -1019,6 +1019,7 @@ fn settle_one(
             }
             let facts = Facts {
                 payment_id: Some(payment_id.clone()),
+                result_code: Some(code.clone()),
                 ..Facts::default()
             };
             let env = ctx.env();

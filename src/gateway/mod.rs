@@ -1,10 +1,11 @@
 //! The gateway as the engine sees it: the [`Gateway`] trait speaks the machine's own answers
-//! ([`Answer`], [`Inquiry`]) with the typed [`Facts`] an answer carried. Each dialect lives in
-//! its own folder and owns its wire, its result-code mapping and its client: `ams/` (Alipay+
-//! AMS). Shared by every dialect: `sign` (keys, RSA signing and verification), `http` (one
-//! bounded HTTP exchange), [`Outcome`] (a verified success, a definitive refusal, or
-//! unknown). `sandbox/` is the embedded gateway that speaks the dialects over HTTP.
+//! ([`Answer`], [`Inquiry`]) with the typed [`Facts`] an answer carried. Each dialect lives in its
+//! own folder and owns its wire, its result-code mapping and its client: `ams/` (Alipay+ AMS) and
+//! `alipay_cn/` (the mainland open API). Shared by every dialect: `sign` (keys, RSA signing and
+//! verification), `http` (one bounded HTTP exchange), [`Outcome`] (a verified success, a definitive
+//! refusal, or unknown). `sandbox/` is the embedded gateway that speaks the dialects over HTTP.
 
+pub mod alipay_cn;
 pub mod ams;
 pub mod http;
 pub mod sandbox;

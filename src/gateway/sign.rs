@@ -1,5 +1,6 @@
-//! Keys and the AMS signature scheme (PROTOCOL.md §3): loading keys in every merchant form,
-//! signing with aws-lc-rs (constant-time), verifying responses and notifications.
+//! Keys and the AMS signature scheme (docs/protocol.md, "Signing and verification"): loading keys
+//! in every merchant form, signing with aws-lc-rs (constant-time), verifying responses and
+//! notifications.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -294,7 +295,7 @@ pub fn parse_signature_header(header: &str) -> Result<Vec<u8>, SignError> {
     if value.is_empty() {
         return Err(SignError::Header("empty signature"));
     }
-    // A value that still holds '+', '/' or '=' was sent as raw Base64 (PROTOCOL.md §3.4);
+    // A value that still holds '+', '/' or '=' was sent as raw Base64 (as the PHP SDK accepts it);
     // percent-decoding it would be harmless, but form-decoding would turn '+' into ' '.
     let b64 = if value.contains('%') {
         percent_decode_str(value)

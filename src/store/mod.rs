@@ -20,6 +20,7 @@
 //! Migrations live in `migrations/NN-name/up.sql` and are applied on open, in name order. A
 //! database whose schema is newer than this binary knows is refused, never downgraded.
 
+pub mod idempotency;
 pub mod integrity;
 pub mod journal;
 pub mod notifications;

@@ -18,11 +18,8 @@
 use chrono::NaiveDateTime;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::devices::receipt::{SlipData, SlipKind};
 use crate::domain::money::{Amount, Currency};
-
-/// The schema, for tests and for stores that do not use the migrations directory.
-pub const MIGRATION: &str = include_str!("../../migrations/02-print-journal/up.sql");
+use crate::domain::slip::{SlipData, SlipKind};
 
 /// The format of `local_time`.
 const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
@@ -227,94 +224,105 @@ pub fn reprint(conn: &Connection, payment_request_id: &str) -> rusqlite::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::receipt::tests::sample;
+    use crate::domain::slip::tests::sample;
 
-    /// The journal over a stand-in payments table holding the sample's payment (the
-    /// journal's foreign key is enforced: rusqlite's bundled SQLite turns it on).
-    fn db() -> Connection {
-        let c = Connection::open_in_memory().unwrap();
-        c.execute_batch("CREATE TABLE payments (payment_request_id TEXT PRIMARY KEY)")
+    /// Runs `f` on the real store (every migration, foreign keys on) holding the sample's
+    /// payment, created as the engine creates it.
+    fn with_db(f: impl FnOnce(&mut Connection)) {
+        let store = crate::store::Store::open_in_memory().unwrap();
+        store
+            .call_blocking(|c| {
+                let s = sample(SlipKind::Sale);
+                let new = crate::store::payments::NewPayment {
+                    order_ref: None,
+                    amount: s.amount,
+                    state: crate::domain::machine::State::Paying,
+                    code_masked: None,
+                    terminal_time: "2026-11-21T14:03:05+08:00".into(),
+                    pay_expires_at: None,
+                };
+                crate::store::payments::create(c, &new, 0, |_| s.payment_request_id.clone())?;
+                f(c);
+                Ok(())
+            })
             .unwrap();
-        c.execute_batch(MIGRATION).unwrap();
-        c.execute(
-            "INSERT INTO payments VALUES (?1)",
-            [sample(SlipKind::Sale).payment_request_id],
-        )
-        .unwrap();
-        c
     }
 
     #[test]
     fn enqueue_round_trips_and_is_due_at_once() {
-        let c = db();
-        let s = sample(SlipKind::Sale);
-        let id = enqueue(&c, &s).unwrap();
-        let row = get(&c, id).unwrap().unwrap();
-        assert_eq!(row.data, s);
-        assert_eq!(
-            (row.status, row.attempts, row.next_attempt_at),
-            (SlipStatus::Pending, 0, 0)
-        );
-        assert_eq!(due(&c, 0, 10).unwrap().len(), 1);
+        with_db(|c| {
+            let s = sample(SlipKind::Sale);
+            let id = enqueue(c, &s).unwrap();
+            let row = get(c, id).unwrap().unwrap();
+            assert_eq!(row.data, s);
+            assert_eq!(
+                (row.status, row.attempts, row.next_attempt_at),
+                (SlipStatus::Pending, 0, 0)
+            );
+            assert_eq!(due(c, 0, 10).unwrap().len(), 1);
+        });
     }
 
     #[test]
     fn failure_keeps_the_slip_pending_until_due_then_printed_once() {
-        let c = db();
-        let id = enqueue(&c, &sample(SlipKind::Sale)).unwrap();
-        assert!(mark_failed(&c, id, "printer offline", "OFFLINE", 5_000).unwrap());
-        let row = get(&c, id).unwrap().unwrap();
-        assert_eq!(row.attempts, 1);
-        assert_eq!(row.printer_status.as_deref(), Some("OFFLINE"));
-        assert!(due(&c, 4_999, 10).unwrap().is_empty());
-        assert_eq!(pending(&c).unwrap().len(), 1);
-        assert_eq!(next_due_at(&c).unwrap(), Some(5_000));
-        assert_eq!(retry_now(&c).unwrap(), 1);
-        assert_eq!(due(&c, 0, 10).unwrap().len(), 1);
-        assert!(mark_printed(&c, id, 6_000).unwrap());
-        assert!(!mark_printed(&c, id, 7_000).unwrap(), "printed twice");
-        assert!(!mark_failed(&c, id, "late", "UNKNOWN", 0).unwrap());
-        assert!(pending(&c).unwrap().is_empty());
-        assert_eq!(get(&c, id).unwrap().unwrap().printed_at, Some(6_000));
+        with_db(|c| {
+            let id = enqueue(c, &sample(SlipKind::Sale)).unwrap();
+            assert!(mark_failed(c, id, "printer offline", "OFFLINE", 5_000).unwrap());
+            let row = get(c, id).unwrap().unwrap();
+            assert_eq!(row.attempts, 1);
+            assert_eq!(row.printer_status.as_deref(), Some("OFFLINE"));
+            assert!(due(c, 4_999, 10).unwrap().is_empty());
+            assert_eq!(pending(c).unwrap().len(), 1);
+            assert_eq!(next_due_at(c).unwrap(), Some(5_000));
+            assert_eq!(retry_now(c).unwrap(), 1);
+            assert_eq!(due(c, 0, 10).unwrap().len(), 1);
+            assert!(mark_printed(c, id, 6_000).unwrap());
+            assert!(!mark_printed(c, id, 7_000).unwrap(), "printed twice");
+            assert!(!mark_failed(c, id, "late", "UNKNOWN", 0).unwrap());
+            assert!(pending(c).unwrap().is_empty());
+            assert_eq!(get(c, id).unwrap().unwrap().printed_at, Some(6_000));
+        });
     }
 
     #[test]
     fn reprint_copies_the_latest_slip_as_copy() {
-        let c = db();
-        assert_eq!(reprint(&c, "nope").unwrap(), None);
-        let sale = sample(SlipKind::Sale);
-        let first = enqueue(&c, &sale).unwrap();
-        mark_printed(&c, first, 1).unwrap();
-        let refund = SlipData {
-            kind: SlipKind::Refund,
-            refund_request_id: Some("R1".into()),
-            ..sale.clone()
-        };
-        enqueue(&c, &refund).unwrap();
-        let copy = reprint(&c, &sale.payment_request_id).unwrap().unwrap();
-        let row = get(&c, copy).unwrap().unwrap();
-        assert!(row.data.copy);
-        assert_eq!(row.data.kind, SlipKind::Refund);
-        assert_eq!(row.status, SlipStatus::Pending);
-        assert_eq!(
-            latest_for_payment(&c, &sale.payment_request_id)
-                .unwrap()
-                .unwrap()
-                .id,
-            copy
-        );
+        with_db(|c| {
+            assert_eq!(reprint(c, "nope").unwrap(), None);
+            let sale = sample(SlipKind::Sale);
+            let first = enqueue(c, &sale).unwrap();
+            mark_printed(c, first, 1).unwrap();
+            let refund = SlipData {
+                kind: SlipKind::Refund,
+                refund_request_id: Some("R1".into()),
+                ..sale.clone()
+            };
+            enqueue(c, &refund).unwrap();
+            let copy = reprint(c, &sale.payment_request_id).unwrap().unwrap();
+            let row = get(c, copy).unwrap().unwrap();
+            assert!(row.data.copy);
+            assert_eq!(row.data.kind, SlipKind::Refund);
+            assert_eq!(row.status, SlipStatus::Pending);
+            assert_eq!(
+                latest_for_payment(c, &sale.payment_request_id)
+                    .unwrap()
+                    .unwrap()
+                    .id,
+                copy
+            );
+        });
     }
 
     #[test]
     fn enqueue_commits_or_rolls_back_with_the_callers_transaction() {
-        let mut c = db();
-        let tx = c.savepoint().unwrap();
-        enqueue(&tx, &sample(SlipKind::Cancel)).unwrap();
-        drop(tx);
-        assert!(pending(&c).unwrap().is_empty());
-        let tx = c.savepoint().unwrap();
-        enqueue(&tx, &sample(SlipKind::Cancel)).unwrap();
-        tx.commit().unwrap();
-        assert_eq!(pending(&c).unwrap().len(), 1);
+        with_db(|c| {
+            let tx = c.savepoint().unwrap();
+            enqueue(&tx, &sample(SlipKind::Cancel)).unwrap();
+            drop(tx);
+            assert!(pending(c).unwrap().is_empty());
+            let tx = c.savepoint().unwrap();
+            enqueue(&tx, &sample(SlipKind::Cancel)).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(pending(c).unwrap().len(), 1);
+        });
     }
 }

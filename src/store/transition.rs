@@ -43,7 +43,7 @@ pub struct Change {
     /// `storeTerminalRequestTime` to record (binding a scan).
     pub terminal_time: Option<String>,
     /// A slip to put in the print journal in the same transaction (a final state).
-    pub slip: Option<crate::devices::receipt::SlipData>,
+    pub slip: Option<crate::domain::slip::SlipData>,
     /// The pay's expiry to record (binding a scan), epoch ms.
     pub pay_expires_at: Option<i64>,
 }

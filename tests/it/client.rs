@@ -1,6 +1,6 @@
 //! The AMS client against a fake gateway (axum on 127.0.0.1:0) that verifies our signatures
 //! with the merchant public key and signs its answers with the gateway test key: every answer
-//! maps to the right `Outcome`, and the request on the wire is exactly what PROTOCOL.md says.
+//! maps to the right `Outcome`, and the request on the wire is exactly what docs/protocol.md says.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -49,6 +49,9 @@ pub struct TestDaemon {
     child: Option<Child>,
     http: reqwest::Client,
     starts: u32,
+    /// The config's scanner reads standard input: the process gets a pipe ([`Self::scan`]).
+    scanner_stdin: bool,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl TestDaemon {
@@ -89,9 +92,10 @@ impl TestDaemon {
             .chain(["[api]", "[scanner]", "[flow]"])
             .collect();
         let mut config = drop_sections(repo_config, &overridden);
-        config.push_str(&format!(
-            "\n[api]\nlisten = \"127.0.0.1:{port}\"\n[scanner]\nkind = \"none\"\n"
-        ));
+        config.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\n"));
+        if !extra.contains("[scanner]") {
+            config.push_str("[scanner]\nkind = \"none\"\n");
+        }
         if !extra.contains("[flow]") {
             config.push_str(FAST_FLOW);
         }
@@ -105,7 +109,20 @@ impl TestDaemon {
             child: None,
             http: reqwest::Client::new(),
             starts: 0,
+            scanner_stdin: extra.contains("kind = \"stdin\""),
+            stdin: None,
         }
+    }
+
+    /// Writes one scan (a line) to the daemon's standard input, its stdin scanner.
+    pub fn scan(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .expect("a running daemon with a stdin scanner");
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
     }
 
     /// The state directory (`var/` beside the config).
@@ -126,13 +143,19 @@ impl TestDaemon {
             .arg("run")
             .env_remove("POSD_FAILPOINT")
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(if self.scanner_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if let Some(f) = failpoint {
             cmd.env("POSD_FAILPOINT", f);
         }
-        self.child = Some(cmd.spawn().unwrap());
+        let mut child = cmd.spawn().unwrap();
+        self.stdin = child.stdin.take();
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
@@ -182,6 +205,7 @@ impl TestDaemon {
 
     /// SIGKILL.
     pub fn kill(&mut self) {
+        self.stdin = None;
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

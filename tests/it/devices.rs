@@ -1,10 +1,12 @@
-//! Devices (issue 6): the serial scanner over pseudo-terminals, receipt bytes per profile
+//! Devices: the serial scanner over pseudo-terminals, receipt bytes per profile
 //! (snapshots, GB18030 decoding, the CODE128 payload, emupos rendering + zbarimg), and the
-//! print journal with the print worker (offline at sale time, paper out vs unknown, reprint).
+//! print journal with the print worker (offline at sale time, paper out vs unknown, reprint),
+//! and a scanned slip looked up through the real binary.
 
 mod printing;
 mod receipts;
 mod scanning;
+mod slips;
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,7 @@ pub fn external_tool(var: &str, what: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ if std::env::var_os("CI").is_some() => {
-            panic!("{var} is not set: CI must provide {what} (see NOTES-devices.md)")
+            panic!("{var} is not set: CI must provide {what} (.ci/run builds it)")
         }
         _ => {
             eprintln!("skipping: set {var} to run this test ({what})");

@@ -18,10 +18,10 @@ mod daemon;
 // End to end through the binary: every sandbox row, crash points, concurrency.
 mod e2e;
 
-// Devices (issue 6): serial scanner over ptys, receipt bytes, print journal and worker.
+// Devices: serial scanner over ptys, receipt bytes, print journal and worker.
 mod devices;
 
-// The reversal queue, refunds and the back office (issue 4): rows 86/87, SIGKILL mid-replay,
+// The reversal queue, refunds and the back office: rows 86/87, SIGKILL mid-replay,
 // two replayers on one database, refunds over HTTP, `posd queue` and `posd journal`.
 mod queue;
 // The notifyPayment endpoint in process: signatures, amounts, duplicates, races.
@@ -33,3 +33,21 @@ mod recording;
 
 // The real daemon binary: sd_notify, watchdog, /healthz, /metrics, token, SIGTERM.
 mod ops;
+
+// posd hub on PostgreSQL: migrations, registry, refusals, terminal → hub → sandbox, kills.
+mod hub;
+
+// Operations hardening: config check = run, the empty-store guard, backup, error bodies, slow
+// clients, idempotent POSTs.
+mod hardening;
+
+// The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
+mod mainland;
+
+// Architecture checks over the source text: layering, wire strings, //! lines, invariants.
+mod tidy;
+// Every committed fuzz corpus file through its target's entry point, on stable.
+mod fuzz_corpus;
+
+// Seeded crash-and-fault runs of the real binary behind a fault-injecting gateway proxy.
+mod chaos;

@@ -704,7 +704,7 @@ fn systemd_analyze_verifies_the_units() {
         .status()
         .is_ok_and(|s| s.success());
     if !have {
-        // CI installs systemd (NOTES-ops.md) and also runs systemd/verify.sh directly.
+        // CI installs systemd (.ci/run) and also runs systemd/verify.sh directly.
         eprintln!("systemd-analyze not installed: apt-get install -y systemd");
         return;
     }

@@ -1,4 +1,4 @@
-//! The reversal queue, refunds and the back office (issue 4) through real processes and the
+//! The reversal queue, refunds and the back office through real processes and the
 //! sandbox gateway: rows 86 and 87, SIGKILL at every point of a replay, two replayers on one
 //! database, refunds and their refusals over HTTP, and the `posd queue` / `posd journal`
 //! commands with the daemon running and stopped. Timings are short (see `QUEUE_FLOW`).

@@ -1,4 +1,4 @@
-//! The sandbox gateway driven through the real `AmsClient`: every row of the DESIGN.md
+//! The sandbox gateway driven through the real `AmsClient`: every row of the docs/design.md
 //! scenario table, idempotency, the refusal paths, signatures, restarts and the counters.
 //! Timings are short: `cancel_outage` 300 ms, 200 ms client deadlines for "no answer".
 

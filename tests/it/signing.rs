@@ -1,5 +1,6 @@
-//! The AMS signature scheme (PROTOCOL.md §3): the official vectors byte for byte from every
-//! key form, verification and its failure paths, header parsing, OpenSSL interop, key files.
+//! The AMS signature scheme (docs/protocol.md, "Signing and verification"): the official vectors
+//! byte for byte from every key form, verification and its failure paths, header parsing, OpenSSL
+//! interop, key files.
 
 use std::process::Command;
 
@@ -54,7 +55,7 @@ impl Case {
 fn vectors() -> Vec<Case> {
     let v: Vectors =
         serde_json::from_str(&key_text("signature_vectors.json")).expect("vectors parse");
-    assert_eq!(v.cases.len(), 5, "PROTOCOL.md §3.7 promises five cases");
+    assert_eq!(v.cases.len(), 5, "the vector file holds five cases");
     v.cases
 }
 

@@ -34,7 +34,7 @@ pub const SANDBOX_CLIENT_PREFIX: &str = "SANDBOX_";
 /// The client id used with the embedded sandbox when `[gateway] client_id` is not set.
 pub const EMBEDDED_SANDBOX_CLIENT_ID: &str = "SANDBOX_POSD_LOCAL";
 
-/// The AMS calls a terminal makes (PROTOCOL.md §1.2).
+/// The AMS calls a terminal makes (docs/protocol.md, "Paths and hosts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// `payments/pay`.
@@ -295,7 +295,8 @@ impl AmsClient {
         format!("{}{}", self.base_path, op.path(&self.settings.client_id))
     }
 
-    /// The pay request body for an order (PROTOCOL.md §2.2). Contains the clear code: never log it.
+    /// The pay request body for an order (docs/protocol.md, "pay"). Contains the clear code: never
+    /// log it.
     pub fn pay_request(&self, order: &PayOrder) -> wire::PayRequest {
         let m = &self.settings.merchant;
         let amount = wire::WireAmount::from(&order.amount);
@@ -559,7 +560,7 @@ impl AmsClient {
     }
 }
 
-/// `Request-Time`: epoch milliseconds (PROTOCOL.md §3.3).
+/// `Request-Time`: epoch milliseconds (docs/protocol.md, "HTTP conventions").
 fn epoch_millis() -> String {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -654,8 +655,8 @@ impl AmsClient {
     }
 }
 
-/// Verifies a notifyPayment from the gateway (PROTOCOL.md §3.5): `path` is the path the
-/// notification was posted to (query string included if any), the other values are the
+/// Verifies a notifyPayment from the gateway (docs/protocol.md, "notifyPayment"): `path` is the
+/// path the notification was posted to (query string included if any), the other values are the
 /// `client-id`, `request-time` and `signature` headers and the raw body, byte for byte.
 pub fn verify_notification(
     gateway_key: &PublicKey,
@@ -673,6 +674,117 @@ pub fn verify_notification(
         body,
     };
     gateway_key.verify_header(&msg, signature_header)
+}
+
+/// What the signature check of a forwarded answer found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerSignature {
+    /// Signed, and it verifies with the gateway's key.
+    Verified,
+    /// No `signature` header.
+    Unsigned,
+    /// Signed, but it does not verify (or the header is malformed).
+    Invalid(String),
+}
+
+/// The answer of a forwarded call as the gateway sent it, byte for byte, with its signature
+/// checked: the hub relays AMS bodies to its terminals and applies the outcome rules above.
+#[derive(Debug)]
+pub struct ForwardedAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The raw body.
+    pub body: Vec<u8>,
+    /// What the signature check found.
+    pub signature: AnswerSignature,
+}
+
+impl AmsClient {
+    /// Signs `body` exactly as given, sends it to `op` within that operation's deadline and
+    /// returns the answer with its signature checked, or why no answer arrived (the hub's
+    /// forwarding path: the bodies are the terminals', not built here).
+    pub async fn forward(&self, op: Operation, body: Vec<u8>) -> Result<ForwardedAnswer, String> {
+        let request_time = epoch_millis();
+        let signature = self.sign(op, &request_time, &body);
+        let path = self.request_path(op);
+        let deadline = self.deadline(op);
+        let mut req = self
+            .http
+            .post(format!(
+                "{}{}",
+                self.base,
+                op.path(&self.settings.client_id)
+            ))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=UTF-8",
+            )
+            .header("Client-Id", &self.settings.client_id)
+            .header("Request-Time", &request_time)
+            .header("Signature", signature)
+            .timeout(deadline)
+            .body(body);
+        if let Some(token) = &self.settings.agent_token {
+            req = req.header("Agent-Token", token.expose());
+        }
+        let raw = match tokio::time::timeout(deadline, send(req)).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(why)) => return Err(why),
+            Err(_) => return Err(format!("timed out after {} ms", deadline.as_millis())),
+        };
+        let signature = match self.verify(&path, &raw) {
+            Verification::Verified => AnswerSignature::Verified,
+            Verification::Unsigned => AnswerSignature::Unsigned,
+            Verification::Invalid(why) => AnswerSignature::Invalid(why),
+        };
+        Ok(ForwardedAnswer {
+            status: raw.status,
+            body: raw.body,
+            signature,
+        })
+    }
+}
+
+#[doc(hidden)]
+pub mod fuzz_entry {
+    //! The answer interpretation as one call, for the fuzz target and its corpus replay.
+
+    use super::{wire, AmsClient, Operation, Outcome, RawResponse};
+
+    /// Interprets a raw answer to `op` exactly as a live call would; returns the outcome's
+    /// label (`success`, `failed`, `unknown`) and the result code read from the answer.
+    pub fn interpret(
+        client: &AmsClient,
+        op: Operation,
+        status: u16,
+        signature: Option<String>,
+        response_time: Option<String>,
+        client_id: Option<String>,
+        body: Vec<u8>,
+    ) -> (&'static str, Option<String>) {
+        let path = client.request_path(op);
+        let raw = RawResponse {
+            status,
+            signature,
+            response_time,
+            client_id,
+            body,
+        };
+        fn label<T>((o, code): (Outcome<T>, Option<String>)) -> (&'static str, Option<String>) {
+            (o.label(), code)
+        }
+        match op {
+            Operation::Pay => label(client.interpret::<wire::PayResponse>(&path, raw)),
+            Operation::InquiryPayment => {
+                label(client.interpret::<wire::InquiryPaymentResponse>(&path, raw))
+            }
+            Operation::Cancel => label(client.interpret::<wire::CancelResponse>(&path, raw)),
+            Operation::Refund => label(client.interpret::<wire::RefundResponse>(&path, raw)),
+            Operation::InquiryRefund => {
+                label(client.interpret::<wire::InquiryRefundResponse>(&path, raw))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

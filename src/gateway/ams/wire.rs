@@ -1,4 +1,4 @@
-//! The AMS JSON messages (PROTOCOL.md §2): the only place that knows the gateway's field names.
+//! The AMS JSON messages (docs/protocol.md): the only place that knows the gateway's field names.
 //! Every field is a string on the wire; deserialization is lenient (unknown fields ignored,
 //! unknown enum values kept as strings).
 
@@ -44,7 +44,7 @@ pub struct WireResult {
     pub result_message: String,
 }
 
-/// The pay request body, user-presented mode (PROTOCOL.md §2.2).
+/// The pay request body, user-presented mode (docs/protocol.md, "pay").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PayRequest {
@@ -222,7 +222,7 @@ pub struct CancelResponse {
     pub cancel_time: Option<String>,
 }
 
-/// refund request body (PROTOCOL.md §2.6).
+/// refund request body (docs/protocol.md, "refund and inquiryRefund").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RefundRequest {
@@ -290,7 +290,7 @@ pub struct InquiryRefundResponse {
     pub refund_amount: Option<WireAmount>,
 }
 
-/// notifyPayment body (PROTOCOL.md §2.7), lenient.
+/// notifyPayment body (docs/protocol.md, "notifyPayment"), lenient.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NotifyPayment {

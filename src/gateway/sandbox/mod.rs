@@ -1,11 +1,11 @@
 //! The sandbox gateway: a local AMS-compatible HTTP server that behaves like the real gateway,
 //! including its slow and broken moments, so the daemon runs with no gateway account.
 //!
-//! The last two digits of the payment code choose the scenario (DESIGN.md "Sandbox gateway";
+//! The last two digits of the payment code choose the scenario (docs/design.md "Sandbox gateway";
 //! the rules live in [`scenario`]). Requests are verified with the merchant's public key and
-//! answers signed with the sandbox's own key, so the real client's signing, HTTP and
-//! verification are exercised exactly as in production. Payments live in the sandbox's own
-//! SQLite file ([`store`]) and survive restarts.
+//! answers signed with the sandbox's own key, so the real client's signing, HTTP and verification
+//! are exercised exactly as in production. Payments live in the sandbox's own SQLite file
+//! ([`store`]) and survive restarts.
 
 pub mod notify;
 pub mod ops;

@@ -1,6 +1,7 @@
-//! Delivers the sandbox's notifyPayment (PROTOCOL.md §2.7): a signed POST to the pay request's
-//! `paymentNotifyUrl`, retried a few times with short backoff until the merchant answers the
-//! exact ACK. Only loopback URLs are ever called: the sandbox must not reach out anywhere else.
+//! Delivers the sandbox's notifyPayment (docs/protocol.md, "notifyPayment"): a signed POST to the
+//! pay request's `paymentNotifyUrl`, retried a few times with short backoff until the merchant
+//! answers the exact ACK. Only loopback URLs are ever called: the sandbox must not reach out
+//! anywhere else.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;

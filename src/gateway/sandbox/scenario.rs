@@ -1,10 +1,10 @@
 //! The sandbox's rules as pure functions: which scenario a payment code picks, and what each
 //! operation answers and changes for a payment in a given state. No I/O, no clock (the time
-//! is passed in), so every row of the DESIGN.md table is unit-tested here.
+//! is passed in), so every row of the docs/design.md table is unit-tested here.
 
 use std::time::Duration;
 
-/// What the last two digits of a payment code choose (DESIGN.md "Sandbox gateway").
+/// What the last two digits of a payment code choose (docs/design.md "Sandbox gateway").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     /// 00–79 (and 90–99): pay S.

@@ -1,22 +1,26 @@
-//! The print journal and the print worker: a payment is recorded at once whatever the
-//! printer does; a slip that cannot print stays pending and prints when the printer is back;
-//! paper out is told apart from unknown over a real TCP connection; reprints are copies.
+//! The print journal and the print worker on the real `Store` and its migrations: a payment
+//! is recorded at once whatever the printer does (its slip row commits with the final state,
+//! through `store::payments::apply`, as the engine does it); a slip that cannot print stays
+//! pending and prints when the printer is back; paper out is told apart from unknown over a
+//! real TCP connection; reprints are copies.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use posd::devices::config::{PrinterConfig, PrinterKind};
-use posd::devices::print_worker::{system_clock, OwnConnection, PrintWorker, WorkerSettings};
+use posd::devices::print_worker::{PrintWorker, WorkerSettings};
 use posd::devices::printer::{Job, PrintError, PrinterStatus, Transport};
 use posd::devices::profile::Profile;
 use posd::devices::receipt::{SlipData, SlipKind};
+use posd::domain::machine::State;
 use posd::domain::money::{Amount, Currency};
+use posd::engine::clock::SystemClock;
+use posd::store::payments::{self, Change, NewPayment};
 use posd::store::print_journal::{self, SlipStatus};
-use rusqlite::Connection;
+use posd::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use super::wait_until;
@@ -39,31 +43,52 @@ fn slip(prid: &str) -> SlipData {
     }
 }
 
-/// A database file with the print journal and a stand-in for the lead's payments table.
-fn database(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("posd.sqlite3");
-    let c = Connection::open(&path).unwrap();
-    c.pragma_update(None, "journal_mode", "WAL").unwrap();
-    c.execute_batch(print_journal::MIGRATION).unwrap();
-    c.execute_batch(
-        "CREATE TABLE payments (payment_request_id TEXT PRIMARY KEY, state TEXT NOT NULL)",
-    )
-    .unwrap();
-    path
+/// The daemon's store on a file: every migration applied, foreign keys on.
+fn database(dir: &std::path::Path) -> Store {
+    Store::open(&dir.join("posd.sqlite3")).unwrap()
 }
 
-/// What the engine does when a sale succeeds: state and slip in one transaction.
-fn record_sale(c: &mut Connection, prid: &str) -> i64 {
-    let tx = c.transaction().unwrap();
-    tx.execute("INSERT INTO payments VALUES (?1, 'SUCCEEDED')", [prid])
-        .unwrap();
-    let id = print_journal::enqueue(&tx, &slip(prid)).unwrap();
-    tx.commit().unwrap();
-    id
+/// What the engine does when a sale succeeds: the pay intent, then the move to SUCCEEDED
+/// with its slip row in the same transaction. Returns the slip's id.
+fn record_sale(store: &Store, prid: &str) -> i64 {
+    let prid = prid.to_string();
+    store
+        .call_blocking(move |c| {
+            let new = NewPayment {
+                order_ref: None,
+                amount: Amount::parse("12.34", Currency::from_code("CNY")?)?,
+                state: State::Paying,
+                code_masked: Some("2812**********3456".into()),
+                terminal_time: "2026-11-21T14:03:05+08:00".into(),
+                pay_expires_at: None,
+            };
+            payments::create(c, &new, 0, |_| prid.clone())?;
+            let change = Change {
+                to: Some(State::Succeeded),
+                cause: "pay answered S".into(),
+                slip: Some(slip(&prid)),
+                ..Change::default()
+            };
+            let moved = payments::apply(c, &prid, State::Paying, &change, 0)?;
+            assert!(moved.is_some(), "compare-and-set from PAYING");
+            let row = print_journal::latest_for_payment(c, &prid)?.expect("the slip row");
+            Ok(row.id)
+        })
+        .unwrap()
 }
 
-fn row(c: &Connection, id: i64) -> print_journal::SlipRow {
-    print_journal::get(c, id).unwrap().expect("slip row")
+fn row(store: &Store, id: i64) -> print_journal::SlipRow {
+    store
+        .call_blocking(move |c| Ok(print_journal::get(c, id)?))
+        .unwrap()
+        .expect("slip row")
+}
+
+fn reprint(store: &Store, prid: &str) -> Option<i64> {
+    let prid = prid.to_string();
+    store
+        .call_blocking(move |c| Ok(print_journal::reprint(c, &prid)?))
+        .unwrap()
 }
 
 fn fast() -> WorkerSettings {
@@ -127,7 +152,7 @@ impl Transport for FakePrinter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn printer_offline_at_sale_time_slip_waits_and_prints_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let path = database(dir.path());
+    let store = database(dir.path());
     let printer = FakePrinter::default();
     printer.set(PrinterStatus::Offline);
     let shutdown = CancellationToken::new();
@@ -135,20 +160,19 @@ async fn printer_offline_at_sale_time_slip_waits_and_prints_when_it_returns() {
         Box::new(printer.clone()),
         Profile::load("generic-80mm").unwrap(),
         fast(),
-        OwnConnection::open(&path).unwrap(),
-        system_clock(),
+        store.clone(),
+        Arc::new(SystemClock),
         shutdown.clone(),
     )
     .unwrap();
 
-    let mut engine = Connection::open(&path).unwrap();
-    let id = record_sale(&mut engine, "P1");
+    let id = record_sale(&store, "P1");
     worker.wake();
     wait_until("the failed attempt to be recorded", LIMIT, || {
-        row(&engine, id).attempts >= 1
+        row(&store, id).attempts >= 1
     })
     .await;
-    let r = row(&engine, id);
+    let r = row(&store, id);
     assert_eq!(r.status, SlipStatus::Pending);
     assert_eq!(r.printer_status.as_deref(), Some("OFFLINE"));
     assert_eq!(worker.status(), PrinterStatus::Offline);
@@ -159,7 +183,7 @@ async fn printer_offline_at_sale_time_slip_waits_and_prints_when_it_returns() {
     printer.set(PrinterStatus::Ready);
     tokio::time::sleep(Duration::from_millis(80)).await;
     let t = Instant::now();
-    let id2 = record_sale(&mut engine, "P2");
+    let id2 = record_sale(&store, "P2");
     assert!(
         t.elapsed() < Duration::from_millis(200),
         "recording took {:?}",
@@ -167,8 +191,8 @@ async fn printer_offline_at_sale_time_slip_waits_and_prints_when_it_returns() {
     );
 
     wait_until("both slips printed", LIMIT, || {
-        row(&engine, id).status == SlipStatus::Printed
-            && row(&engine, id2).status == SlipStatus::Printed
+        row(&store, id).status == SlipStatus::Printed
+            && row(&store, id2).status == SlipStatus::Printed
     })
     .await;
     let mut printed = printer.printed();
@@ -235,7 +259,7 @@ fn network_printer(mode: Arc<Mutex<Mode>>, received: Arc<Mutex<Vec<u8>>>) -> u16
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies() {
     let dir = tempfile::tempdir().unwrap();
-    let path = database(dir.path());
+    let store = database(dir.path());
     let mode = Arc::new(Mutex::new(Mode::PaperOut));
     let received = Arc::new(Mutex::new(Vec::new()));
     let port = network_printer(mode.clone(), received.clone());
@@ -251,19 +275,17 @@ async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies()
     };
     cfg.validate().unwrap();
     let shutdown = CancellationToken::new();
-    let worker =
-        PrintWorker::spawn(&cfg, OwnConnection::open(&path).unwrap(), shutdown.clone()).unwrap();
-    let mut engine = Connection::open(&path).unwrap();
-    let prid = "20261121140305T000100000000123400000042123456";
-    let id = record_sale(&mut engine, prid);
+    let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
+    let prid = "126112114030500000100004200000012347";
+    let id = record_sale(&store, prid);
     worker.wake();
 
     wait_until("paper out to be recorded", LIMIT, || {
-        row(&engine, id).printer_status.as_deref() == Some("PAPER_OUT")
+        row(&store, id).printer_status.as_deref() == Some("PAPER_OUT")
     })
     .await;
     assert_eq!(worker.status(), PrinterStatus::PaperOut);
-    assert_eq!(row(&engine, id).status, SlipStatus::Pending);
+    assert_eq!(row(&store, id).status, SlipStatus::Pending);
     assert!(
         received.lock().unwrap().is_empty(),
         "nothing is sent to a printer without paper"
@@ -272,7 +294,7 @@ async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies()
     // A printer that does not answer DLE EOT is "unknown", not a fault: the slip goes out.
     *mode.lock().unwrap() = Mode::Silent;
     wait_until("the slip to print", LIMIT, || {
-        row(&engine, id).status == SlipStatus::Printed
+        row(&store, id).status == SlipStatus::Printed
     })
     .await;
     assert_eq!(worker.status(), PrinterStatus::Unknown);
@@ -286,12 +308,10 @@ async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies()
 
     // Reprint: a copy of the latest slip, marked COPY.
     *mode.lock().unwrap() = Mode::Ready;
-    let copy = print_journal::reprint(&engine, prid)
-        .unwrap()
-        .expect("the payment has a slip");
+    let copy = reprint(&store, prid).expect("the payment has a slip");
     worker.wake();
     wait_until("the copy to print", LIMIT, || {
-        row(&engine, copy).status == SlipStatus::Printed
+        row(&store, copy).status == SlipStatus::Printed
     })
     .await;
     let bytes = std::mem::take(&mut *received.lock().unwrap());
@@ -301,10 +321,7 @@ async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies()
         worker.status() == PrinterStatus::Ready
     })
     .await;
-    assert_eq!(
-        print_journal::reprint(&engine, "no-such-payment").unwrap(),
-        None
-    );
+    assert_eq!(reprint(&store, "no-such-payment"), None);
     shutdown.cancel();
     worker.join().await;
 }
@@ -312,7 +329,7 @@ async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_printer_writes_bin_and_txt_per_slip() {
     let dir = tempfile::tempdir().unwrap();
-    let path = database(dir.path());
+    let store = database(dir.path());
     let receipts = dir.path().join("receipts");
     let cfg = PrinterConfig {
         path: receipts.clone(),
@@ -320,20 +337,18 @@ async fn file_printer_writes_bin_and_txt_per_slip() {
         ..PrinterConfig::default()
     };
     let shutdown = CancellationToken::new();
-    let worker =
-        PrintWorker::spawn(&cfg, OwnConnection::open(&path).unwrap(), shutdown.clone()).unwrap();
-    let mut engine = Connection::open(&path).unwrap();
-    let id = record_sale(&mut engine, "P7");
-    let copy = print_journal::reprint(&engine, "P7").unwrap().unwrap();
+    let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
+    let id = record_sale(&store, "P7");
+    let copy = reprint(&store, "P7").unwrap();
     worker.wake();
     wait_until("both slips on disk", LIMIT, || {
-        row(&engine, copy).status == SlipStatus::Printed
+        row(&store, copy).status == SlipStatus::Printed
     })
     .await;
-    assert_eq!(row(&engine, id).status, SlipStatus::Printed);
+    assert_eq!(row(&store, id).status, SlipStatus::Printed);
     let txt = std::fs::read_to_string(receipts.join(format!("P7-{id}-sale.txt"))).unwrap();
     assert!(
-        txt.contains("SALE") && txt.contains("[CODE128 P7]") && !txt.contains("COPY"),
+        txt.contains("SALE") && txt.contains("[barcode P7]") && !txt.contains("COPY"),
         "{txt}"
     );
     let txt = std::fs::read_to_string(receipts.join(format!("P7-{copy}-sale-copy.txt"))).unwrap();
@@ -345,27 +360,27 @@ async fn file_printer_writes_bin_and_txt_per_slip() {
     worker.join().await;
 }
 
-/// The real store: its migrations create the print journal, the journal's foreign key holds,
-/// and the worker runs over `Store::call`.
+/// The journal's foreign key holds on the real schema, and a failed transaction leaves no
+/// slip: the row commits or rolls back with the payment's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_runs_over_the_real_store_with_the_payments_foreign_key() {
-    let store = posd::store::Store::open_in_memory().unwrap();
+async fn a_slip_needs_its_payment_and_rolls_back_with_its_transaction() {
+    let store = Store::open_in_memory().unwrap();
     let orphan = store.call_blocking(|c| Ok(print_journal::enqueue(c, &slip("NOPE")).is_err()));
     assert!(orphan.unwrap(), "a slip needs its payment (foreign key)");
-    let id = store
-        .call_blocking(|c| {
-            let tx = c.savepoint()?;
-            tx.execute(
-                "INSERT INTO payments (payment_request_id, amount_minor, currency, state, \
-                 terminal_time, created_at, updated_at) \
-                 VALUES ('P9', 1234, 'CNY', 'SUCCEEDED', '2026-11-21 14:03:05', 0, 0)",
-                [],
-            )?;
-            let id = print_journal::enqueue(&tx, &slip("P9"))?;
-            tx.commit()?;
-            Ok(id)
-        })
+    let id = record_sale(&store, "P9");
+    let failed: anyhow::Result<()> = store.call_blocking(|c| {
+        print_journal::enqueue(c, &slip("P9"))?;
+        anyhow::bail!("the transition failed after the slip was written")
+    });
+    assert!(failed.is_err());
+    let pending = store
+        .call_blocking(|c| Ok(print_journal::pending(c)?))
         .unwrap();
+    assert_eq!(
+        pending.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![id],
+        "the rolled-back slip is gone"
+    );
     let dir = tempfile::tempdir().unwrap();
     let cfg = PrinterConfig {
         path: dir.path().to_path_buf(),
@@ -375,13 +390,10 @@ async fn worker_runs_over_the_real_store_with_the_payments_foreign_key() {
     let shutdown = CancellationToken::new();
     let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
     worker.wake();
-    let printed = || {
-        store
-            .call_blocking(move |c| Ok(print_journal::get(c, id)?.map(|r| r.status)))
-            .unwrap()
-            == Some(SlipStatus::Printed)
-    };
-    wait_until("the slip to print", LIMIT, printed).await;
+    wait_until("the slip to print", LIMIT, || {
+        row(&store, id).status == SlipStatus::Printed
+    })
+    .await;
     assert!(dir.path().join(format!("P9-{id}-sale.bin")).exists());
     shutdown.cancel();
     worker.join().await;

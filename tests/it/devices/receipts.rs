@@ -1,6 +1,6 @@
 //! Receipt bytes: byte-exact snapshots per profile (`UPDATE_SNAPSHOTS=1` rewrites them),
-//! Chinese names decoded back, the CODE128 payload, forbidden fields, and an emupos render
-//! checked with zbarimg.
+//! Chinese names decoded back, the CODE128 payload, forbidden fields, and an emupos render of
+//! every shipped profile at its head width, read back with zbarimg.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 
 use super::external_tool;
 
-const PRID: &str = "20261121140305T000100000000123400000042123456";
+/// A paymentRequestId of the current layout (36 digits).
+const PRID: &str = "126112114030500000100004200000012347";
+/// A paymentRequestId of the older layout, as existing databases hold them.
+const OLD_ID: &str = "20261121140305T000100000000123400000042123456";
 
 fn slip(kind: SlipKind, merchant: &str, store: &str) -> SlipData {
     SlipData {
@@ -25,7 +28,8 @@ fn slip(kind: SlipKind, merchant: &str, store: &str) -> SlipData {
         amount: Amount::parse("12.34", Currency::from_code("CNY").unwrap()).unwrap(),
         payment_request_id: PRID.into(),
         payment_id: Some("2026112119074102000000000012345".into()),
-        refund_request_id: (kind == SlipKind::Refund).then(|| format!("R{}", &PRID[..40])),
+        refund_request_id: (kind == SlipKind::Refund)
+            .then(|| "R20261121140305T000100000000050000000043000001".to_string()),
         local_time: NaiveDateTime::parse_from_str("2026-11-21 14:03:05", "%Y-%m-%d %H:%M:%S")
             .unwrap(),
         copy: false,
@@ -127,17 +131,14 @@ fn code128_carries_the_payment_request_id_on_every_profile() {
         for kind in [SlipKind::Sale, SlipKind::Cancel, SlipKind::Refund] {
             let bytes = bytes_for(&chinese(kind), &p);
             let text = dump(&bytes, p.encoding);
-            if p.min_module == 1 {
+            if p.dots >= 512 {
                 assert_eq!(barcodes(&bytes), vec![PRID.to_string()], "{name} {kind:?}");
+                assert!(text.contains("GS w 02"), "{name}: 2-dot modules\n{text}");
+                assert!(!text.contains("GS ( k"), "{name}: no QR beside CODE128");
             } else {
-                // Too long for 2-dot modules on this paper: a QR code carries the id.
+                // 58 mm: too narrow for CODE128 at 2 dots, a QR code carries the id.
                 assert!(barcodes(&bytes).is_empty(), "{name}");
-                let qr = PRID.as_bytes();
-                assert!(
-                    bytes.windows(qr.len()).any(|w| w == qr),
-                    "{name}: no QR data"
-                );
-                assert!(text.contains("GS ( k"), "{name}:\n{text}");
+                assert_qr_holds(&bytes, PRID, &name);
             }
             // As text too, wrapped over two lines on narrow paper.
             let printed: String = to_text(&layout(&chinese(kind), p.width), p.width)
@@ -148,7 +149,23 @@ fn code128_carries_the_payment_request_id_on_every_profile() {
                 "the id is printed as text too ({name})"
             );
         }
+        // An id of the older layout is too wide for CODE128 anywhere: QR code and text.
+        let mut old = chinese(SlipKind::Sale);
+        old.payment_request_id = OLD_ID.into();
+        let bytes = bytes_for(&old, &p);
+        assert!(barcodes(&bytes).is_empty(), "{name}");
+        assert_qr_holds(&bytes, OLD_ID, &name);
     }
+}
+
+/// The bytes hold a QR code (`GS ( k`) whose stored data is `id`.
+fn assert_qr_holds(bytes: &[u8], id: &str, name: &str) {
+    let text = dump(bytes, TextEncoding::Utf8);
+    assert!(text.contains("GS ( k"), "{name}:\n{text}");
+    assert!(
+        bytes.windows(id.len()).any(|w| w == id.as_bytes()),
+        "{name}: no QR data {id}"
+    );
 }
 
 #[test]
@@ -183,8 +200,14 @@ fn slips_show_the_required_fields_and_nothing_forbidden() {
     }
 }
 
-/// Renders `bytes` with emupos; returns the receipt text, the PNG path and the event log.
-fn emupos(python: &str, dir: &Path, name: &str, bytes: &[u8]) -> (String, String, String) {
+/// Renders `bytes` with emupos at a head of `dots`; returns the receipt text, the PNG path and the event log.
+fn emupos(
+    python: &str,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    dots: u32,
+) -> (String, String, String) {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/devices/escpos_render.py");
     let bin = dir.join(format!("{name}.bin"));
@@ -194,6 +217,8 @@ fn emupos(python: &str, dir: &Path, name: &str, bytes: &[u8]) -> (String, String
         .arg(&script)
         .arg(&bin)
         .arg(&prefix)
+        .arg("epson-tm-t20iii")
+        .arg(dots.to_string())
         .output()
         .expect("run the emupos renderer");
     let log = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -224,58 +249,81 @@ fn zbar(png: &str) -> Vec<String> {
         .collect()
 }
 
-/// emupos models Epson firmware (GS w 2..6), so the barcode is read back on the
-/// `epson-tm-t20` profile: CODE128 for an id that fits 2-dot modules, the QR fallback for a
-/// full-length id. The `generic-80mm` slip must render with no unknown command.
+/// Every shipped profile, rendered by emupos at that profile's head width and read back with
+/// zbarimg, gives exactly the paymentRequestId: as CODE128 on 512 dots and wider, as a QR code
+/// on 58 mm paper. emupos models Epson firmware (GS w 2..6, single-byte code pages), so the
+/// names on these slips are ASCII.
 #[test]
-fn emupos_renders_the_slip_and_zbarimg_reads_the_barcode() {
+fn emupos_renders_every_profile_and_zbarimg_reads_exactly_the_id() {
     let Some(python) = external_tool("POSD_EMUPOS_PYTHON", "a Python 3.13 with emupos==0.4.0")
     else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let epson = Profile::load("epson-tm-t20").unwrap();
-    // emupos renders single-byte code pages only, so these slips' names are ASCII.
     let mut s = slip(SlipKind::Sale, "Tea House Ltd", "Nanjing Road");
     s.copy = true;
-    let short = "2026112114030500012345";
-    s.payment_request_id = short.into();
-    let (text, png, _) = emupos(&python, dir.path(), "short", &bytes_for(&s, &epson));
-    for needle in [
-        "Tea House Ltd",
-        "Nanjing Road",
-        "Alipay+",
-        "SALE",
-        "*** COPY ***",
-        "CNY 12.34",
-        "T0001",
-        short,
-    ] {
-        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    let names = Profile::names();
+    assert!(names.len() >= 6, "{names:?}");
+    for name in &names {
+        let p = Profile::load(name).unwrap();
+        let (text, png, _) = emupos(&python, dir.path(), name, &bytes_for(&s, &p), p.dots);
+        for needle in [
+            "Tea House Ltd",
+            "Nanjing Road",
+            "Alipay+",
+            "SALE",
+            "*** COPY ***",
+            "CNY 12.34",
+            "T0001",
+        ] {
+            assert!(text.contains(needle), "{name}: {needle:?} missing:\n{text}");
+        }
+        let want = if p.dots >= 512 {
+            assert!(
+                text.contains(&format!("[barcode CODE128 {PRID}]")),
+                "{name}:\n{text}"
+            );
+            format!("CODE-128:{PRID}")
+        } else {
+            format!("QR-Code:{PRID}")
+        };
+        assert_eq!(zbar(&png), vec![want], "{name} at {} dots", p.dots);
     }
-    assert!(
-        text.contains(&format!("[barcode CODE128 {short}]")),
-        "{text}"
-    );
-    assert!(
-        zbar(&png).contains(&format!("CODE-128:{short}")),
-        "{:?}",
-        zbar(&png)
-    );
 
-    s.payment_request_id = PRID.into();
-    let (text, png, _) = emupos(&python, dir.path(), "long", &bytes_for(&s, &epson));
-    assert!(text.contains(PRID), "{text}");
-    assert!(
-        zbar(&png).contains(&format!("QR-Code:{PRID}")),
-        "{:?}",
-        zbar(&png)
-    );
+    // An older id on an 80 mm head: the QR code decodes to it.
+    let epson = Profile::load("epson-tm-t20").unwrap();
+    s.payment_request_id = OLD_ID.into();
+    let (text, png, _) = emupos(&python, dir.path(), "old", &bytes_for(&s, &epson), 576);
+    assert!(text.contains(OLD_ID), "{text}");
+    assert_eq!(zbar(&png), vec![format!("QR-Code:{OLD_ID}")]);
+}
 
-    let generic = Profile::load("generic-80mm").unwrap();
-    let (text, _, _) = emupos(&python, dir.path(), "generic", &bytes_for(&s, &generic));
-    assert!(
-        text.contains(&format!("[barcode CODE128 {PRID}]")),
-        "{text}"
-    );
+/// The render check above catches a wrong code-set-C packing: `{C` followed by the id's ASCII
+/// digits is a valid barcode that emupos draws and zbarimg reads — as other digits.
+#[test]
+fn a_wrong_set_c_packing_is_caught_by_the_render_check() {
+    let Some(python) = external_tool("POSD_EMUPOS_PYTHON", "a Python 3.13 with emupos==0.4.0")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let digits = "12345678";
+    let wrong: Vec<u8> = [
+        b"\x1b@\x1dw\x02\x1dhP\x1dH\x00\x1dkI\x0a{C".as_slice(),
+        digits.as_bytes(),
+        b"\n\x1dVA\x00",
+    ]
+    .concat();
+    let (_, png, _) = emupos(&python, dir.path(), "wrong", &wrong, 576);
+    let read = zbar(&png);
+    assert_eq!(read, vec!["CODE-128:4950515253545556".to_string()]);
+    assert_ne!(read, vec![format!("CODE-128:{digits}")], "the check fails");
+
+    let (right, _) = posd::devices::escpos::code128_data(digits).unwrap();
+    let mut good = b"\x1b@\x1dw\x02\x1dhP\x1dH\x00\x1dkI".to_vec();
+    good.push(u8::try_from(right.len()).unwrap());
+    good.extend_from_slice(&right);
+    good.extend_from_slice(b"\n\x1dVA\x00");
+    let (_, png, _) = emupos(&python, dir.path(), "right", &good, 576);
+    assert_eq!(zbar(&png), vec![format!("CODE-128:{digits}")]);
 }

@@ -1,5 +1,12 @@
-//! `config.toml`: the serde shape (unknown keys rejected, defaults per DESIGN.md) and its
-//! validation, with errors that name the key and say what would be valid.
+//! `config.toml`: its raw serde shape (unknown keys rejected, documented defaults), here;
+//! the rules it must meet in [`validate`]; the validated, typed [`Config`] everyone reads in
+//! [`settings`]. Errors name the key and say what would be valid.
+
+mod settings;
+pub mod validate;
+
+pub use settings::Config;
+pub use validate::{check_notify_url, DURATION_BOUNDS};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,8 +16,6 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::code::CodeRules;
-use crate::domain::money::Currency;
-use crate::domain::request_id::valid_terminal_id;
 
 /// A secret string from the config (API token, agent token): `Debug` prints `MASKED`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -45,10 +50,10 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// The whole configuration.
+/// The config file as parsed, before validation (see [`Config`] for what posd reads).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct RawConfig {
     /// `[terminal]`
     pub terminal: TerminalConfig,
     /// `[gateway]`
@@ -81,16 +86,14 @@ pub struct Config {
     /// `[sandbox]`
     #[serde(default)]
     pub sandbox: SandboxConfig,
-    /// Directory of the config file: relative paths in it are resolved against it.
-    #[serde(skip)]
-    pub base_dir: PathBuf,
 }
 
 /// `[terminal]`: who this terminal is.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalConfig {
-    /// Terminal id (letters and digits, ≤ 16): part of every request id.
+    /// Terminal id (letters and digits, ≤ 16, 1–6 digits): its digits are part of every
+    /// `paymentRequestId`.
     pub id: String,
     /// `referenceMerchantId`.
     pub merchant_id: String,
@@ -284,7 +287,7 @@ fn d_min_len() -> usize {
 fn d_max_len() -> usize {
     32
 }
-fn d_prefixes() -> Vec<String> {
+pub(crate) fn d_prefixes() -> Vec<String> {
     CodeRules::default().prefixes
 }
 
@@ -310,9 +313,25 @@ pub struct ApiConfig {
     /// Listen address of the local HTTP API.
     #[serde(default = "d_api_listen")]
     pub listen: SocketAddr,
-    /// Optional bearer token.
+    /// Optional bearer token; required when `listen` is not a loopback address.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Longest wait for a request's headers (also how long an idle connection stays open).
+    #[serde(default = "d_10s")]
+    pub header_timeout: Dur,
+    /// Longest wait for a request's whole body.
+    #[serde(default = "d_10s")]
+    pub body_timeout: Dur,
+    /// Connections one peer address may hold open at once.
+    #[serde(default = "d_api_per_peer")]
+    pub max_connections_per_peer: usize,
+}
+
+fn d_api_per_peer() -> usize {
+    256
+}
+fn d_notify_per_peer() -> usize {
+    32
 }
 
 fn d_api_listen() -> SocketAddr {
@@ -338,6 +357,15 @@ pub struct NotifyConfig {
     /// Path the gateway posts to.
     #[serde(default = "d_notify_path")]
     pub path: String,
+    /// Longest wait for a notification's headers (and an idle connection).
+    #[serde(default = "d_10s")]
+    pub header_timeout: Dur,
+    /// Longest wait for a notification's whole body.
+    #[serde(default = "d_10s")]
+    pub body_timeout: Dur,
+    /// Connections one peer address may hold open at once.
+    #[serde(default = "d_notify_per_peer")]
+    pub max_connections_per_peer: usize,
 }
 
 fn d_notify_listen() -> SocketAddr {
@@ -412,263 +440,6 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
-}
-
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."));
-        Config::parse(&text, path, &base)
-    }
-
-    /// Parses and validates config text; `base_dir` anchors relative paths.
-    pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
-        cfg.base_dir = base_dir.to_path_buf();
-        cfg.validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                message,
-            })?;
-        Ok(cfg)
-    }
-
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        let t = &self.terminal;
-        if !valid_terminal_id(&t.id) {
-            return Err((
-                "terminal.id",
-                format!("{:?} must be 1–16 ASCII letters or digits", t.id),
-            ));
-        }
-        for (key, v) in [
-            ("terminal.merchant_id", &t.merchant_id),
-            ("terminal.merchant_name", &t.merchant_name),
-            ("terminal.merchant_mcc", &t.merchant_mcc),
-            ("terminal.store_id", &t.store_id),
-            ("terminal.store_name", &t.store_name),
-            ("terminal.store_mcc", &t.store_mcc),
-        ] {
-            if v.trim().is_empty() {
-                return Err((key, "must not be empty".into()));
-            }
-        }
-        Currency::from_code(&t.currency).map_err(|e| ("terminal.currency", e.to_string()))?;
-        if let Some(tz) = &t.timezone {
-            tz.parse::<chrono_tz::Tz>().map_err(|_| {
-                (
-                    "terminal.timezone",
-                    format!("{tz:?} is not an IANA time zone name such as \"Asia/Shanghai\""),
-                )
-            })?;
-        }
-        let g = &self.gateway;
-        if g.kind == GatewayKind::AlipayPlus {
-            let url = g.base_url.as_deref().ok_or((
-                "gateway.base_url",
-                "required when gateway.kind = \"alipay_plus\" (e.g. \"https://open-sea-global.alipay.com\")".to_string(),
-            ))?;
-            check_base_url(url, g.insecure_http).map_err(|m| ("gateway.base_url", m))?;
-            if g.client_id.as_deref().is_none_or(str::is_empty) {
-                return Err((
-                    "gateway.client_id",
-                    "required when gateway.kind = \"alipay_plus\"".into(),
-                ));
-            }
-            if g.merchant_private_key.is_none() {
-                return Err((
-                    "gateway.merchant_private_key",
-                    "required: path of the merchant private key (posd keys generate --out DIR makes one)".into(),
-                ));
-            }
-            if g.gateway_public_key.is_none() {
-                return Err((
-                    "gateway.gateway_public_key",
-                    "required: path of the gateway public key from the dashboard".into(),
-                ));
-            }
-        }
-        if g.key_version.trim().is_empty() || !g.key_version.bytes().all(|b| b.is_ascii_digit()) {
-            return Err((
-                "gateway.key_version",
-                "must be a number such as \"1\"".into(),
-            ));
-        }
-        let f = &self.flow;
-        if !(10..=20).contains(&f.inquiry_max) {
-            return Err((
-                "flow.inquiry_max",
-                format!("{} is outside 10..=20 (the best practice)", f.inquiry_max),
-            ));
-        }
-        for (key, d) in [
-            ("flow.pay_timeout", f.pay_timeout),
-            ("flow.inquiry_interval", f.inquiry_interval),
-            ("flow.inquiry_timeout", f.inquiry_timeout),
-            ("flow.cancel_timeout", f.cancel_timeout),
-            ("flow.cancel_retry_window", f.cancel_retry_window),
-            ("flow.cancel_retry_min", f.cancel_retry_min),
-            ("flow.cancel_retry_max", f.cancel_retry_max),
-            ("flow.queue_backoff_initial", f.queue_backoff_initial),
-            ("flow.queue_backoff_max", f.queue_backoff_max),
-        ] {
-            if d.0.is_zero() {
-                return Err((key, "must be greater than zero".into()));
-            }
-        }
-        if f.cancel_retry_min.0 > f.cancel_retry_max.0 {
-            return Err((
-                "flow.cancel_retry_min",
-                "must not be greater than flow.cancel_retry_max".into(),
-            ));
-        }
-        let (lo, hi) = PAYMENT_EXPIRY_BOUNDS;
-        if f.payment_expiry.0 < lo || f.payment_expiry.0 > hi {
-            return Err((
-                "flow.payment_expiry",
-                format!(
-                    "{} is outside 1s..=30m; the gateway's usual default is \"3m\"",
-                    humantime::format_duration(f.payment_expiry.0)
-                ),
-            ));
-        }
-        if f.payment_expiry.0 < f.pay_timeout.0 {
-            return Err((
-                "flow.payment_expiry",
-                "must not be shorter than flow.pay_timeout (a pay in time would expire in flight)"
-                    .into(),
-            ));
-        }
-        if f.payment_expiry_margin.0 > PAYMENT_EXPIRY_MARGIN_MAX {
-            return Err((
-                "flow.payment_expiry_margin",
-                format!(
-                    "{} is more than 10m; a few seconds cover a clock that is off",
-                    humantime::format_duration(f.payment_expiry_margin.0)
-                ),
-            ));
-        }
-        if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
-            return Err((
-                "flow.queue_backoff_initial",
-                "must not be greater than flow.queue_backoff_max".into(),
-            ));
-        }
-        let c = &self.codes;
-        if c.min_len == 0 || c.min_len > c.max_len || c.max_len > 64 {
-            return Err((
-                "codes.min_len",
-                format!(
-                    "min_len {} / max_len {}: need 1 ≤ min_len ≤ max_len ≤ 64",
-                    c.min_len, c.max_len
-                ),
-            ));
-        }
-        if c.prefixes
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err((
-                "codes.prefixes",
-                "every prefix must be digits, e.g. \"28\"".into(),
-            ));
-        }
-        if !self.notify.path.starts_with('/') {
-            return Err(("notify.path", "must start with '/'".into()));
-        }
-        self.scanner
-            .validate()
-            .map_err(|e| ("scanner", e.to_string()))?;
-        self.printer
-            .validate()
-            .map_err(|e| ("printer", e.to_string()))?;
-        if !["text", "json", "journald"].contains(&self.log.format.as_str()) {
-            return Err((
-                "log.format",
-                format!(
-                    "{:?}: use \"text\", \"json\" or \"journald\"",
-                    self.log.format
-                ),
-            ));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            (
-                "log.level",
-                format!(
-                    "{:?}: {e}; use error, warn, info, debug or trace",
-                    self.log.level
-                ),
-            )
-        })?;
-        Ok(())
-    }
-
-    /// The payment-code rules from `[codes]`.
-    pub fn code_rules(&self) -> CodeRules {
-        CodeRules {
-            min_len: self.codes.min_len,
-            max_len: self.codes.max_len,
-            prefixes: self.codes.prefixes.clone(),
-        }
-    }
-
-    /// The terminal's default currency (validated).
-    pub fn currency(&self) -> Currency {
-        Currency::from_code(&self.terminal.currency).expect("validated in Config::validate")
-    }
-
-    /// The terminal's time zone, if configured (validated); `None` means system local.
-    pub fn timezone(&self) -> Option<chrono_tz::Tz> {
-        self.terminal
-            .timezone
-            .as_deref()
-            .map(|s| s.parse().expect("validated in Config::validate"))
-    }
-
-    /// Resolves a configured path: absolute as is, relative against the config's directory.
-    pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-
-    /// The SQLite file: `[store] path`, else `$STATE_DIRECTORY/posd.sqlite3`, else
-    /// `var/posd.sqlite3` beside the config.
-    pub fn store_path(&self) -> PathBuf {
-        if let Some(p) = &self.store.path {
-            return self.resolve(p);
-        }
-        if let Some(dir) = state_directory() {
-            return dir.join("posd.sqlite3");
-        }
-        self.resolve(Path::new("var/posd.sqlite3"))
-    }
-
-    /// The sandbox's SQLite file: `[sandbox] path`, else `sandbox.sqlite3` next to the store.
-    pub fn sandbox_path(&self) -> PathBuf {
-        match &self.sandbox.path {
-            Some(p) => self.resolve(p),
-            None => self
-                .store_path()
-                .parent()
-                .map(|d| d.join("sandbox.sqlite3"))
-                .unwrap_or_else(|| PathBuf::from("sandbox.sqlite3")),
-        }
-    }
 }
 
 /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), first entry.
@@ -756,7 +527,7 @@ store_mcc = "5812"
 
     #[test]
     fn repository_config_is_valid() {
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../config.toml");
         let cfg = Config::parse(text, Path::new("config.toml"), Path::new(".")).unwrap();
         assert_eq!(cfg.gateway.kind, GatewayKind::Sandbox);
         assert_eq!(cfg.scanner.kind, crate::devices::config::ScannerKind::Stdin);
@@ -859,6 +630,152 @@ store_mcc = "5812"
         assert!(check_base_url("http://localhost:9000", true).is_ok());
         assert!(check_base_url("http://10.0.0.1:9000", true).is_err());
         assert!(check_base_url("ftp://x", true).is_err());
+    }
+
+    /// The error for `extra`, which must be refused and name `key`.
+    fn refused(extra: &str, key: &str) -> String {
+        let e = parse(extra)
+            .err()
+            .unwrap_or_else(|| panic!("{extra:?} must be refused"))
+            .to_string();
+        assert!(e.contains(key), "{extra:?}: {e}");
+        e
+    }
+
+    #[test]
+    fn a_pay_timeout_of_a_nanosecond_is_refused() {
+        let e = refused("[flow]\npay_timeout = \"1ns\"", "flow.pay_timeout");
+        assert!(e.contains("50ms") && e.contains("1m"), "{e}");
+    }
+
+    #[test]
+    fn a_pay_timeout_of_a_thousand_years_is_refused() {
+        refused("[flow]\npay_timeout = \"1000y\"", "flow.pay_timeout");
+    }
+
+    #[test]
+    fn an_inquiry_interval_of_a_day_is_refused() {
+        refused(
+            "[flow]\ninquiry_interval = \"1day\"",
+            "flow.inquiry_interval",
+        );
+    }
+
+    #[test]
+    fn every_duration_key_has_bounds_and_the_defaults_and_test_timings_fit() {
+        // Defaults fit (parse("") validates them) …
+        parse("").unwrap();
+        // … and so do the short timings the tests run the flow with.
+        parse(
+            "[flow]\npay_timeout = \"50ms\"\ninquiry_interval = \"10ms\"\ninquiry_timeout = \"50ms\"\n\
+             cancel_timeout = \"50ms\"\ncancel_retry_window = \"100ms\"\ncancel_retry_min = \"10ms\"\n\
+             cancel_retry_max = \"50ms\"\nqueue_backoff_initial = \"100ms\"\nqueue_backoff_max = \"400ms\"\n\
+             [api]\nheader_timeout = \"50ms\"\nbody_timeout = \"50ms\"\n[sandbox]\ncancel_outage = \"0s\"",
+        )
+        .unwrap();
+        for (key, lo, hi) in DURATION_BOUNDS {
+            assert!(lo <= hi, "{key}");
+            let (section, name) = key.split_once('.').unwrap();
+            let below = format!(
+                "[{section}]\n{name} = \"{}ms\"",
+                lo.as_millis().saturating_sub(1)
+            );
+            if !lo.is_zero() {
+                refused(&below, key);
+            }
+            let above = format!("[{section}]\n{name} = \"{}ms\"", hi.as_millis() + 1);
+            refused(&above, key);
+        }
+    }
+
+    #[test]
+    fn a_network_listen_without_a_token_is_refused() {
+        let e = refused("[api]\nlisten = \"0.0.0.0:8417\"", "api.listen");
+        assert!(e.contains("api.token"), "{e}");
+        parse("[api]\nlisten = \"0.0.0.0:8417\"\ntoken = \"0123456789abcdef\"").unwrap();
+        parse("[api]\nlisten = \"[::1]:8417\"").unwrap();
+    }
+
+    #[test]
+    fn an_empty_token_is_refused() {
+        refused("[api]\ntoken = \"\"", "api.token");
+        refused("[api]\ntoken = \"has space\"", "api.token");
+    }
+
+    #[test]
+    fn an_mcc_that_is_not_four_digits_is_refused() {
+        let text = MIN.replace("merchant_mcc = \"5812\"", "merchant_mcc = \"ABCD\"");
+        let e = Config::parse(&text, Path::new("t"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("terminal.merchant_mcc") && e.contains("4-digit"),
+            "{e}"
+        );
+        let text = MIN.replace("store_mcc = \"5812\"", "store_mcc = \"58120\"");
+        let e = Config::parse(&text, Path::new("t"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("terminal.store_mcc"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_log_level_is_refused() {
+        let e = refused("[log]\nlevel = \"loud\"", "log.level");
+        assert!(e.contains("debug"), "{e}");
+        refused("[log]\nlevel = \"posd=loud\"", "log.level");
+        parse("[log]\nlevel = \"info,posd=debug\"").unwrap();
+        parse("[log]\nlevel = \"WARN\"").unwrap();
+    }
+
+    #[test]
+    fn a_notify_url_that_is_not_an_https_url_is_refused() {
+        refused(
+            "[gateway]\nnotify_url = \"not a url\"",
+            "gateway.notify_url",
+        );
+        refused(
+            "[gateway]\nnotify_url = \"http://pos.example.com/n\"",
+            "gateway.notify_url",
+        );
+        refused(
+            "[gateway]\nnotify_url = \"ftp://pos.example.com/n\"",
+            "gateway.notify_url",
+        );
+        parse("[gateway]\nnotify_url = \"https://pos.example.com/alipay/notify\"").unwrap();
+    }
+
+    #[test]
+    fn empty_code_prefixes_are_refused() {
+        let e = refused("[codes]\nprefixes = []", "codes.prefixes");
+        assert!(e.contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn a_notify_listener_on_the_api_address_is_refused() {
+        let e = refused(
+            "[api]\nlisten = \"127.0.0.1:8417\"\n[notify]\nenabled = true\nlisten = \"127.0.0.1:8417\"",
+            "notify.listen",
+        );
+        assert!(e.contains("own port"), "{e}");
+        // A wildcard on the same port collides too.
+        refused(
+            "[notify]\nenabled = true\nlisten = \"0.0.0.0:8417\"",
+            "notify.listen",
+        );
+        parse("[notify]\nenabled = true\nlisten = \"0.0.0.0:8418\"").unwrap();
+    }
+
+    #[test]
+    fn a_per_peer_connection_limit_of_zero_is_refused() {
+        refused(
+            "[api]\nmax_connections_per_peer = 0",
+            "api.max_connections_per_peer",
+        );
+        refused(
+            "[notify]\nmax_connections_per_peer = 0",
+            "notify.max_connections_per_peer",
+        );
     }
 
     #[test]

@@ -1,0 +1,254 @@
+//! The hub's upstream: the AMS client of `gateway/` (the merchant key signs, the gateway's key
+//! verifies, rustls with certificate checks), used to forward the terminals' bodies byte for
+//! byte, and the outcome rules applied to its raw answers (rule 5: an unverified `S`/`U`, a
+//! timeout, an HTTP error or unparsable JSON is unknown, never `S`, never `F`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use super::config::HubConfig;
+use super::metrics::HubMetrics;
+use crate::gateway::client::{
+    AmsClient, AnswerSignature, ClientSettings, MerchantIdentity, Operation,
+};
+use crate::gateway::sign::{PrivateKey, PublicKey};
+use crate::gateway::wire::{WireAmount, WireResult};
+
+/// What an upstream answer means (the client's rules, on raw bodies).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A verified `S`: the body is relayed as it came.
+    Success(Vec<u8>),
+    /// A verified `F`, or an unsigned `F` (the gateway's signature refusals are unsigned).
+    Failed {
+        /// `result.resultCode`.
+        code: String,
+        /// The body, relayed as it came.
+        body: Vec<u8>,
+    },
+    /// Anything else.
+    Unknown {
+        /// What happened.
+        why: String,
+        /// The upstream's `resultCode` when it sent a verified `U`.
+        code: Option<String>,
+    },
+}
+
+impl Answer {
+    /// `success`, `failed`, `unknown` (metrics, logs).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Answer::Success(_) => "success",
+            Answer::Failed { .. } => "failed",
+            Answer::Unknown { .. } => "unknown",
+        }
+    }
+
+    /// The result code, if any.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Answer::Success(_) => Some("SUCCESS"),
+            Answer::Failed { code, .. } => Some(code),
+            Answer::Unknown { code, .. } => code.as_deref(),
+        }
+    }
+}
+
+/// The fields of an answer the hub records (lenient: every one optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerFields {
+    /// `result`.
+    #[serde(default)]
+    pub result: Option<WireResult>,
+    /// `paymentId`.
+    #[serde(default)]
+    pub payment_id: Option<String>,
+    /// `paymentRequestId`.
+    #[serde(default)]
+    pub payment_request_id: Option<String>,
+    /// `paymentStatus` (inquiry, notification).
+    #[serde(default)]
+    pub payment_status: Option<String>,
+    /// `paymentAmount`.
+    #[serde(default)]
+    pub payment_amount: Option<WireAmount>,
+    /// `refundId`.
+    #[serde(default)]
+    pub refund_id: Option<String>,
+}
+
+impl AnswerFields {
+    /// Reads what it can from a body; an unreadable body gives empty fields.
+    pub fn of(body: &[u8]) -> AnswerFields {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
+/// Applies the outcome rules to a raw answer.
+pub fn classify(answer: Result<crate::gateway::client::ForwardedAnswer, String>) -> Answer {
+    let raw = match answer {
+        Ok(raw) => raw,
+        Err(why) => return Answer::Unknown { why, code: None },
+    };
+    if raw.status != 200 {
+        return Answer::Unknown {
+            why: format!("http status {}", raw.status),
+            code: None,
+        };
+    }
+    let result = match AnswerFields::of(&raw.body).result {
+        Some(r) if serde_json::from_slice::<serde_json::Value>(&raw.body).is_ok() => r,
+        _ => {
+            return Answer::Unknown {
+                why: "answer is not AMS JSON with a result".into(),
+                code: None,
+            }
+        }
+    };
+    match (result.result_status.as_str(), raw.signature) {
+        ("S", AnswerSignature::Verified) => Answer::Success(raw.body),
+        ("F", AnswerSignature::Verified | AnswerSignature::Unsigned) => Answer::Failed {
+            code: result.result_code,
+            body: raw.body,
+        },
+        ("S", AnswerSignature::Unsigned) => Answer::Unknown {
+            why: "S answer is unsigned".into(),
+            code: None,
+        },
+        ("S" | "F" | "U", AnswerSignature::Invalid(why)) => Answer::Unknown {
+            why: format!(
+                "{} answer with a bad signature: {why}",
+                result.result_status
+            ),
+            code: None,
+        },
+        ("U", AnswerSignature::Verified) => Answer::Unknown {
+            why: format!("upstream said U: {}", result.result_code),
+            code: Some(result.result_code),
+        },
+        ("U", AnswerSignature::Unsigned) => Answer::Unknown {
+            why: "U answer is unsigned".into(),
+            code: None,
+        },
+        (other, _) => Answer::Unknown {
+            why: format!("unexpected resultStatus {other:?}"),
+            code: None,
+        },
+    }
+}
+
+/// The upstream gateway as the hub uses it.
+pub struct Upstream {
+    client: AmsClient,
+    metrics: Arc<HubMetrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Builds the upstream client from `[upstream]` (keys loaded; the merchant key must be 0600).
+    pub fn from_config(config: &HubConfig, metrics: Arc<HubMetrics>) -> anyhow::Result<Upstream> {
+        let u = &config.upstream;
+        let key_path = u
+            .merchant_private_key
+            .as_ref()
+            .context("upstream.merchant_private_key is required")?;
+        let merchant_key = PrivateKey::load(key_path)
+            .with_context(|| "upstream.merchant_private_key".to_string())?;
+        let gw_path = u
+            .gateway_public_key
+            .as_ref()
+            .context("upstream.gateway_public_key is required")?;
+        let gateway_key =
+            PublicKey::load(gw_path).with_context(|| "upstream.gateway_public_key".to_string())?;
+        if u.ca_file.is_some() {
+            anyhow::bail!(
+                "upstream.ca_file is not supported yet: the upstream is verified against the \
+                 system's roots; remove the key"
+            );
+        }
+        let settings = ClientSettings {
+            base_url: u
+                .base_url
+                .clone()
+                .context("upstream.base_url is required")?,
+            client_id: u
+                .client_id
+                .clone()
+                .context("upstream.client_id is required")?,
+            key_version: u.key_version.clone().unwrap_or_else(|| "1".into()),
+            merchant_key: Arc::new(merchant_key),
+            gateway_key,
+            notify_url: u.notify_url.clone(),
+            agent_token: None,
+            insecure_http: u.insecure_http,
+            connect_timeout: u.call_timeout().min(Duration::from_secs(3)),
+            pay_timeout: u.pay_timeout(),
+            inquiry_timeout: u.call_timeout(),
+            cancel_timeout: u.call_timeout(),
+            // The hub forwards the terminals' bodies; the client never builds a pay itself.
+            merchant: MerchantIdentity {
+                merchant_id: String::new(),
+                merchant_name: String::new(),
+                merchant_mcc: String::new(),
+                store_id: String::new(),
+                store_name: String::new(),
+                store_mcc: String::new(),
+                terminal_id: String::new(),
+            },
+        };
+        let client = AmsClient::new(settings).context("cannot build the upstream client")?;
+        Ok(Upstream { client, metrics })
+    }
+
+    /// The upstream's client id (notifications carry it).
+    pub fn client_id(&self) -> &str {
+        &self.client.settings().client_id
+    }
+
+    /// The upstream behind the gateway abstraction the terminal's engine uses: the hub's own
+    /// decisions (the active-cancel inquiry) go through it.
+    pub fn gateway(&self) -> &dyn crate::gateway::Gateway {
+        &self.client
+    }
+
+    /// The gateway's public key (verifies notifications).
+    pub fn gateway_key(&self) -> &PublicKey {
+        &self.client.settings().gateway_key
+    }
+
+    /// Signs and sends `body` to `op`, classifies the answer, observes it.
+    pub async fn call(&self, op: Operation, body: &[u8]) -> Answer {
+        let started = Instant::now();
+        let answer = classify(self.client.forward(op, body.to_vec()).await);
+        let elapsed = started.elapsed();
+        self.metrics.upstream(op, answer.label(), elapsed);
+        match &answer {
+            Answer::Unknown { why, .. } => tracing::warn!(
+                operation = op.label(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                why = why.as_str(),
+                "upstream outcome unknown"
+            ),
+            a => tracing::info!(
+                operation = op.label(),
+                outcome = a.label(),
+                result_code = a.code().unwrap_or(""),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "upstream answered"
+            ),
+        }
+        answer
+    }
+}

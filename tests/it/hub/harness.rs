@@ -1,0 +1,483 @@
+//! The pieces of a hub test: the sandbox as upstream (in process, its own SQLite), hub
+//! instances as real `posd hub run` processes, terminals as real `posd run` processes pointed
+//! at a hub, and a raw AMS client that signs as a terminal (for refusals and races).
+
+#![allow(dead_code, reason = "each hub test uses a different subset")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use posd::gateway::sandbox::{RequestCounts, Sandbox, SandboxHandle, SandboxSettings};
+use posd::gateway::sign::{Message, PrivateKey, PublicKey};
+use posd::hub::registry::{self, NewTerminal};
+use serde_json::Value;
+
+use super::super::daemon::{free_port, TestDaemon};
+use super::super::support::{gateway_key, keys_dir, merchant_public};
+use super::pg::TestDb;
+
+/// A key file in `tests/keys/hub/`.
+pub fn hub_key_path(name: &str) -> PathBuf {
+    keys_dir().join("hub").join(name)
+}
+
+/// A private key from `tests/keys/hub/`.
+pub fn hub_private(name: &str) -> PrivateKey {
+    PrivateKey::from_text(&std::fs::read_to_string(hub_key_path(name)).unwrap(), name).unwrap()
+}
+
+/// A public key from `tests/keys/hub/`.
+pub fn hub_public(name: &str) -> PublicKey {
+    PublicKey::from_text(&std::fs::read_to_string(hub_key_path(name)).unwrap(), name).unwrap()
+}
+
+fn copy_private(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The sandbox gateway as the hub's upstream.
+pub struct Upstream {
+    /// Keeps the database alive.
+    pub dir: tempfile::TempDir,
+    /// The running sandbox.
+    pub handle: SandboxHandle,
+}
+
+impl Upstream {
+    /// Starts a sandbox: `cancel_outage` for row 86, "no answer" held for 30 s.
+    pub async fn start(cancel_outage: Duration) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SandboxSettings::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("sandbox.sqlite3"),
+            gateway_key(),
+            merchant_public(),
+        );
+        s.cancel_outage = cancel_outage;
+        s.no_answer_stall = Duration::from_secs(30);
+        let handle = Sandbox::start(s).await.unwrap();
+        Upstream { dir, handle }
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> String {
+        self.handle.base_url()
+    }
+
+    /// Request counters.
+    pub fn counts(&self) -> RequestCounts {
+        self.handle.counts()
+    }
+
+    /// The sandbox's record: (status, refunded minor units).
+    pub fn record(&self, id: &str) -> Option<(String, i64)> {
+        use rusqlite::OptionalExtension;
+        let c = rusqlite::Connection::open(self.dir.path().join("sandbox.sqlite3")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.query_row(
+            "SELECT p.status, (SELECT ifnull(sum(r.amount_minor),0) FROM refunds r WHERE r.payment_id = p.payment_id) \
+             FROM payments p WHERE p.payment_request_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    /// How many payments the sandbox holds.
+    pub fn payments(&self) -> i64 {
+        let c = rusqlite::Connection::open(self.dir.path().join("sandbox.sqlite3")).unwrap();
+        c.query_row("SELECT count(*) FROM payments", [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+/// Short hub timings for tests.
+pub const FAST_HUB: &str = r#"
+[flow]
+inquiry_interval = "100ms"
+cancel_retry_window = "1s"
+cancel_retry_min = "50ms"
+cancel_retry_max = "100ms"
+queue_backoff_initial = "200ms"
+queue_backoff_max = "1s"
+"#;
+
+/// One hub instance as a real process.
+pub struct TestHub {
+    /// Its directory (config, keys, logs).
+    pub dir: tempfile::TempDir,
+    /// hub.toml.
+    pub config: PathBuf,
+    /// Terminal-facing base URL.
+    pub base: String,
+    /// `/healthz` / `/metrics` base URL.
+    pub api: String,
+    child: Option<Child>,
+    starts: u32,
+    http: reqwest::Client,
+}
+
+impl TestHub {
+    /// Writes a hub.toml for `db` and `upstream`; `hub_extra` lines go into `[hub]`, `extra`
+    /// sections are appended (a `[flow]` there replaces [`FAST_HUB`]).
+    pub fn new(db: &TestDb, upstream: &str, hub_extra: &str, extra: &str) -> TestHub {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let api_port = free_port();
+        copy_private(
+            &hub_key_path("hub_private.pem"),
+            &dir.path().join("keys/hub_private.pem"),
+        );
+        copy_private(
+            &keys_dir().join("merchant_private_pkcs8.pem"),
+            &dir.path().join("keys/merchant_private.pem"),
+        );
+        std::fs::copy(
+            keys_dir().join("gateway_public.pem"),
+            dir.path().join("keys/gateway_public.pem"),
+        )
+        .unwrap();
+        let flow = if extra.contains("[flow]") {
+            ""
+        } else {
+            FAST_HUB
+        };
+        let text = format!(
+            r#"
+[hub]
+listen = "127.0.0.1:{port}"
+insecure_http = true
+hub_private_key = "keys/hub_private.pem"
+active_cancel_after = "60s"
+terminal_decision_time = "10s"
+{hub_extra}
+[database]
+url = "{url}"
+pool_size = 8
+[upstream]
+base_url = "{upstream}"
+insecure_http = true
+client_id = "SANDBOX_HUB"
+merchant_private_key = "keys/merchant_private.pem"
+gateway_public_key = "keys/gateway_public.pem"
+pay_timeout = "1500ms"
+call_timeout = "700ms"
+[api]
+listen = "127.0.0.1:{api_port}"
+{flow}
+{extra}
+"#,
+            url = db.url
+        );
+        let config = dir.path().join("hub.toml");
+        std::fs::write(&config, text).unwrap();
+        TestHub {
+            dir,
+            config,
+            base: format!("http://127.0.0.1:{port}"),
+            api: format!("http://127.0.0.1:{api_port}"),
+            child: None,
+            starts: 0,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts `posd hub run` (with `POSD_FAILPOINT` when given) and waits for `/healthz`.
+    pub async fn start(&mut self, failpoint: Option<&str>) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("hub-{}.log", self.starts)))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posd"));
+        cmd.args(["hub", "run", "--config"])
+            .arg(&self.config)
+            .env_remove("POSD_FAILPOINT")
+            .env_remove("POSD_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(f) = failpoint {
+            cmd.env("POSD_FAILPOINT", f);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.api)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "posd hub exited during start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "posd hub did not become ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("hub-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// Whether the process has exited (a failpoint killed it).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait().unwrap()) {
+            Some(Some(_)) => {
+                self.child = None;
+                true
+            }
+            Some(None) => false,
+            None => true,
+        }
+    }
+
+    /// Waits until the process exits by itself.
+    pub async fn wait_exit(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.exited() {
+            assert!(
+                Instant::now() < deadline,
+                "posd hub did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// GET /metrics.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Registers terminal `client_id` with `key` (`terminal_a` / `terminal_b`) for merchant
+/// M0001, store S01, terminal id T0001 (the repository config's terminal).
+pub async fn register(db: &TestDb, client_id: &str, key: &str) {
+    let pool = db.pool().await;
+    posd::hub::db::migrate(&pool).await.unwrap();
+    registry::add(
+        &pool,
+        &NewTerminal {
+            client_id: client_id.into(),
+            name: Some(format!("test {client_id}")),
+            public_key: hub_public(&format!("{key}_public.pem")),
+            merchant_id: "M0001".into(),
+            store_id: "S01".into(),
+            terminal_id: Some("T0001".into()),
+            max_amount_minor: Some(1_000_000),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Terminal timings for hub tests: longer than the hub's upstream deadlines (two hops in a
+/// debug build), still seconds for the whole flow.
+pub const TERMINAL_FLOW: &str = r#"
+[flow]
+pay_timeout = "2s"
+inquiry_interval = "50ms"
+inquiry_timeout = "1s"
+inquiry_max = 10
+cancel_timeout = "1s"
+cancel_retry_window = "2s"
+cancel_retry_min = "50ms"
+cancel_retry_max = "100ms"
+queue_backoff_initial = "30s"
+queue_backoff_max = "10m"
+"#;
+
+/// A terminal `posd run` whose gateway is the hub at `hub_base`, signing as `client_id` with
+/// `key`; `extra` sections are appended (e.g. a `[flow]`).
+pub fn terminal(hub_base: &str, client_id: &str, key: &str, extra: &str) -> TestDaemon {
+    let gateway = format!(
+        "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"{hub_base}\"\ninsecure_http = true\n\
+         client_id = \"{client_id}\"\nmerchant_private_key = \"var/keys/merchant_private.pem\"\n\
+         gateway_public_key = \"{}\"\n{extra}",
+        hub_key_path("hub_public.pem").display()
+    );
+    let flow = if extra.contains("[flow]") {
+        ""
+    } else {
+        TERMINAL_FLOW
+    };
+    let d = TestDaemon::new(&format!("{gateway}{flow}"));
+    // The terminal signs with its own key, not the merchant's (only the hub holds that).
+    let private = d.state().join("keys/merchant_private.pem");
+    std::fs::remove_file(&private).unwrap();
+    copy_private(&hub_key_path(&format!("{key}_private.pem")), &private);
+    d
+}
+
+/// A raw AMS request signed as a terminal.
+pub struct Signer {
+    /// Client id sent.
+    pub client_id: String,
+    /// Signing key.
+    pub key: PrivateKey,
+    http: reqwest::Client,
+}
+
+/// An answer from the hub.
+#[derive(Debug)]
+pub struct HubAnswer {
+    /// The JSON body.
+    pub body: Value,
+    /// Whether it carried a signature that verifies with the hub's key.
+    pub signed: bool,
+}
+
+impl HubAnswer {
+    /// `result.resultStatus`.
+    pub fn status(&self) -> &str {
+        self.body["result"]["resultStatus"].as_str().unwrap_or("")
+    }
+    /// `result.resultCode`.
+    pub fn code(&self) -> &str {
+        self.body["result"]["resultCode"].as_str().unwrap_or("")
+    }
+}
+
+impl Signer {
+    /// Signs as `client_id` with `tests/keys/hub/<key>_private.pem`.
+    pub fn new(client_id: &str, key: &str) -> Signer {
+        Signer {
+            client_id: client_id.into(),
+            key: hub_private(&format!("{key}_private.pem")),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs `body` to `<base>/ams/api/v1/payments/<op>` with `Request-Time` = now + `skew_ms`.
+    pub async fn send(&self, base: &str, op: &str, body: &Value, skew_ms: i64) -> HubAnswer {
+        let path = format!("/ams/api/v1/payments/{op}");
+        let bytes = serde_json::to_vec(body).unwrap();
+        let time = (posd::hub::service::now_ms() + skew_ms).to_string();
+        let sig = self.key.sign_header(
+            "1",
+            &Message {
+                method: "POST",
+                uri: &path,
+                client_id: &self.client_id,
+                time: &time,
+                body: &bytes,
+            },
+        );
+        let r = self
+            .http
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json; charset=UTF-8")
+            .header("client-id", &self.client_id)
+            .header("request-time", &time)
+            .header("signature", sig)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let headers = r.headers().clone();
+        let raw = r.bytes().await.unwrap();
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let signed = match (h("signature"), h("response-time"), h("client-id")) {
+            (Some(sig), Some(time), Some(cid)) => hub_public("hub_public.pem")
+                .verify_header(
+                    &Message {
+                        method: "POST",
+                        uri: &path,
+                        client_id: &cid,
+                        time: &time,
+                        body: &raw,
+                    },
+                    &sig,
+                )
+                .is_ok(),
+            _ => false,
+        };
+        HubAnswer {
+            body: serde_json::from_slice(&raw).unwrap(),
+            signed,
+        }
+    }
+}
+
+/// A pay body as a terminal sends it (CNY 12.34, the given code), merchant/store/terminal as registered.
+pub fn pay_body(id: &str, code: &str) -> Value {
+    serde_json::json!({
+        "productCode": "IN_STORE_PAYMENT",
+        "paymentRequestId": id,
+        "paymentAmount": {"currency": "CNY", "value": "1234"},
+        "paymentMethod": {"paymentMethodType": "CONNECT_WALLET", "paymentMethodId": code},
+        "paymentFactor": {"inStorePaymentScenario": "PaymentCode"},
+        "order": {
+            "referenceOrderId": id,
+            "orderDescription": "Coffee",
+            "orderAmount": {"currency": "CNY", "value": "1234"},
+            "merchant": {"referenceMerchantId": "M0001", "merchantMCC": "5812", "merchantName": "Demo Cafe",
+                "store": {"referenceStoreId": "S01", "storeName": "Demo Cafe Central", "storeMCC": "5812"}},
+            "env": {"storeTerminalId": "T0001", "storeTerminalRequestTime": "2026-11-21T10:15:30+08:00"}
+        }
+    })
+}
+
+/// A code ending in the two given digits.
+pub fn code(last2: &str) -> String {
+    format!("2812345678901234{last2}")
+}
+
+/// The hub's record of a payment: state, or `None`.
+pub async fn hub_state(db: &TestDb, id: &str) -> Option<String> {
+    let pool = db.pool().await;
+    let c = pool.get().await.unwrap();
+    c.query_opt(
+        "SELECT state FROM hub_payments WHERE payment_request_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}

@@ -1,0 +1,10 @@
+//! posd hub against a real PostgreSQL: migrations under the advisory lock, the registry,
+//! verification and ownership refusals, terminal → hub → sandbox for every row, two
+//! instances with SIGKILL on the money path, active cancel, the queue.
+
+mod harness;
+mod pg;
+
+mod basics;
+mod e2e;
+mod refusals;

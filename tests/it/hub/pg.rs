@@ -1,0 +1,223 @@
+//! PostgreSQL for the hub tests: one fresh database per test on the server named by
+//! `POSD_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432`). When no server answers,
+//! a throwaway cluster is started once per test run with initdb/pg_ctl (as an unprivileged
+//! user, on a free port). With no PostgreSQL installed the tests fail and say how to get one;
+//! they never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The server's URL without a database name.
+fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let url = std::env::var("POSD_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        if answers(&url) {
+            return url;
+        }
+        eprintln!("no PostgreSQL answers at {url}; starting a throwaway cluster");
+        throwaway_cluster()
+    })
+}
+
+fn answers(url: &str) -> bool {
+    let url = format!("{}/postgres", url.trim_end_matches('/'));
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg: tokio_postgres::Config = match url.parse() {
+                Ok(c) => c,
+                Err(_) => return false,
+            };
+            let mut cfg = cfg;
+            cfg.connect_timeout(Duration::from_secs(2));
+            matches!(
+                tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
+                    .await,
+                Ok(Ok(_))
+            )
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
+        .unwrap_or_default();
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        for d in dirs.flatten() {
+            candidates.push(d.path().join("bin").join(name));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn as_unprivileged(tool: &Path) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(tool);
+        c
+    } else {
+        Command::new(tool)
+    }
+}
+
+/// initdb + pg_ctl start on a free port in a temp directory (kept for the whole run).
+fn throwaway_cluster() -> String {
+    let (Some(initdb), Some(pg_ctl)) = (find_tool("initdb"), find_tool("pg_ctl")) else {
+        panic!(
+            "the hub tests need PostgreSQL: none answers at POSD_TEST_PG_URL (default \
+             postgres://postgres@127.0.0.1:5432) and initdb/pg_ctl are not installed. Install \
+             it (Debian: apt-get install postgresql) or point POSD_TEST_PG_URL at a server with \
+             trust auth for the role in the URL"
+        );
+    };
+    let dir = std::env::temp_dir().join(format!("posd-hub-pg-{}", std::process::id()));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    if running_as_root() {
+        // nobody must own the cluster: postgres refuses to run as root.
+        let st = Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "chown of the throwaway cluster directory failed"
+        );
+    }
+    let port = super::super::daemon::free_port();
+    let st = as_unprivileged(&initdb)
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let st = as_unprivileged(&pg_ctl)
+        .arg("-D")
+        .arg(&data)
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.display()
+        ))
+        .arg("-l")
+        .arg(dir.join("log"))
+        .args(["-w", "start"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "pg_ctl start failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let url = format!("postgres://postgres@127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answers(&url) {
+        assert!(
+            Instant::now() < deadline,
+            "the throwaway cluster does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    url
+}
+
+/// A fresh database, dropped (best effort) when the value is dropped.
+pub struct TestDb {
+    /// `postgres://…/<name>`.
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    /// Creates the database.
+    pub async fn new() -> TestDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let server = server_url().trim_end_matches('/').to_string();
+        let name = format!(
+            "posd_hub_t{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let (client, conn) =
+            tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test PostgreSQL server");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        TestDb {
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+
+    /// A pool on it.
+    pub async fn pool(&self) -> deadpool_postgres::Pool {
+        posd::hub::db::connect(&self.url, 4).await.expect("pool")
+    }
+
+    /// One query result as i64 (counts in assertions).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let pool = self.pool().await;
+        let c = pool.get().await.unwrap();
+        c.query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = server_url().trim_end_matches('/').to_string();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
+                        .await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
