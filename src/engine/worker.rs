@@ -1,5 +1,8 @@
-//! The store-and-forward reversal queue worker (docs/design.md, rule 4 and flow step 8): replays
-//! queued cancels and refunds until the gateway confirms them or a human decides.
+//! The store-and-forward reversal queue (docs/design.md, rule 4 and flow step 8): its
+//! settings, the [`Replayer`] (lease, send the stored request, report), with the wake signal
+//! (`worker/signal.rs`), the settle (`worker/settle.rs`) and the daemon's task
+//! (`worker/task.rs`) beside it. Replays queued cancels and refunds until the gateway
+//! confirms them or a human decides.
 //!
 //! # Replaying
 //! A [`Replayer`] leases due items (`store::queue::lease_due`, one immediate transaction),
@@ -30,30 +33,34 @@
 //! replayer could take it over. A replayer killed mid-send leaves its lease to expire; the item
 //! is then retaken and resent (the gateway's idempotency makes the resend harmless).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use async_trait::async_trait;
-use rand::Rng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::{backoff, jittered};
 use super::clock::Clock;
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::transition::{fully_refunded, learn_payment_id, note_only, plan, Env, Planned};
-use super::{context_of, failpoint, local_time, Rules, SlipIdentity};
+use super::transition::learn_payment_id;
+use super::{context_of, failpoint, local_time, Rules};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
-use crate::gateway::{Facts, Gateway, PayOrder, RefundOrder, Reply};
-use crate::store::payments::{self, Change, PaymentRecord};
-use crate::store::queue::{self as q, ItemKind, ItemStatus, LeaseRefused, QueueItem};
-use crate::store::refunds::RefundState;
-use crate::store::transition::Tx;
+use crate::gateway::Gateway;
+use crate::store::payments;
+use crate::store::queue::{self as q, ItemKind, LeaseRefused, QueueItem};
 use crate::store::Store;
+
+mod settle;
+mod signal;
+mod task;
+
+use settle::{settle_batch, SettleCtx};
+pub use signal::QueueSignal;
+pub(crate) use signal::Watched;
+pub(crate) use task::run;
 
 /// How many worst-case calls a lease covers.
 const LEASE_CALLS: u32 = 4;
@@ -137,89 +144,6 @@ impl QueueSettings {
     /// The worker's fallback poll.
     pub fn poll(&self) -> Duration {
         self.backoff_initial.clamp(MIN_PAUSE, MAX_POLL)
-    }
-}
-
-/// Wakes the worker: on enqueue, on demand, and when the gateway answers again after an
-/// unanswered call (network back).
-#[derive(Debug)]
-pub struct QueueSignal {
-    wake: Notify,
-    /// The last gateway call went unanswered (starts true: after a restart the first answer
-    /// replays the queue at once).
-    down: AtomicBool,
-    /// The gateway answered after being down; the worker makes every item due.
-    back: AtomicBool,
-}
-
-impl Default for QueueSignal {
-    fn default() -> Self {
-        QueueSignal {
-            wake: Notify::new(),
-            down: AtomicBool::new(true),
-            back: AtomicBool::new(false),
-        }
-    }
-}
-
-impl QueueSignal {
-    /// Wakes the worker now (an item was enqueued, or someone asked for a replay).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Notes whether a gateway call got a certain answer.
-    pub fn observe(&self, certain: bool) {
-        if !certain {
-            self.down.store(true, Ordering::SeqCst);
-        } else if self.down.swap(false, Ordering::SeqCst) {
-            self.back.store(true, Ordering::SeqCst);
-            self.wake.notify_one();
-        }
-    }
-}
-
-/// The engine's gateway, watched: every outcome feeds the [`QueueSignal`]. (A wrapper rather
-/// than `AmsClient::with_observer`, whose single slot is the metrics hook's.)
-pub(crate) struct Watched {
-    pub(crate) inner: Arc<dyn Gateway>,
-    pub(crate) signal: Arc<QueueSignal>,
-}
-
-#[async_trait]
-impl Gateway for Watched {
-    async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
-        let o = self.inner.pay(order).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    fn prepare_pay(&self, order: PayOrder) -> crate::gateway::PreparedPay {
-        self.inner.prepare_pay(order)
-    }
-    async fn send_pay(&self, prepared: crate::gateway::PreparedPay) -> Reply<Answer> {
-        let o = self.inner.send_pay(prepared).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn inquiry_payment(&self, id: &str) -> Reply<Inquiry> {
-        let o = self.inner.inquiry_payment(id).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn cancel(&self, id: &str) -> Reply<Answer> {
-        let o = self.inner.cancel(id).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn refund(&self, order: &RefundOrder) -> Reply<Answer> {
-        let o = self.inner.refund(order).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn inquiry_refund(&self, id: &str) -> Reply<Answer> {
-        let o = self.inner.inquiry_refund(id).await;
-        self.signal.observe(o.is_certain());
-        o
     }
 }
 
@@ -353,35 +277,6 @@ type OnChange = Box<dyn Fn(&str, State) + Send + Sync>;
 
 /// Told the error when the queue cannot record (lease or settle), `None` once it can again.
 type OnFault = Box<dyn Fn(Option<&str>) + Send + Sync>;
-
-/// Everything a settle needs besides the verdicts.
-struct SettleCtx {
-    owner: String,
-    now: i64,
-    local: chrono::NaiveDateTime,
-    terminal_id: String,
-    merchant_name: String,
-    store_name: String,
-    backoff_initial: Duration,
-    backoff_max: Duration,
-    rules: Rules,
-}
-
-impl SettleCtx {
-    fn env(&self) -> Env<'_> {
-        Env {
-            rules: self.rules,
-            now_ms: self.now,
-            local: self.local,
-            who: SlipIdentity {
-                merchant_name: &self.merchant_name,
-                store_name: &self.store_name,
-                terminal_id: &self.terminal_id,
-            },
-            backoff_initial: self.backoff_initial,
-        }
-    }
-}
 
 impl Replayer {
     /// A replayer named after `role` (`daemon`, `cli`): its leases carry the role, the process
@@ -860,7 +755,7 @@ impl Replayer {
     }
 }
 
-fn ms(d: Duration) -> i64 {
+pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -878,400 +773,6 @@ pub fn check_reason(reason: &str) -> Result<String, ReplayError> {
         )));
     }
     Ok(r.to_string())
-}
-
-fn settle_batch(
-    conn: &mut Tx,
-    ctx: &SettleCtx,
-    verdicts: &[(QueueItem, Verdict)],
-) -> anyhow::Result<Vec<ItemReport>> {
-    let tx = conn.savepoint()?;
-    let mut out = Vec::with_capacity(verdicts.len());
-    for (item, v) in verdicts {
-        out.push(settle_one(&tx, ctx, item, v)?);
-    }
-    tx.commit()?;
-    Ok(out)
-}
-
-fn report(item: &QueueItem, outcome: ItemOutcome, detail: impl Into<String>) -> ItemReport {
-    ItemReport {
-        id: item.id,
-        kind: item.kind,
-        payment_request_id: item.payment_request_id.clone(),
-        outcome,
-        detail: detail.into(),
-        payment_state: None,
-    }
-}
-
-fn load_payment(tx: &Tx, id: &str) -> anyhow::Result<PaymentRecord> {
-    payments::get(tx, id)?.ok_or_else(|| anyhow::anyhow!("queue item for unknown payment {id}"))
-}
-
-/// Settles one item inside the caller's transaction.
-fn settle_one(
-    tx: &Tx,
-    ctx: &SettleCtx,
-    item: &QueueItem,
-    v: &Verdict,
-) -> anyhow::Result<ItemReport> {
-    let (id, owner, now) = (item.id, ctx.owner.as_str(), ctx.now);
-    let lost = || {
-        report(
-            item,
-            ItemOutcome::LeaseLost,
-            "another replayer holds the item now",
-        )
-    };
-    match v {
-        Verdict::Release => {
-            q::release(tx, id, owner)?;
-            Ok(report(
-                item,
-                ItemOutcome::Released,
-                "too little lease left to send safely",
-            ))
-        }
-        Verdict::Unknown { why } | Verdict::Held { why } => {
-            let held = matches!(v, Verdict::Held { .. });
-            let delay = if held {
-                ctx.backoff_max
-            } else {
-                let d = backoff(
-                    item.attempts.saturating_add(1),
-                    ctx.backoff_initial,
-                    ctx.backoff_max,
-                );
-                jittered(d, rand::thread_rng().gen::<f64>())
-            };
-            let next = now.saturating_add(ms(delay));
-            if !q::reschedule(tx, id, owner, next, why, now)? {
-                return Ok(lost());
-            }
-            let (what, outcome) = if held {
-                ("HELD", ItemOutcome::Held)
-            } else {
-                ("RETRY", ItemOutcome::Retry)
-            };
-            q::record_event(tx, id, now, owner, what, why)?;
-            Ok(report(
-                item,
-                outcome,
-                format!(
-                    "{why}; next try in {}",
-                    humantime::format_duration(Duration::from_millis(ms(delay).unsigned_abs()))
-                ),
-            ))
-        }
-        Verdict::Confirmed {
-            payment_id,
-            refund_id,
-            result_code,
-        } => {
-            if !q::close(
-                tx,
-                id,
-                owner,
-                ItemStatus::Done,
-                "confirmed by the gateway",
-                now,
-            )? {
-                return Ok(lost());
-            }
-            q::record_event(tx, id, now, owner, "DONE", "confirmed by the gateway")?;
-            let rec = load_payment(tx, &item.payment_request_id)?;
-            let facts = Facts {
-                payment_id: payment_id.clone(),
-                refund_id: refund_id.clone(),
-                result_code: result_code.clone(),
-                ..Facts::default()
-            };
-            let (event, refund) = match (item.kind, &item.refund_request_id) {
-                (ItemKind::Refund, Some(rid)) => {
-                    let r = payments::get_refund(tx, rid)?
-                        .ok_or_else(|| anyhow::anyhow!("queued refund {rid} has no refund row"))?;
-                    let event = Event::QueuedRefundConfirmed {
-                        fully_refunded: fully_refunded(&rec, &r),
-                    };
-                    (event, Some(r))
-                }
-                _ => (Event::QueuedCancelConfirmed, None),
-            };
-            let state = move_payment(tx, ctx, &rec, &event, &facts, refund.as_ref(), |_| {})?;
-            Ok(ItemReport {
-                payment_state: Some(state),
-                ..report(item, ItemOutcome::Done, "confirmed by the gateway")
-            })
-        }
-        Verdict::CancelWindowPassed { payment_id, code } => {
-            let rec = load_payment(tx, &item.payment_request_id)?;
-            let owed = rec.amount.minor() - rec.refunded.minor();
-            if owed <= 0 {
-                return give_up(
-                    tx,
-                    ctx,
-                    item,
-                    ItemStatus::Dead,
-                    "the cancel window has passed and nothing is left to refund".into(),
-                    Some(code.clone()),
-                );
-            }
-            let facts = Facts {
-                payment_id: Some(payment_id.clone()),
-                result_code: Some(code.clone()),
-                ..Facts::default()
-            };
-            let env = ctx.env();
-            let planned = plan(
-                &env,
-                &rec,
-                &Event::QueuedCancelWindowPassed,
-                &facts,
-                None,
-                &mut || Ok(payments::next_sequence(tx)?),
-            )?;
-            let Planned::Move(p) = planned else {
-                return give_up(
-                    tx,
-                    ctx,
-                    item,
-                    ItemStatus::Dead,
-                    format!(
-                        "the cancel window has passed, but the payment is {}; refund it by hand",
-                        rec.state
-                    ),
-                    Some(code.clone()),
-                );
-            };
-            let resolution = "cancel window passed; the full amount is queued as a refund";
-            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
-                return Ok(lost());
-            }
-            let rid = p
-                .change
-                .new_refund
-                .as_ref()
-                .map(|r| r.refund_request_id.clone())
-                .unwrap_or_default();
-            q::record_event(
-                tx,
-                id,
-                now,
-                owner,
-                "CONVERTED",
-                &format!("{resolution}: refund {rid}"),
-            )?;
-            let moved = payments::apply_in(tx, &rec.payment_request_id, rec.state, &p.change, now)?
-                .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
-            Ok(ItemReport {
-                payment_state: Some(moved.state),
-                ..report(
-                    item,
-                    ItemOutcome::Converted,
-                    format!("{resolution} ({rid})"),
-                )
-            })
-        }
-        Verdict::NeverCharged {
-            inquiry,
-            result_code,
-        } => {
-            let resolution =
-                "the gateway has no record of the payment and its pay's expiry has passed: never charged";
-            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
-                return Ok(lost());
-            }
-            q::record_event(tx, id, now, owner, "DONE", resolution)?;
-            let rec = load_payment(tx, &item.payment_request_id)?;
-            let facts = Facts {
-                result_code: result_code.clone(),
-                ..Facts::default()
-            };
-            let event = Event::LastInquiry(inquiry.clone());
-            let state = move_payment(tx, ctx, &rec, &event, &facts, None, |_| {})?;
-            Ok(ItemReport {
-                payment_state: Some(state),
-                ..report(item, ItemOutcome::Done, resolution)
-            })
-        }
-        Verdict::Refused { code, message } => give_up(
-            tx,
-            ctx,
-            item,
-            ItemStatus::Dead,
-            format!(
-                "{} refused by the gateway: {code} {message}",
-                item.kind.as_str().to_lowercase()
-            ),
-            Some(code.clone()),
-        ),
-        Verdict::Unreadable { why } => give_up(
-            tx,
-            ctx,
-            item,
-            ItemStatus::Dead,
-            format!(
-                "the stored {} cannot be read: {why}",
-                item.kind.as_str().to_lowercase()
-            ),
-            None,
-        ),
-        Verdict::Abandon { reason } => give_up(
-            tx,
-            ctx,
-            item,
-            ItemStatus::Abandoned,
-            format!("abandoned by the back office: {reason}"),
-            None,
-        ),
-    }
-}
-
-/// Dead letter or abandon: the item closes, its refund (if any) is marked, and the payment
-/// goes to NEEDS_ATTENTION with the reason.
-fn give_up(
-    tx: &Tx,
-    ctx: &SettleCtx,
-    item: &QueueItem,
-    status: ItemStatus,
-    reason: String,
-    code: Option<String>,
-) -> anyhow::Result<ItemReport> {
-    if !q::close(tx, item.id, &ctx.owner, status, &reason, ctx.now)? {
-        return Ok(report(
-            item,
-            ItemOutcome::LeaseLost,
-            "another replayer holds the item now",
-        ));
-    }
-    q::record_event(tx, item.id, ctx.now, &ctx.owner, status.as_str(), &reason)?;
-    let rec = load_payment(tx, &item.payment_request_id)?;
-    let refund = match &item.refund_request_id {
-        Some(rid) => payments::get_refund(tx, rid)?,
-        None => None,
-    };
-    let facts = Facts {
-        result_code: code,
-        ..Facts::default()
-    };
-    let abandoned = status == ItemStatus::Abandoned;
-    let state = move_payment(
-        tx,
-        ctx,
-        &rec,
-        &Event::QueueGaveUp {
-            reason: reason.clone(),
-        },
-        &facts,
-        refund.as_ref(),
-        |change| {
-            // A human gave the refund up; the gateway did not refuse it.
-            if let (true, Some(s)) = (abandoned, change.settle_refund.as_mut()) {
-                s.state = RefundState::Abandoned;
-            }
-        },
-    )?;
-    let outcome = if abandoned {
-        ItemOutcome::Abandoned
-    } else {
-        ItemOutcome::Dead
-    };
-    Ok(ItemReport {
-        payment_state: Some(state),
-        ..report(item, outcome, reason)
-    })
-}
-
-/// Plans `event` on the payment and commits it inside the transaction; when the machine
-/// ignores it (the payment moved on, e.g. a human resolved it), the outcome is still
-/// journaled on the payment, with the event's refund rows, without changing its state.
-/// `patch` adjusts the planned change (abandon). Returns the state after.
-fn move_payment(
-    tx: &Tx,
-    ctx: &SettleCtx,
-    rec: &PaymentRecord,
-    event: &Event,
-    facts: &Facts,
-    refund: Option<&payments::RefundRecord>,
-    patch: impl FnOnce(&mut Change),
-) -> anyhow::Result<State> {
-    let env = ctx.env();
-    let planned = plan(&env, rec, event, facts, refund, &mut || {
-        Ok(payments::next_sequence(tx)?)
-    })?;
-    let mut change = match planned {
-        Planned::Move(p) => p.change,
-        Planned::Ignore { why, .. } => note_only(rec, event, facts, refund, why),
-        Planned::Refuse { why } => note_only(rec, event, facts, refund, &why),
-    };
-    patch(&mut change);
-    let moved = payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, ctx.now)?
-        .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
-    Ok(moved.state)
-}
-
-/// The daemon's worker task: drains due items, sleeps until the next is due, wakes on the
-/// signal; stops on shutdown.
-pub(crate) async fn run(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: CancellationToken) {
-    let span = tracing::info_span!("queue_worker", owner = %replayer.owner());
-    run_in_span(replayer, signal, shutdown)
-        .instrument(span)
-        .await
-}
-
-async fn run_in_span(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: CancellationToken) {
-    let s = replayer.settings().clone();
-    let clock = replayer.inner.clock.clone();
-    let mut last_pull: Option<tokio::time::Instant> = None;
-    tracing::info!("queue worker started");
-    loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        if signal.back.swap(false, Ordering::SeqCst)
-            && last_pull.is_none_or(|t| t.elapsed() >= s.backoff_initial)
-        {
-            last_pull = Some(tokio::time::Instant::now());
-            let now = clock.now_ms();
-            match replayer
-                .inner
-                .store
-                .call(move |c| Ok(q::make_due(c, now)?))
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    items = n,
-                    "the gateway answers again; replaying the queue now"
-                ),
-                Err(e) => tracing::error!(error = %e, "cannot reschedule the queue"),
-            }
-        }
-        let mut pause = s.poll();
-        match replayer.drain().await {
-            Ok(reports) => {
-                if reports.is_empty() {
-                    (replayer.inner.on_fault)(None);
-                }
-                if let Ok(Some(at)) = replayer.next_wakeup().await {
-                    let until = Duration::from_millis((at - clock.now_ms()).max(0).unsigned_abs());
-                    pause = until.clamp(MIN_PAUSE, s.poll());
-                }
-            }
-            Err(e) => {
-                let text = format!("{e:#}");
-                (replayer.inner.on_fault)(Some(&text));
-                tracing::error!(error = %text, "queue replay failed; retrying after the poll interval")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = signal.wake.notified() => {}
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    tracing::info!("queue worker stopped");
 }
 
 #[cfg(test)]

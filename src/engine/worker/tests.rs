@@ -14,7 +14,8 @@ use crate::domain::money::{Amount, Currency};
 use crate::engine::clock::{ManualClock, TokioClock};
 use crate::engine::{Engine, EngineError, EngineSettings, SaleRequest};
 use crate::gateway::{Answer, Reply};
-use crate::store::payments::{NewPayment, NewQueueItem};
+use crate::store::payments::{Change, NewPayment, NewQueueItem, PaymentRecord};
+use crate::store::queue::ItemStatus;
 
 use crate::engine::fake::{
     failed, inquiry_unknown, no_such_payment, not_found, ok, ok_with_payment_id, paid, refunded,
