@@ -18,9 +18,11 @@ use crate::config::{Config, ConfigError, GatewayKind};
 use crate::devices::print_worker::{PrintWorker, PrintWorkerHandle};
 use crate::devices::scanner::ScanEvent;
 use crate::engine::{Engine, EngineSettings};
+use crate::gateway::alipay_cn::{CnClient, CnSettings};
 use crate::gateway::client::{AmsClient, ClientSettings};
 use crate::gateway::sandbox::{self, Sandbox, SandboxHandle, SandboxSettings};
 use crate::gateway::sign::{self, PrivateKey, PublicKey};
+use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::{integrity, StoreError};
@@ -73,26 +75,40 @@ pub fn preflight(cfg: &Config, config_path: &Path) -> Result<(), ConfigError> {
         ));
     }
     let g = &cfg.gateway;
-    match &g.merchant_private_key {
-        Some(p) => {
+    let merchant = match &g.merchant_private_key {
+        Some(p) => Some(
             PrivateKey::load(&cfg.resolve(p))
-                .map_err(|e| invalid("gateway.merchant_private_key", e.to_string()))?;
-        }
+                .map_err(|e| invalid("gateway.merchant_private_key", e.to_string()))?,
+        ),
         None => {
             let generated = state_dir(cfg).join("keys").join(sign::PRIVATE_KEY_FILE);
             if generated.exists() {
-                PrivateKey::load(&generated).map_err(|e| {
+                Some(PrivateKey::load(&generated).map_err(|e| {
                     invalid(
                         "gateway.merchant_private_key",
                         format!("the sandbox key: {e}"),
                     )
-                })?;
+                })?)
+            } else {
+                None
             }
         }
-    }
-    if let Some(p) = &g.gateway_public_key {
-        PublicKey::load(&cfg.resolve(p))
-            .map_err(|e| invalid("gateway.gateway_public_key", e.to_string()))?;
+    };
+    for (key, file) in [
+        ("gateway.gateway_public_key", &g.gateway_public_key),
+        ("gateway.alipay_public_key", &g.alipay_public_key),
+    ] {
+        let Some(p) = file else { continue };
+        let public = PublicKey::load(&cfg.resolve(p)).map_err(|e| invalid(key, e.to_string()))?;
+        if merchant
+            .as_ref()
+            .is_some_and(|m| verifies_own_signature(m, &public))
+        {
+            return Err(invalid(
+                key,
+                "is the public half of our own merchant_private_key, not the gateway's key: paste the key the gateway shows after you upload yours (mainland: the Alipay public key 支付宝公钥, not the app public key 应用公钥)".into(),
+            ));
+        }
     }
     if g.kind == GatewayKind::Sandbox {
         let key = state_dir(cfg)
@@ -104,6 +120,13 @@ pub fn preflight(cfg: &Config, config_path: &Path) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Whether `public` verifies a signature made with our own private key: the merchant pasted
+/// the app's public key where the gateway's belongs (the most common mainland mistake).
+fn verifies_own_signature(merchant: &PrivateKey, public: &PublicKey) -> bool {
+    let probe = b"posd preflight: is this the gateway's key?";
+    public.verify(probe, &merchant.sign(probe))
 }
 
 /// Whether a failed start is the operator's to fix (config, keys, the store's files): `posd
@@ -299,18 +322,27 @@ pub async fn start_with(
         .map(|l| l.local_addr())
         .transpose()?;
 
-    let (mut settings, gateway_public, sandbox) = client_settings(cfg).await?;
-    if let (Some(addr), true, None) = (notify_addr, sandbox.is_some(), &settings.notify_url) {
-        // The embedded sandbox notifies this daemon's own endpoint over loopback.
-        settings.notify_url = Some(format!(
-            "http://127.0.0.1:{}{}",
-            addr.port(),
-            cfg.notify.path
-        ));
-    }
-    let client_id = settings.client_id.clone();
-    let client = AmsClient::new(settings)?.with_observer(metrics.call_observer());
-    let engine = Engine::new(store, Arc::new(client), EngineSettings::from_config(cfg));
+    // The embedded sandbox notifies this daemon's own endpoint over loopback.
+    let local_notify_url =
+        notify_addr.map(|a| format!("http://127.0.0.1:{}{}", a.port(), cfg.notify.path));
+    let (gateway, gateway_public, client_id, sandbox): (Arc<dyn Gateway>, _, _, _) =
+        if cfg.mainland() {
+            let (client, sandbox) = connect_mainland(cfg, local_notify_url).await?;
+            let client = client.with_observer(metrics.call_observer());
+            let key = client.settings().alipay_key.clone();
+            let app_id = client.settings().app_id.clone();
+            (Arc::new(client), key, app_id, sandbox)
+        } else {
+            let (mut settings, gateway_public, sandbox) = client_settings(cfg).await?;
+            if sandbox.is_some() && settings.notify_url.is_none() {
+                settings.notify_url = local_notify_url;
+            }
+            let client_id = settings.client_id.clone();
+            let client = AmsClient::new_with_roots(settings, gateway_ca(cfg)?.as_deref())?
+                .with_observer(metrics.call_observer());
+            (Arc::new(client), gateway_public, client_id, sandbox)
+        };
+    let engine = Engine::new(store, gateway, EngineSettings::from_config(cfg));
     let health = Health::new(engine.clone());
     // The store passed `quick_check` on open; check again now and then, off the request path.
     tokio::spawn(
@@ -345,11 +377,17 @@ pub async fn start_with(
         metrics: metrics.clone(),
         engine: engine.clone(),
     };
+    let backoffice = crate::backoffice::BackOffice::from_config(cfg, engine.clone());
     let app = api::guard::secure(
-        api::router(state).merge(api::ops::router(ops)),
+        api::router(state)
+            .merge(api::ops::router(ops))
+            .merge(backoffice.api_routes()),
         cfg.api.token.as_ref(),
         api::MAX_BODY,
-    );
+    )
+    .merge(api::console::router(backoffice, cfg.api.token.as_ref()));
+    // Unknown routes of the merged listener answer with the JSON error body too.
+    let app = api::errors::json_errors(app);
     let served = tokio::spawn(api::serve::serve(
         listener,
         app,
@@ -363,13 +401,18 @@ pub async fn start_with(
     tracing::info!(addr = %api_addr, "API listening");
 
     if let (Some(listener), Some(addr)) = (notify_listener, notify_addr) {
-        let app = api::notify::router(api::notify::NotifyState {
+        let notify_state = api::notify::NotifyState {
             engine: engine.clone(),
             gateway_key: Arc::new(gateway_public),
             client_id,
             path: cfg.notify.path.clone(),
             metrics: metrics.clone(),
-        });
+        };
+        let app = if cfg.mainland() {
+            api::notify_cn::router(notify_state)
+        } else {
+            api::notify::router(notify_state)
+        };
         let served = tokio::spawn(api::serve::serve(
             listener,
             app,
@@ -426,7 +469,7 @@ async fn client_settings(
             tracing::info!(url = %handle.base_url(), "embedded sandbox gateway listening");
             (public, Some(handle.base_url()), Some(handle))
         }
-        GatewayKind::AlipayPlus => {
+        GatewayKind::AlipayPlus | GatewayKind::AlipayCn => {
             let p = cfg
                 .gateway
                 .gateway_public_key
@@ -442,9 +485,77 @@ async fn client_settings(
 
 /// The gateway client exactly as `posd run` builds it (with the embedded sandbox started when
 /// `gateway.kind = "sandbox"`), for back-office commands that work with the daemon stopped.
-pub async fn connect_gateway(cfg: &Config) -> anyhow::Result<(AmsClient, Option<SandboxHandle>)> {
+pub async fn connect_gateway(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn Gateway>, Option<SandboxHandle>)> {
+    if cfg.mainland() {
+        let (client, sandbox) = connect_mainland(cfg, None).await?;
+        return Ok((Arc::new(client), sandbox));
+    }
     let (settings, _, sandbox) = client_settings(cfg).await?;
-    Ok((AmsClient::new(settings)?, sandbox))
+    Ok((
+        Arc::new(AmsClient::new_with_roots(
+            settings,
+            gateway_ca(cfg)?.as_deref(),
+        )?),
+        sandbox,
+    ))
+}
+
+/// The `app_id` the embedded mainland sandbox is spoken to with when none is configured.
+pub const EMBEDDED_SANDBOX_APP_ID: &str = "9021000000000001";
+
+/// The mainland client `posd run` uses (`kind = "alipay_cn"`, or the embedded sandbox with
+/// `dialect = "alipay_cn"`, started here). `sandbox_notify_url` is where the embedded sandbox's
+/// trades notify when `[gateway] notify_url` is not set.
+pub async fn connect_mainland(
+    cfg: &Config,
+    sandbox_notify_url: Option<String>,
+) -> anyhow::Result<(CnClient, Option<SandboxHandle>)> {
+    let g = &cfg.gateway;
+    let merchant = Arc::new(merchant_key(cfg)?);
+    let (base_url, alipay_key, sandbox) = if g.kind == GatewayKind::Sandbox {
+        let (handle, public) = start_embedded_sandbox(cfg, merchant.public_key().clone()).await?;
+        tracing::info!(url = %handle.base_url(), "embedded sandbox gateway listening (mainland dialect)");
+        let url = format!("{}{}", handle.base_url(), sandbox::mainland::PATH);
+        (url, public, Some(handle))
+    } else {
+        let p = g
+            .alipay_public_key
+            .as_ref()
+            .context("gateway.alipay_public_key is required")?;
+        let url = g
+            .base_url
+            .clone()
+            .unwrap_or_else(|| crate::config::MAINLAND_GATEWAY_URL.to_string());
+        (url, PublicKey::load(&cfg.resolve(p))?, None)
+    };
+    let sandboxed = sandbox.is_some();
+    let t = &cfg.terminal;
+    let settings = CnSettings {
+        base_url,
+        app_id: match g.app_id.clone() {
+            Some(id) => id,
+            None if sandboxed => EMBEDDED_SANDBOX_APP_ID.to_string(),
+            None => anyhow::bail!("gateway.app_id is required"),
+        },
+        merchant_key: merchant,
+        alipay_key,
+        notify_url: g
+            .notify_url
+            .clone()
+            .or(sandbox_notify_url.filter(|_| sandboxed)),
+        app_auth_token: g.app_auth_token.as_ref().map(|s| s.expose().to_string()),
+        store_id: Some(t.store_id.clone()),
+        terminal_id: Some(t.id.clone()),
+        trade_timeout: crate::gateway::alipay_cn::client::DEFAULT_TRADE_TIMEOUT.to_string(),
+        insecure_http: g.insecure_http || sandboxed,
+        connect_timeout: g.connect_timeout.0,
+        pay_timeout: cfg.flow.pay_timeout.0,
+        inquiry_timeout: cfg.flow.inquiry_timeout.0,
+        cancel_timeout: cfg.flow.cancel_timeout.0,
+    };
+    Ok((CnClient::new(settings)?, sandbox))
 }
 
 /// Mirrors the print worker's status into the `posd_printer_status` gauge.
@@ -542,4 +653,16 @@ pub async fn shutdown_signal() {
         eprintln!("posd: second signal, exiting now; open payments resume on the next start");
         std::process::exit(0);
     });
+}
+
+/// The PEM bundle of `[gateway] ca_file`, if set: extra roots the client trusts (a hub's
+/// private CA). A file that cannot be read stops the start with the key named.
+fn gateway_ca(cfg: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = &cfg.gateway.ca_file else {
+        return Ok(None);
+    };
+    let path = cfg.resolve(path);
+    std::fs::read(&path)
+        .map(Some)
+        .with_context(|| format!("gateway.ca_file {}: cannot read", path.display()))
 }

@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("printer_profile", printer_profile),
     ("mainland_response", mainland_response),
     ("mainland_notify", mainland_notify),
+    ("statement", statement),
 ];
 
 /// Splits off the first `n` bytes (fewer if the input is shorter).
@@ -422,7 +423,23 @@ pub fn mainland_notify(data: &[u8]) {
     }
     if let Ok(n) = notify::verify(k.gateway.public_key(), CLIENT_ID, &body) {
         assert!(sign_it, "an unsigned mainland notification verified");
-        let _ = n.to_record(&body);
-        let _ = n.notified();
+        let _ = crate::api::notify_cn::to_record(&n, &body);
+        let _ = crate::api::notify_cn::notified(&n);
+    }
+}
+
+/// Settlement statement files (Transaction Items CSV) through the reconciliation parser.
+/// Layout: the first line is the file name, the rest the file. A parsed file has rows whose
+/// amounts read as minor units or decimals without a panic.
+pub fn statement(data: &[u8]) {
+    use crate::backoffice::reconcile::statement;
+    let mut d = data;
+    let name = field(&mut d);
+    let _ = statement::date_from_name(&name);
+    if let Ok(file) = statement::parse(&name, d) {
+        for row in &file.rows {
+            let _ = row.amount.as_minor_units();
+            let _ = row.amount.as_decimal(row.currency);
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! The check: the database answers a read and commits a real write (the one-row
 //! `health_probe` table, through the same group-commit writer the payments use) within a
 //! deadline; the last `PRAGMA quick_check` (at start and every [`INTEGRITY_EVERY`], on its own
-//! connection, off the request path) found no corruption; the engine is not shutting down;
+//! connection, off the request path) found no corruption; no payment's task holds an answer it
+//! cannot commit (`Engine::recording_fault`); the engine is not shutting down;
 //! every registered probe passes. Probes ([`Health::add_worker`]) are the seam for any other
 //! part that can say "I cannot do my job" (a task that stopped, a driver that cannot commit).
 
@@ -49,6 +50,9 @@ pub struct Report {
     pub database: Result<(), String>,
     /// The last integrity check found nothing wrong.
     pub integrity: Result<(), String>,
+    /// Every answer the engine got could be committed (no payment waits with an unrecorded
+    /// answer, the queue can settle).
+    pub recording: Result<(), String>,
     /// Shutdown has begun.
     pub shutting_down: bool,
     /// Workers that are not alive, with why.
@@ -66,7 +70,10 @@ impl Report {
     /// The process works (database and workers); the watchdog pings on this, so a drain in
     /// progress is not mistaken for a hang.
     pub fn alive(&self) -> bool {
-        self.database.is_ok() && self.integrity.is_ok() && self.dead_workers.is_empty()
+        self.database.is_ok()
+            && self.integrity.is_ok()
+            && self.recording.is_ok()
+            && self.dead_workers.is_empty()
     }
 
     /// Why the daemon is not healthy, for `/healthz` and the log.
@@ -77,6 +84,9 @@ impl Report {
         }
         if let Err(e) = &self.integrity {
             why.push(format!("database integrity: {e}"));
+        }
+        if let Err(e) = &self.recording {
+            why.push(format!("cannot record: {e}"));
         }
         for w in &self.dead_workers {
             why.push(format!("worker {w}"));
@@ -183,9 +193,26 @@ impl Health {
             .iter()
             .filter_map(|(name, probe)| probe().err().map(|why| format!("{name}: {why}")))
             .collect();
+        let recording = match self.engine.recording_fault() {
+            None => Ok(()),
+            Some(f) => Err(format!(
+                "{} payment(s) wait with an unrecorded answer{} since {}: {}",
+                f.payments.len(),
+                if f.queue {
+                    ", and the reversal queue cannot settle"
+                } else {
+                    ""
+                },
+                chrono::DateTime::from_timestamp_millis(f.since_ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+                f.error
+            )),
+        };
         Report {
             database,
             integrity,
+            recording,
             shutting_down: self.engine.is_shutting_down(),
             dead_workers,
             active_payment_tasks: self.engine.active_drivers(),
@@ -356,6 +383,105 @@ mod tests {
         assert!(r.healthy(), "{r:?}");
         drop(store);
         drop(health);
+    }
+
+    #[tokio::test]
+    async fn a_payment_that_cannot_record_its_answer_makes_health_fail() {
+        let (_dir, store, health) = on_file().await;
+        let engine = health.engine.clone();
+        let code = crate::domain::code::PaymentCode::parse(
+            "281234567890123456",
+            &crate::domain::code::CodeRules::default(),
+        )
+        .unwrap();
+        engine
+            .start_sale(crate::engine::SaleRequest {
+                amount: crate::domain::money::Amount::parse("1.00", engine_currency()).unwrap(),
+                order_ref: None,
+                code: Some(code),
+            })
+            .await
+            .unwrap();
+        // From now on every commit fails: the driver cannot record the pay's answer.
+        store
+            .call(|c| {
+                c.pragma_update(None, "query_only", true)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut flagged = None;
+        // The example config's timings: the first answer to record comes within seconds.
+        for _ in 0..750 {
+            if let Some(f) = engine.recording_fault() {
+                flagged = Some(f);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(flagged.is_some(), "the driver flags the failing commit");
+        let r = health.check().await;
+        assert!(!r.alive() && !r.healthy(), "{r:?}");
+        assert!(r.recording.is_err(), "{r:?}");
+        assert!(r.reason().unwrap().contains("cannot record"), "{r:?}");
+        store
+            .call(|c| {
+                c.pragma_update(None, "query_only", false)?;
+                Ok(())
+            })
+            .await
+            .ok();
+        engine.shutdown(Duration::from_millis(50)).await;
+    }
+
+    fn engine_currency() -> crate::domain::money::Currency {
+        crate::domain::money::Currency::from_code("CNY").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_past_the_deadline_is_not_healthy_until_released() {
+        let (dir, _store, health) = on_file().await;
+        let lock =
+            crate::store::integrity::tests::WriteLock::take(&dir.path().join("posd.sqlite3"));
+        forget_probe(&health).await;
+        let r = health.check().await;
+        assert!(!r.alive() && !r.healthy(), "{r:?}");
+        assert!(r.reason().unwrap().contains("no commit within"), "{r:?}");
+        drop(lock);
+        let mut healthy = false;
+        for _ in 0..100 {
+            forget_probe(&health).await;
+            if health.check().await.healthy() {
+                healthy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(healthy, "healthy again by itself once the lock is gone");
+    }
+
+    #[tokio::test]
+    async fn the_periodic_integrity_check_notices_corruption_by_itself() {
+        let (dir, store, health) = on_file().await;
+        store.checkpoint().unwrap();
+        let token = CancellationToken::new();
+        tokio::spawn(
+            health
+                .clone()
+                .integrity_checks(Duration::from_millis(30), token.clone()),
+        );
+        crate::store::integrity::tests::corrupt(&dir.path().join("posd.sqlite3"));
+        let mut noticed = false;
+        for _ in 0..200 {
+            if health.integrity.lock().unwrap().is_err() {
+                noticed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+        assert!(noticed, "the periodic quick_check found the corrupt page");
+        assert!(!health.check().await.alive());
     }
 
     #[tokio::test]

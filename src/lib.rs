@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoffice;
 pub mod cli;
 pub mod config;
 pub mod daemon;

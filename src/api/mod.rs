@@ -3,10 +3,12 @@
 //! notification listing are in [`ops`], the hardening layers in [`guard`], the gateway's
 //! notification endpoint (its own listener) in [`notify`].
 
+pub mod console;
 pub mod errors;
 pub mod guard;
 pub mod journal;
 pub mod notify;
+pub mod notify_cn;
 pub mod ops;
 pub mod queue;
 pub mod refunds;
@@ -55,6 +57,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The message, for pages that show it (the console).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// A 400 with a code and message.
     pub fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -123,11 +130,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payments/{id}", get(get_payment))
         .route("/v1/payments/{id}/abort", post(abort_payment))
         .route("/v1/payments/{id}/receipt", post(reprint))
-        .merge(
-            queue::routes()
-                .merge(refunds::routes())
-                .merge(journal::routes()),
-        )
+        .merge(queue::routes().merge(refunds::routes()))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -10,6 +10,7 @@
 //! - At most `max_per_peer` connections per peer IP address; the next is answered 503 (JSON)
 //!   at once and closed.
 //! - `GET /healthz` is outside the handlers' concurrency bound (see [`super::guard`]).
+//! - Every 4xx/5xx reply of whatever `app` holds carries the JSON error body ([`super::errors`]).
 //! - On shutdown no connection is accepted, and open ones finish their request and close.
 
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ pub struct ListenLimits {
     pub max_body: usize,
     /// Connections one peer IP may hold open at once.
     pub max_per_peer: usize,
+    /// Whether the back office's statement uploads may exceed `max_body` (the API listener).
+    pub statement_uploads: bool,
 }
 
 impl ListenLimits {
@@ -54,6 +57,7 @@ impl ListenLimits {
             body_timeout: cfg.api.body_timeout.0,
             max_body: super::MAX_BODY,
             max_per_peer: cfg.api.max_connections_per_peer,
+            statement_uploads: true,
         }
     }
 
@@ -64,6 +68,7 @@ impl ListenLimits {
             body_timeout: cfg.notify.body_timeout.0,
             max_body: super::notify::MAX_NOTIFY_BODY,
             max_per_peer: cfg.notify.max_connections_per_peer,
+            statement_uploads: false,
         }
     }
 }
@@ -112,7 +117,9 @@ pub async fn serve(
     limits: ListenLimits,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = app.layer(middleware::from_fn_with_state(limits, read_body));
+    // Whatever was merged into `app` (and its fallback), every error reply gets the JSON body.
+    let app =
+        super::errors::json_errors(app).layer(middleware::from_fn_with_state(limits, read_body));
     let peers = Peers::default();
     let tracker = TaskTracker::new();
     loop {
@@ -190,6 +197,14 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
 /// with the body in memory.
 async fn read_body(State(limits): State<ListenLimits>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
+    let limits = if limits.statement_uploads {
+        ListenLimits {
+            max_body: crate::backoffice::body_limit(parts.uri.path(), limits.max_body),
+            ..limits
+        }
+    } else {
+        limits
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

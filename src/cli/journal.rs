@@ -1,5 +1,5 @@
-//! `posd journal [--since DATE] [--format csv|json]`: the reconciliation journal from the
-//! daemon's API, or straight from the database when the daemon is stopped.
+//! `posd journal [--since DATE] [--until DATE] [--format csv|json]`: the reconciliation
+//! journal from the daemon's API, or straight from the database when the daemon is stopped.
 
 use clap::{Args, ValueEnum};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -7,7 +7,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use super::client::{ApiClient, CallError};
 use super::queue::open_existing;
 use super::{EXIT_NOT_SUCCEEDED, EXIT_OK, EXIT_USAGE};
-use crate::api::journal::{parse_since, rows_since, to_csv, JournalJson};
+use crate::api::journal::{load, parse_since, parse_until, to_csv, JournalJson};
 use crate::api::wire::rfc3339;
 use crate::config::Config;
 
@@ -26,6 +26,9 @@ pub struct JournalArgs {
     /// Start of the period: a date (local midnight, e.g. 2026-11-21) or an RFC 3339 time [default: today].
     #[arg(long)]
     pub since: Option<String>,
+    /// End of the period: a date (included) or an RFC 3339 time (excluded) [default: now].
+    #[arg(long)]
+    pub until: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
@@ -41,7 +44,19 @@ pub fn run(cfg: &Config, args: JournalArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let until = match parse_until(args.until.as_deref(), cfg.timezone()) {
+        Ok(u) if u > since => u,
+        Ok(_) => {
+            eprintln!("posd: --until must be after --since");
+            return EXIT_USAGE;
+        }
+        Err(m) => {
+            eprintln!("posd: {m}");
+            return EXIT_USAGE;
+        }
+    };
     let since_text = rfc3339(since);
+    let until_text = (until != i64::MAX).then(|| rfc3339(until));
     let fmt = match args.format {
         Format::Csv => "csv",
         Format::Json => "json",
@@ -52,10 +67,16 @@ pub fn run(cfg: &Config, args: JournalArgs) -> u8 {
         .expect("the tokio runtime starts");
     let api = ApiClient::from_config(cfg);
     rt.block_on(async move {
-        let path = format!(
+        let mut path = format!(
             "/v1/journal?since={}&format={fmt}",
             utf8_percent_encode(&since_text, NON_ALPHANUMERIC)
         );
+        if let Some(u) = &until_text {
+            path.push_str(&format!(
+                "&until={}",
+                utf8_percent_encode(u, NON_ALPHANUMERIC)
+            ));
+        }
         match api.get_text(&path).await {
             Ok(text) => {
                 print!("{text}");
@@ -69,7 +90,8 @@ pub fn run(cfg: &Config, args: JournalArgs) -> u8 {
                     Ok(s) => s,
                     Err(code) => return code,
                 };
-                let rows = match store.read(move |c| Ok(rows_since(c, since)?)).await {
+                let who = crate::backoffice::identity(cfg);
+                let rows = match load(&store, &who, since, until).await {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("posd: {e:#}");
@@ -82,6 +104,7 @@ pub fn run(cfg: &Config, args: JournalArgs) -> u8 {
                         "{}",
                         serde_json::to_string(&JournalJson {
                             since: since_text,
+                            until: until_text,
                             rows
                         })
                         .expect("journal serializes")

@@ -5,7 +5,9 @@
 pub mod client;
 pub mod journal;
 pub mod queue;
+pub mod reconcile;
 pub mod refund;
+pub mod resolve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +75,10 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// The journal for reconciliation: one row per payment and per refund.
     Journal(journal::JournalArgs),
+    /// Hold the books against the gateway's Transaction Items files.
+    Reconcile(reconcile::ReconcileArgs),
+    /// Settle a payment in NEEDS_ATTENTION after checking the gateway's portal.
+    Resolve(resolve::ResolveArgs),
     /// Print the payment's slip again (marked as a copy).
     Reprint {
         /// The paymentRequestId.
@@ -201,6 +207,8 @@ fn run(cli: Cli) -> u8 {
         Command::Refund(args) => refund::run(&cfg, args),
         Command::Queue(cmd) => queue::run(&cfg, cmd),
         Command::Journal(args) => journal::run(&cfg, args),
+        Command::Reconcile(args) => reconcile::run(&cfg, args),
+        Command::Resolve(args) => resolve::run(&cfg, args),
         Command::Reprint { id } => with_client(&cfg, |c| async move {
             let v: serde_json::Value = c
                 .post(
@@ -291,7 +299,7 @@ pub fn cashier_advice(state: &str) -> &'static str {
     }
 }
 
-fn print_payment(p: &PaymentJson, json: bool) {
+pub(crate) fn print_payment(p: &PaymentJson, json: bool) {
     if json {
         println!("{}", serde_json::to_string(p).expect("payment serializes"));
         return;
@@ -379,8 +387,15 @@ fn config_check(cli: &Cli) -> u8 {
     };
     let g = &cfg.gateway;
     let gw = match g.kind {
+        GatewayKind::Sandbox if cfg.mainland() => "embedded sandbox (mainland dialect)".to_string(),
         GatewayKind::Sandbox => "embedded sandbox".to_string(),
         GatewayKind::AlipayPlus => format!("Alipay+ at {}", g.base_url.as_deref().unwrap_or("?")),
+        GatewayKind::AlipayCn => format!(
+            "Alipay mainland at {}",
+            g.base_url
+                .as_deref()
+                .unwrap_or(crate::config::MAINLAND_GATEWAY_URL)
+        ),
     };
     println!(
         "config {} is valid: terminal {}, gateway {gw}, store {}, API {}",

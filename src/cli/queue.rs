@@ -251,7 +251,7 @@ async fn direct(cfg: &Config, cmd: &QueueCommand) -> Result<Answer, u8> {
             let (client, sandbox) = crate::daemon::connect_gateway(cfg)
                 .await
                 .map_err(|e| fail(&e))?;
-            let r = replayer(cfg, store, Arc::new(client));
+            let r = replayer(cfg, store, client);
             let result = match id {
                 Some(id) => r
                     .replay_item(*id)
@@ -295,7 +295,7 @@ fn refused(e: &ReplayError) -> u8 {
 
 /// The gateway of a command that must not send anything (abandon): every call is refused
 /// without leaving the machine.
-struct NoGateway;
+pub(crate) struct NoGateway;
 
 use crate::gateway::{Answer as GatewayAnswer, Inquiry, Reply};
 

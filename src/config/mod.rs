@@ -128,6 +128,19 @@ pub enum GatewayKind {
     Sandbox,
     /// The real Alipay+ / Antom AMS gateway.
     AlipayPlus,
+    /// The Alipay mainland open platform (`alipay.trade.*`, face-to-face bar code).
+    AlipayCn,
+}
+
+/// `[gateway] dialect`: which wire the embedded sandbox speaks with `kind = "sandbox"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// Alipay+ AMS.
+    #[default]
+    Ams,
+    /// The mainland `alipay.trade.*` API.
+    AlipayCn,
 }
 
 /// `[gateway]`.
@@ -158,12 +171,34 @@ pub struct GatewayConfig {
     /// Allows `http://` for a loopback `base_url` (test gateways).
     #[serde(default)]
     pub insecure_http: bool,
+    /// Extra trusted root certificates (PEM), e.g. a hub's private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// ISV mode: sent as `Agent-Token`.
     #[serde(default)]
     pub agent_token: Option<Secret>,
     /// Connect timeout for every call.
     #[serde(default = "d_connect")]
     pub connect_timeout: Dur,
+    /// With `kind = "sandbox"`: the dialect the embedded sandbox speaks.
+    #[serde(default)]
+    pub dialect: Dialect,
+    /// Mainland: the application's `app_id`.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// Mainland: path of the *Alipay* public key (支付宝公钥), not the app's own public key.
+    #[serde(default)]
+    pub alipay_public_key: Option<PathBuf>,
+    /// Mainland: `RSA2` only (RSA/SHA1 is refused).
+    #[serde(default = "d_sign_type")]
+    pub sign_type: String,
+    /// Mainland ISV mode: `app_auth_token`.
+    #[serde(default)]
+    pub app_auth_token: Option<Secret>,
+}
+
+fn d_sign_type() -> String {
+    "RSA2".into()
 }
 
 fn default_key_version() -> String {
@@ -270,22 +305,30 @@ impl Default for FlowConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CodesConfig {
-    /// Fewest digits.
-    #[serde(default = "d_min_len")]
-    pub min_len: usize,
-    /// Most digits.
-    #[serde(default = "d_max_len")]
-    pub max_len: usize,
+    /// Fewest digits (default 17; 16 for the mainland dialect).
+    #[serde(default)]
+    pub min_len: Option<usize>,
+    /// Most digits (default 32; 24 for the mainland dialect).
+    #[serde(default)]
+    pub max_len: Option<usize>,
     /// Allowed prefixes.
     #[serde(default = "d_prefixes")]
     pub prefixes: Vec<String>,
 }
 
-fn d_min_len() -> usize {
-    17
+fn d_min_len(mainland: bool) -> usize {
+    if mainland {
+        16
+    } else {
+        17
+    }
 }
-fn d_max_len() -> usize {
-    32
+fn d_max_len(mainland: bool) -> usize {
+    if mainland {
+        24
+    } else {
+        32
+    }
 }
 pub(crate) fn d_prefixes() -> Vec<String> {
     CodeRules::default().prefixes
@@ -452,6 +495,80 @@ pub fn state_directory() -> Option<PathBuf> {
         })
         .filter(|p| !p.as_os_str().is_empty())
 }
+
+/// The `[gateway]` rules of the mainland dialect.
+fn validate_mainland(g: &GatewayConfig) -> Result<(), (&'static str, String)> {
+    if g.sign_type != "RSA2" {
+        return Err((
+            "gateway.sign_type",
+            format!(
+                "{:?} is refused: only \"RSA2\" (SHA256withRSA); RSA/SHA1 is not safe, switch the app to RSA2 in the open platform console",
+                g.sign_type
+            ),
+        ));
+    }
+    if g.dialect == Dialect::AlipayCn && g.kind == GatewayKind::AlipayPlus {
+        return Err((
+            "gateway.dialect",
+            "is for kind = \"sandbox\" only; use kind = \"alipay_cn\" for the mainland gateway"
+                .into(),
+        ));
+    }
+    if g.kind != GatewayKind::AlipayCn {
+        return Ok(());
+    }
+    let url = g.base_url.as_deref().unwrap_or(MAINLAND_GATEWAY_URL);
+    check_base_url(url, g.insecure_http).map_err(|m| ("gateway.base_url", m))?;
+    match g.app_id.as_deref() {
+        Some(id) if !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit()) => {}
+        Some(id) => {
+            return Err((
+                "gateway.app_id",
+                format!("{id:?} is not an app_id (digits, e.g. \"2021000000000001\")"),
+            ))
+        }
+        None => {
+            return Err((
+                "gateway.app_id",
+                "required when gateway.kind = \"alipay_cn\" (the APPID of the open platform application)".into(),
+            ))
+        }
+    }
+    if g.merchant_private_key.is_none() {
+        return Err((
+            "gateway.merchant_private_key",
+            "required: path of the application private key (应用私钥; PKCS#1, PKCS#8 or bare Base64)".into(),
+        ));
+    }
+    if g.alipay_public_key.is_none() {
+        return Err((
+            "gateway.alipay_public_key",
+            "required: path of the Alipay public key (支付宝公钥) shown after uploading the app public key".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `[gateway]` makes posd speak the mainland dialect: `kind = "alipay_cn"`, or the
+/// sandbox with `dialect = "alipay_cn"`.
+fn is_mainland(g: &GatewayConfig) -> bool {
+    match g.kind {
+        GatewayKind::AlipayCn => true,
+        GatewayKind::Sandbox => g.dialect == Dialect::AlipayCn,
+        GatewayKind::AlipayPlus => false,
+    }
+}
+
+/// `[codes] min_len` / `max_len`, with the dialect's defaults (mainland 16–24, AMS 17–32).
+fn code_lengths(c: &CodesConfig, mainland: bool) -> (usize, usize) {
+    (
+        c.min_len.unwrap_or(d_min_len(mainland)),
+        c.max_len.unwrap_or(d_max_len(mainland)),
+    )
+}
+
+/// The mainland production gateway, `[gateway] base_url`'s default for `kind = "alipay_cn"`.
+pub const MAINLAND_GATEWAY_URL: &str = "https://openapi.alipay.com/gateway.do";
 
 /// Checks a gateway base URL: `https://`, or `http://` to a loopback host with `insecure_http`.
 pub fn check_base_url(url: &str, insecure_http: bool) -> Result<(), String> {

@@ -89,11 +89,18 @@ impl Config {
         })
     }
 
-    /// The payment-code rules from `[codes]`.
+    /// Whether posd speaks the mainland dialect: `kind = "alipay_cn"`, or the sandbox with
+    /// `dialect = "alipay_cn"`.
+    pub fn mainland(&self) -> bool {
+        super::is_mainland(&self.gateway)
+    }
+
+    /// The payment-code rules from `[codes]` (with the dialect's default lengths).
     pub fn code_rules(&self) -> CodeRules {
+        let (min_len, max_len) = super::code_lengths(&self.codes, self.mainland());
         CodeRules {
-            min_len: self.codes.min_len,
-            max_len: self.codes.max_len,
+            min_len,
+            max_len,
             prefixes: self.codes.prefixes.clone(),
         }
     }

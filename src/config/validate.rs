@@ -159,6 +159,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Typed, (&'static str, String)>
         })?),
     };
     let g = &raw.gateway;
+    super::validate_mainland(g)?;
     if g.kind == GatewayKind::AlipayPlus {
         let url = g.base_url.as_deref().ok_or((
             "gateway.base_url",
@@ -258,13 +259,11 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Typed, (&'static str, String)>
         ));
     }
     let c = &raw.codes;
-    if c.min_len == 0 || c.min_len > c.max_len || c.max_len > 64 {
+    let (min_len, max_len) = super::code_lengths(c, super::is_mainland(g));
+    if min_len == 0 || min_len > max_len || max_len > 64 {
         return Err((
             "codes.min_len",
-            format!(
-                "min_len {} / max_len {}: need 1 ≤ min_len ≤ max_len ≤ 64",
-                c.min_len, c.max_len
-            ),
+            format!("min_len {min_len} / max_len {max_len}: need 1 ≤ min_len ≤ max_len ≤ 64"),
         ));
     }
     if c.prefixes.is_empty() {

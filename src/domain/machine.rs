@@ -210,6 +210,13 @@ pub enum Event {
     QueuedCancelWindowPassed,
     /// The queue got a definitive F it cannot act on (dead letter), or a human abandoned it.
     QueueGaveUp { reason: String },
+    /// The gateway's statement shows a charge that posd holds as not charged (reconciliation);
+    /// `statement` names the file and line.
+    StatementShowsCharge { statement: String },
+    /// The back office queues the full reversal of a charge the statement showed.
+    StatementReversalQueued,
+    /// An operator settled a payment that needs attention after checking the gateway.
+    Resolved { to: State, reason: String },
 }
 
 /// What the engine must do next.
@@ -633,6 +640,45 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
             None,
             Effect::None,
         ),
+
+        // The back office (reconciliation, resolving by hand). A final payment stays final
+        // except when the gateway's own statement contradicts it: then a human must look.
+        (
+            S::Failed | S::Cancelled | S::CancelQueued,
+            Event::StatementShowsCharge { statement },
+        ) => go(
+            S::NeedsAttention,
+            format!("the gateway's statement shows this payment charged ({statement}); posd held it as {state}"),
+            Some("STATEMENT_CHARGED"),
+            Effect::None,
+        ),
+        (_, Event::StatementShowsCharge { .. }) => Decision::Ignore {
+            why: "the statement's charge changes nothing in this state",
+            effect: Effect::None,
+        },
+        (S::NeedsAttention, Event::StatementReversalQueued) => go(
+            S::CancelQueued,
+            "the statement's charge is reversed: the full amount is queued as a refund",
+            None,
+            Effect::EnqueueRefund,
+        ),
+        (s, Event::StatementReversalQueued) => Decision::Refuse {
+            why: format!("payment is {s}; only a payment that needs attention can have the statement's charge reversed"),
+        },
+        (S::NeedsAttention, Event::Resolved { to, reason }) => match to {
+            S::Succeeded | S::Failed | S::Cancelled | S::Refunded => go(
+                *to,
+                format!("resolved by the back office as {to}: {reason}"),
+                Some("RESOLVED"),
+                Effect::None,
+            ),
+            other => Decision::Refuse {
+                why: format!("a payment can be resolved as SUCCEEDED, FAILED, CANCELLED or REFUNDED, not {other}"),
+            },
+        },
+        (s, Event::Resolved { .. }) => Decision::Refuse {
+            why: format!("payment is {s}; only a payment in NEEDS_ATTENTION can be resolved"),
+        },
 
         // Crash recovery (rule 6).
         (S::Paying, Event::Restarted) => go(

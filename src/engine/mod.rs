@@ -543,6 +543,23 @@ impl Engine {
     /// Applies an outside event (abort, notification, refund request) with compare-and-set,
     /// retrying on a concurrent change. Returns the payment after the event.
     pub async fn apply_event(&self, id: &str, event: Event) -> Result<PaymentRecord, EngineError> {
+        self.apply_event_with(id, event, |_, _, _| Ok(())).await
+    }
+
+    /// [`Engine::apply_event`] where `extend` adds to the machine's change inside the same
+    /// transaction, after the machine said go (rows written with the move: a refund and its
+    /// queue item, a reason). A move to NEEDS_ATTENTION stores its cause as the reason.
+    pub async fn apply_event_with<F>(
+        &self,
+        id: &str,
+        event: Event,
+        extend: F,
+    ) -> Result<PaymentRecord, EngineError>
+    where
+        F: Fn(&crate::store::transition::Tx, &PaymentRecord, &mut Change) -> anyhow::Result<()>
+            + Send
+            + 'static,
+    {
         let id_owned = id.to_string();
         let engine = self.clone();
         let outcome = self
@@ -568,7 +585,11 @@ impl Engine {
                     )?;
                     match planned {
                         transition::Planned::Move(p) => {
-                            if let Some(new) = payments::apply(c, &id_owned, rec.state, &p.change, env.now_ms)? {
+                            let mut change = p.change;
+                            let tx = c.savepoint()?;
+                            extend(&tx, &rec, &mut change)?;
+                            if let Some(new) = payments::apply_in(&tx, &id_owned, rec.state, &change, env.now_ms)? {
+                                tx.commit()?;
                                 return Ok(Ok((new, true)));
                             }
                         }

@@ -123,6 +123,11 @@ pub(crate) fn plan(
         result_code,
         result_message: facts.result_message.clone(),
         payment_id: facts.payment_id.clone(),
+        // The gateway's time of the charge, or of the refund being settled.
+        gateway_time: facts
+            .time
+            .clone()
+            .filter(|_| to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })),
         ..Default::default()
     };
     if matches!(event, Event::Inquired(_)) {

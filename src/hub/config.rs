@@ -181,6 +181,14 @@ pub struct HubFlowSection {
     /// Attempts after which a queue item is a dead letter (`NEEDS_ATTENTION`).
     #[serde(default = "default_queue_max_attempts")]
     pub queue_max_attempts: u32,
+    /// How long an instance holds leased work (a queue item, an active-cancel decision)
+    /// before another instance may take it over.
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
+    /// Added to a forwarded pay's `paymentExpiryTime` before "no such payment" upstream
+    /// means "never charged".
+    #[serde(default = "default_expiry_margin")]
+    pub payment_expiry_margin: Dur,
 }
 
 impl Default for HubFlowSection {
@@ -193,6 +201,8 @@ impl Default for HubFlowSection {
             queue_backoff_initial: default_queue_backoff_initial(),
             queue_backoff_max: default_queue_backoff_max(),
             queue_max_attempts: default_queue_max_attempts(),
+            lease: default_lease(),
+            payment_expiry_margin: default_expiry_margin(),
         }
     }
 }
@@ -284,6 +294,12 @@ fn default_queue_backoff_max() -> Dur {
 }
 fn default_queue_max_attempts() -> u32 {
     200
+}
+fn default_expiry_margin() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_lease() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 fn default_notify_listen() -> SocketAddr {
     "0.0.0.0:8428".parse().expect("valid")
@@ -420,6 +436,14 @@ impl HubConfig {
         }
         if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
             return Err("flow.queue_backoff_initial must not exceed flow.queue_backoff_max".into());
+        }
+        if f.lease.0 <= u.pay_timeout().max(u.call_timeout()) {
+            return Err(format!(
+                "flow.lease ({}) must be longer than the longest upstream call ({}): a lease \
+                 must outlive the call made under it",
+                humantime::format_duration(f.lease.0),
+                humantime::format_duration(u.pay_timeout().max(u.call_timeout()))
+            ));
         }
         if f.inquiry_interval.0.is_zero() {
             return Err("flow.inquiry_interval must be above 0s".into());

@@ -105,10 +105,14 @@ async fn check_and_apply(
         .payment_status
         .clone()
         .or_else(|| {
+            // A PAYMENT_RESULT notification says the outcome in its `result`.
             n.result
                 .as_ref()
-                .filter(|r| r.result_status == "S")
-                .map(|_| "SUCCESS".to_string())
+                .and_then(|r| match r.result_status.as_str() {
+                    "S" => Some("SUCCESS".to_string()),
+                    "F" => Some("FAIL".to_string()),
+                    _ => None,
+                })
         })
         .unwrap_or_default();
     let mut client = hub.pool.get().await?;

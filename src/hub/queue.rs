@@ -118,8 +118,9 @@ fn item_from_row(r: &tokio_postgres::Row) -> QueueItem {
     }
 }
 
-/// Adds a cancel or refund the hub owes (or finds the one already there, reopening one that
-/// was answered `F` to the terminal before, since the terminal asks again); returns its id.
+/// Adds a cancel or refund the hub owes (or finds the one already there, reopening one of the
+/// terminal's that was answered `F` before, since the terminal asks again; what the hub owns
+/// itself is never reopened); returns its id.
 pub async fn enqueue(
     tx: &Transaction<'_>,
     kind: &str,
@@ -160,7 +161,7 @@ pub async fn enqueue(
     let id: i64 = row.get(0);
     tx.execute(
         "UPDATE hub_queue SET status = 'PENDING', next_at = now(), updated_at = now() \
-         WHERE id = $1 AND status = 'DONE' AND answer IS NULL",
+         WHERE id = $1 AND status = 'DONE' AND answer IS NULL AND origin = 'terminal'",
         &[&id],
     )
     .await?;
@@ -321,8 +322,20 @@ async fn settle(
                 return Ok(());
             }
             let _ = body;
+            // The refund needs the upstream's paymentId: ask for it if no answer carried it yet.
+            let payment_id = match &payment.payment_id {
+                Some(id) => Some(id.clone()),
+                None => {
+                    hub.upstream
+                        .gateway()
+                        .inquiry_payment(pid)
+                        .await
+                        .facts
+                        .payment_id
+                }
+            };
             let (Some(payment_id), Some(amount), Some(currency)) =
-                (&payment.payment_id, payment.amount_minor, &payment.currency)
+                (payment_id, payment.amount_minor, &payment.currency)
             else {
                 finish(tx, item, "DEAD", None, Some(code)).await?;
                 mark_attention(
@@ -352,8 +365,9 @@ async fn settle(
             enqueue(tx, "refund", pid, Some(&rid), &refund_body, "hub").await?;
             finish(tx, item, "DONE", None, Some(code)).await?;
             tx.execute(
-                "UPDATE hub_payments SET state = 'REFUNDING', updated_at = now() WHERE payment_request_id = $1",
-                &[&pid],
+                "UPDATE hub_payments SET state = 'REFUNDING', payment_id = coalesce(payment_id, $2), \
+                 updated_at = now() WHERE payment_request_id = $1",
+                &[&pid, &payment_id],
             )
             .await?;
             event(
@@ -365,6 +379,27 @@ async fn settle(
                 Some("REFUNDING"),
                 Some(code),
                 Some(&rid),
+            )
+            .await?;
+        }
+        ("cancel", Answer::Failed { code, .. })
+            if code == "ORDER_NOT_EXIST"
+                && payment
+                    .pay_may_arrive_until(hub.rules.expiry_margin)
+                    .is_some_and(|t| super::service::now_ms() < t) =>
+        {
+            // No record upstream yet, but the forwarded pay may still arrive (a killed
+            // instance's request in the network): the cancel stays owed until it cannot.
+            let delay = next_delay(
+                &hub.rules.queue,
+                item.age,
+                item.late_attempts as u32,
+                &mut rand::thread_rng(),
+            );
+            tx.execute(
+                "UPDATE hub_queue SET attempts = attempts + 1, next_at = now() + make_interval(secs => $2), \
+                 last_error = $3, lease_owner = NULL, lease_until = NULL, updated_at = now() WHERE id = $1",
+                &[&item.id, &delay.as_secs_f64(), &"ORDER_NOT_EXIST: the pay may still arrive"],
             )
             .await?;
         }

@@ -303,6 +303,7 @@ pub async fn build(config: &HubConfig) -> anyhow::Result<Arc<Hub>> {
         reversal_advice: config.hub.reversal_advice,
         lock_timeout: config.upstream.pay_timeout().max(call) + Duration::from_secs(1),
         notify_url: config.upstream.notify_url.clone(),
+        expiry_margin: f.payment_expiry_margin.0,
         queue: QueueRules {
             retry_window: f.cancel_retry_window.0,
             retry_min: f.cancel_retry_min.0,
@@ -310,7 +311,7 @@ pub async fn build(config: &HubConfig) -> anyhow::Result<Arc<Hub>> {
             backoff_initial: f.queue_backoff_initial.0,
             backoff_max: f.queue_backoff_max.0,
             max_attempts: f.queue_max_attempts,
-            lease: call * 2 + Duration::from_secs(5),
+            lease: f.lease.0,
         },
     };
     Ok(Arc::new(Hub {
@@ -332,7 +333,7 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
     let rules = WorkerRules {
         poll: config.flow.inquiry_interval.0,
         active_cancel_after: config.hub.active_cancel_after.0,
-        lease: config.upstream.call_timeout() * 2 + Duration::from_secs(5),
+        lease: config.flow.lease.0,
     };
     let worker_stale_ms = (rules.poll.as_millis() as i64) * 3 + 30_000;
     let mut tasks = tokio::task::JoinSet::new();

@@ -35,6 +35,9 @@ pub struct HubRules {
     pub notify_url: Option<String>,
     /// The queue's retry rules.
     pub queue: queue::QueueRules,
+    /// Added to a forwarded pay's expiry before "no such payment" upstream means "never
+    /// charged" (the upstream's clock may run behind ours).
+    pub expiry_margin: Duration,
 }
 
 /// One instance's state.
@@ -139,7 +142,7 @@ pub struct PaymentRow {
     pub state: String,
     /// Hash of the terminal's pay body (`None`: a cancel came first).
     pub body_hash: Option<Vec<u8>>,
-    /// The forwarded pay body.
+    /// The forwarded pay body, payment code masked.
     pub forward_body: Option<Vec<u8>>,
     /// Amount in minor units.
     pub amount_minor: Option<i64>,
@@ -155,11 +158,34 @@ pub struct PaymentRow {
     pub terminal_cancelled: bool,
     /// Refunded so far.
     pub refunded_minor: i64,
+    /// When the pay (or the first cancel) arrived, epoch ms.
+    pub received_ms: i64,
+}
+
+/// How long after a pay arrived the hub assumes it may still reach the upstream when its
+/// body names no `paymentExpiryTime` (the gateway's usual default is 3 minutes).
+pub const DEFAULT_PAY_LIFETIME_MS: i64 = 180_000;
+
+impl PaymentRow {
+    /// Until when (epoch ms) the forwarded pay may still reach the upstream and be charged:
+    /// its `paymentExpiryTime` (or the default lifetime) plus a clock margin. `None` when no
+    /// pay was ever forwarded for this id (a cancel came first).
+    pub fn pay_may_arrive_until(&self, margin: Duration) -> Option<i64> {
+        let body = self.forward_body.as_ref()?;
+        let expiry = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("paymentExpiryTime")?.as_str().map(str::to_string))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(self.received_ms + DEFAULT_PAY_LIFETIME_MS);
+        Some(expiry + margin.as_millis() as i64)
+    }
 }
 
 const PAYMENT_COLUMNS: &str = "payment_request_id, client_id, state, body_hash, forward_body, \
      amount_minor, currency, payment_id, pay_answer, cancel_answer, \
-     terminal_cancel_at IS NOT NULL, refunded_minor";
+     terminal_cancel_at IS NOT NULL, refunded_minor, \
+     (extract(epoch from received_at) * 1000)::bigint";
 
 fn payment_from_row(r: &tokio_postgres::Row) -> PaymentRow {
     PaymentRow {
@@ -175,6 +201,7 @@ fn payment_from_row(r: &tokio_postgres::Row) -> PaymentRow {
         cancel_answer: r.get(9),
         terminal_cancelled: r.get(10),
         refunded_minor: r.get(11),
+        received_ms: r.get(12),
     }
 }
 
@@ -551,6 +578,15 @@ impl Hub {
             }
         }
         let forward_body = serde_json::to_vec(&forward)?;
+        // The record keeps the body with the payment code masked (rule 9: never stored in
+        // clear); a repeat carries the code again, and only a repeat is ever re-forwarded.
+        let mut recorded = forward;
+        if let Some(m) = recorded.pointer_mut("/paymentMethod/paymentMethodId") {
+            if let Some(code) = m.as_str() {
+                *m = Value::String(crate::domain::code::mask(code));
+            }
+        }
+        let recorded_body = serde_json::to_vec(&recorded)?;
 
         // Write ahead: the pay is committed before it is forwarded.
         let mut client = self.pool.get().await?;
@@ -564,7 +600,7 @@ impl Hub {
                     &id,
                     &t.client_id,
                     &hash,
-                    &forward_body,
+                    &recorded_body,
                     &amount.minor(),
                     &amount.currency().code(),
                 ],
@@ -616,11 +652,12 @@ impl Hub {
             }
         }
         drop(client);
-        self.forward_pay(t, &id).await
+        self.forward_pay(t, &id, forward_body).await
     }
 
-    /// Forwards a recorded pay under its row lock, or answers from the record.
-    async fn forward_pay(&self, t: &Terminal, id: &str) -> anyhow::Result<Reply> {
+    /// Forwards a recorded pay (`body`: this request's, code in clear) under its row lock, or
+    /// answers from the record.
+    async fn forward_pay(&self, t: &Terminal, id: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
         let op = Operation::Pay;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -640,10 +677,6 @@ impl Hub {
             tx.commit().await?;
             return Ok(self.unknown(t, op, None, "the payment is being cancelled"));
         }
-        let body = row
-            .forward_body
-            .clone()
-            .context("recorded pay without a body")?;
         failpoint::hit("hub_upstream_in_flight");
         let answer = self.upstream.call(op, &body).await;
         let fields = match &answer {

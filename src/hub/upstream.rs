@@ -172,12 +172,13 @@ impl Upstream {
             .context("upstream.gateway_public_key is required")?;
         let gateway_key =
             PublicKey::load(gw_path).with_context(|| "upstream.gateway_public_key".to_string())?;
-        if u.ca_file.is_some() {
-            anyhow::bail!(
-                "upstream.ca_file is not supported yet: the upstream is verified against the \
-                 system's roots; remove the key"
-            );
-        }
+        let ca = match &u.ca_file {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("upstream.ca_file {}: cannot read", p.display()))?,
+            ),
+            None => None,
+        };
         let settings = ClientSettings {
             base_url: u
                 .base_url
@@ -208,7 +209,8 @@ impl Upstream {
                 terminal_id: String::new(),
             },
         };
-        let client = AmsClient::new(settings).context("cannot build the upstream client")?;
+        let client = AmsClient::new_with_roots(settings, ca.as_deref())
+            .context("cannot build the upstream client")?;
         Ok(Upstream { client, metrics })
     }
 
@@ -250,5 +252,79 @@ impl Upstream {
             ),
         }
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::client::ForwardedAnswer;
+
+    fn raw(status: u16, body: &str, signature: AnswerSignature) -> Result<ForwardedAnswer, String> {
+        Ok(ForwardedAnswer {
+            status,
+            body: body.as_bytes().to_vec(),
+            signature,
+        })
+    }
+
+    const S: &str = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"ok"},"paymentId":"P1"}"#;
+    const F: &str =
+        r#"{"result":{"resultCode":"RISK_REJECT","resultStatus":"F","resultMessage":"no"}}"#;
+    const U: &str = r#"{"result":{"resultCode":"PAYMENT_IN_PROCESS","resultStatus":"U","resultMessage":"wait"}}"#;
+
+    #[test]
+    fn only_a_verified_s_is_a_success() {
+        assert!(
+            matches!(classify(raw(200, S, AnswerSignature::Verified)), Answer::Success(b) if b == S.as_bytes())
+        );
+        for sig in [
+            AnswerSignature::Unsigned,
+            AnswerSignature::Invalid("bad".into()),
+        ] {
+            assert!(matches!(classify(raw(200, S, sig)), Answer::Unknown { .. }));
+        }
+    }
+
+    #[test]
+    fn an_f_is_failed_when_verified_or_unsigned_and_unknown_when_badly_signed() {
+        for sig in [AnswerSignature::Verified, AnswerSignature::Unsigned] {
+            assert!(
+                matches!(classify(raw(200, F, sig)), Answer::Failed { code, .. } if code == "RISK_REJECT")
+            );
+        }
+        assert!(matches!(
+            classify(raw(200, F, AnswerSignature::Invalid("bad".into()))),
+            Answer::Unknown { .. }
+        ));
+    }
+
+    #[test]
+    fn u_errors_and_garbage_are_unknown() {
+        assert!(matches!(
+            classify(raw(200, U, AnswerSignature::Verified)),
+            Answer::Unknown { code: Some(c), .. } if c == "PAYMENT_IN_PROCESS"
+        ));
+        assert!(matches!(
+            classify(raw(500, S, AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        assert!(matches!(
+            classify(raw(200, "<html>", AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        assert!(matches!(
+            classify(raw(200, "{}", AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        let odd = r#"{"result":{"resultCode":"X","resultStatus":"Q","resultMessage":""}}"#;
+        assert!(matches!(
+            classify(raw(200, odd, AnswerSignature::Verified)),
+            Answer::Unknown { .. }
+        ));
+        assert!(matches!(
+            classify(Err("timed out".into())),
+            Answer::Unknown { .. }
+        ));
     }
 }

@@ -113,9 +113,9 @@ pub struct Inspection {
 /// Looks at the database and its state directory before opening it for the daemon.
 ///
 /// Prior use is shown by: the marker file, a database file that exists (even 0 bytes), a
-/// `-wal` or `-shm` left beside it, the embedded sandbox's database, or slips in the
-/// printer's file directory. Key files are not evidence: an installer provisions them before
-/// the first start.
+/// `-wal` or `-shm` left beside it, or slips in the printer's file directory. Key files are
+/// not evidence (an installer provisions them before the first start), nor is the sandbox's
+/// database (`posd sandbox` may run before the first `posd run`).
 pub fn inspect(db: &Path, state_dir: &Path, slip_dir: Option<&Path>) -> Inspection {
     let mut evidence = Vec::new();
     let marker = state_dir.join(MARKER_FILE);
@@ -135,10 +135,6 @@ pub fn inspect(db: &Path, state_dir: &Path, slip_dir: Option<&Path>) -> Inspecti
         if p.exists() {
             evidence.push(format!("the leftover {}", p.display()));
         }
-    }
-    let sandbox = state_dir.join("sandbox.sqlite3");
-    if sandbox.exists() {
-        evidence.push(format!("the sandbox database {}", sandbox.display()));
     }
     if let Some(dir) = slip_dir {
         let slips = std::fs::read_dir(dir)
@@ -445,6 +441,23 @@ pub(crate) mod tests {
             .expect("a corrupt database is refused")
             .to_string();
         assert!(e.contains("restore") || e.contains("malformed"), "{e}");
+    }
+
+    /// Another process's write transaction on `db`, held until dropped.
+    pub(crate) struct WriteLock(Connection);
+
+    impl WriteLock {
+        pub(crate) fn take(db: &Path) -> WriteLock {
+            let c = Connection::open(db).unwrap();
+            c.execute_batch("BEGIN IMMEDIATE").unwrap();
+            WriteLock(c)
+        }
+    }
+
+    impl Drop for WriteLock {
+        fn drop(&mut self) {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
     }
 
     /// Overwrites every page but the first with garbage.

@@ -46,6 +46,9 @@ pub struct Change {
     pub slip: Option<crate::domain::slip::SlipData>,
     /// The pay's expiry to record (binding a scan), epoch ms.
     pub pay_expires_at: Option<i64>,
+    /// The gateway's time of the charge (`paymentTime`), or of the refund being settled
+    /// (`refundTime`) when `settle_refund` is set; the first one given is kept.
+    pub gateway_time: Option<String>,
 }
 
 /// A refund to create.
@@ -178,6 +181,19 @@ pub fn apply_in(
                 now
             ],
         )?;
+    }
+    if let Some(t) = &change.gateway_time {
+        if let Some(s) = &change.settle_refund {
+            tx.execute(
+                "UPDATE refunds SET gateway_time = coalesce(gateway_time, ?2) WHERE refund_request_id = ?1",
+                params![s.refund_request_id, t],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE payments SET gateway_time = coalesce(gateway_time, ?2) WHERE payment_request_id = ?1",
+                params![id, t],
+            )?;
+        }
     }
     if let Some(s) = &change.settle_refund {
         let n = tx.execute(

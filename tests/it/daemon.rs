@@ -1,5 +1,8 @@
-//! A real `posd run` process for end-to-end tests: a temp state directory with test keys, a
-//! config with short flow timings, a free API port, start / SIGKILL / restart.
+//! The one harness for the real `posd run` binary: a temp state directory with the test keys,
+//! the repository's config with short flow timings and a free API port (sections a test
+//! passes replace the repository's), an optional bearer token, start (with the environment
+//! systemd would give) / signals / SIGKILL / restart, the API calls the tests need, and the
+//! daemon's log.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +52,8 @@ pub struct TestDaemon {
     child: Option<Child>,
     http: reqwest::Client,
     starts: u32,
+    /// `[api] token`, sent as a bearer token on every API call.
+    token: Option<String>,
     /// The config's scanner reads standard input: the process gets a pipe ([`Self::scan`]).
     scanner_stdin: bool,
     stdin: Option<std::process::ChildStdin>,
@@ -58,6 +63,11 @@ impl TestDaemon {
     /// Writes a config (the repository's `config.toml` with `extra` appended sections
     /// replacing its own) and the test keys; does not start the process.
     pub fn new(extra: &str) -> TestDaemon {
+        TestDaemon::with_token(extra, None)
+    }
+
+    /// As [`Self::new`], with `[api] token` set and sent on every API call.
+    pub fn with_token(extra: &str, token: Option<&str>) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let state = dir.path().join("var");
@@ -93,6 +103,9 @@ impl TestDaemon {
             .collect();
         let mut config = drop_sections(repo_config, &overridden);
         config.push_str(&format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\n"));
+        if let Some(t) = token {
+            config.push_str(&format!("token = \"{t}\"\n"));
+        }
         if !extra.contains("[scanner]") {
             config.push_str("[scanner]\nkind = \"none\"\n");
         }
@@ -107,8 +120,13 @@ impl TestDaemon {
             config: path,
             base: format!("http://127.0.0.1:{port}"),
             child: None,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             starts: 0,
+            token: token.map(str::to_string),
             scanner_stdin: extra.contains("kind = \"stdin\""),
             stdin: None,
         }
@@ -132,6 +150,17 @@ impl TestDaemon {
 
     /// Starts `posd run`, with `POSD_FAILPOINT` set when given, and waits until the API answers.
     pub async fn start(&mut self, failpoint: Option<&str>) {
+        let env: Vec<(&str, String)> = failpoint
+            .map(|f| ("POSD_FAILPOINT", f.to_string()))
+            .into_iter()
+            .collect();
+        self.spawn(&env);
+        self.wait_healthy().await;
+    }
+
+    /// Starts `posd run` with `env` added to a clean environment (no systemd or posd
+    /// variables of the test runner's), without waiting.
+    pub fn spawn(&mut self, env: &[(&str, String)]) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log =
@@ -141,7 +170,12 @@ impl TestDaemon {
         cmd.arg("--config")
             .arg(&self.config)
             .arg("run")
+            .current_dir(self.dir.path())
             .env_remove("POSD_FAILPOINT")
+            .env_remove("POSD_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .env("RUST_LOG", "info")
             .stdin(if self.scanner_stdin {
                 Stdio::piped()
@@ -150,12 +184,16 @@ impl TestDaemon {
             })
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if let Some(f) = failpoint {
-            cmd.env("POSD_FAILPOINT", f);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
         self.stdin = child.stdin.take();
         self.child = Some(child);
+    }
+
+    /// Waits until `/healthz` answers 200; panics with the log if the process exits first.
+    pub async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
@@ -172,6 +210,53 @@ impl TestDaemon {
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, …) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// An HTTP client without the token (for checking the guard itself).
+    pub fn client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// A request to the API, with the bearer token when the daemon has one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// Polls until the payment is in one of `states` (panics after `within`).
+    pub async fn wait_state(&self, id: &str, states: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let p = self.get(id).await;
+            if states.contains(&p["state"].as_str().unwrap_or("")) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {states:?}; last {p}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -215,8 +300,7 @@ impl TestDaemon {
     /// POST /v1/payments; returns (status, body).
     pub async fn create(&self, body: Value) -> (u16, Value) {
         let r = self
-            .http
-            .post(format!("{}/v1/payments", self.base))
+            .request(reqwest::Method::POST, "/v1/payments")
             .json(&body)
             .send()
             .await
@@ -235,8 +319,7 @@ impl TestDaemon {
 
     /// GET /v1/payments/{id}.
     pub async fn get(&self, id: &str) -> Value {
-        self.http
-            .get(format!("{}/v1/payments/{id}", self.base))
+        self.request(reqwest::Method::GET, &format!("/v1/payments/{id}"))
             .send()
             .await
             .unwrap()
@@ -250,8 +333,7 @@ impl TestDaemon {
         let deadline = Instant::now() + within;
         loop {
             let v: Value = self
-                .http
-                .get(format!("{}/v1/payments/{id}?wait=5", self.base))
+                .request(reqwest::Method::GET, &format!("/v1/payments/{id}?wait=5"))
                 .send()
                 .await
                 .unwrap()

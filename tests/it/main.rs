@@ -44,6 +44,15 @@ mod hardening;
 // The Alipay mainland dialect: SDK vectors, raw-byte answers, the client against a fake gateway.
 mod mainland;
 
+// The mainland notification endpoint in process: forged, other app, amount, duplicates, order.
+mod mainland_notify;
+
+// The sandbox in the mainland dialect, and its overrides and delayed outcomes in both dialects.
+mod mainland_sandbox;
+// The back office: reconciliation against statements built from the sandbox's record, resolve.
+mod reconcile;
+// The web console in headless Chromium (tests/browser/console.mjs) against the real daemon.
+mod reconcile_console;
 // Architecture checks over the source text: layering, wire strings, //! lines, invariants.
 mod tidy;
 // Every committed fuzz corpus file through its target's entry point, on stable.

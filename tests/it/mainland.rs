@@ -651,3 +651,159 @@ fn base_urls_are_checked() {
     s.insecure_http = false;
     assert!(CnClient::new(s).is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// `posd config check` for the mainland keys
+
+/// A config for `gateway_section` (replacing the example's `[gateway]`), with the merchant
+/// private key at `merchant_private.pem` (0600) and the public keys beside it.
+fn config_with(dir: &std::path::Path, gateway_section: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, mode) in [
+        ("merchant_private_pkcs1.pem", 0o600),
+        ("merchant_public.pem", 0o644),
+        ("gateway_public.pem", 0o644),
+    ] {
+        let to = dir.join(name);
+        std::fs::copy(support::keys_dir().join(name), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let example = include_str!("../../config.toml");
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in example.lines() {
+        if line.starts_with('[') {
+            skipping = line.trim() == "[gateway]";
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(gateway_section);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+fn config_check(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_posd"))
+        .args(["config", "check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_check_refuses_our_own_public_key_as_the_gateways_in_both_dialects() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let mainland = |alipay_key: &str| {
+        format!(
+            "[gateway]\nkind = \"alipay_cn\"\napp_id = \"{APP_ID}\"\nmerchant_private_key = \"{d}/merchant_private_pkcs1.pem\"\nalipay_public_key = \"{d}/{alipay_key}\"\n"
+        )
+    };
+    let ams = |gateway_key: &str| {
+        format!(
+            "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"https://open-sea-global.alipay.com\"\nclient_id = \"2188120000000001\"\nmerchant_private_key = \"{d}/merchant_private_pkcs1.pem\"\ngateway_public_key = \"{d}/{gateway_key}\"\n"
+        )
+    };
+    let good = config_check(&config_with(dir.path(), &mainland("gateway_public.pem")));
+    assert_eq!(good.status.code(), Some(0), "{good:?}");
+    assert!(String::from_utf8_lossy(&good.stdout)
+        .contains("Alipay mainland at https://openapi.alipay.com/gateway.do"));
+    for (section, key) in [
+        (mainland("merchant_public.pem"), "gateway.alipay_public_key"),
+        (ams("merchant_public.pem"), "gateway.gateway_public_key"),
+    ] {
+        let out = config_check(&config_with(dir.path(), &section));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(err.contains(key) && err.contains("our own"), "{err}");
+    }
+    let good = config_check(&config_with(dir.path(), &ams("gateway_public.pem")));
+    assert_eq!(good.status.code(), Some(0), "{good:?}");
+}
+
+#[test]
+fn mainland_config_is_validated_with_messages_that_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let base = format!(
+        "[gateway]\nkind = \"alipay_cn\"\nmerchant_private_key = \"{d}/merchant_private_pkcs1.pem\"\nalipay_public_key = \"{d}/gateway_public.pem\"\n"
+    );
+    for (section, key, hint) in [
+        (base.clone(), "gateway.app_id", "required"),
+        (format!("{base}app_id = \"abc\"\n"), "gateway.app_id", "digits"),
+        (format!("{base}app_id = \"{APP_ID}\"\nsign_type = \"RSA\"\n"), "gateway.sign_type", "RSA2"),
+        (
+            format!("{base}app_id = \"{APP_ID}\"\nbase_url = \"http://openapi.alipay.com/gateway.do\"\n"),
+            "gateway.base_url",
+            "https",
+        ),
+        (
+            format!("[gateway]\nkind = \"alipay_cn\"\napp_id = \"{APP_ID}\"\nmerchant_private_key = \"{d}/merchant_private_pkcs1.pem\"\n"),
+            "gateway.alipay_public_key",
+            "支付宝公钥",
+        ),
+        (
+            "[gateway]\nkind = \"alipay_plus\"\ndialect = \"alipay_cn\"\n".to_string(),
+            "gateway.dialect",
+            "sandbox",
+        ),
+    ] {
+        let out = config_check(&config_with(dir.path(), &section));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{section}: {out:?}");
+        assert!(err.contains(key) && err.contains(hint), "{section}: {err}");
+    }
+    // The sandbox in the mainland dialect needs no keys and takes 16-24 digit codes.
+    let cfg_path = config_with(
+        dir.path(),
+        "[gateway]\nkind = \"sandbox\"\ndialect = \"alipay_cn\"\n",
+    );
+    let out = config_check(&cfg_path);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let cfg = posd::config::Config::load(&cfg_path).unwrap();
+    assert!(cfg.mainland());
+    let rules = cfg.code_rules();
+    assert_eq!((rules.min_len, rules.max_len), (16, 24));
+}
+
+#[tokio::test]
+async fn a_pay_with_an_expiry_sends_time_expire_in_beijing_time_instead_of_timeout_express() {
+    let (client, st) = fake(Reply::Signed(PAY_OK)).await;
+    let mut o = order();
+    o.expires_at = Some(chrono::DateTime::parse_from_rfc3339("2026-01-02T03:05:00Z").unwrap());
+    assert_eq!(client.pay(&o).await.answer, Answer::Success);
+    let seen = st.seen.lock().unwrap();
+    let biz: Value = serde_json::from_str(seen[0].params.get("biz_content").unwrap()).unwrap();
+    assert_eq!(biz["time_expire"], "2026-01-02 11:05:00");
+    assert!(biz.get("timeout_express").is_none(), "{biz}");
+}
+
+#[tokio::test]
+async fn every_call_reaches_the_metrics_observer_with_its_outcome_and_code() {
+    use posd::gateway::client::{CallRecord, Operation};
+    for (reply, want) in [
+        (Reply::Signed(PAY_OK), ("success", Some("10000"))),
+        (
+            Reply::Signed(PAY_BALANCE),
+            ("failed", Some("ACQ.BUYER_BALANCE_NOT_ENOUGH")),
+        ),
+        (Reply::WrongSign(PAY_OK), ("unknown", Some("10000"))),
+        (Reply::Raw(500, ""), ("unknown", None)),
+    ] {
+        let seen: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
+        let (client, _st) = fake(reply).await;
+        let sink = seen.clone();
+        let client = client.with_observer(Arc::new(move |r: &CallRecord| {
+            sink.lock().unwrap().push(r.clone())
+        }));
+        client.pay(&order()).await;
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].operation, Operation::Pay);
+        assert_eq!((seen[0].outcome, seen[0].result_code.as_deref()), want);
+    }
+}

@@ -514,10 +514,13 @@ async fn an_unknown_payment_is_kept_for_the_back_office() {
     assert_eq!(listed[0].amount_value.as_deref(), Some("1234"));
     assert_eq!(listed[0].outcome, "UNKNOWN_PAYMENT");
     // The back office sees it in the journal (`posd journal`, `GET /v1/journal`).
-    let rows = h
-        .engine
-        .store()
-        .call_blocking(|c| Ok(posd::api::journal::rows_since(c, 0)?))
+    let who = posd::api::journal::JournalIdentity {
+        terminal_id: "T0001".into(),
+        store_id: "S01".into(),
+        timezone: None,
+    };
+    let rows = posd::api::journal::load(h.engine.store(), &who, 0, i64::MAX)
+        .await
         .unwrap();
     let row = rows
         .iter()

@@ -52,7 +52,17 @@ fn all_events() -> Vec<Event> {
             fully_refunded: false,
         },
         Event::QueueGaveUp { reason: "r".into() },
+        Event::StatementShowsCharge {
+            statement: "f:2".into(),
+        },
+        Event::StatementReversalQueued,
     ];
+    for to in ALL_STATES {
+        v.push(Event::Resolved {
+            to,
+            reason: "r".into(),
+        });
+    }
     for a in &answers {
         v.push(Event::PayAnswered(a.clone()));
         v.push(Event::CancelAnswered(a.clone()));
@@ -129,6 +139,12 @@ fn final_stays_final_except_refunds_and_the_queue() {
                             | Event::QueueGaveUp { .. }
                             // The queued cancel's last word: never charged.
                             | Event::LastInquiry(Inquiry::NotFound)
+                    ) | (
+                        State::Failed | State::Cancelled | State::CancelQueued,
+                        Event::StatementShowsCharge { .. }
+                    ) | (
+                        State::NeedsAttention,
+                        Event::StatementReversalQueued | Event::Resolved { .. }
                     )
                 );
                 assert!(allowed, "{s} moved to {to} on {e:?}");
@@ -162,7 +178,12 @@ fn only_open_sales_can_succeed() {
     for s in ALL_STATES {
         for e in all_events() {
             if target(&decide(s, &ctx, &e)) == Some(State::Succeeded) {
-                assert!(s.accepts_payment_result(), "{s} succeeded on {e:?}");
+                // Besides the gateway's answer, only a human who checked the gateway.
+                let resolved = s == State::NeedsAttention && matches!(e, Event::Resolved { .. });
+                assert!(
+                    s.accepts_payment_result() || resolved,
+                    "{s} succeeded on {e:?}"
+                );
             }
         }
     }
@@ -530,6 +551,65 @@ fn restart_resumes_every_open_state() {
             State::Cancelling => assert_eq!(effect, Effect::Cancel),
             State::Refunding => assert_eq!(effect, Effect::Refund),
             _ => assert_eq!(effect, Effect::None, "{s}"),
+        }
+    }
+}
+
+#[test]
+fn the_back_office_moves_only_what_needs_a_human() {
+    let ctx = Context::default();
+    let shows = Event::StatementShowsCharge {
+        statement: "transactionItems_20261121_000.csv line 3".into(),
+    };
+    for s in [State::Failed, State::Cancelled, State::CancelQueued] {
+        let d = decide(s, &ctx, &shows);
+        assert_eq!(target(&d), Some(State::NeedsAttention), "{s}");
+        let Decision::Go { cause, .. } = d else {
+            unreachable!()
+        };
+        assert!(cause.contains("line 3"), "{cause}");
+    }
+    // Already flagged, or a sale posd holds as paid: nothing to write.
+    for s in [State::NeedsAttention, State::Succeeded, State::Refunded] {
+        assert!(
+            matches!(decide(s, &ctx, &shows), Decision::Ignore { .. }),
+            "{s}"
+        );
+    }
+    assert_eq!(
+        target(&decide(
+            State::NeedsAttention,
+            &ctx,
+            &Event::StatementReversalQueued
+        )),
+        Some(State::CancelQueued)
+    );
+    assert!(matches!(
+        decide(State::Failed, &ctx, &Event::StatementReversalQueued),
+        Decision::Refuse { .. }
+    ));
+    for to in ALL_STATES {
+        let e = Event::Resolved {
+            to,
+            reason: "checked the portal".into(),
+        };
+        let ok = matches!(
+            to,
+            State::Succeeded | State::Failed | State::Cancelled | State::Refunded
+        );
+        assert_eq!(
+            target(&decide(State::NeedsAttention, &ctx, &e)),
+            ok.then_some(to),
+            "{to}"
+        );
+        for s in ALL_STATES
+            .into_iter()
+            .filter(|s| *s != State::NeedsAttention)
+        {
+            assert!(
+                matches!(decide(s, &ctx, &e), Decision::Refuse { .. }),
+                "{s} -> {to}"
+            );
         }
     }
 }

@@ -8,7 +8,7 @@
 //! | pay | `40004` (signed or unsigned), other `4000x` | failure with its `sub_code` |
 //! | query | `WAIT_BUYER_PAY` / `TRADE_SUCCESS`, `TRADE_FINISHED` / `TRADE_CLOSED` | pending / paid / closed |
 //! | query | `40004 ACQ.TRADE_NOT_EXIST` | not found yet |
-//! | cancel | verified `10000`, `action=close` or none / `action=refund` | closed / reversed after a charge |
+//! | cancel | verified `10000`, `action=close` / `action=refund` / no `action` | closed / reversed after a charge / no such trade |
 //! | cancel | `retry_flag=Y`, `20000`, no answer | resend the identical cancel |
 //! | cancel | `40004 ACQ.TRADE_CANCEL_TIME_OUT` | the cancel window passed: refund instead |
 //! | refund | verified `10000` | refunded (`fund_change` says whether this call moved money) |
@@ -214,8 +214,10 @@ pub fn query(reading: &Reading) -> Answered<Inquiry> {
 /// What a cancel achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancel {
-    /// The trade is closed and was never charged (`action=close`, or nothing to cancel).
+    /// The trade is closed and was never charged (`action=close`).
     Closed,
+    /// A success without an `action`: the gateway found no trade to cancel.
+    NotFound,
     /// The trade had been charged and the cancel refunded it in full (`action=refund`).
     Reversed,
     /// Too late to cancel: the money goes back by refund.
@@ -240,6 +242,12 @@ impl Cancel {
     pub fn answer(&self) -> Answer {
         match self {
             Cancel::Closed | Cancel::Reversed => Answer::Success,
+            // As an AMS cancel of an unknown payment: the machine decides what that means.
+            Cancel::NotFound => Answer::Failed {
+                refusal: Refusal::NoSuchPayment,
+                code: "ACQ.TRADE_NOT_EXIST".into(),
+                message: "the gateway found no trade to cancel (no action in the answer)".into(),
+            },
             Cancel::WindowPassed => Answer::Failed {
                 refusal: Refusal::CancelWindowPassed,
                 code: "ACQ.TRADE_CANCEL_TIME_OUT".into(),
@@ -270,7 +278,10 @@ pub fn cancel(reading: &Reading) -> (Cancel, Facts) {
                 (SUCCESS, Signed::Verified) if reply.action.as_deref() == Some("refund") => {
                     Cancel::Reversed
                 }
-                (SUCCESS, Signed::Verified) => Cancel::Closed,
+                (SUCCESS, Signed::Verified) if reply.action.as_deref() == Some("close") => {
+                    Cancel::Closed
+                }
+                (SUCCESS, Signed::Verified) => Cancel::NotFound,
                 _ if retry => Cancel::Retry {
                     why: format!("retry_flag=Y: {}", unknown_why(reply, *signed)),
                 },
@@ -524,7 +535,14 @@ mod tests {
             .0
         };
         assert_eq!(act(Some("close")), Cancel::Closed);
-        assert_eq!(act(None), Cancel::Closed);
+        assert_eq!(act(None), Cancel::NotFound);
+        assert!(matches!(
+            Cancel::NotFound.answer(),
+            Answer::Failed {
+                refusal: Refusal::NoSuchPayment,
+                ..
+            }
+        ));
         assert_eq!(act(Some("refund")), Cancel::Reversed);
         let retry = with("40004", Verified, |r| {
             r.sub_code = Some("ACQ.SYSTEM_ERROR".into());

@@ -16,6 +16,7 @@ use super::sign::{extract, sign_content, sign_rsa2, verify_extracted};
 use super::wire::{self, Method};
 use crate::config::check_base_url;
 use crate::domain::machine::{Answer, Inquiry, Refusal};
+use crate::gateway::ams::client::{CallObserver, CallRecord, Operation};
 use crate::gateway::http;
 use crate::gateway::sign::{PrivateKey, PublicKey};
 use crate::gateway::{Facts, PayOrder, RefundOrder, Reply};
@@ -102,6 +103,7 @@ pub struct CnClient {
     /// refundRequestId → trade_no of the refunds this process sent: the refund query needs
     /// the trade, and the engine asks by refundRequestId alone.
     refunds: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    observer: Option<CallObserver>,
 }
 
 impl std::fmt::Debug for CnClient {
@@ -138,7 +140,15 @@ impl CnClient {
             http: builder.build()?,
             settings,
             refunds: Default::default(),
+            observer: None,
         })
+    }
+
+    /// Installs a callback run after every call (the daemon's gateway-call metrics), with the
+    /// call under the operation names the metrics share with the AMS dialect.
+    pub fn with_observer(mut self, observer: CallObserver) -> CnClient {
+        self.observer = Some(observer);
+        self
     }
 
     /// The settings the client was built with.
@@ -188,7 +198,13 @@ impl CnClient {
             product_code: "FACE_TO_FACE_PAYMENT".into(),
             store_id: self.settings.store_id.clone().filter(|s| !s.is_empty()),
             terminal_id: self.settings.terminal_id.clone().filter(|s| !s.is_empty()),
-            timeout_express: Some(self.settings.trade_timeout.clone()),
+            timeout_express: order
+                .expires_at
+                .is_none()
+                .then(|| self.settings.trade_timeout.clone()),
+            time_expire: order
+                .expires_at
+                .map(|t| wire::timestamp(t.with_timezone(&Utc))),
         };
         serde_json::to_string(&biz).map_err(|e| format!("cannot serialize the pay: {e}"))
     }
@@ -320,7 +336,21 @@ impl CnClient {
             Ok(Err(why)) => Reading::NoAnswer { why },
             Ok(Ok(raw)) => self.read(method, raw.status, &raw.body),
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        if let Some(observer) = &self.observer {
+            observer(&CallRecord {
+                operation: operation_of(method),
+                outcome: label(&reading),
+                result_code: match &reading {
+                    Reading::Answer { reply, .. } => {
+                        Some(reply.sub_code.clone().unwrap_or_else(|| reply.code.clone()))
+                    }
+                    Reading::NoAnswer { .. } => None,
+                },
+                elapsed,
+            });
+        }
+        let elapsed_ms = elapsed.as_millis() as u64;
         match &reading {
             Reading::NoAnswer { why } => warn!(
                 method = method.label(),
@@ -378,6 +408,33 @@ pub fn read_answer(key: &PublicKey, method: Method, status: u16, body: &[u8]) ->
         Err(e) => Reading::NoAnswer {
             why: format!("{} does not parse: {e}", found.key),
         },
+    }
+}
+
+/// The shared metrics' name of a call.
+fn operation_of(m: Method) -> Operation {
+    match m {
+        Method::Pay => Operation::Pay,
+        Method::Query => Operation::InquiryPayment,
+        Method::Cancel => Operation::Cancel,
+        Method::Refund => Operation::Refund,
+        Method::RefundQuery => Operation::InquiryRefund,
+    }
+}
+
+/// `success` (a verified `10000`), `failed` (a `4000x`) or `unknown`, for the metrics.
+fn label(r: &Reading) -> &'static str {
+    match r {
+        Reading::Answer {
+            reply,
+            signed: Signed::Verified,
+        } if reply.code == answer::SUCCESS => "success",
+        Reading::Answer { reply, signed }
+            if *signed != Signed::Invalid && reply.code.starts_with("400") =>
+        {
+            "failed"
+        }
+        _ => "unknown",
     }
 }
 

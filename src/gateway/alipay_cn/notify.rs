@@ -3,13 +3,9 @@
 //! what the engine records. Trade statuses only move forward (WAIT_BUYER_PAY → TRADE_SUCCESS
 //! → TRADE_FINISHED; TRADE_CLOSED after a timeout close or a full refund).
 
-use sha2::{Digest, Sha256};
-
 use super::sign::{sign_content, verify_rsa2};
 use super::wire::Params;
-use crate::engine::notify::Notified;
 use crate::gateway::sign::PublicKey;
-use crate::store::notifications::NewNotification;
 
 /// The exact body the gateway needs to stop resending, after our commit.
 pub const ACK: &str = "success";
@@ -153,45 +149,6 @@ pub fn minor_units(yuan: &str) -> String {
     match format!("{int}{frac}").parse::<i64>() {
         Ok(n) => n.to_string(),
         Err(_) => invalid(),
-    }
-}
-
-impl Notification {
-    /// What the engine applies: paid on TRADE_SUCCESS / TRADE_FINISHED, not paid on a close
-    /// without a refund (a timeout close), and nothing on WAIT_BUYER_PAY or on a close after
-    /// a refund (that money was taken and given back outside this sale's flow; the inquiry
-    /// and the journal show it). The compare-and-set in the engine ignores any result for a
-    /// payment that is already final, so a late TRADE_SUCCESS after TRADE_FINISHED, or a
-    /// duplicate, changes nothing.
-    pub fn notified(&self) -> Notified {
-        match self.status {
-            TradeStatus::Success | TradeStatus::Finished => Notified::Result { paid: true },
-            TradeStatus::Closed if !self.refunded => Notified::Result { paid: false },
-            TradeStatus::Closed | TradeStatus::WaitBuyerPay => Notified::Pending,
-        }
-    }
-
-    /// The row the engine records, with the amount in minor units so the engine's exact
-    /// comparison applies (CNY: the mainland gateway settles in yuan only).
-    pub fn to_record(&self, body: &[u8]) -> NewNotification {
-        let text = String::from_utf8_lossy(body).into_owned();
-        let status = self.params.get("trade_status").map(str::to_string);
-        NewNotification {
-            claimed_request_id: Some(self.out_trade_no.clone()),
-            payment_id: self.trade_no.clone(),
-            notify_type: self.params.get("notify_type").map(str::to_string),
-            result_status: status.clone(),
-            result_code: status,
-            amount_value: self.total_amount.as_deref().map(minor_units),
-            currency: self.total_amount.as_ref().map(|_| "CNY".to_string()),
-            request_time: self
-                .params
-                .get("notify_time")
-                .unwrap_or_default()
-                .to_string(),
-            body_sha256: format!("{:x}", Sha256::digest(body)),
-            body: text,
-        }
     }
 }
 

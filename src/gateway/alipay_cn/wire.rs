@@ -223,9 +223,25 @@ pub struct PayBiz {
     /// Merchant-defined terminal id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_id: Option<String>,
-    /// How long the trade stays open, e.g. `3m`.
+    /// How long the trade stays open, e.g. `3m` (sent only without `time_expire`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_express: Option<String>,
+    /// The absolute time after which the gateway must not process the pay,
+    /// `yyyy-MM-dd HH:mm:ss` UTC+8 (wins over `timeout_express`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_expire: Option<String>,
+}
+
+/// Parses a `yyyy-MM-dd HH:mm:ss` UTC+8 time into milliseconds since the epoch.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok()?;
+    let beijing = FixedOffset::east_opt(8 * 3600)?;
+    Some(
+        naive
+            .and_local_timezone(beijing)
+            .single()?
+            .timestamp_millis(),
+    )
 }
 
 impl std::fmt::Debug for PayBiz {
@@ -347,6 +363,11 @@ mod tests {
     fn timestamp_is_beijing_time_whatever_the_zone() {
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 20, 30, 5).unwrap();
         assert_eq!(timestamp(t), "2026-01-02 04:30:05");
+        assert_eq!(
+            parse_timestamp("2026-01-02 04:30:05"),
+            Some(t.timestamp_millis())
+        );
+        assert_eq!(parse_timestamp("2026-01-02T04:30:05Z"), None);
     }
 
     #[test]

@@ -248,6 +248,15 @@ impl AmsClient {
     /// Builds a client. Refuses a base URL that is not `https://` (or `http://` to a loopback
     /// host with `insecure_http`), or that carries a query or fragment.
     pub fn new(settings: ClientSettings) -> Result<AmsClient, ClientError> {
+        AmsClient::new_with_roots(settings, None)
+    }
+
+    /// [`AmsClient::new`], also trusting the certificates of a PEM bundle as roots (a private
+    /// CA, e.g. a hub's; `gateway.ca_file`). Certificate verification stays on.
+    pub fn new_with_roots(
+        settings: ClientSettings,
+        extra_roots_pem: Option<&[u8]>,
+    ) -> Result<AmsClient, ClientError> {
         check_base_url(&settings.base_url, settings.insecure_http).map_err(ClientError::BaseUrl)?;
         let url = reqwest::Url::parse(&settings.base_url)
             .map_err(|e| ClientError::BaseUrl(e.to_string()))?;
@@ -269,6 +278,11 @@ impl AmsClient {
         if loopback {
             // http is only ever allowed to loopback (checked above); never send it to a proxy.
             builder = builder.no_proxy();
+        }
+        if let Some(pem) = extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         Ok(AmsClient {
             http: builder.build()?,

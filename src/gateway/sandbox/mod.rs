@@ -3,12 +3,19 @@
 //!
 //! The last two digits of the payment code choose the scenario (docs/design.md "Sandbox gateway";
 //! the rules live in [`scenario`]). Requests are verified with the merchant's public key and
-//! answers signed with the sandbox's own key, so the real client's signing, HTTP and verification
-//! are exercised exactly as in production. Payments live in the sandbox's own SQLite file
-//! ([`store`]) and survive restarts.
+//! answers signed with the sandbox's own key, so the real client's signing, HTTP and
+//! verification are exercised exactly as in production. Payments live in the sandbox's own
+//! SQLite file ([`store`]) and survive restarts.
+//!
+//! It speaks both dialects over the same rules and store: AMS on `/ams/…` ([`server`],
+//! [`ops`]) and the mainland `alipay.trade.*` on `/gateway.do` ([`mainland`]). Sticky,
+//! time-boxed scenario overrides and delayed approvals ([`overrides`], `/sandbox/override`)
+//! apply to both.
 
+pub mod mainland;
 pub mod notify;
 pub mod ops;
+pub mod overrides;
 pub mod scenario;
 pub mod server;
 pub mod store;

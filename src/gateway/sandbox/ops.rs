@@ -271,6 +271,9 @@ fn pay(store: &Store, body: &[u8], client_id: &str, now: &Now) -> rusqlite::Resu
                 )));
             }
             None => {
+                // A sticky override or a delayed outcome replaces the code's own row.
+                let (scen, digits, approve_at) = super::overrides::pick(c, scen, digits, now.ms)?;
+                let digits = digits.as_str();
                 let (status, fail_code, reply) = scenario::first_pay(scen);
                 let row = PaymentRow {
                     payment_request_id: id.to_string(),
@@ -294,6 +297,9 @@ fn pay(store: &Store, body: &[u8], client_id: &str, now: &Now) -> rusqlite::Resu
                     },
                 };
                 store::insert_payment(c, &row, digits)?;
+                if let Some(at) = approve_at {
+                    super::overrides::record_delay(c, &row.payment_request_id, at)?;
+                }
                 tracing::info!(
                     payment_request_id = id,
                     code = %row.code_masked,
@@ -427,6 +433,7 @@ fn inquiry(store: &Store, body: &[u8], now: &Now) -> rusqlite::Result<Done> {
         let Some(mut row) = find_payment(c, &l)? else {
             return Ok(answer(failure_body("ORDER_NOT_EXIST", None)));
         };
+        super::overrides::settle_delay(c, &mut row, now.ms)?;
         let (reply, next) = scenario::inquiry(&row.facts);
         let InquiryAnswer::Status(status) = reply else {
             return Ok(Done {

@@ -47,6 +47,13 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ams/api/v1/payments/{op}", post(handle))
         .route("/ams/sandbox/api/v1/payments/{op}", post(handle))
+        .route(super::mainland::PATH, post(super::mainland::handle))
+        .route(
+            super::overrides::PATH,
+            axum::routing::get(super::overrides::get)
+                .put(super::overrides::put)
+                .delete(super::overrides::delete),
+        )
         .with_state(app)
 }
 

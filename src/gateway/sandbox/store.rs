@@ -103,6 +103,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::overrides::SCHEMA)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })

@@ -22,7 +22,7 @@ CREATE TABLE hub_payments (
     -- REFUNDING, REFUNDED, PARTIALLY_REFUNDED, NEEDS_ATTENTION
     state              text NOT NULL,
     body_hash          bytea,                -- sha256 of the terminal's pay body (NULL: no pay seen)
-    forward_body       bytea,                -- exactly the bytes forwarded upstream
+    forward_body       bytea,                -- the forwarded body, payment code masked
     amount_minor       bigint,
     currency           text,
     payment_id         text,                 -- the upstream's id, once known

@@ -74,3 +74,129 @@ async fn scanning_a_slip_looks_the_payment_up_and_never_pays() {
     assert_eq!(v["state"], "SUCCEEDED", "{v}");
     assert_eq!(d.sandbox_payments(), 2);
 }
+
+/// A terminal id the request id cannot carry is refused by the config, saying why; one it
+/// can carry is taken.
+#[test]
+fn the_config_refuses_a_terminal_id_without_digits_or_with_more_than_six() {
+    let repo = include_str!("../../../config.toml");
+    assert!(
+        repo.contains("id = \"T0001\""),
+        "the repository config names T0001"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let parse = |id: &str| {
+        posd::config::Config::parse(
+            &repo.replace("id = \"T0001\"", &format!("id = \"{id}\"")),
+            &dir.path().join("config.toml"),
+            dir.path(),
+        )
+    };
+    for bad in ["FRONT", "12345678", "T0000001"] {
+        let e = parse(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"))
+            .to_string();
+        assert!(
+            e.contains("terminal.id") && e.contains("1 to 6 digits"),
+            "{bad}: {e}"
+        );
+    }
+    for good in ["T0001", "POS12", "123456"] {
+        assert!(parse(good).is_ok(), "{good}: {:?}", parse(good).err());
+    }
+}
+
+/// A payment of the older 45-character layout, already in the database, keeps working: the
+/// API finds it, its reprint carries the id as a QR code (CODE128 would not fit 576 dots),
+/// and scanning that id looks it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_id_in_an_existing_database_keeps_working() {
+    use posd::domain::machine::State;
+    use posd::domain::money::{Amount, Currency};
+    use posd::store::payments::{self, Change, NewPayment};
+
+    const OLD: &str = "20261121140305T000100000000123400000042123456";
+    let mut d = TestDaemon::new("[scanner]\nkind = \"stdin\"\n");
+    {
+        let store = posd::store::Store::open(&d.state().join("posd.sqlite3")).unwrap();
+        store
+            .call_blocking(|c| {
+                let new = NewPayment {
+                    order_ref: None,
+                    amount: Amount::parse("12.34", Currency::from_code("CNY")?)?,
+                    state: State::Paying,
+                    code_masked: Some("2812**********3400".into()),
+                    terminal_time: "2026-11-21T14:03:05+08:00".into(),
+                    pay_expires_at: None,
+                };
+                payments::create(c, &new, 0, |_| OLD.to_string())?;
+                let change = Change {
+                    to: Some(State::Succeeded),
+                    cause: "pay succeeded".into(),
+                    payment_id: Some("2026112119074102000000000012345".into()),
+                    slip: Some(posd::domain::slip::SlipData {
+                        kind: posd::domain::slip::SlipKind::Sale,
+                        merchant_name: "Demo Cafe".into(),
+                        store_name: "Demo Cafe Central".into(),
+                        terminal_id: "T0001".into(),
+                        amount: new.amount,
+                        payment_request_id: OLD.into(),
+                        payment_id: Some("2026112119074102000000000012345".into()),
+                        refund_request_id: None,
+                        local_time: chrono::NaiveDateTime::parse_from_str(
+                            "2026-11-21 14:03:05",
+                            "%Y-%m-%d %H:%M:%S",
+                        )?,
+                        copy: false,
+                    }),
+                    ..Change::default()
+                };
+                assert!(payments::apply(c, OLD, State::Paying, &change, 0)?.is_some());
+                Ok(())
+            })
+            .unwrap();
+    }
+    d.start(None).await;
+    assert_eq!(d.get(OLD).await["state"], "SUCCEEDED");
+
+    d.scan(OLD);
+    log_shows(&d, &format!("posd: slip {OLD}: SUCCEEDED CNY 12.34")).await;
+
+    let r = d
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/payments/{OLD}/receipt"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let receipts = d.state().join("receipts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bin = loop {
+        let found = std::fs::read_dir(&receipts).ok().and_then(|mut it| {
+            it.find_map(|e| {
+                let p = e.ok()?.path();
+                (p.to_str()?.ends_with("-copy.bin")).then_some(p)
+            })
+        });
+        if let Some(p) = found {
+            break std::fs::read(p).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reprint in {}",
+            receipts.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dump = posd::devices::escpos::dump(&bin, posd::devices::profile::TextEncoding::Gb18030);
+    assert!(dump.contains("GS ( k"), "a QR code:\n{dump}");
+    assert!(
+        !dump.contains("GS k CODE128"),
+        "no CODE128 too wide to print:\n{dump}"
+    );
+    assert!(bin.windows(OLD.len()).any(|w| w == OLD.as_bytes()));
+    assert!(dump.contains("*** COPY ***"), "{dump}");
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::harness::{code, hub_state, register, terminal, TestHub, Upstream};
+use super::harness::{code, register, terminal, wait_hub_state, TestHub, Upstream};
 use super::pg::TestDb;
 
 /// (code suffix, terminal final state, hub state once settled, upstream status). The
@@ -25,33 +25,10 @@ const ROWS: &[(&str, &str, &str, &str)] = &[
     ("89", "FAILED", "FAILED", "FAIL"),
 ];
 
-async fn wait_hub_state(db: &TestDb, id: &str, want: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = hub_state(db, id).await;
-        if s.as_deref() == Some(want) {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let pool = db.pool().await;
-            let c = pool.get().await.unwrap();
-            let events: Vec<String> = c
-                .query("SELECT kind, from_state, to_state, result_code, detail FROM hub_events WHERE payment_request_id = $1 ORDER BY id", &[&id])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| format!("{:?}", (r.get::<_, String>(0), r.get::<_, Option<String>>(1), r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3), r.get::<_, Option<String>>(4))))
-                .collect();
-            panic!("{id}: hub state {s:?}, want {want}; events {events:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sandbox_row_through_the_hub() {
     let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(5)).await;
+    let up = Upstream::start(Duration::from_secs(10)).await;
     register(&db, "T_A", "terminal_a").await;
     let mut hub = TestHub::new(&db, &up.base_url(), "", "");
     hub.start(None).await;

@@ -105,6 +105,8 @@ cancel_retry_min = "50ms"
 cancel_retry_max = "100ms"
 queue_backoff_initial = "200ms"
 queue_backoff_max = "1s"
+lease = "2s"
+payment_expiry_margin = "0s"
 "#;
 
 /// One hub instance as a real process.
@@ -147,15 +149,31 @@ impl TestHub {
         } else {
             FAST_HUB
         };
+        // `[hub]`: these defaults, each replaced by the same key in `hub_extra`.
+        let mut hub: Vec<(String, String)> = [
+            ("listen", format!("\"127.0.0.1:{port}\"")),
+            ("insecure_http", "true".to_string()),
+            ("hub_private_key", "\"keys/hub_private.pem\"".to_string()),
+            ("active_cancel_after", "\"60s\"".to_string()),
+            ("terminal_decision_time", "\"10s\"".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for line in hub_extra.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                let (k, v) = (k.trim().to_string(), v.trim().to_string());
+                match hub.iter_mut().find(|(key, _)| *key == k) {
+                    Some(entry) => entry.1 = v,
+                    None => hub.push((k, v)),
+                }
+            }
+        }
+        let hub_section: String = hub.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let text = format!(
             r#"
 [hub]
-listen = "127.0.0.1:{port}"
-insecure_http = true
-hub_private_key = "keys/hub_private.pem"
-active_cancel_after = "60s"
-terminal_decision_time = "10s"
-{hub_extra}
+{hub_section}
 [database]
 url = "{url}"
 pool_size = 8
@@ -321,20 +339,23 @@ inquiry_interval = "50ms"
 inquiry_timeout = "1s"
 inquiry_max = 10
 cancel_timeout = "1s"
-cancel_retry_window = "2s"
+cancel_retry_window = "5s"
 cancel_retry_min = "50ms"
 cancel_retry_max = "100ms"
 queue_backoff_initial = "30s"
 queue_backoff_max = "10m"
+payment_expiry = "3s"
+payment_expiry_margin = "0s"
 "#;
 
 /// A terminal `posd run` whose gateway is the hub at `hub_base`, signing as `client_id` with
 /// `key`; `extra` sections are appended (e.g. a `[flow]`).
 pub fn terminal(hub_base: &str, client_id: &str, key: &str, extra: &str) -> TestDaemon {
     let gateway = format!(
-        "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"{hub_base}\"\ninsecure_http = true\n\
+        "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"{hub_base}\"\ninsecure_http = {}\n\
          client_id = \"{client_id}\"\nmerchant_private_key = \"var/keys/merchant_private.pem\"\n\
          gateway_public_key = \"{}\"\n{extra}",
+        !hub_base.starts_with("https://"),
         hub_key_path("hub_public.pem").display()
     );
     let flow = if extra.contains("[flow]") {
@@ -480,4 +501,88 @@ pub async fn hub_state(db: &TestDb, id: &str) -> Option<String> {
     .await
     .unwrap()
     .map(|r| r.get(0))
+}
+
+/// A TCP balancer in front of hub instances (what an estate runs before its hubs): each new
+/// connection goes to the first backend that accepts it, so a terminal's retry after an
+/// instance died reaches the next one.
+pub struct Balancer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    /// Listens on a free port in front of `backends` (base URLs).
+    pub async fn start(backends: &[&str]) -> Balancer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let backends: Vec<String> = backends
+            .iter()
+            .map(|b| b.trim_start_matches("http://").to_string())
+            .collect();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let backends = backends.clone();
+                tokio::spawn(async move {
+                    for b in &backends {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(b).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer { base, task }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until the hub's record of `id` is `want` (panics with the journal after `within`).
+pub async fn wait_hub_state(db: &TestDb, id: &str, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = hub_state(db, id).await;
+        if s.as_deref() == Some(want) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{id}: hub state {s:?}, want {want}; journal:\n{}",
+                journal(db, id).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The hub's journal of one payment, one line per event.
+pub async fn journal(db: &TestDb, id: &str) -> String {
+    let pool = db.pool().await;
+    let c = pool.get().await.unwrap();
+    c.query(
+        "SELECT instance, kind, coalesce(from_state,''), coalesce(to_state,''), coalesce(result_code,''), \
+         coalesce(detail,'') FROM hub_events WHERE payment_request_id = $1 ORDER BY id",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (0..6)
+            .map(|i| r.get::<_, String>(i))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
 }

@@ -5,6 +5,10 @@
 mod harness;
 mod pg;
 
+mod advice;
 mod basics;
 mod e2e;
+mod kills;
+mod notify;
 mod refusals;
+mod tls;

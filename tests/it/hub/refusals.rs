@@ -100,6 +100,20 @@ async fn refusals_forward_nothing_and_repeats_come_from_the_record() {
     assert!(r.signed, "answers are signed with the hub key");
     let payment_id = r.body["paymentId"].as_str().unwrap().to_string();
     assert_eq!(up.counts().pay, 1);
+    // The record keeps the code masked only.
+    let clear = format!(
+        "SELECT count(*) FROM hub_payments WHERE position(convert_to('{}', 'UTF8') in forward_body) > 0",
+        code("00")
+    );
+    assert_eq!(
+        db.count(&clear).await,
+        0,
+        "no clear payment code in the hub's database"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM hub_payments WHERE position(convert_to('2812**********3400', 'UTF8') in forward_body) > 0").await,
+        1
+    );
 
     // The identical repeat, from the record: the same answer, nothing forwarded.
     let again = b
