@@ -152,9 +152,9 @@ impl From<&RefundRecord> for RefundJson {
     fn from(r: &RefundRecord) -> Self {
         RefundJson {
             refund_request_id: r.refund_request_id.clone(),
-            kind: r.kind.clone(),
+            kind: r.kind.as_str().to_string(),
             amount: r.amount.to_decimal(),
-            state: r.state.clone(),
+            state: r.state.as_str().to_string(),
             refund_id: r.refund_id.clone(),
             result_code: r.result_code.clone(),
             reason: r.reason.clone(),

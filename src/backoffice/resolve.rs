@@ -210,14 +210,14 @@ pub async fn resolve(
                     let rid = make_refund_id(local, &terminal, owed, seq);
                     change.new_refund = Some(NewRefund {
                         refund_request_id: rid.clone(),
-                        kind: "REVERSAL",
+                        kind: crate::domain::machine::RefundKind::Reversal,
                         amount: Amount::from_minor(owed, rec.amount.currency())?,
                         reason: Some(format!("refunded outside posd: {}", reason)),
                         return_to: None,
                     });
                     change.settle_refund = Some(SettleRefund {
                         refund_request_id: rid,
-                        state: "SUCCEEDED",
+                        state: crate::store::refunds::RefundState::Succeeded,
                         refund_id: None,
                         result_code: Some("RESOLVED".into()),
                         result_message: None,

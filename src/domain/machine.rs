@@ -282,7 +282,9 @@ impl Default for Context {
     }
 }
 
-/// The machine's answer to an event.
+/// The machine's answer to an event. A `result_code` is the one the machine itself decided on
+/// (a refusal's code, `AMOUNT_MISMATCH`); when it gives none, the transition records the code
+/// the answer carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Move to `to` (may equal the current state only when `effect` continues a loop: then
@@ -339,7 +341,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
 
         // The answer to pay.
         (S::Paying, Event::PayAnswered(a)) => match a {
-            Answer::Success => go(S::Succeeded, "pay succeeded", Some("SUCCESS"), Effect::None),
+            Answer::Success => go(S::Succeeded, "pay succeeded", None, Effect::None),
             Answer::Failed { code, .. } => go(S::Failed, "pay declined", Some(code), Effect::None),
             Answer::Unknown { why } => go(
                 S::Inquiring,
@@ -353,7 +355,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
         (S::Inquiring, Event::PayAnswered(Answer::Success)) => go(
             S::Succeeded,
             "late pay answer: succeeded",
-            Some("SUCCESS"),
+            None,
             Effect::None,
         ),
         (S::Inquiring, Event::PayAnswered(Answer::Failed { code, .. })) => go(
@@ -387,7 +389,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 }
             };
             match i {
-                Inquiry::Paid => go(S::Succeeded, "inquiry: paid", Some("SUCCESS"), Effect::None),
+                Inquiry::Paid => go(S::Succeeded, "inquiry: paid", None, Effect::None),
                 Inquiry::Declined { code, .. } => go(
                     S::Failed,
                     "inquiry: payment failed",
@@ -397,7 +399,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 Inquiry::Closed => go(
                     S::Cancelled,
                     "inquiry: the gateway closed the payment",
-                    Some("CANCELLED"),
+                    None,
                     Effect::None,
                 ),
                 Inquiry::Pending { status } => keep_going(format!("inquiry: {status}")),
@@ -431,7 +433,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 go(
                     S::Succeeded,
                     "notification: paid",
-                    Some("SUCCESS"),
+                    None,
                     Effect::None,
                 )
             } else {
@@ -506,18 +508,29 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
             Answer::Success => go(
                 S::Cancelled,
                 "cancel confirmed",
-                Some("SUCCESS"),
+                None,
                 Effect::None,
+            ),
+            // A refund needs the gateway's paymentId: without one, a human refunds it.
+            Answer::Failed {
+                refusal: Refusal::CancelWindowPassed,
+                code,
+                ..
+            } if ctx.gateway_saw_payment => go(
+                S::Refunding,
+                "cancel window passed; refunding the full amount",
+                Some(code),
+                Effect::Refund,
             ),
             Answer::Failed {
                 refusal: Refusal::CancelWindowPassed,
                 code,
                 ..
             } => go(
-                S::Refunding,
-                "cancel window passed; refunding the full amount",
+                S::NeedsAttention,
+                "cancel window passed and a refund is owed, but the gateway never gave the paymentId; refund it from the merchant portal",
                 Some(code),
-                Effect::Refund,
+                Effect::None,
             ),
             Answer::Failed { code, message, .. } => go(
                 S::NeedsAttention,
@@ -555,7 +568,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 } else {
                     S::PartiallyRefunded
                 };
-                go(to, "refund confirmed", Some("SUCCESS"), Effect::None)
+                go(to, "refund confirmed", None, Effect::None)
             }
             Answer::Failed { code, message, .. } => match ctx.refund_kind {
                 RefundKind::Reversal => go(
@@ -603,14 +616,14 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
         (S::CancelQueued, Event::QueuedCancelConfirmed) => go(
             S::Cancelled,
             "queued cancel confirmed",
-            Some("SUCCESS"),
+            None,
             Effect::None,
         ),
         // The reversal stays owed: the payment waits in CANCEL_QUEUED for the queued refund.
         (S::CancelQueued, Event::QueuedCancelWindowPassed) => go(
             S::CancelQueued,
             "queued cancel refused: the cancel window has passed; the full amount is queued as a refund",
-            Some("CANCEL_WINDOW_EXCEED"),
+            None,
             Effect::EnqueueRefund,
         ),
         (S::CancelQueued | S::Refunding, Event::QueuedRefundConfirmed { fully_refunded }) => {
@@ -619,7 +632,7 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
             } else {
                 S::PartiallyRefunded
             };
-            go(to, "queued refund confirmed", Some("SUCCESS"), Effect::None)
+            go(to, "queued refund confirmed", None, Effect::None)
         }
         (S::CancelQueued | S::Refunding, Event::QueueGaveUp { reason }) => go(
             S::NeedsAttention,

@@ -10,11 +10,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::queue::{Payload, PAYLOAD_VERSION};
-use super::{context_of, failpoint, make_refund_id, Engine};
-use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
+use super::transition::{
+    fully_refunded, learn_payment_id, plan, refund_order as refund_order_of, Planned,
+};
+use super::{failpoint, Engine};
+use crate::domain::machine::{self, Answer, Effect, Event, Inquiry, Refusal, State};
 use crate::gateway::{Facts, PreparedPay, RefundOrder, Reply};
-use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
+use crate::store::payments::{self, PaymentRecord};
 
 /// Extra time the engine allows beyond a call's own deadline before it gives up on the call
 /// itself (the client enforces the real deadline; this only guards against a stuck future).
@@ -22,24 +24,11 @@ pub(super) const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Facts an answer carried besides the event.
 #[derive(Default, Clone)]
-struct Extras {
-    payment_id: Option<String>,
-    result_code: Option<String>,
-    result_message: Option<String>,
-    refund_id: Option<String>,
-    /// `paymentTime` / `refundTime` as the gateway gave it (the statement's `paymentTime`).
-    gateway_time: Option<String>,
-}
+struct Extras(Facts);
 
 impl Extras {
     fn of(f: &Facts) -> Extras {
-        Extras {
-            payment_id: f.payment_id.clone(),
-            result_code: f.result_code.clone(),
-            result_message: f.result_message.clone(),
-            refund_id: f.refund_id.clone(),
-            gateway_time: f.time.clone(),
-        }
+        Extras(f.clone())
     }
 }
 
@@ -325,10 +314,16 @@ async fn refund_order(engine: &Engine, id: &str) -> anyhow::Result<(RefundOrder,
     let id = id.to_string();
     engine
         .store()
-        .call(move |c| {
+        .read(move |c| {
             let rec =
                 payments::get(c, &id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))?;
-            refund_order_sync(c, &rec)
+            let rid = rec
+                .active_refund_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("payment {id} is REFUNDING without a refund"))?;
+            let r = payments::get_refund(c, &rid)?
+                .ok_or_else(|| anyhow::anyhow!("refund {rid} vanished"))?;
+            Ok((refund_order_of(&rec, &r)?, fully_refunded(&rec, &r)))
         })
         .await
 }
@@ -363,10 +358,10 @@ async fn refund(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
     )
     .await;
     // A refund's answer names the refund; the payment's id comes from pay, inquiry or cancel.
-    let extras = Extras {
+    let extras = Extras(Facts {
         payment_id: None,
-        ..Extras::of(&reply.facts)
-    };
+        ..reply.facts
+    });
     Ok(Some((
         Event::RefundAnswered {
             answer: reply.answer,
@@ -376,54 +371,6 @@ async fn refund(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
     )))
 }
 
-/// Learns the gateway's paymentId by inquiry when no answer carried it yet (a refund needs it).
-async fn ensure_payment_id(engine: &Engine, rec: &PaymentRecord) -> Option<String> {
-    if rec.payment_id.is_some() {
-        return rec.payment_id.clone();
-    }
-    let s = engine.settings();
-    for _ in 0..3 {
-        let reply = with_deadline(
-            s.inquiry_timeout,
-            engine.gateway().inquiry_payment(&rec.payment_request_id),
-        )
-        .await;
-        if reply.facts.payment_id.is_some() {
-            return reply.facts.payment_id;
-        }
-    }
-    None
-}
-
-/// Builds the refund request of a REFUNDING payment from its stored rows (sync, inside a
-/// store call).
-fn refund_order_sync(
-    c: &rusqlite::Connection,
-    rec: &PaymentRecord,
-) -> anyhow::Result<(RefundOrder, bool)> {
-    let id = &rec.payment_request_id;
-    let rid = rec
-        .active_refund_id
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("payment {id} is REFUNDING without a refund"))?;
-    let r =
-        payments::get_refund(c, &rid)?.ok_or_else(|| anyhow::anyhow!("refund {rid} vanished"))?;
-    let payment_id = rec
-        .payment_id
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("payment {id} has no gateway paymentId"))?;
-    let full = rec.refunded.minor() + r.amount.minor() >= rec.amount.minor();
-    Ok((
-        RefundOrder {
-            refund_request_id: rid,
-            payment_id,
-            amount: r.amount,
-            reason: r.reason,
-        },
-        full,
-    ))
-}
-
 /// What one commit did.
 struct Committed {
     effect: Effect,
@@ -431,7 +378,7 @@ struct Committed {
 }
 
 /// Commits the machine's decision on `event` with compare-and-set and returns the next effect.
-/// Reading the state, deciding and writing happen in one store call, so a sale's answer costs
+/// Reading the state, planning and writing happen in one store call, so a sale's answer costs
 /// one trip to the database thread and one commit.
 async fn commit(
     engine: &Engine,
@@ -441,15 +388,16 @@ async fn commit(
 ) -> anyhow::Result<Effect> {
     // The one case that needs the network before deciding: a reversal refund needs the
     // gateway's paymentId, learned by inquiry when no answer carried it yet.
-    let mut learned_pid = extras.payment_id.clone();
+    let mut facts = extras.0;
     if let Event::CancelAnswered(Answer::Failed {
         refusal: Refusal::CancelWindowPassed,
         ..
     }) = event
     {
-        if learned_pid.is_none() {
-            let rec = load(engine, id).await?;
-            learned_pid = ensure_payment_id(engine, &rec).await;
+        if facts.payment_id.is_none() && load(engine, id).await?.payment_id.is_none() {
+            let s = engine.settings();
+            facts.payment_id =
+                learn_payment_id(engine.gateway().as_ref(), id, s.inquiry_timeout, 3).await;
         }
     }
     let e = engine.clone();
@@ -457,7 +405,65 @@ async fn commit(
     let event_owned = event.clone();
     let done = engine
         .store()
-        .call(move |c| commit_sync(&e, c, &id_owned, &event_owned, &extras, learned_pid))
+        .call(move |c| {
+            let env = e.env();
+            for _ in 0..16 {
+                let rec = payments::get(c, &id_owned)?
+                    .ok_or_else(|| anyhow::anyhow!("payment {id_owned} vanished"))?;
+                let refund = match &rec.active_refund_id {
+                    Some(rid) => payments::get_refund(c, rid)?,
+                    None => None,
+                };
+                let planned = plan(&env, &rec, &event_owned, &facts, refund.as_ref(), &mut || {
+                    Ok(payments::next_sequence(c)?)
+                })?;
+                let p = match planned {
+                    Planned::Move(p) => p,
+                    Planned::Ignore { why, effect } => {
+                        tracing::info!(state = %rec.state, why, "answer changes nothing");
+                        if let Some(pid) = &facts.payment_id {
+                            payments::note_payment_id(c, &id_owned, pid)?;
+                        }
+                        // A driver must not stop while its payment is open (an abort may have
+                        // moved it from inquiring to cancelling under our feet).
+                        let effect = if effect == Effect::None {
+                            machine::resume_effect(rec.state)
+                        } else {
+                            effect
+                        };
+                        return Ok(Committed {
+                            effect,
+                            moved: None,
+                        });
+                    }
+                    Planned::Refuse { why } => {
+                        tracing::warn!(why, "event refused");
+                        return Ok(Committed {
+                            effect: machine::resume_effect(rec.state),
+                            moved: None,
+                        });
+                    }
+                };
+                match payments::apply(c, &id_owned, rec.state, &p.change, env.now_ms)? {
+                    Some(new) => {
+                        let effect = if new.state != p.to {
+                            machine::resume_effect(new.state)
+                        } else {
+                            p.effect
+                        };
+                        return Ok(Committed {
+                            effect,
+                            moved: Some((rec.state, new.state)),
+                        });
+                    }
+                    None => {
+                        tracing::info!(expected = %rec.state, "state moved on before the commit; deciding again");
+                        continue;
+                    }
+                }
+            }
+            anyhow::bail!("payment {id_owned} kept changing while an answer was being committed")
+        })
         .await?;
     if let Some((from, to)) = done.moved {
         engine.changed_payment(id, to);
@@ -469,186 +475,4 @@ async fn commit(
         }
     }
     Ok(done.effect)
-}
-
-fn commit_sync(
-    engine: &Engine,
-    c: &mut rusqlite::Connection,
-    id: &str,
-    event: &Event,
-    extras: &Extras,
-    learned_pid: Option<String>,
-) -> anyhow::Result<Committed> {
-    let rules = engine.settings().rules();
-    for _ in 0..16 {
-        let rec = payments::get(c, id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))?;
-        let ctx = context_of(&rec, rules, engine.now_ms());
-        let (to, cause, result_code, effect) = match machine::decide(rec.state, &ctx, event) {
-            Decision::Go {
-                to,
-                cause,
-                result_code,
-                effect,
-            } => (to, cause, result_code, effect),
-            Decision::Ignore { why, effect } => {
-                tracing::info!(state = %rec.state, why, "answer changes nothing");
-                if let Some(pid) = &extras.payment_id {
-                    payments::note_payment_id(c, id, pid)?;
-                }
-                // A driver must not stop while its payment is open (an abort may have moved
-                // it from inquiring to cancelling under our feet).
-                let effect = if effect == Effect::None {
-                    machine::resume_effect(rec.state)
-                } else {
-                    effect
-                };
-                return Ok(Committed {
-                    effect,
-                    moved: None,
-                });
-            }
-            Decision::Refuse { why } => {
-                tracing::warn!(why, "event refused");
-                return Ok(Committed {
-                    effect: machine::resume_effect(rec.state),
-                    moved: None,
-                });
-            }
-        };
-        // A final move the machine gives no code of its own records the answer's.
-        let result_code = result_code.or_else(|| {
-            (to.is_final() && to != rec.state)
-                .then(|| extras.result_code.clone())
-                .flatten()
-        });
-        let mut change = Change {
-            to: Some(to),
-            cause,
-            result_code,
-            result_message: extras.result_message.clone(),
-            payment_id: extras.payment_id.clone(),
-            // The gateway's time of the charge, or of the refund being settled.
-            gateway_time: extras.gateway_time.clone().filter(|_| {
-                to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })
-            }),
-            ..Default::default()
-        };
-        if matches!(event, Event::Inquired(_)) {
-            change.inquiries = Some(rec.inquiries + 1);
-        }
-        let now = engine.now_ms();
-        let backoff = engine.settings().queue_backoff_initial.as_millis() as i64;
-        match effect {
-            Effect::EnqueueCancel => {
-                change.enqueue = Some(NewQueueItem {
-                    kind: "CANCEL",
-                    refund_request_id: None,
-                    payload_version: PAYLOAD_VERSION,
-                    payload: Payload::Cancel {
-                        payment_request_id: id.to_string(),
-                    }
-                    .encode(),
-                    next_attempt_at: now + backoff,
-                });
-            }
-            Effect::EnqueueRefund => {
-                let (order, _) = refund_order_sync(c, &rec)?;
-                change.enqueue = Some(NewQueueItem {
-                    kind: "REFUND",
-                    refund_request_id: Some(order.refund_request_id.clone()),
-                    payload_version: PAYLOAD_VERSION,
-                    payload: Payload::from_refund(id, &order).encode(),
-                    next_attempt_at: now + backoff,
-                });
-                change.settle_refund = Some(SettleRefund {
-                    refund_request_id: order.refund_request_id,
-                    state: "QUEUED",
-                    refund_id: None,
-                    result_code: None,
-                    result_message: None,
-                    add_to_refunded: false,
-                });
-            }
-            _ => {}
-        }
-        if let Event::RefundAnswered { answer, .. } = event {
-            if let Some(rid) = rec.active_refund_id.clone() {
-                let (state, add) = match answer {
-                    Answer::Success => ("SUCCEEDED", true),
-                    Answer::Failed { .. } => ("FAILED", false),
-                    Answer::Unknown { .. } => ("PENDING", false),
-                };
-                change.settle_refund = Some(SettleRefund {
-                    refund_request_id: rid,
-                    state,
-                    refund_id: extras.refund_id.clone(),
-                    result_code: change.result_code.clone(),
-                    result_message: extras.result_message.clone(),
-                    add_to_refunded: add,
-                });
-            }
-        }
-        if to == State::Refunding && rec.state == State::Cancelling {
-            // The reversal refund: its id and request are committed before it is sent.
-            match rec.payment_id.clone().or_else(|| learned_pid.clone()) {
-                Some(pid) => {
-                    let local = engine.local_now().naive_local();
-                    let seq = payments::next_sequence(c)?;
-                    change.payment_id = Some(pid);
-                    change.new_refund = Some(NewRefund {
-                        refund_request_id: make_refund_id(
-                            local,
-                            &engine.settings().terminal_id,
-                            rec.amount.minor(),
-                            seq,
-                        ),
-                        kind: "REVERSAL",
-                        amount: rec.amount,
-                        reason: Some("reversal: cancel window passed".into()),
-                        return_to: None,
-                    });
-                }
-                None => {
-                    change.to = Some(State::NeedsAttention);
-                    change.cause = "cancel window passed and a refund is owed, but the gateway never gave the paymentId; refund it from the merchant portal".into();
-                }
-            }
-        }
-        let to = change.to.unwrap_or(to);
-        if to == State::NeedsAttention {
-            change.attention_reason = Some(change.cause.clone());
-        }
-        if matches!(
-            to,
-            State::Succeeded | State::Cancelled | State::Refunded | State::PartiallyRefunded
-        ) {
-            let refund = match &rec.active_refund_id {
-                Some(rid) => payments::get_refund(c, rid)?,
-                None => None,
-            };
-            let mut with_id = rec.clone();
-            if with_id.payment_id.is_none() {
-                with_id.payment_id = extras.payment_id.clone();
-            }
-            change.slip = engine.slip_for(&with_id, to, refund.as_ref());
-        }
-        match payments::apply(c, id, rec.state, &change, now)? {
-            Some(new) => {
-                let effect = if new.state != to {
-                    machine::resume_effect(new.state)
-                } else {
-                    effect
-                };
-                return Ok(Committed {
-                    effect,
-                    moved: Some((rec.state, new.state)),
-                });
-            }
-            None => {
-                tracing::info!(expected = %rec.state, "state moved on before the commit; deciding again");
-                continue;
-            }
-        }
-    }
-    anyhow::bail!("payment {id} kept changing while an answer was being committed")
 }

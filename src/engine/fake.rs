@@ -96,7 +96,13 @@ pub(crate) fn unknown() -> Reply<Answer> {
 
 /// A success without facts.
 pub(crate) fn ok() -> Reply<Answer> {
-    Reply::bare(Answer::Success)
+    Reply {
+        answer: Answer::Success,
+        facts: Facts {
+            result_code: Some("SUCCESS".into()),
+            ..Facts::default()
+        },
+    }
 }
 
 /// A success naming the gateway's payment id.
@@ -105,6 +111,7 @@ pub(crate) fn ok_with_payment_id(id: &str) -> Reply<Answer> {
         answer: Answer::Success,
         facts: Facts {
             payment_id: Some(id.into()),
+            result_code: Some("SUCCESS".into()),
             ..Facts::default()
         },
     }
@@ -116,6 +123,7 @@ pub(crate) fn refunded(refund_id: &str) -> Reply<Answer> {
         answer: Answer::Success,
         facts: Facts {
             refund_id: Some(refund_id.into()),
+            result_code: Some("SUCCESS".into()),
             ..Facts::default()
         },
     }
@@ -167,7 +175,9 @@ pub(crate) fn processing() -> Reply<Inquiry> {
 
 /// The inquiry says paid.
 pub(crate) fn paid() -> Reply<Inquiry> {
-    inquired(Inquiry::Paid)
+    let mut r = inquired(Inquiry::Paid);
+    r.facts.result_code = Some("SUCCESS".into());
+    r
 }
 
 /// The inquiry finds no such payment.
@@ -242,7 +252,11 @@ impl Gateway for Fake {
             h.settle();
             return match (h.charged, h.cancelled) {
                 (true, false) => paid(),
-                (true, true) => inquired(Inquiry::Closed),
+                (true, true) => {
+                    let mut r = inquired(Inquiry::Closed);
+                    r.facts.result_code = Some("CANCELLED".into());
+                    r
+                }
                 _ => not_found(),
             };
         }

@@ -12,6 +12,7 @@ pub mod notify;
 pub mod queue;
 pub mod recording;
 mod refund;
+mod transition;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::domain::code::PaymentCode;
-use crate::domain::machine::{self, Context, Decision, Event, State};
+use crate::domain::machine::{self, Context, Event, State};
 use crate::domain::money::Amount;
 use crate::domain::request_id::{self, IdParts};
 use crate::gateway::Gateway;
@@ -337,6 +338,24 @@ impl Engine {
         self.inner.clock.now_ms()
     }
 
+    /// The terminal around a transition planned now.
+    pub(crate) fn env(&self) -> transition::Env<'_> {
+        let s = &self.inner.settings;
+        let now_ms = self.now_ms();
+        let utc = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+        transition::Env {
+            rules: s.rules(),
+            now_ms,
+            local: local_time(s.timezone, utc).naive_local(),
+            who: SlipIdentity {
+                merchant_name: &s.merchant_name,
+                store_name: &s.store_name,
+                terminal_id: &s.terminal_id,
+            },
+            backoff_initial: s.queue_backoff_initial,
+        }
+    }
+
     /// The `paymentExpiryTime` of a pay requested now: `payment_expiry` later, rounded up to
     /// the second it is sent with, as epoch ms and as terminal-local time.
     fn pay_expiry(&self) -> (i64, DateTime<FixedOffset>) {
@@ -447,25 +466,38 @@ impl Engine {
         // As in `start_sale`: the waiting sale is handed out from inside the transaction, so
         // the pay request is signed while the commit is on its way to disk.
         let (found_tx, found_rx) = tokio::sync::oneshot::channel::<PaymentRecord>();
+        let engine = self.clone();
         let commit = self.inner.store.call(move |c| {
             let Some(waiting) = payments::awaiting_code(c)? else {
                 return Ok(None);
             };
             let _ = found_tx.send(waiting.clone());
+            let env = engine.env();
+            let transition::Planned::Move(p) = transition::plan(
+                &env,
+                &waiting,
+                &Event::CodeBound,
+                &crate::gateway::Facts::default(),
+                None,
+                &mut || Ok(payments::next_sequence(c)?),
+            )?
+            else {
+                return Ok(None);
+            };
+            // The intent of the pay: the masked code, the time and the expiry it is sent with.
             let change = Change {
-                to: Some(State::Paying),
                 cause: format!("code {masked} scanned; pay intent committed"),
                 code_masked: Some(masked),
                 terminal_time: Some(terminal_time),
                 pay_expires_at: Some(expires_ms),
-                ..Default::default()
+                ..p.change
             };
             Ok(payments::apply(
                 c,
                 &waiting.payment_request_id,
-                State::AwaitingCode,
+                waiting.state,
                 &change,
-                now_ms(),
+                env.now_ms,
             )?)
         });
         let prepare = async {
@@ -524,48 +556,48 @@ impl Engine {
         extend: F,
     ) -> Result<PaymentRecord, EngineError>
     where
-        F: Fn(&rusqlite::Connection, &PaymentRecord, &mut Change) -> anyhow::Result<()>
+        F: Fn(&crate::store::transition::Tx, &PaymentRecord, &mut Change) -> anyhow::Result<()>
             + Send
             + 'static,
     {
         let id_owned = id.to_string();
-        let rules = self.inner.settings.rules();
         let engine = self.clone();
         let outcome = self
             .inner
             .store
             .call(move |c| {
+                let env = engine.env();
                 for _ in 0..16 {
                     let Some(rec) = payments::get(c, &id_owned)? else {
                         return Ok(Err(EngineError::NotFound(id_owned)));
                     };
-                    let ctx = context_of(&rec, rules, engine.now_ms());
-                    match machine::decide(rec.state, &ctx, &event) {
-                        Decision::Go { to, cause, result_code, .. } => {
-                            let refund = match &rec.active_refund_id {
-                                Some(r) => payments::get_refund(c, r)?,
-                                None => None,
-                            };
-                            let mut change = Change {
-                                to: Some(to),
-                                attention_reason: (to == State::NeedsAttention).then(|| cause.clone()),
-                                cause,
-                                result_code,
-                                slip: engine.slip_for(&rec, to, refund.as_ref()),
-                                ..Default::default()
-                            };
+                    let refund = match &rec.active_refund_id {
+                        Some(r) => payments::get_refund(c, r)?,
+                        None => None,
+                    };
+                    let planned = transition::plan(
+                        &env,
+                        &rec,
+                        &event,
+                        &crate::gateway::Facts::default(),
+                        refund.as_ref(),
+                        &mut || Ok(payments::next_sequence(c)?),
+                    )?;
+                    match planned {
+                        transition::Planned::Move(p) => {
+                            let mut change = p.change;
                             let tx = c.savepoint()?;
                             extend(&tx, &rec, &mut change)?;
-                            if let Some(new) = payments::apply_in(&tx, &id_owned, rec.state, &change, now_ms())? {
+                            if let Some(new) = payments::apply_in(&tx, &id_owned, rec.state, &change, env.now_ms)? {
                                 tx.commit()?;
                                 return Ok(Ok((new, true)));
                             }
                         }
-                        Decision::Ignore { why, .. } => {
+                        transition::Planned::Ignore { why, .. } => {
                             tracing::info!(payment = %id_owned, state = %rec.state, why, "event changes nothing");
                             return Ok(Ok((rec, false)));
                         }
-                        Decision::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),
+                        transition::Planned::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),
                     }
                 }
                 Err(anyhow::anyhow!("payment {id_owned} kept changing; try again"))

@@ -2,8 +2,10 @@
 //! notification row and its state change commit in one transaction, so a notification and an
 //! inquiry answer can never both apply (rule 5).
 
-use super::{context_of, Engine, EngineError};
-use crate::domain::machine::{self, Decision, Event, State};
+use super::transition::{plan, Planned};
+use super::{Engine, EngineError};
+use crate::domain::machine::{Event, State};
+use crate::gateway::Facts;
 use crate::store::notifications::{self, Decide, NewNotification, Recorded};
 use crate::store::now_ms;
 use crate::store::payments::{Change, PaymentRecord};
@@ -86,7 +88,6 @@ fn decide(
     n: &NewNotification,
     what: Notified,
 ) -> Option<Change> {
-    let rules = engine.inner.settings.rules();
     let Notified::Result { paid } = what else {
         return None;
     };
@@ -95,24 +96,17 @@ fn decide(
         paid,
         amount_matches: matches,
     };
-    match machine::decide(p.state, &context_of(p, rules, engine.now_ms()), &event) {
-        Decision::Go {
-            to,
-            cause,
-            result_code,
-            ..
-        } => Some(Change {
-            slip: {
-                let mut with_id = p.clone();
-                if with_id.payment_id.is_none() {
-                    with_id.payment_id = n.payment_id.clone();
-                }
-                engine.slip_for(&with_id, to, None)
-            },
-            to: Some(to),
-            cause,
-            result_code: result_code.or_else(|| n.result_code.clone()),
-            payment_id: n.payment_id.clone(),
+    let facts = Facts {
+        payment_id: n.payment_id.clone(),
+        result_code: n.result_code.clone(),
+        ..Facts::default()
+    };
+    // A notification never creates a refund: no sequence number is ever taken.
+    let planned = plan(&engine.env(), p, &event, &facts, None, &mut || {
+        anyhow::bail!("a notification takes no sequence number")
+    });
+    match planned {
+        Ok(Planned::Move(plan)) => Some(Change {
             attention_reason: (!matches).then(|| {
                 format!(
                     "a notification reported {} {} but the request was {} {}; check the charge with the gateway",
@@ -122,14 +116,18 @@ fn decide(
                     p.amount.currency().code()
                 )
             }),
-            ..Default::default()
+            ..plan.change
         }),
-        Decision::Ignore { why, .. } => {
+        Ok(Planned::Ignore { why, .. }) => {
             tracing::info!(payment = %p.payment_request_id, state = %p.state, why, "notification changes nothing");
             None
         }
-        Decision::Refuse { why } => {
+        Ok(Planned::Refuse { why }) => {
             tracing::info!(payment = %p.payment_request_id, state = %p.state, why = %why, "notification refused by the machine");
+            None
+        }
+        Err(e) => {
+            tracing::error!(payment = %p.payment_request_id, error = %e, "notification cannot be planned");
             None
         }
     }

@@ -2,13 +2,14 @@
 //! checked and committed under the payment's lock, then sent by the payment's task with the
 //! identical request for the retry window, then queued.
 
-use super::driver::with_deadline;
-use super::{context_of, make_refund_id, Engine, EngineError};
-use crate::domain::machine::{self, Decision, Effect, Event, State};
+use super::transition::{learn_payment_id, plan, Planned};
+use super::{make_refund_id, Engine, EngineError};
+use crate::domain::machine::{Effect, Event, RefundKind, State};
 use crate::domain::money::Amount;
+use crate::gateway::Facts;
 use crate::store::idempotency::{self, Idempotency, Seen};
-use crate::store::now_ms;
 use crate::store::payments::{self, Change, NewRefund, PaymentRecord};
+use crate::store::refunds::{self, RefundState};
 
 /// The longest refund reason the gateway accepts (`refundReason`).
 pub const MAX_REFUND_REASON: usize = 256;
@@ -77,15 +78,13 @@ impl Engine {
         {
             self.learn_payment_id(&rec.payment_request_id).await;
         }
-        let local = self.local_now().naive_local();
-        let terminal = self.inner.settings.terminal_id.clone();
-        let rules = self.inner.settings.rules();
-        let now = self.now_ms();
         let id_owned = id.to_string();
+        let engine = self.clone();
         let rec = self
             .inner
             .store
             .call(move |c| {
+                let env = engine.env();
                 let tx = c.savepoint()?;
                 let Some(rec) = payments::get(&tx, &id_owned)? else {
                     return Ok(Err(EngineError::NotFound(id_owned)));
@@ -102,10 +101,12 @@ impl Engine {
                         }
                     }
                 }
-                let ctx = context_of(&rec, rules, now);
-                let (to, cause) = match machine::decide(rec.state, &ctx, &Event::RefundRequested) {
-                    Decision::Go { to, cause, effect: Effect::Refund, .. } => (to, cause),
-                    Decision::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),
+                let planned = plan(&env, &rec, &Event::RefundRequested, &Facts::default(), None, &mut || {
+                    Ok(payments::next_sequence(&tx)?)
+                })?;
+                let p = match planned {
+                    Planned::Move(p) if p.effect == Effect::Refund => p,
+                    Planned::Refuse { why } => return Ok(Err(EngineError::Conflict(why))),
                     other => {
                         return Ok(Err(EngineError::Conflict(format!(
                             "payment is {}; it cannot be refunded now ({other:?})",
@@ -118,12 +119,7 @@ impl Engine {
                         "the gateway has not given this payment's paymentId, so it cannot be refunded from the terminal yet; try again later or refund it in the merchant portal".into(),
                     )));
                 };
-                let pending: i64 = tx.query_row(
-                    "SELECT ifnull(sum(amount_minor), 0) FROM refunds \
-                     WHERE payment_request_id = ?1 AND state IN ('PENDING','QUEUED')",
-                    [&id_owned],
-                    |r| r.get(0),
-                )?;
+                let pending = refunds::open_sum(&tx, &id_owned)?;
                 let captured = rec.amount.minor();
                 let left = captured - rec.refunded.minor() - pending;
                 let want = amount.map(|a| a.minor()).unwrap_or(left);
@@ -146,24 +142,23 @@ impl Engine {
                     ))));
                 }
                 let seq = payments::next_sequence(&tx)?;
-                let refund_id = make_refund_id(local, &terminal, want, seq);
+                let refund_id = make_refund_id(env.local, env.who.terminal_id, want, seq);
                 if let Some(k) = &key {
-                    idempotency::record(&tx, k, &refund_id, now_ms())?;
+                    idempotency::record(&tx, k, &refund_id, env.now_ms)?;
                 }
                 let change = Change {
-                    to: Some(to),
-                    cause: format!("{cause}: {} {} as {refund_id}", show(want), cur.code()),
+                    cause: format!("{}: {} {} as {refund_id}", p.change.cause, show(want), cur.code()),
                     payment_id: Some(payment_id),
                     new_refund: Some(NewRefund {
                         refund_request_id: refund_id,
-                        kind: "REQUESTED",
+                        kind: RefundKind::Requested,
                         amount: Amount::from_minor(want, cur)?,
                         reason,
                         return_to: Some(rec.state),
                     }),
-                    ..Default::default()
+                    ..p.change
                 };
-                let Some(moved) = payments::apply_in(&tx, &id_owned, rec.state, &change, now_ms())? else {
+                let Some(moved) = payments::apply_in(&tx, &id_owned, rec.state, &change, env.now_ms)? else {
                     return Err(anyhow::anyhow!("payment {id_owned} changed inside its own transaction"));
                 };
                 tx.commit()?;
@@ -181,12 +176,11 @@ impl Engine {
         Ok((rec, false))
     }
 
-    /// One inquiry to learn a paymentId that no answer carried yet.
+    /// One inquiry to learn a paymentId that no answer carried yet, recorded when learned.
     async fn learn_payment_id(&self, id: &str) {
         let t = self.inner.settings.inquiry_timeout;
-        let reply = with_deadline(t, self.inner.gateway.inquiry_payment(id)).await;
         {
-            if let Some(pid) = reply.facts.payment_id {
+            if let Some(pid) = learn_payment_id(self.inner.gateway.as_ref(), id, t, 1).await {
                 let id = id.to_string();
                 let noted = self
                     .inner
@@ -214,6 +208,6 @@ impl Engine {
             .store
             .call(move |c| Ok(payments::get_refund(c, &rid)?))
             .await?;
-        Ok(r.is_some_and(|r| r.state == "QUEUED"))
+        Ok(r.is_some_and(|r| r.state == RefundState::Queued))
     }
 }

@@ -1,5 +1,8 @@
-//! The store-and-forward reversal queue worker (docs/design.md, rule 4 and flow step 8): replays
-//! queued cancels and refunds until the gateway confirms them or a human decides.
+//! The store-and-forward reversal queue (docs/design.md, rule 4 and flow step 8): its
+//! settings, the [`Replayer`] (lease, send the stored request, report), with the wake signal
+//! (`worker/signal.rs`), the settle (`worker/settle.rs`) and the daemon's task
+//! (`worker/task.rs`) beside it. Replays queued cancels and refunds until the gateway
+//! confirms them or a human decides.
 //!
 //! # Replaying
 //! A [`Replayer`] leases due items (`store::queue::lease_due`, one immediate transaction),
@@ -30,28 +33,34 @@
 //! replayer could take it over. A replayer killed mid-send leaves its lease to expire; the item
 //! is then retaken and resent (the gateway's idempotency makes the resend harmless).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use async_trait::async_trait;
-use rand::Rng;
-use rusqlite::Connection;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::{backoff, jittered};
 use super::clock::Clock;
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::{context_of, failpoint, local_time, make_refund_id, slip_data, Rules, SlipIdentity};
+use super::transition::learn_payment_id;
+use super::{context_of, failpoint, local_time, Rules};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
-use crate::gateway::{Gateway, PayOrder, RefundOrder, Reply};
-use crate::store::payments::{self, Change, NewQueueItem, NewRefund, PaymentRecord, SettleRefund};
-use crate::store::queue::{self as q, ItemKind, ItemStatus, LeaseRefused, QueueItem};
+use crate::gateway::Gateway;
+use crate::store::payments;
+use crate::store::queue::{self as q, ItemKind, LeaseRefused, QueueItem};
 use crate::store::Store;
+
+mod settle;
+mod signal;
+mod task;
+
+use settle::{settle_batch, SettleCtx};
+pub use signal::QueueSignal;
+pub(crate) use signal::Watched;
+pub(crate) use task::run;
 
 /// How many worst-case calls a lease covers.
 const LEASE_CALLS: u32 = 4;
@@ -138,89 +147,6 @@ impl QueueSettings {
     }
 }
 
-/// Wakes the worker: on enqueue, on demand, and when the gateway answers again after an
-/// unanswered call (network back).
-#[derive(Debug)]
-pub struct QueueSignal {
-    wake: Notify,
-    /// The last gateway call went unanswered (starts true: after a restart the first answer
-    /// replays the queue at once).
-    down: AtomicBool,
-    /// The gateway answered after being down; the worker makes every item due.
-    back: AtomicBool,
-}
-
-impl Default for QueueSignal {
-    fn default() -> Self {
-        QueueSignal {
-            wake: Notify::new(),
-            down: AtomicBool::new(true),
-            back: AtomicBool::new(false),
-        }
-    }
-}
-
-impl QueueSignal {
-    /// Wakes the worker now (an item was enqueued, or someone asked for a replay).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Notes whether a gateway call got a certain answer.
-    pub fn observe(&self, certain: bool) {
-        if !certain {
-            self.down.store(true, Ordering::SeqCst);
-        } else if self.down.swap(false, Ordering::SeqCst) {
-            self.back.store(true, Ordering::SeqCst);
-            self.wake.notify_one();
-        }
-    }
-}
-
-/// The engine's gateway, watched: every outcome feeds the [`QueueSignal`]. (A wrapper rather
-/// than `AmsClient::with_observer`, whose single slot is the metrics hook's.)
-pub(crate) struct Watched {
-    pub(crate) inner: Arc<dyn Gateway>,
-    pub(crate) signal: Arc<QueueSignal>,
-}
-
-#[async_trait]
-impl Gateway for Watched {
-    async fn pay(&self, order: &PayOrder) -> Reply<Answer> {
-        let o = self.inner.pay(order).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    fn prepare_pay(&self, order: PayOrder) -> crate::gateway::PreparedPay {
-        self.inner.prepare_pay(order)
-    }
-    async fn send_pay(&self, prepared: crate::gateway::PreparedPay) -> Reply<Answer> {
-        let o = self.inner.send_pay(prepared).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn inquiry_payment(&self, id: &str) -> Reply<Inquiry> {
-        let o = self.inner.inquiry_payment(id).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn cancel(&self, id: &str) -> Reply<Answer> {
-        let o = self.inner.cancel(id).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn refund(&self, order: &RefundOrder) -> Reply<Answer> {
-        let o = self.inner.refund(order).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-    async fn inquiry_refund(&self, id: &str) -> Reply<Answer> {
-        let o = self.inner.inquiry_refund(id).await;
-        self.signal.observe(o.is_certain());
-        o
-    }
-}
-
 /// What became of one item in a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemOutcome {
@@ -296,9 +222,11 @@ enum Verdict {
     Confirmed {
         payment_id: Option<String>,
         refund_id: Option<String>,
+        result_code: Option<String>,
     },
     CancelWindowPassed {
         payment_id: String,
+        code: String,
     },
     Refused {
         code: String,
@@ -349,19 +277,6 @@ type OnChange = Box<dyn Fn(&str, State) + Send + Sync>;
 
 /// Told the error when the queue cannot record (lease or settle), `None` once it can again.
 type OnFault = Box<dyn Fn(Option<&str>) + Send + Sync>;
-
-/// Everything a settle needs besides the verdicts.
-struct SettleCtx {
-    owner: String,
-    now: i64,
-    local: chrono::NaiveDateTime,
-    terminal_id: String,
-    merchant_name: String,
-    store_name: String,
-    backoff_initial: Duration,
-    backoff_max: Duration,
-    rules: Rules,
-}
 
 impl Replayer {
     /// A replayer named after `role` (`daemon`, `cli`): its leases carry the role, the process
@@ -597,12 +512,14 @@ impl Replayer {
                     Answer::Success => Verdict::Confirmed {
                         payment_id: out.facts.payment_id,
                         refund_id: None,
+                        result_code: out.facts.result_code,
                     },
                     Answer::Failed {
                         refusal: Refusal::CancelWindowPassed,
+                        code,
                         ..
                     } => match self.payment_id_of(payment_request_id, lease_until).await {
-                        Some(payment_id) => Verdict::CancelWindowPassed { payment_id },
+                        Some(payment_id) => Verdict::CancelWindowPassed { payment_id, code },
                         None => Verdict::Unknown {
                             why: "cancel window passed; the gateway has not given the paymentId the refund needs yet".into(),
                         },
@@ -644,6 +561,7 @@ impl Replayer {
                     Answer::Success => Verdict::Confirmed {
                         payment_id: out.facts.payment_id,
                         refund_id: out.facts.refund_id,
+                        result_code: out.facts.result_code,
                     },
                     Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
                     Answer::Unknown { why } => Verdict::Unknown { why },
@@ -734,7 +652,7 @@ impl Replayer {
         let stored = self
             .inner
             .store
-            .call(move |c| Ok(payments::get(c, &owned)?.and_then(|p| p.payment_id)))
+            .read(move |c| Ok(payments::get(c, &owned)?.and_then(|p| p.payment_id)))
             .await
             .ok()
             .flatten();
@@ -745,10 +663,7 @@ impl Replayer {
         if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
             return None;
         }
-        with_deadline(s.inquiry_timeout, self.inner.gateway.inquiry_payment(id))
-            .await
-            .facts
-            .payment_id
+        learn_payment_id(self.inner.gateway.as_ref(), id, s.inquiry_timeout, 1).await
     }
 
     /// Settles the verdicts of one lease: in one transaction when possible, item by item when
@@ -840,7 +755,7 @@ impl Replayer {
     }
 }
 
-fn ms(d: Duration) -> i64 {
+pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -858,459 +773,6 @@ pub fn check_reason(reason: &str) -> Result<String, ReplayError> {
         )));
     }
     Ok(r.to_string())
-}
-
-fn settle_batch(
-    conn: &mut Connection,
-    ctx: &SettleCtx,
-    verdicts: &[(QueueItem, Verdict)],
-) -> anyhow::Result<Vec<ItemReport>> {
-    let tx = conn.savepoint()?;
-    let mut out = Vec::with_capacity(verdicts.len());
-    for (item, v) in verdicts {
-        out.push(settle_one(&tx, ctx, item, v)?);
-    }
-    tx.commit()?;
-    Ok(out)
-}
-
-fn report(item: &QueueItem, outcome: ItemOutcome, detail: impl Into<String>) -> ItemReport {
-    ItemReport {
-        id: item.id,
-        kind: item.kind,
-        payment_request_id: item.payment_request_id.clone(),
-        outcome,
-        detail: detail.into(),
-        payment_state: None,
-    }
-}
-
-fn load_payment(tx: &Connection, id: &str) -> anyhow::Result<PaymentRecord> {
-    payments::get(tx, id)?.ok_or_else(|| anyhow::anyhow!("queue item for unknown payment {id}"))
-}
-
-/// Settles one item inside the caller's transaction.
-fn settle_one(
-    tx: &Connection,
-    ctx: &SettleCtx,
-    item: &QueueItem,
-    v: &Verdict,
-) -> anyhow::Result<ItemReport> {
-    let (id, owner, now) = (item.id, ctx.owner.as_str(), ctx.now);
-    let lost = || {
-        report(
-            item,
-            ItemOutcome::LeaseLost,
-            "another replayer holds the item now",
-        )
-    };
-    match v {
-        Verdict::Release => {
-            q::release(tx, id, owner)?;
-            Ok(report(
-                item,
-                ItemOutcome::Released,
-                "too little lease left to send safely",
-            ))
-        }
-        Verdict::Unknown { why } | Verdict::Held { why } => {
-            let held = matches!(v, Verdict::Held { .. });
-            let delay = if held {
-                ctx.backoff_max
-            } else {
-                let d = backoff(
-                    item.attempts.saturating_add(1),
-                    ctx.backoff_initial,
-                    ctx.backoff_max,
-                );
-                jittered(d, rand::thread_rng().gen::<f64>())
-            };
-            let next = now.saturating_add(ms(delay));
-            if !q::reschedule(tx, id, owner, next, why, now)? {
-                return Ok(lost());
-            }
-            let (what, outcome) = if held {
-                ("HELD", ItemOutcome::Held)
-            } else {
-                ("RETRY", ItemOutcome::Retry)
-            };
-            q::record_event(tx, id, now, owner, what, why)?;
-            Ok(report(
-                item,
-                outcome,
-                format!(
-                    "{why}; next try in {}",
-                    humantime::format_duration(Duration::from_millis(ms(delay).unsigned_abs()))
-                ),
-            ))
-        }
-        Verdict::Confirmed {
-            payment_id,
-            refund_id,
-        } => {
-            if !q::close(
-                tx,
-                id,
-                owner,
-                ItemStatus::Done,
-                "confirmed by the gateway",
-                now,
-            )? {
-                return Ok(lost());
-            }
-            q::record_event(tx, id, now, owner, "DONE", "confirmed by the gateway")?;
-            let rec = load_payment(tx, &item.payment_request_id)?;
-            let mut change = Change {
-                payment_id: payment_id.clone(),
-                ..Default::default()
-            };
-            let mut refund = None;
-            let event = match (item.kind, &item.refund_request_id) {
-                (ItemKind::Refund, Some(rid)) => {
-                    let r = payments::get_refund(tx, rid)?
-                        .ok_or_else(|| anyhow::anyhow!("queued refund {rid} has no refund row"))?;
-                    refund = Some(r.clone());
-                    change.settle_refund = Some(SettleRefund {
-                        refund_request_id: rid.clone(),
-                        state: "SUCCEEDED",
-                        refund_id: refund_id.clone(),
-                        result_code: Some("SUCCESS".into()),
-                        result_message: None,
-                        add_to_refunded: r.state != "SUCCEEDED",
-                    });
-                    Event::QueuedRefundConfirmed {
-                        fully_refunded: rec.refunded.minor() + r.amount.minor()
-                            >= rec.amount.minor(),
-                    }
-                }
-                _ => Event::QueuedCancelConfirmed,
-            };
-            let state = move_payment(tx, ctx, &rec, &event, change, refund.as_ref())?;
-            Ok(ItemReport {
-                payment_state: Some(state),
-                ..report(item, ItemOutcome::Done, "confirmed by the gateway")
-            })
-        }
-        Verdict::CancelWindowPassed { payment_id } => {
-            let rec = load_payment(tx, &item.payment_request_id)?;
-            let ctx_m = context_of(&rec, ctx.rules, now);
-            let owed = rec.amount.minor() - rec.refunded.minor();
-            let decision = machine::decide(rec.state, &ctx_m, &Event::QueuedCancelWindowPassed);
-            let Decision::Go {
-                to,
-                cause,
-                result_code,
-                ..
-            } = decision
-            else {
-                return give_up(
-                    tx,
-                    ctx,
-                    item,
-                    ItemStatus::Dead,
-                    format!(
-                        "the cancel window has passed, but the payment is {}; refund it by hand",
-                        rec.state
-                    ),
-                    Some("CANCEL_WINDOW_EXCEED".into()),
-                );
-            };
-            if owed <= 0 {
-                return give_up(
-                    tx,
-                    ctx,
-                    item,
-                    ItemStatus::Dead,
-                    "the cancel window has passed and nothing is left to refund".into(),
-                    Some("CANCEL_WINDOW_EXCEED".into()),
-                );
-            }
-            let resolution = "cancel window passed; the full amount is queued as a refund";
-            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
-                return Ok(lost());
-            }
-            let seq = payments::next_sequence(tx)?;
-            let amount = crate::domain::money::Amount::from_minor(owed, rec.amount.currency())?;
-            let order = RefundOrder {
-                refund_request_id: make_refund_id(ctx.local, &ctx.terminal_id, owed, seq),
-                payment_id: payment_id.clone(),
-                amount,
-                reason: Some("reversal: cancel window passed".into()),
-            };
-            q::record_event(
-                tx,
-                id,
-                now,
-                owner,
-                "CONVERTED",
-                &format!("{resolution}: refund {}", order.refund_request_id),
-            )?;
-            let change = Change {
-                to: Some(to),
-                cause,
-                result_code,
-                payment_id: Some(payment_id.clone()),
-                new_refund: Some(NewRefund {
-                    refund_request_id: order.refund_request_id.clone(),
-                    kind: "REVERSAL",
-                    amount,
-                    reason: order.reason.clone(),
-                    return_to: None,
-                }),
-                settle_refund: Some(SettleRefund {
-                    refund_request_id: order.refund_request_id.clone(),
-                    state: "QUEUED",
-                    refund_id: None,
-                    result_code: None,
-                    result_message: None,
-                    add_to_refunded: false,
-                }),
-                enqueue: Some(NewQueueItem {
-                    kind: "REFUND",
-                    refund_request_id: Some(order.refund_request_id.clone()),
-                    payload_version: PAYLOAD_VERSION,
-                    payload: Payload::from_refund(&rec.payment_request_id, &order).encode(),
-                    // A new request: send it at once.
-                    next_attempt_at: now,
-                }),
-                ..Default::default()
-            };
-            let moved =
-                payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, now)?
-                    .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
-            Ok(ItemReport {
-                payment_state: Some(moved.state),
-                ..report(
-                    item,
-                    ItemOutcome::Converted,
-                    format!("{resolution} ({})", order.refund_request_id),
-                )
-            })
-        }
-        Verdict::NeverCharged {
-            inquiry,
-            result_code,
-        } => {
-            let resolution =
-                "the gateway has no record of the payment and its pay's expiry has passed: never charged";
-            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
-                return Ok(lost());
-            }
-            q::record_event(tx, id, now, owner, "DONE", resolution)?;
-            let rec = load_payment(tx, &item.payment_request_id)?;
-            let change = Change {
-                result_code: result_code.clone(),
-                ..Default::default()
-            };
-            let event = Event::LastInquiry(inquiry.clone());
-            let state = move_payment(tx, ctx, &rec, &event, change, None)?;
-            Ok(ItemReport {
-                payment_state: Some(state),
-                ..report(item, ItemOutcome::Done, resolution)
-            })
-        }
-        Verdict::Refused { code, message } => give_up(
-            tx,
-            ctx,
-            item,
-            ItemStatus::Dead,
-            format!(
-                "{} refused by the gateway: {code} {message}",
-                item.kind.as_str().to_lowercase()
-            ),
-            Some(code.clone()),
-        ),
-        Verdict::Unreadable { why } => give_up(
-            tx,
-            ctx,
-            item,
-            ItemStatus::Dead,
-            format!(
-                "the stored {} cannot be read: {why}",
-                item.kind.as_str().to_lowercase()
-            ),
-            None,
-        ),
-        Verdict::Abandon { reason } => give_up(
-            tx,
-            ctx,
-            item,
-            ItemStatus::Abandoned,
-            format!("abandoned by the back office: {reason}"),
-            None,
-        ),
-    }
-}
-
-/// Dead letter or abandon: the item closes, its refund (if any) is marked, and the payment
-/// goes to NEEDS_ATTENTION with the reason.
-fn give_up(
-    tx: &Connection,
-    ctx: &SettleCtx,
-    item: &QueueItem,
-    status: ItemStatus,
-    reason: String,
-    code: Option<String>,
-) -> anyhow::Result<ItemReport> {
-    if !q::close(tx, item.id, &ctx.owner, status, &reason, ctx.now)? {
-        return Ok(report(
-            item,
-            ItemOutcome::LeaseLost,
-            "another replayer holds the item now",
-        ));
-    }
-    q::record_event(tx, item.id, ctx.now, &ctx.owner, status.as_str(), &reason)?;
-    let rec = load_payment(tx, &item.payment_request_id)?;
-    let change = Change {
-        result_code: code.clone(),
-        settle_refund: item.refund_request_id.as_ref().map(|rid| SettleRefund {
-            refund_request_id: rid.clone(),
-            state: if status == ItemStatus::Abandoned {
-                "ABANDONED"
-            } else {
-                "FAILED"
-            },
-            refund_id: None,
-            result_code: code,
-            result_message: None,
-            add_to_refunded: false,
-        }),
-        ..Default::default()
-    };
-    let state = move_payment(
-        tx,
-        ctx,
-        &rec,
-        &Event::QueueGaveUp {
-            reason: reason.clone(),
-        },
-        change,
-        None,
-    )?;
-    let outcome = if status == ItemStatus::Abandoned {
-        ItemOutcome::Abandoned
-    } else {
-        ItemOutcome::Dead
-    };
-    Ok(ItemReport {
-        payment_state: Some(state),
-        ..report(item, outcome, reason)
-    })
-}
-
-/// Applies the machine's decision on `event` to the payment inside the transaction; when the
-/// machine ignores it (the payment moved on, e.g. a human resolved it), the outcome is still
-/// journaled on the payment without changing its state. Returns the state after.
-fn move_payment(
-    tx: &Connection,
-    ctx: &SettleCtx,
-    rec: &PaymentRecord,
-    event: &Event,
-    mut change: Change,
-    refund: Option<&payments::RefundRecord>,
-) -> anyhow::Result<State> {
-    let now = ctx.now;
-    match machine::decide(rec.state, &context_of(rec, ctx.rules, now), event) {
-        Decision::Go {
-            to,
-            cause,
-            result_code,
-            ..
-        } => {
-            change.to = Some(to);
-            // The confirmation's slip (CANCEL, REFUND) commits with it, like the payment
-            // task's.
-            let mut with_id = rec.clone();
-            if with_id.payment_id.is_none() {
-                with_id.payment_id = change.payment_id.clone();
-            }
-            let who = SlipIdentity {
-                merchant_name: &ctx.merchant_name,
-                store_name: &ctx.store_name,
-                terminal_id: &ctx.terminal_id,
-            };
-            change.slip = slip_data(&who, ctx.local, &with_id, to, refund);
-            if to == State::NeedsAttention {
-                change.attention_reason = Some(cause.clone());
-            }
-            change.cause = cause;
-            change.result_code = result_code.or(change.result_code);
-        }
-        Decision::Ignore { why, .. } => {
-            change.to = None;
-            change.cause = format!("queue: {event:?}; the payment stays {} ({why})", rec.state);
-        }
-        Decision::Refuse { why } => {
-            change.to = None;
-            change.cause = format!("queue: {event:?}; the payment stays {} ({why})", rec.state);
-        }
-    }
-    let moved = payments::apply_in(tx, &rec.payment_request_id, rec.state, &change, now)?
-        .ok_or_else(|| anyhow::anyhow!("payment changed inside its own transaction"))?;
-    Ok(moved.state)
-}
-
-/// The daemon's worker task: drains due items, sleeps until the next is due, wakes on the
-/// signal; stops on shutdown.
-pub(crate) async fn run(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: CancellationToken) {
-    let span = tracing::info_span!("queue_worker", owner = %replayer.owner());
-    run_in_span(replayer, signal, shutdown)
-        .instrument(span)
-        .await
-}
-
-async fn run_in_span(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: CancellationToken) {
-    let s = replayer.settings().clone();
-    let clock = replayer.inner.clock.clone();
-    let mut last_pull: Option<tokio::time::Instant> = None;
-    tracing::info!("queue worker started");
-    loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        if signal.back.swap(false, Ordering::SeqCst)
-            && last_pull.is_none_or(|t| t.elapsed() >= s.backoff_initial)
-        {
-            last_pull = Some(tokio::time::Instant::now());
-            let now = clock.now_ms();
-            match replayer
-                .inner
-                .store
-                .call(move |c| Ok(q::make_due(c, now)?))
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    items = n,
-                    "the gateway answers again; replaying the queue now"
-                ),
-                Err(e) => tracing::error!(error = %e, "cannot reschedule the queue"),
-            }
-        }
-        let mut pause = s.poll();
-        match replayer.drain().await {
-            Ok(reports) => {
-                if reports.is_empty() {
-                    (replayer.inner.on_fault)(None);
-                }
-                if let Ok(Some(at)) = replayer.next_wakeup().await {
-                    let until = Duration::from_millis((at - clock.now_ms()).max(0).unsigned_abs());
-                    pause = until.clamp(MIN_PAUSE, s.poll());
-                }
-            }
-            Err(e) => {
-                let text = format!("{e:#}");
-                (replayer.inner.on_fault)(Some(&text));
-                tracing::error!(error = %text, "queue replay failed; retrying after the poll interval")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = signal.wake.notified() => {}
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    tracing::info!("queue worker stopped");
 }
 
 #[cfg(test)]

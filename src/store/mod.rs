@@ -27,6 +27,8 @@ pub mod notifications;
 pub mod payments;
 pub mod print_journal;
 pub mod queue;
+pub mod refunds;
+pub mod transition;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -435,7 +435,7 @@ mod tests {
             to: Some(State::CancelQueued),
             cause: "queued".into(),
             enqueue: Some(NewQueueItem {
-                kind: "CANCEL",
+                kind: ItemKind::Cancel,
                 refund_request_id: None,
                 payload_version: 1,
                 payload: format!(r#"{{"kind":"CANCEL","payment_request_id":"{id}"}}"#),

@@ -20,6 +20,7 @@ use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
 use posd::gateway::sandbox::{Sandbox, SandboxHandle, SandboxSettings};
 use posd::gateway::{Outcome, PayOrder};
 use posd::store::payments::{self, Change, NewPayment, NewQueueItem};
+use posd::store::queue::ItemKind;
 use posd::store::Store;
 use serde_json::Value;
 
@@ -552,7 +553,7 @@ fn queue_cancel(path: &Path, id: &str) {
                 to: Some(State::CancelQueued),
                 cause: "queued".into(),
                 enqueue: Some(NewQueueItem {
-                    kind: "CANCEL",
+                    kind: ItemKind::Cancel,
                     refund_request_id: None,
                     payload_version: PAYLOAD_VERSION,
                     payload: Payload::Cancel {

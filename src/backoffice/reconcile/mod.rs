@@ -243,21 +243,21 @@ async fn queue_reversal(
             change.payment_id = Some(pid);
             change.new_refund = Some(NewRefund {
                 refund_request_id: order.refund_request_id.clone(),
-                kind: "REVERSAL",
+                kind: crate::domain::machine::RefundKind::Reversal,
                 amount,
                 reason: order.reason.clone(),
                 return_to: None,
             });
             change.settle_refund = Some(SettleRefund {
                 refund_request_id: order.refund_request_id.clone(),
-                state: "QUEUED",
+                state: crate::store::refunds::RefundState::Queued,
                 refund_id: None,
                 result_code: None,
                 result_message: None,
                 add_to_refunded: false,
             });
             change.enqueue = Some(NewQueueItem {
-                kind: "REFUND",
+                kind: crate::store::queue::ItemKind::Refund,
                 refund_request_id: Some(order.refund_request_id.clone()),
                 payload_version: PAYLOAD_VERSION,
                 payload: Payload::from_refund(&rec.payment_request_id, &order).encode(),

@@ -321,9 +321,21 @@ fn cancel_outcomes() {
         )),
         Some(State::Cancelled)
     );
+    // Too late to cancel: a refund, which needs the paymentId; without it a human refunds.
+    assert_eq!(
+        target(&decide(
+            State::Cancelling,
+            &ctx,
+            &Event::CancelAnswered(window_passed())
+        )),
+        Some(State::NeedsAttention)
+    );
     let d = decide(
         State::Cancelling,
-        &ctx,
+        &Context {
+            gateway_saw_payment: true,
+            ..ctx
+        },
         &Event::CancelAnswered(window_passed()),
     );
     assert!(matches!(

@@ -14,7 +14,8 @@ use crate::domain::money::{Amount, Currency};
 use crate::engine::clock::{ManualClock, TokioClock};
 use crate::engine::{Engine, EngineError, EngineSettings, SaleRequest};
 use crate::gateway::{Answer, Reply};
-use crate::store::payments::NewPayment;
+use crate::store::payments::{Change, NewPayment, NewQueueItem, PaymentRecord};
+use crate::store::queue::ItemStatus;
 
 use crate::engine::fake::{
     failed, inquiry_unknown, no_such_payment, not_found, ok, ok_with_payment_id, paid, refunded,
@@ -72,7 +73,7 @@ fn queued_cancel(store: &Store, id: &str, payment_id: Option<&str>, due: i64) ->
                 cause: "cancel unanswered; queued".into(),
                 payment_id: pid,
                 enqueue: Some(NewQueueItem {
-                    kind: "CANCEL",
+                    kind: ItemKind::Cancel,
                     refund_request_id: None,
                     payload_version: PAYLOAD_VERSION,
                     payload: Payload::Cancel {
@@ -384,6 +385,7 @@ async fn a_replayer_whose_lease_was_retaken_writes_nothing() {
                 Verdict::Confirmed {
                     payment_id: None,
                     refund_id: None,
+                    result_code: Some("SUCCESS".into()),
                 },
             )],
         )
@@ -856,7 +858,7 @@ async fn an_unanswered_refund_is_queued_and_the_queue_delivers_it() {
                 move |c| Ok((payments::refunds_of(c, &id)?, q::of_payment(c, &id)?))
             })
             .unwrap();
-        if rs[0].state == "QUEUED" {
+        if rs[0].state == crate::store::refunds::RefundState::Queued {
             assert_eq!(items.len(), 1);
             assert_eq!(items[0].kind, ItemKind::Refund);
             break rs[0].refund_request_id.clone();

@@ -72,7 +72,10 @@ pub fn inquiry(o: Outcome<wire::InquiryPaymentResponse>) -> Reply<Inquiry> {
                 ..Facts::default()
             };
             let answer = match r.payment_status.as_deref() {
-                Some("SUCCESS") => Inquiry::Paid,
+                Some("SUCCESS") => {
+                    facts.result_code = Some(SUCCESS.into());
+                    Inquiry::Paid
+                }
                 Some("FAIL") => {
                     facts.result_message = r.payment_result_message.clone();
                     Inquiry::Declined {
@@ -80,7 +83,10 @@ pub fn inquiry(o: Outcome<wire::InquiryPaymentResponse>) -> Reply<Inquiry> {
                         message: r.payment_result_message.unwrap_or_default(),
                     }
                 }
-                Some("CANCELLED") => Inquiry::Closed,
+                Some("CANCELLED") => {
+                    facts.result_code = Some("CANCELLED".into());
+                    Inquiry::Closed
+                }
                 other => Inquiry::Pending {
                     status: other.unwrap_or("no paymentStatus").to_string(),
                 },

@@ -1,0 +1,316 @@
+//! The one transition path: [`plan`] turns (stored payment, event, the answer's facts) into
+//! the machine's decision and everything its commit writes — the state, the journal cause and
+//! result code, the refund, queue and slip rows, the attention reason. Every caller (sale
+//! start, the payment's task, the queue's settle, notifications, refunds, aborts, recovery)
+//! plans here and commits the plan with `store::transition::apply` (compare-and-set). Pure:
+//! the caller reads the rows and takes a sequence number on request.
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+
+use super::queue::{Payload, PAYLOAD_VERSION};
+use super::{context_of, make_refund_id, slip_data, Rules, SlipIdentity};
+use crate::domain::machine::{self, Answer, Decision, Effect, Event, RefundKind, State};
+use crate::domain::money::Amount;
+use crate::gateway::{Facts, Gateway, RefundOrder};
+use crate::store::payments::{PaymentRecord, RefundRecord};
+use crate::store::queue::ItemKind;
+use crate::store::refunds::RefundState;
+use crate::store::transition::{Change, NewQueueItem, NewRefund, SettleRefund};
+
+/// The terminal around a transition: its rules, its clock, its names.
+pub(crate) struct Env<'a> {
+    /// What the machine's context takes from the settings.
+    pub(crate) rules: Rules,
+    /// Now, epoch ms.
+    pub(crate) now_ms: i64,
+    /// Now at the terminal (slips, refund ids).
+    pub(crate) local: NaiveDateTime,
+    /// The names on the slip header; the terminal id is also part of refund ids.
+    pub(crate) who: SlipIdentity<'a>,
+    /// The first delay of a queued cancel or refund the payment's task gave up on.
+    pub(crate) backoff_initial: Duration,
+}
+
+/// A decided move and its commit.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// What to commit (compare-and-set from the record's state).
+    pub(crate) change: Change,
+    /// The state the plan moves to.
+    pub(crate) to: State,
+    /// What the caller does once the commit returned.
+    pub(crate) effect: Effect,
+}
+
+/// What the machine made of the event.
+#[derive(Debug)]
+pub(crate) enum Planned {
+    /// Commit the plan.
+    Move(Box<Plan>),
+    /// Nothing changes; `effect` continues (e.g. resend the cancel).
+    Ignore { why: &'static str, effect: Effect },
+    /// The request behind the event is refused.
+    Refuse { why: String },
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The refund request a payment's refund row stands for (identical on every send).
+pub(crate) fn refund_order(
+    rec: &PaymentRecord,
+    refund: &RefundRecord,
+) -> anyhow::Result<RefundOrder> {
+    let payment_id = rec.payment_id.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "payment {} has no gateway paymentId",
+            rec.payment_request_id
+        )
+    })?;
+    Ok(RefundOrder {
+        refund_request_id: refund.refund_request_id.clone(),
+        payment_id,
+        amount: refund.amount,
+        reason: refund.reason.clone(),
+    })
+}
+
+/// Whether a confirmed `refund` leaves nothing of `rec`'s captured amount.
+pub(crate) fn fully_refunded(rec: &PaymentRecord, refund: &RefundRecord) -> bool {
+    rec.refunded.minor() + refund.amount.minor() >= rec.amount.minor()
+}
+
+/// Plans `event` on `rec`. `facts` are what the answer behind the event carried (empty for
+/// outside events); `refund` is the refund row the event is about (the active one, or the
+/// queue item's); `next_sequence` takes a terminal sequence number when the plan creates a
+/// refund id.
+pub(crate) fn plan(
+    env: &Env<'_>,
+    rec: &PaymentRecord,
+    event: &Event,
+    facts: &Facts,
+    refund: Option<&RefundRecord>,
+    next_sequence: &mut dyn FnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<Planned> {
+    // What this answer taught counts: a paymentId learned now is as good as a stored one.
+    let payment_id = rec.payment_id.clone().or_else(|| facts.payment_id.clone());
+    let mut ctx = context_of(rec, env.rules, env.now_ms);
+    ctx.gateway_saw_payment = payment_id.is_some();
+    let (to, cause, result_code, effect) = match machine::decide(rec.state, &ctx, event) {
+        Decision::Go {
+            to,
+            cause,
+            result_code,
+            effect,
+        } => (to, cause, result_code, effect),
+        Decision::Ignore { why, effect } => return Ok(Planned::Ignore { why, effect }),
+        Decision::Refuse { why } => return Ok(Planned::Refuse { why }),
+    };
+    // When the machine gives no code of its own the answer's is recorded — except an
+    // inquiry's that only keeps the payment waiting (it decided nothing).
+    let keeps_waiting = matches!(event, Event::Inquired(_)) && !(to.is_final() && to != rec.state);
+    let result_code = result_code.or_else(|| {
+        (!keeps_waiting)
+            .then(|| facts.result_code.clone())
+            .flatten()
+    });
+    let mut change = Change {
+        to: Some(to),
+        cause,
+        result_code,
+        result_message: facts.result_message.clone(),
+        payment_id: facts.payment_id.clone(),
+        // The gateway's time of the charge, or of the refund being settled.
+        gateway_time: facts
+            .time
+            .clone()
+            .filter(|_| to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })),
+        ..Default::default()
+    };
+    if matches!(event, Event::Inquired(_)) {
+        change.inquiries = Some(rec.inquiries + 1);
+    }
+    let id = rec.payment_request_id.as_str();
+    let mut slip_refund = refund.cloned();
+    match (effect, event) {
+        (Effect::EnqueueCancel, _) => {
+            change.enqueue = Some(NewQueueItem {
+                kind: ItemKind::Cancel,
+                refund_request_id: None,
+                payload_version: PAYLOAD_VERSION,
+                payload: Payload::Cancel {
+                    payment_request_id: id.to_string(),
+                }
+                .encode(),
+                next_attempt_at: env.now_ms.saturating_add(ms(env.backoff_initial)),
+            });
+        }
+        // The queued cancel came too late: the rest of the amount is owed as a new refund,
+        // queued at once.
+        (Effect::EnqueueRefund, Event::QueuedCancelWindowPassed) => {
+            let owed = rec.amount.minor() - rec.refunded.minor();
+            let amount = Amount::from_minor(owed, rec.amount.currency())?;
+            let pid = payment_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("payment {id} has no gateway paymentId"))?;
+            let new = reversal_refund(env, amount, next_sequence()?);
+            let order = RefundOrder {
+                refund_request_id: new.refund_request_id.clone(),
+                payment_id: pid.clone(),
+                amount,
+                reason: new.reason.clone(),
+            };
+            change.payment_id = Some(pid);
+            change.enqueue = Some(refund_item(id, &order, env.now_ms));
+            change.settle_refund = Some(settle(&new.refund_request_id, RefundState::Queued));
+            change.new_refund = Some(new);
+        }
+        // The payment's task gave up on its refund: the identical request goes to the queue.
+        (Effect::EnqueueRefund, _) => {
+            let r = refund.ok_or_else(|| anyhow::anyhow!("payment {id} has no refund to queue"))?;
+            let order = refund_order(rec, r)?;
+            change.enqueue = Some(refund_item(
+                id,
+                &order,
+                env.now_ms.saturating_add(ms(env.backoff_initial)),
+            ));
+            change.settle_refund = Some(settle(&r.refund_request_id, RefundState::Queued));
+        }
+        // The cancel window passed: the reversal refund's id and request are committed before
+        // it is sent (the machine checked the paymentId is known).
+        (Effect::Refund, Event::CancelAnswered(_)) => {
+            let new = reversal_refund(env, rec.amount, next_sequence()?);
+            change.payment_id = payment_id.clone();
+            change.new_refund = Some(new);
+        }
+        _ => {}
+    }
+    if let Some(settle) = refund_settle(event, facts, refund, change.result_code.clone()) {
+        change.settle_refund = Some(settle);
+    }
+    if matches!(event, Event::QueueGaveUp { .. }) {
+        slip_refund = None;
+    }
+    if to == State::NeedsAttention {
+        change.attention_reason = Some(change.cause.clone());
+    }
+    // The slip of a final move commits with it; it names the paymentId this answer taught.
+    let mut with_id = rec.clone();
+    if with_id.payment_id.is_none() {
+        with_id.payment_id = payment_id;
+    }
+    change.slip = slip_data(&env.who, env.local, &with_id, to, slip_refund.as_ref());
+    Ok(Planned::Move(Box::new(Plan { change, to, effect })))
+}
+
+/// The change that only journals an event the machine ignored or refused (the queue's answer
+/// for a payment that moved on), with the refund rows the answer settles.
+pub(crate) fn note_only(
+    rec: &PaymentRecord,
+    event: &Event,
+    facts: &Facts,
+    refund: Option<&RefundRecord>,
+    why: &str,
+) -> Change {
+    Change {
+        to: None,
+        cause: format!("queue: {event:?}; the payment stays {} ({why})", rec.state),
+        result_code: facts.result_code.clone(),
+        payment_id: facts.payment_id.clone(),
+        settle_refund: refund_settle(event, facts, refund, facts.result_code.clone()),
+        ..Default::default()
+    }
+}
+
+/// What an answer does to the refund row it is about.
+fn refund_settle(
+    event: &Event,
+    facts: &Facts,
+    refund: Option<&RefundRecord>,
+    result_code: Option<String>,
+) -> Option<SettleRefund> {
+    let r = refund?;
+    match event {
+        Event::RefundAnswered { answer, .. } => {
+            let (state, add) = match answer {
+                Answer::Success => (RefundState::Succeeded, true),
+                Answer::Failed { .. } => (RefundState::Failed, false),
+                Answer::Unknown { .. } => (RefundState::Pending, false),
+            };
+            Some(SettleRefund {
+                refund_request_id: r.refund_request_id.clone(),
+                state,
+                refund_id: facts.refund_id.clone(),
+                result_code,
+                result_message: facts.result_message.clone(),
+                add_to_refunded: add,
+            })
+        }
+        Event::QueuedRefundConfirmed { .. } => Some(SettleRefund {
+            refund_request_id: r.refund_request_id.clone(),
+            state: RefundState::Succeeded,
+            refund_id: facts.refund_id.clone(),
+            result_code: facts.result_code.clone(),
+            result_message: None,
+            add_to_refunded: r.state != RefundState::Succeeded,
+        }),
+        Event::QueueGaveUp { .. } => Some(SettleRefund {
+            result_code,
+            ..settle(&r.refund_request_id, RefundState::Failed)
+        }),
+        _ => None,
+    }
+}
+
+fn reversal_refund(env: &Env<'_>, amount: Amount, seq: u64) -> NewRefund {
+    NewRefund {
+        refund_request_id: make_refund_id(env.local, env.who.terminal_id, amount.minor(), seq),
+        kind: RefundKind::Reversal,
+        amount,
+        reason: Some("reversal: cancel window passed".into()),
+        return_to: None,
+    }
+}
+
+fn refund_item(payment_request_id: &str, order: &RefundOrder, due: i64) -> NewQueueItem {
+    NewQueueItem {
+        kind: ItemKind::Refund,
+        refund_request_id: Some(order.refund_request_id.clone()),
+        payload_version: PAYLOAD_VERSION,
+        payload: Payload::from_refund(payment_request_id, order).encode(),
+        next_attempt_at: due,
+    }
+}
+
+fn settle(refund_request_id: &str, state: RefundState) -> SettleRefund {
+    SettleRefund {
+        refund_request_id: refund_request_id.to_string(),
+        state,
+        refund_id: None,
+        result_code: None,
+        result_message: None,
+        add_to_refunded: false,
+    }
+}
+
+/// Learns a payment's `paymentId` by inquiry (up to `tries` times) when no answer carried it
+/// yet: a refund needs it. The one place the engine and the queue ask for it.
+pub(crate) async fn learn_payment_id(
+    gateway: &dyn Gateway,
+    payment_request_id: &str,
+    deadline: Duration,
+    tries: u32,
+) -> Option<String> {
+    for _ in 0..tries {
+        let reply =
+            super::driver::with_deadline(deadline, gateway.inquiry_payment(payment_request_id))
+                .await;
+        if reply.facts.payment_id.is_some() {
+            return reply.facts.payment_id;
+        }
+    }
+    None
+}
