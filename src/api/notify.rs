@@ -5,7 +5,7 @@
 //! <raw body>` with the gateway public key (before any parsing), the client id, the JSON.
 //! A verified notification is then recorded together with its effect in one transaction
 //! ([`Engine::record_notification`]) and only then answered with the exact ACK. A database
-//! failure answers `NOTIFY_RETRY` so the gateway sends it again.
+//! failure answers the retry body so the gateway sends it again.
 //!
 //! Replays: a resend of a verified body is a duplicate and changes nothing (it is still
 //! acknowledged: the gateway retries for 24 h, so `request-time` is not checked for age);
@@ -24,9 +24,8 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::notify::Notified;
 use crate::engine::Engine;
-use crate::gateway::client::verify_notification;
+use crate::gateway::ams::notify::{self as ams, Refusal, Says};
 use crate::gateway::sign::PublicKey;
-use crate::gateway::wire::{NotifyPayment, NOTIFY_ACK, NOTIFY_RETRY};
 use crate::metrics::Metrics;
 use crate::store::notifications::{NewNotification, Outcome};
 
@@ -86,42 +85,39 @@ impl Reject {
     }
 
     fn answer(self) -> Response {
-        let (status, code, msg) = match self {
+        let (status, refusal, msg) = match self {
             Reject::ContentType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "PARAM_ILLEGAL",
+                Refusal::ParamIllegal,
                 "content type must be application/json".to_string(),
             ),
             Reject::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "PARAM_ILLEGAL",
+                Refusal::ParamIllegal,
                 format!("body larger than {MAX_NOTIFY_BODY} bytes"),
             ),
             Reject::MissingHeader(h) => (
                 StatusCode::BAD_REQUEST,
-                "PARAM_ILLEGAL",
+                Refusal::ParamIllegal,
                 format!("header {h} is missing"),
             ),
             Reject::Signature => (
                 StatusCode::UNAUTHORIZED,
-                "INVALID_SIGNATURE",
+                Refusal::InvalidSignature,
                 "signature does not verify".to_string(),
             ),
             Reject::ClientId => (
                 StatusCode::FORBIDDEN,
-                "INVALID_CLIENT",
+                Refusal::InvalidClient,
                 "client-id is not this terminal's".to_string(),
             ),
             Reject::Json => (
                 StatusCode::BAD_REQUEST,
-                "PARAM_ILLEGAL",
+                Refusal::ParamIllegal,
                 "body is not a notifyPayment JSON object".to_string(),
             ),
         };
-        let body = serde_json::json!({
-            "result": {"resultCode": code, "resultStatus": "F", "resultMessage": msg}
-        });
-        json_response(status, body.to_string())
+        json_response(status, ams::refusal_body(refusal, &msg))
     }
 }
 
@@ -135,11 +131,11 @@ fn json_response(status: StatusCode, body: String) -> Response {
 }
 
 fn ack() -> Response {
-    json_response(StatusCode::OK, NOTIFY_ACK.to_string())
+    json_response(StatusCode::OK, ams::ACK.to_string())
 }
 
 fn retry() -> Response {
-    json_response(StatusCode::INTERNAL_SERVER_ERROR, NOTIFY_RETRY.to_string())
+    json_response(StatusCode::INTERNAL_SERVER_ERROR, ams::RETRY.to_string())
 }
 
 fn header_str<'h>(h: &'h HeaderMap, name: &'static str) -> Result<&'h str, Reject> {
@@ -231,7 +227,7 @@ fn check(
     signature: &str,
     body: &[u8],
 ) -> Result<(NewNotification, Notified), Reject> {
-    verify_notification(
+    ams::verify(
         gateway_key,
         path,
         &client_id,
@@ -244,24 +240,20 @@ fn check(
         return Err(Reject::ClientId);
     }
     let text = std::str::from_utf8(body).map_err(|_| Reject::Json)?;
-    let msg: NotifyPayment = serde_json::from_str(text).map_err(|_| Reject::Json)?;
-    let what = match (
-        msg.notify_type.as_deref(),
-        msg.result.result_status.as_str(),
-    ) {
-        (Some("PAYMENT_PENDING"), _) => Notified::Pending,
-        (_, "S") => Notified::Result { paid: true },
-        (_, "F") => Notified::Result { paid: false },
-        _ => Notified::Pending,
+    let msg = ams::parse(text).ok_or(Reject::Json)?;
+    let what = match msg.says {
+        Says::Pending => Notified::Pending,
+        Says::Paid => Notified::Result { paid: true },
+        Says::NotPaid => Notified::Result { paid: false },
     };
     let n = NewNotification {
         claimed_request_id: msg.payment_request_id,
         payment_id: msg.payment_id,
         notify_type: msg.notify_type,
-        result_status: Some(msg.result.result_status.clone()).filter(|s| !s.is_empty()),
-        result_code: Some(msg.result.result_code.clone()).filter(|s| !s.is_empty()),
-        amount_value: msg.payment_amount.as_ref().map(|a| a.value.clone()),
-        currency: msg.payment_amount.as_ref().map(|a| a.currency.clone()),
+        result_status: msg.result_status,
+        result_code: msg.result_code,
+        amount_value: msg.amount_value,
+        currency: msg.currency,
         request_time,
         body_sha256: format!("{:x}", Sha256::digest(body)),
         body: text.to_string(),

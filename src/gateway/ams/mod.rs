@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod client;
+pub mod notify;
 pub mod wire;
 
 use async_trait::async_trait;
