@@ -168,6 +168,9 @@ pub(crate) fn plan(
             change.settle_refund = Some(settle(&new.refund_request_id, RefundState::Queued));
             change.new_refund = Some(new);
         }
+        // The statement showed a charge posd held reversed: the back office's caller writes the
+        // full refund (with the statement's paymentId) and its queue item in this transaction.
+        (Effect::EnqueueRefund, Event::StatementReversalQueued) => {}
         // The payment's task gave up on its refund: the identical request goes to the queue.
         (Effect::EnqueueRefund, _) => {
             let r = refund.ok_or_else(|| anyhow::anyhow!("payment {id} has no refund to queue"))?;
