@@ -456,6 +456,38 @@ impl AmsClient {
         outcome
     }
 
+    /// The signed POST of one operation, with its headers and deadline (one place for the
+    /// envelope, shared by the typed calls and the hub's forwarding).
+    fn http_request(
+        &self,
+        op: Operation,
+        request_time: &str,
+        signature: String,
+        deadline: Duration,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .post(format!(
+                "{}{}",
+                self.base,
+                op.path(&self.settings.client_id)
+            ))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=UTF-8",
+            )
+            .header("Client-Id", &self.settings.client_id)
+            .header("Request-Time", request_time)
+            .header("Signature", signature)
+            .timeout(deadline)
+            .body(body);
+        if let Some(token) = &self.settings.agent_token {
+            req = req.header("Agent-Token", token.expose());
+        }
+        req
+    }
+
     /// One HTTP exchange plus interpretation; also returns the result code for logs.
     async fn exchange<Resp: DeserializeOwned>(
         &self,
@@ -469,25 +501,7 @@ impl AmsClient {
             signature,
         } = signed;
         let deadline = self.deadline(op);
-        let mut req = self
-            .http
-            .post(format!(
-                "{}{}",
-                self.base,
-                op.path(&self.settings.client_id)
-            ))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/json; charset=UTF-8",
-            )
-            .header("Client-Id", &self.settings.client_id)
-            .header("Request-Time", &request_time)
-            .header("Signature", signature)
-            .timeout(deadline)
-            .body(body);
-        if let Some(token) = &self.settings.agent_token {
-            req = req.header("Agent-Token", token.expose());
-        }
+        let req = self.http_request(op, &request_time, signature, deadline, body);
         debug!(
             operation = op.label(),
             path = path.as_str(),
@@ -722,25 +736,7 @@ impl AmsClient {
         let signature = self.sign(op, &request_time, &body);
         let path = self.request_path(op);
         let deadline = self.deadline(op);
-        let mut req = self
-            .http
-            .post(format!(
-                "{}{}",
-                self.base,
-                op.path(&self.settings.client_id)
-            ))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/json; charset=UTF-8",
-            )
-            .header("Client-Id", &self.settings.client_id)
-            .header("Request-Time", &request_time)
-            .header("Signature", signature)
-            .timeout(deadline)
-            .body(body);
-        if let Some(token) = &self.settings.agent_token {
-            req = req.header("Agent-Token", token.expose());
-        }
+        let req = self.http_request(op, &request_time, signature, deadline, body);
         let raw = match tokio::time::timeout(deadline, send(req)).await {
             Ok(Ok(raw)) => raw,
             Ok(Err(why)) => return Err(why),
