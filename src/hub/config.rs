@@ -104,28 +104,38 @@ pub enum UpstreamKind {
     Sandbox,
     /// The real Alipay+ gateway.
     AlipayPlus,
+    /// The Alipay mainland open API (`alipay.trade.*`): terminals keep speaking AMS to the
+    /// hub, which converts each request (the real gateway, or the sandbox's `/gateway.do`).
+    AlipayCn,
 }
 
 /// `[upstream]`: the gateway the hub forwards to, with the merchant key only the hub holds.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// `sandbox` or `alipay_plus`.
+    /// `sandbox`, `alipay_plus` or `alipay_cn`.
     #[serde(default)]
     pub kind: UpstreamKind,
-    /// The gateway's base URL.
+    /// The gateway's base URL (`alipay_cn`: the full gateway URL, default
+    /// `https://openapi.alipay.com/gateway.do`).
     #[serde(default)]
     pub base_url: Option<String>,
-    /// The merchant's client id at the gateway.
+    /// The merchant's client id at the gateway (AMS upstreams).
     #[serde(default)]
     pub client_id: Option<String>,
+    /// `alipay_cn`: the open platform application's `app_id`.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// `alipay_cn` ISV mode: `app_auth_token`.
+    #[serde(default)]
+    pub app_auth_token: Option<Secret>,
     /// `keyVersion` of the merchant signature.
     #[serde(default)]
     pub key_version: Option<String>,
     /// The merchant private key (mode 0600).
     #[serde(default)]
     pub merchant_private_key: Option<PathBuf>,
-    /// The gateway's public key.
+    /// The gateway's public key (`alipay_cn`: the Alipay public key, 支付宝公钥).
     #[serde(default)]
     pub gateway_public_key: Option<PathBuf>,
     /// `paymentNotifyUrl` put into every forwarded pay (the hub's notify listener).
@@ -411,13 +421,58 @@ impl HubConfig {
             return Err("database.pool_size must be at least 1 (default 16)".into());
         }
         let u = &self.upstream;
-        let base = u
-            .base_url
-            .as_deref()
-            .ok_or("upstream.base_url is required (the gateway the hub forwards to)")?;
+        let base = match (u.kind, u.base_url.as_deref()) {
+            (_, Some(b)) => b,
+            (UpstreamKind::AlipayCn, None) => crate::config::MAINLAND_GATEWAY_URL,
+            (_, None) => {
+                return Err(
+                    "upstream.base_url is required (the gateway the hub forwards to)".into(),
+                )
+            }
+        };
         check_base_url(base, u.insecure_http).map_err(|e| format!("upstream.base_url: {e}"))?;
-        if u.client_id.as_deref().is_none_or(str::is_empty) {
-            return Err("upstream.client_id is required (the merchant's id at the gateway)".into());
+        if u.kind == UpstreamKind::AlipayCn {
+            match u.app_id.as_deref() {
+                Some(id)
+                    if !id.is_empty()
+                        && id.len() <= 32
+                        && id.bytes().all(|b| b.is_ascii_digit()) => {}
+                Some(id) => return Err(format!(
+                    "upstream.app_id {id:?} is not an app_id (digits, e.g. \"2021000000000001\")"
+                )),
+                None => {
+                    return Err(
+                        "upstream.app_id is required when upstream.kind = \"alipay_cn\" \
+                         (the APPID of the open platform application)"
+                            .into(),
+                    )
+                }
+            }
+            if u.client_id.is_some() {
+                return Err(
+                    "upstream.client_id is for AMS upstreams; with kind = \"alipay_cn\" \
+                     the application is named by upstream.app_id"
+                        .into(),
+                );
+            }
+            if u.ca_file.is_some() {
+                return Err(
+                    "upstream.ca_file is for AMS upstreams; the mainland gateway's \
+                     certificate is checked against the system's roots"
+                        .into(),
+                );
+            }
+        } else {
+            if u.client_id.as_deref().is_none_or(str::is_empty) {
+                return Err(
+                    "upstream.client_id is required (the merchant's id at the gateway)".into(),
+                );
+            }
+            if u.app_id.is_some() || u.app_auth_token.is_some() {
+                return Err("upstream.app_id and upstream.app_auth_token are for \
+                     kind = \"alipay_cn\" only"
+                    .into());
+            }
         }
         if u.merchant_private_key.is_none() {
             return Err("upstream.merchant_private_key is required (PEM, mode 0600)".into());

@@ -9,7 +9,8 @@
 //! - [`db`] — pool and migrations (advisory lock).
 //! - [`registry`] — the terminals.
 //! - [`service`] — verify, own, record, forward, answer.
-//! - [`upstream`] — the AMS client of `gateway/` and the outcome rules on raw answers.
+//! - [`upstream`] — the AMS relay (the outcome rules on raw answers) or the mainland client.
+//! - [`convert`] — protocol conversion: terminals' AMS bodies ↔ the gateway trait's orders and answers.
 //! - [`queue`] — the hub's store-and-forward queue.
 //! - [`worker`] — active cancel and the queue loop.
 //! - [`notify`] — the upstream's notifications.
@@ -18,6 +19,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod db;
 pub mod metrics;
 pub mod notify;

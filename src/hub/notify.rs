@@ -1,11 +1,16 @@
-//! notifyPayment from the upstream, at the hub: verified with the gateway's key over the raw
-//! body, the client id checked, amount and currency compared with the recorded pay, applied
-//! once with the same compare-and-set as inquiry answers, recorded, then acknowledged.
+//! Notifications from the upstream, at the hub: AMS notifyPayment (verified with the gateway's
+//! key over the raw body, the client id checked) or, with an `alipay_cn` upstream, the
+//! mainland form (verified over its sorted fields, the `app_id` checked); either way amount and
+//! currency compared with the recorded pay, applied once with the same compare-and-set as
+//! inquiry answers, recorded, then acknowledged.
 
 use serde::Deserialize;
 
 use super::service::{
     apply_status, lock_payment, mark_attention, result_body, set_lock_timeout, Hub,
+};
+use crate::gateway::alipay_cn::notify::{
+    self as cn_notify, Notification as CnNotification, TradeStatus,
 };
 use crate::gateway::client::verify_notification;
 use crate::gateway::wire::WireAmount;
@@ -115,16 +120,40 @@ async fn check_and_apply(
                 })
         })
         .unwrap_or_default();
+    let amount = n
+        .payment_amount
+        .as_ref()
+        .map(|a| (a.value.clone(), a.currency.clone()));
+    apply(
+        hub,
+        &n.payment_request_id,
+        &status,
+        n.payment_id.as_deref(),
+        amount,
+    )
+    .await
+}
+
+/// A verified notification's facts applied to the hub's record (both dialects): amount and
+/// currency compared with the recorded pay, the status applied with the inquiry's
+/// compare-and-set, the notification recorded, all in one transaction.
+async fn apply(
+    hub: &Hub,
+    payment_request_id: &str,
+    status: &str,
+    payment_id: Option<&str>,
+    amount: Option<(String, String)>,
+) -> anyhow::Result<NotifyVerdict> {
     let mut client = hub.pool.get().await?;
     let tx = client.transaction().await?;
     set_lock_timeout(&tx, hub.rules.lock_timeout).await?;
-    let row = lock_payment(&tx, &n.payment_request_id).await?;
+    let row = lock_payment(&tx, payment_request_id).await?;
     let verdict = match row {
         None => NotifyVerdict::UnknownPayment,
         Some(row) => {
-            let amount_ok = match (&n.payment_amount, row.amount_minor, &row.currency) {
-                (Some(a), Some(minor), Some(cur)) => {
-                    a.value.parse::<i64>().ok() == Some(minor) && &a.currency == cur
+            let amount_ok = match (&amount, row.amount_minor, &row.currency) {
+                (Some((value, currency)), Some(minor), Some(cur)) => {
+                    value.parse::<i64>().ok() == Some(minor) && currency == cur
                 }
                 (None, _, _) => true,
                 _ => false,
@@ -141,15 +170,8 @@ async fn check_and_apply(
                 }
                 NotifyVerdict::Mismatch
             } else {
-                match apply_status(
-                    &tx,
-                    &hub.instance,
-                    &row,
-                    &status,
-                    n.payment_id.as_deref(),
-                    "notification",
-                )
-                .await?
+                match apply_status(&tx, &hub.instance, &row, status, payment_id, "notification")
+                    .await?
                 {
                     Some(_) => NotifyVerdict::Applied,
                     None => NotifyVerdict::Unchanged,
@@ -159,9 +181,62 @@ async fn check_and_apply(
     };
     tx.execute(
         "INSERT INTO hub_notifications (payment_request_id, payment_status, applied, outcome) VALUES ($1,$2,$3,$4)",
-        &[&n.payment_request_id, &status, &(verdict == NotifyVerdict::Applied), &verdict.label()],
+        &[&payment_request_id, &status, &(verdict == NotifyVerdict::Applied), &verdict.label()],
     )
     .await?;
     tx.commit().await?;
     Ok(verdict)
+}
+
+/// What a mainland `trade_status` means at the hub, in the AMS statuses the record keeps:
+/// paid on `TRADE_SUCCESS`/`TRADE_FINISHED`, closed unpaid on a close without a refund, and
+/// nothing on `WAIT_BUYER_PAY` or a close after a refund (taken and given back: the cancel or
+/// refund in the hub's record says it).
+pub fn mainland_status(n: &CnNotification) -> &'static str {
+    match n.status {
+        TradeStatus::Success | TradeStatus::Finished => "SUCCESS",
+        TradeStatus::Closed if !n.refunded => "CANCELLED",
+        TradeStatus::Closed | TradeStatus::WaitBuyerPay => "PROCESSING",
+    }
+}
+
+/// Handles one mainland notification (`trade_status_sync`, a form POST) when the upstream is
+/// `alipay_cn`: verified with the Alipay key over the sorted fields, our `app_id` checked,
+/// then applied as [`handle`] applies an AMS one. Answers `success` once recorded, `fail`
+/// otherwise (the gateway sends it again).
+pub async fn handle_mainland(hub: &Hub, body: &[u8]) -> (NotifyVerdict, &'static str) {
+    let verdict =
+        match cn_notify::verify(hub.upstream.gateway_key(), hub.upstream.client_id(), body) {
+            Err(e) => {
+                tracing::warn!(reason = %e, "mainland notification refused");
+                NotifyVerdict::Rejected
+            }
+            Ok(n) => {
+                let amount = n
+                    .total_amount
+                    .as_deref()
+                    .map(|y| (cn_notify::minor_units(y), "CNY".to_string()));
+                match apply(
+                    hub,
+                    &n.out_trade_no,
+                    mainland_status(&n),
+                    n.trade_no.as_deref(),
+                    amount,
+                )
+                .await
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "notification not recorded");
+                        NotifyVerdict::Error
+                    }
+                }
+            }
+        };
+    hub.metrics.notification(verdict.label());
+    let answer = match verdict {
+        NotifyVerdict::Rejected | NotifyVerdict::Error => cn_notify::RETRY,
+        _ => cn_notify::ACK,
+    };
+    (verdict, answer)
 }

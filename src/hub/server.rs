@@ -181,6 +181,10 @@ async fn notification(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if hub.upstream.converts() {
+        let (_, answer) = notify::handle_mainland(&hub, &body).await;
+        return ([("content-type", "text/plain; charset=utf-8")], answer).into_response();
+    }
     let path = uri
         .path_and_query()
         .map_or(uri.path().to_string(), |p| p.to_string());

@@ -1060,7 +1060,7 @@ impl Hub {
         let client = self.pool.get().await?;
         let owner = client
             .query_opt(
-                "SELECT client_id FROM hub_refunds WHERE refund_request_id = $1",
+                "SELECT client_id, forward_body FROM hub_refunds WHERE refund_request_id = $1",
                 &[&rid],
             )
             .await?;
@@ -1084,7 +1084,18 @@ impl Hub {
             Some(_) => {}
         }
         drop(client);
-        let body = serde_json::to_vec(&json!({ "refundRequestId": rid }))?;
+        // A converting upstream's refund query names the trade: the hub adds the paymentId
+        // from its record (any instance may be asked). AMS gets the body it always got.
+        let trade = owner
+            .as_ref()
+            .and_then(|r| r.get::<_, Option<Vec<u8>>>(1))
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("paymentId")?.as_str().map(str::to_string))
+            .filter(|_| self.upstream.converts());
+        let body = match trade {
+            Some(pid) => serde_json::to_vec(&json!({ "refundRequestId": rid, "paymentId": pid }))?,
+            None => serde_json::to_vec(&json!({ "refundRequestId": rid }))?,
+        };
         let answer = self.upstream.call(op, &body).await;
         Ok(self.relay(t, op, &answer))
     }

@@ -1,7 +1,10 @@
-//! The hub's upstream: the AMS client of `gateway/` (the merchant key signs, the gateway's key
-//! verifies, rustls with certificate checks), used to forward the terminals' bodies byte for
-//! byte, and the outcome rules applied to its raw answers (rule 5: an unverified `S`/`U`, a
-//! timeout, an HTTP error or unparsable JSON is unknown, never `S`, never `F`).
+//! The hub's upstream. An AMS upstream (`sandbox`, `alipay_plus`) is the AMS client of
+//! `gateway/` (the merchant key signs, the gateway's key verifies, rustls with certificate
+//! checks) forwarding the terminals' bodies byte for byte, with the outcome rules applied to
+//! its raw answers (rule 5: an unverified `S`/`U`, a timeout, an HTTP error or unparsable JSON
+//! is unknown, never `S`, never `F`). A mainland upstream (`alipay_cn`) is the mainland client
+//! behind the gateway trait, with each request converted ([`super::convert`]). Either way the
+//! rest of the hub sees one [`Answer`] with an AMS body.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,13 +12,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use super::config::HubConfig;
+use super::config::{HubConfig, UpstreamKind};
+use super::convert;
 use super::metrics::HubMetrics;
+use crate::gateway::alipay_cn::answer::RefundStatus;
+use crate::gateway::alipay_cn::wire::Method;
+use crate::gateway::alipay_cn::{CnClient, CnSettings};
 use crate::gateway::client::{
     AmsClient, AnswerSignature, ClientSettings, MerchantIdentity, Operation,
 };
 use crate::gateway::sign::{PrivateKey, PublicKey};
 use crate::gateway::wire::{WireAmount, WireResult};
+use crate::gateway::Answer as GAnswer;
 
 /// What an upstream answer means (the client's rules, on raw bodies).
 #[derive(Debug, Clone)]
@@ -142,17 +150,28 @@ pub fn classify(answer: Result<crate::gateway::client::ForwardedAnswer, String>)
     }
 }
 
+/// How the hub reaches its upstream.
+enum Backend {
+    /// AMS upstreams (`sandbox`, `alipay_plus`): the terminal's body is forwarded byte for
+    /// byte and the verified answer relayed as it came, so every field the gateway sends
+    /// reaches the terminal and a resend is the identical request.
+    Relay(AmsClient),
+    /// `alipay_cn`: protocol conversion through the gateway trait ([`super::convert`]).
+    Convert(Arc<CnClient>),
+}
+
 /// The upstream gateway as the hub uses it.
 pub struct Upstream {
-    client: AmsClient,
+    backend: Backend,
     metrics: Arc<HubMetrics>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("client", &self.client)
-            .finish()
+        match &self.backend {
+            Backend::Relay(c) => f.debug_struct("Upstream").field("relay", c).finish(),
+            Backend::Convert(c) => f.debug_struct("Upstream").field("convert", c).finish(),
+        }
     }
 }
 
@@ -172,6 +191,33 @@ impl Upstream {
             .context("upstream.gateway_public_key is required")?;
         let gateway_key =
             PublicKey::load(gw_path).with_context(|| "upstream.gateway_public_key".to_string())?;
+        if u.kind == UpstreamKind::AlipayCn {
+            let settings = CnSettings {
+                base_url: u
+                    .base_url
+                    .clone()
+                    .unwrap_or_else(|| crate::config::MAINLAND_GATEWAY_URL.to_string()),
+                app_id: u.app_id.clone().context("upstream.app_id is required")?,
+                merchant_key: Arc::new(merchant_key),
+                alipay_key: gateway_key,
+                notify_url: u.notify_url.clone(),
+                app_auth_token: u.app_auth_token.as_ref().map(|s| s.expose().to_string()),
+                // Each pay names its own store and terminal, from the registry.
+                store_id: None,
+                terminal_id: None,
+                trade_timeout: crate::gateway::alipay_cn::client::DEFAULT_TRADE_TIMEOUT.into(),
+                insecure_http: u.insecure_http,
+                connect_timeout: u.call_timeout().min(Duration::from_secs(3)),
+                pay_timeout: u.pay_timeout(),
+                inquiry_timeout: u.call_timeout(),
+                cancel_timeout: u.call_timeout(),
+            };
+            let client = CnClient::new(settings).context("cannot build the mainland client")?;
+            return Ok(Upstream {
+                backend: Backend::Convert(Arc::new(client)),
+                metrics,
+            });
+        }
         let ca = match &u.ca_file {
             Some(p) => Some(
                 std::fs::read(p)
@@ -211,29 +257,51 @@ impl Upstream {
         };
         let client = AmsClient::new_with_roots(settings, ca.as_deref())
             .context("cannot build the upstream client")?;
-        Ok(Upstream { client, metrics })
+        Ok(Upstream {
+            backend: Backend::Relay(client),
+            metrics,
+        })
     }
 
-    /// The upstream's client id (notifications carry it).
+    /// Whether the upstream speaks another dialect than the terminals (the hub converts).
+    pub fn converts(&self) -> bool {
+        matches!(self.backend, Backend::Convert(_))
+    }
+
+    /// The hub's name at the upstream (AMS `client-id`, mainland `app_id`): notifications
+    /// carry it.
     pub fn client_id(&self) -> &str {
-        &self.client.settings().client_id
+        match &self.backend {
+            Backend::Relay(c) => &c.settings().client_id,
+            Backend::Convert(c) => &c.settings().app_id,
+        }
     }
 
     /// The upstream behind the gateway abstraction the terminal's engine uses: the hub's own
     /// decisions (the active-cancel inquiry) go through it.
     pub fn gateway(&self) -> &dyn crate::gateway::Gateway {
-        &self.client
+        match &self.backend {
+            Backend::Relay(c) => c,
+            Backend::Convert(c) => &**c,
+        }
     }
 
     /// The gateway's public key (verifies notifications).
     pub fn gateway_key(&self) -> &PublicKey {
-        &self.client.settings().gateway_key
+        match &self.backend {
+            Backend::Relay(c) => &c.settings().gateway_key,
+            Backend::Convert(c) => &c.settings().alipay_key,
+        }
     }
 
-    /// Signs and sends `body` to `op`, classifies the answer, observes it.
+    /// Sends `body` (a terminal's AMS body, or one the hub built) to `op` and classifies the
+    /// answer (relayed, or converted), observes it.
     pub async fn call(&self, op: Operation, body: &[u8]) -> Answer {
         let started = Instant::now();
-        let answer = classify(self.client.forward(op, body.to_vec()).await);
+        let answer = match &self.backend {
+            Backend::Relay(c) => classify(c.forward(op, body.to_vec()).await),
+            Backend::Convert(c) => convert_call(c, op, body).await,
+        };
         let elapsed = started.elapsed();
         self.metrics.upstream(op, answer.label(), elapsed);
         match &answer {
@@ -252,6 +320,85 @@ impl Upstream {
             ),
         }
         answer
+    }
+}
+
+/// One call to the mainland upstream: the AMS body read into a domain order, the call made
+/// through the gateway trait (or, for the pay, the client's own form with the store and
+/// terminal the body names), the typed answer written back as AMS.
+async fn convert_call(cn: &CnClient, op: Operation, body: &[u8]) -> Answer {
+    use crate::gateway::Gateway as _;
+    use convert::OpFields;
+    match op {
+        Operation::Pay => {
+            let (order, place) = match convert::pay_order(body) {
+                Ok(o) => o,
+                Err(why) => return convert::not_carried("paymentRequestId", "", &why),
+            };
+            let id = order.payment_request_id.clone();
+            let biz = match cn.pay_biz(&order) {
+                Ok(b) => b,
+                Err(why) => return convert::not_carried("paymentRequestId", &id, &why),
+            };
+            let mut biz: serde_json::Value = serde_json::from_str(&biz).expect("json from serde");
+            for (k, v) in [
+                ("store_id", place.store_id),
+                ("terminal_id", place.terminal_id),
+            ] {
+                if let Some(v) = v.filter(|v| !v.is_empty()) {
+                    biz[k] = serde_json::Value::String(v);
+                }
+            }
+            let form = cn.sign(Method::Pay, &biz.to_string());
+            convert::answer(OpFields::Pay, &id, &cn.send_pay(&id, form).await)
+        }
+        Operation::InquiryPayment => match convert::payment_request_id(body) {
+            Ok(id) => convert::inquiry(&id, &cn.inquiry_payment(&id).await),
+            Err(why) => convert::not_carried("paymentRequestId", "", &why),
+        },
+        Operation::Cancel => match convert::payment_request_id(body) {
+            Ok(id) => convert::answer(
+                OpFields::Cancel,
+                &id,
+                &crate::gateway::Gateway::cancel(cn, &id).await,
+            ),
+            Err(why) => convert::not_carried("paymentRequestId", "", &why),
+        },
+        Operation::Refund => match convert::refund_order(body) {
+            Ok(o) => convert::answer(
+                OpFields::Refund,
+                &o.refund_request_id,
+                &crate::gateway::Gateway::refund(cn, &o).await,
+            ),
+            Err(why) => convert::not_carried("refundRequestId", "", &why),
+        },
+        Operation::InquiryRefund => {
+            let (rid, trade) = match convert::refund_inquiry(body) {
+                Ok(x) => x,
+                Err(why) => return convert::not_carried("refundRequestId", "", &why),
+            };
+            // Any instance may be asked: the trade comes from the hub's record, not from
+            // the client's memory of the refunds this process sent.
+            let reply = match trade {
+                Some(trade_no) => {
+                    let (status, facts) = cn.refund_query(&trade_no, &rid).await;
+                    let answer = match status {
+                        RefundStatus::Refunded => GAnswer::Success,
+                        RefundStatus::NotRefunded => GAnswer::Failed {
+                            refusal: crate::gateway::Refusal::Other,
+                            code: "REFUND_NOT_DONE".into(),
+                            message: "the gateway has no successful refund under this \
+                                      out_request_no"
+                                .into(),
+                        },
+                        RefundStatus::Unknown { why } => GAnswer::Unknown { why },
+                    };
+                    crate::gateway::Reply { answer, facts }
+                }
+                None => cn.inquiry_refund(&rid).await,
+            };
+            convert::answer(OpFields::InquiryRefund, &rid, &reply)
+        }
     }
 }
 

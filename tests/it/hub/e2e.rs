@@ -1,11 +1,15 @@
 //! Terminal posd → hub → sandbox, every sandbox row: the terminal ends where it ends without
-//! the hub, the hub's record agrees, and the upstream's own record agrees with both.
+//! the hub, the hub's record agrees, and the upstream's own record agrees with both. Once with
+//! the sandbox's AMS as the hub's upstream (the byte relay), once with its mainland dialect
+//! (`kind = "alipay_cn"`: the terminal still speaks AMS, the hub converts).
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::harness::{code, register, terminal, wait_hub_state, TestHub, Upstream};
+use super::harness::{
+    code, register, terminal, wait_hub_state, TestHub, Upstream, MAINLAND_APP_ID,
+};
 use super::pg::TestDb;
 
 /// (code suffix, terminal final state, hub state once settled, upstream status). The
@@ -27,10 +31,23 @@ const ROWS: &[(&str, &str, &str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sandbox_row_through_the_hub() {
+    every_row(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sandbox_row_through_a_hub_converting_to_the_mainland_dialect() {
+    every_row(true).await
+}
+
+async fn every_row(mainland: bool) {
     let db = TestDb::new().await;
     let up = Upstream::start(Duration::from_secs(10)).await;
     register(&db, "T_A", "terminal_a").await;
-    let mut hub = TestHub::new(&db, &up.base_url(), "", "");
+    let mut hub = if mainland {
+        TestHub::mainland(&db, &up.base_url(), "", "")
+    } else {
+        TestHub::new(&db, &up.base_url(), "", "")
+    };
     hub.start(None).await;
     let mut t = terminal(&hub.base, "T_A", "terminal_a", "");
     t.start(None).await;
@@ -51,6 +68,23 @@ async fn every_sandbox_row_through_the_hub() {
             assert_eq!(refunded, 1234, "row 87 refunded in full upstream");
         }
     }
+    // The upstream was reached in the dialect configured, and the terminal's journal holds
+    // the upstream's own code where a human reads it, as without the hub.
+    assert_eq!(
+        up.sender(&ids[0]).as_deref(),
+        Some(if mainland {
+            MAINLAND_APP_ID
+        } else {
+            "SANDBOX_HUB"
+        })
+    );
+    let p80 = t.get(&ids[2]).await;
+    let want80 = if mainland {
+        "ACQ.BUYER_BALANCE_NOT_ENOUGH"
+    } else {
+        "USER_BALANCE_NOT_ENOUGH"
+    };
+    assert_eq!(p80["result_code"], want80, "{p80}");
     // One pay per row upstream: the hub never sent a second pay for any of them.
     assert_eq!(up.counts().pay, ROWS.len() as u64);
     assert_eq!(up.payments(), ROWS.len() as i64);

@@ -88,6 +88,20 @@ impl Upstream {
         .unwrap()
     }
 
+    /// Who the sandbox says sent the pay: the AMS `client-id` or the mainland `app_id`.
+    pub fn sender(&self, id: &str) -> Option<String> {
+        use rusqlite::OptionalExtension;
+        let c = rusqlite::Connection::open(self.dir.path().join("sandbox.sqlite3")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.query_row(
+            "SELECT client_id FROM payments WHERE payment_request_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+    }
+
     /// How many payments the sandbox holds.
     pub fn payments(&self) -> i64 {
         let c = rusqlite::Connection::open(self.dir.path().join("sandbox.sqlite3")).unwrap();
@@ -95,6 +109,9 @@ impl Upstream {
             .unwrap()
     }
 }
+
+/// The hub's `app_id` at the mainland sandbox.
+pub const MAINLAND_APP_ID: &str = "9021000000000001";
 
 /// Short hub timings for tests.
 pub const FAST_HUB: &str = r#"
@@ -128,6 +145,22 @@ impl TestHub {
     /// Writes a hub.toml for `db` and `upstream`; `hub_extra` lines go into `[hub]`, `extra`
     /// sections are appended (a `[flow]` there replaces [`FAST_HUB`]).
     pub fn new(db: &TestDb, upstream: &str, hub_extra: &str, extra: &str) -> TestHub {
+        let section = format!("base_url = \"{upstream}\"\nclient_id = \"SANDBOX_HUB\"\n");
+        TestHub::with_upstream(db, &section, hub_extra, extra)
+    }
+
+    /// The sandbox's mainland dialect (`/gateway.do` of the sandbox at `sandbox`) as the
+    /// hub's `alipay_cn` upstream: terminals keep speaking AMS, the hub converts.
+    pub fn mainland(db: &TestDb, sandbox: &str, hub_extra: &str, extra: &str) -> TestHub {
+        let section = format!(
+            "kind = \"alipay_cn\"\nbase_url = \"{sandbox}/gateway.do\"\napp_id = \"{MAINLAND_APP_ID}\"\n"
+        );
+        TestHub::with_upstream(db, &section, hub_extra, extra)
+    }
+
+    /// Like [`TestHub::new`] with `upstream` lines (kind, base URL, the hub's name there)
+    /// at the top of `[upstream]`.
+    pub fn with_upstream(db: &TestDb, upstream: &str, hub_extra: &str, extra: &str) -> TestHub {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let api_port = free_port();
@@ -178,9 +211,7 @@ impl TestHub {
 url = "{url}"
 pool_size = 8
 [upstream]
-base_url = "{upstream}"
-insecure_http = true
-client_id = "SANDBOX_HUB"
+{upstream}insecure_http = true
 merchant_private_key = "keys/merchant_private.pem"
 gateway_public_key = "keys/gateway_public.pem"
 pay_timeout = "1500ms"
