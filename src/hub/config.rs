@@ -437,9 +437,11 @@ impl HubConfig {
                     if !id.is_empty()
                         && id.len() <= 32
                         && id.bytes().all(|b| b.is_ascii_digit()) => {}
-                Some(id) => return Err(format!(
+                Some(id) => {
+                    return Err(format!(
                     "upstream.app_id {id:?} is not an app_id (digits, e.g. \"2021000000000001\")"
-                )),
+                ))
+                }
                 None => {
                     return Err(
                         "upstream.app_id is required when upstream.kind = \"alipay_cn\" \
@@ -598,6 +600,41 @@ gateway_public_key = "keys/gateway_public.pem"
             "base_url = \"http://127.0.0.1:8419\"",
         );
         let e = HubConfig::parse(&text).unwrap().validate().unwrap_err();
+        assert!(e.contains("upstream.base_url"), "{e}");
+    }
+
+    #[test]
+    fn a_mainland_upstream_is_named_by_its_app_id() {
+        let cn = MIN.replace(
+            "base_url = \"http://127.0.0.1:8419\"\ninsecure_http = true\nclient_id = \"SANDBOX_HUB\"",
+            "kind = \"alipay_cn\"\napp_id = \"2021000000000001\"",
+        );
+        let c = HubConfig::parse(&cn).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.upstream.kind, UpstreamKind::AlipayCn);
+        assert!(
+            c.upstream.base_url.is_none(),
+            "defaults to the mainland gateway"
+        );
+        let err = |text: &str| HubConfig::parse(text).unwrap().validate().unwrap_err();
+        let e = err(&cn.replace("app_id = \"2021000000000001\"\n", ""));
+        assert!(e.contains("upstream.app_id is required"), "{e}");
+        let e = err(&cn.replace("2021000000000001", "my-app"));
+        assert!(e.contains("not an app_id"), "{e}");
+        let e = err(&cn.replace("[upstream]\n", "[upstream]\nclient_id = \"X\"\n"));
+        assert!(e.contains("upstream.client_id is for AMS"), "{e}");
+        let e = err(&cn.replace("[upstream]\n", "[upstream]\nca_file = \"ca.pem\"\n"));
+        assert!(e.contains("upstream.ca_file"), "{e}");
+        let e = err(&MIN.replace(
+            "[upstream]\n",
+            "[upstream]\napp_id = \"2021000000000001\"\n",
+        ));
+        assert!(e.contains("alipay_cn"), "{e}");
+        // A plain-http mainland URL needs insecure_http and loopback, as for AMS.
+        let e = err(&cn.replace(
+            "[upstream]\n",
+            "[upstream]\nbase_url = \"http://gw.example.com/gateway.do\"\n",
+        ));
         assert!(e.contains("upstream.base_url"), "{e}");
     }
 

@@ -9,6 +9,7 @@ mod advice;
 mod basics;
 mod e2e;
 mod kills;
+mod mainland;
 mod notify;
 mod refusals;
 mod tls;
