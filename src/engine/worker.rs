@@ -41,11 +41,11 @@ use tracing::Instrument as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::clock::Clock;
+use super::clock::{local_at, Clock};
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
 use super::transition::learn_payment_id;
-use super::{context_of, failpoint, local_time, Rules};
+use super::{context_of, failpoint, Rules};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
 use crate::gateway::Gateway;
@@ -676,15 +676,11 @@ impl Replayer {
         if verdicts.is_empty() {
             return Ok(Vec::new());
         }
+        let now = self.inner.clock.now_ms();
         let ctx = SettleCtx {
             owner: owner.to_string(),
-            now: self.inner.clock.now_ms(),
-            local: local_time(
-                self.inner.settings.timezone,
-                chrono::DateTime::from_timestamp_millis(self.inner.clock.now_ms())
-                    .unwrap_or_default(),
-            )
-            .naive_local(),
+            now,
+            local: local_at(self.inner.settings.timezone, now).naive_local(),
             terminal_id: self.inner.settings.terminal_id.clone(),
             merchant_name: self.inner.settings.merchant_name.clone(),
             store_name: self.inner.settings.store_name.clone(),
