@@ -232,7 +232,7 @@ pub(crate) fn plan(
         gateway_time: facts
             .time
             .clone()
-            .filter(|_| to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })),
+            .filter(|_| to == State::Succeeded || settles_refund_with_time(event)),
         ..Default::default()
     };
     if matches!(event, Event::Inquired(_)) {
@@ -381,6 +381,15 @@ pub(crate) fn commit_event(
     anyhow::bail!("payment {id} kept changing while an event was being committed; try again")
 }
 
+/// Whether `event` is a refund's confirmation or answer whose time (`refundTime`) is kept on
+/// the refund row: by the payment's task or by the queue.
+fn settles_refund_with_time(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::RefundAnswered { .. } | Event::QueuedRefundConfirmed { .. }
+    )
+}
+
 /// The change that only journals an event the machine ignored or refused (the queue's answer
 /// for a payment that moved on), with the refund rows the answer settles.
 pub(crate) fn note_only(
@@ -396,6 +405,12 @@ pub(crate) fn note_only(
         result_code: facts.result_code.clone(),
         payment_id: facts.payment_id.clone(),
         settle_refund: refund_settle(event, facts, refund, facts.result_code.clone()),
+        // A refund the queue got confirmed keeps the gateway's time even when its payment
+        // moved on (the back office reconciles it).
+        gateway_time: facts
+            .time
+            .clone()
+            .filter(|_| refund.is_some() && settles_refund_with_time(event)),
         ..Default::default()
     }
 }

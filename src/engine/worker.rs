@@ -48,7 +48,7 @@ use super::transition::learn_payment_id;
 use super::{context_of, failpoint, Rules};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
-use crate::gateway::Gateway;
+use crate::gateway::{Facts, Gateway};
 use crate::store::payments;
 use crate::store::queue::{self as q, ItemKind, LeaseRefused, QueueItem};
 use crate::store::Store;
@@ -219,10 +219,10 @@ pub enum ReplayError {
 /// The gateway's answer to one item, before it is settled.
 #[derive(Debug, Clone)]
 enum Verdict {
+    /// The gateway confirmed the cancel or refund; its facts (payment id, refund id, result
+    /// code, the refund's time) are recorded with the settle.
     Confirmed {
-        payment_id: Option<String>,
-        refund_id: Option<String>,
-        result_code: Option<String>,
+        facts: Facts,
     },
     CancelWindowPassed {
         payment_id: String,
@@ -510,9 +510,10 @@ impl Replayer {
                 }
                 match out.answer {
                     Answer::Success => Verdict::Confirmed {
-                        payment_id: out.facts.payment_id,
-                        refund_id: None,
-                        result_code: out.facts.result_code,
+                        facts: Facts {
+                            refund_id: None,
+                            ..out.facts
+                        },
                     },
                     Answer::Failed {
                         refusal: Refusal::CancelWindowPassed,
@@ -558,11 +559,7 @@ impl Replayer {
                     failpoint::hit("replay_answered");
                 }
                 match out.answer {
-                    Answer::Success => Verdict::Confirmed {
-                        payment_id: out.facts.payment_id,
-                        refund_id: out.facts.refund_id,
-                        result_code: out.facts.result_code,
-                    },
+                    Answer::Success => Verdict::Confirmed { facts: out.facts },
                     Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
                     Answer::Unknown { why } => Verdict::Unknown { why },
                 }
