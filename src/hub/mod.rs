@@ -15,6 +15,7 @@
 //! - [`worker`] — active cancel and the queue loop.
 //! - [`notify`] — the upstream's notifications.
 //! - [`server`] — listeners (TLS), `/healthz`, `/metrics`, start-up and shutdown.
+//! - [`watchdog`] — systemd `WATCHDOG=1` while the database answers.
 //! - [`metrics`], [`cli`] — metrics and the `posd hub` command line.
 
 pub mod cli;
@@ -28,4 +29,5 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod upstream;
+pub mod watchdog;
 pub mod worker;

@@ -382,7 +382,19 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
         "hub ready"
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(timeout) = sd_notify::watchdog_enabled() {
+        tracing::info!(
+            ?timeout,
+            "systemd watchdog enabled; pinging while the database answers"
+        );
+        tasks.spawn(super::watchdog::run(
+            hub.pool.clone(),
+            timeout / 2,
+            stop.clone(),
+        ));
+    }
     wait_for_signal().await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("hub stopping");
     stop.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };

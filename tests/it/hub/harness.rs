@@ -238,6 +238,11 @@ listen = "127.0.0.1:{api_port}"
 
     /// Starts `posd hub run` (with `POSD_FAILPOINT` when given) and waits for `/healthz`.
     pub async fn start(&mut self, failpoint: Option<&str>) {
+        self.start_with_env(failpoint, &[]).await
+    }
+
+    /// [`TestHub::start`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub async fn start_with_env(&mut self, failpoint: Option<&str>, env: &[(&str, String)]) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("hub-{}.log", self.starts)))
@@ -253,6 +258,10 @@ listen = "127.0.0.1:{api_port}"
             .stderr(log);
         if let Some(f) = failpoint {
             cmd.env("POSD_FAILPOINT", f);
+        }
+        cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC");
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -311,6 +320,11 @@ listen = "127.0.0.1:{api_port}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL.
@@ -616,4 +630,95 @@ pub async fn journal(db: &TestDb, id: &str) -> String {
     })
     .collect::<Vec<_>>()
     .join("\n")
+}
+
+/// A TCP proxy in front of the upstream that can hold its answers: while closed, bytes
+/// coming back from the upstream wait in the proxy (the upstream has answered, the hub has
+/// not heard yet), so a test acts at that exact point and then lets them through.
+pub struct Gate {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    open: tokio::sync::watch::Sender<bool>,
+    held: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    /// Listens on a free port in front of `target` (a base URL), open.
+    pub async fn start(target: &str) -> Gate {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let target = target.trim_start_matches("http://").to_string();
+        let (open, rx) = tokio::sync::watch::channel(true);
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = held.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Ok(out) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut in_r, mut in_w) = inbound.into_split();
+                let (mut out_r, mut out_w) = out.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut in_r, &mut out_w).await;
+                });
+                let mut rx = rx.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match out_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if !*rx.borrow() {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            if rx.wait_for(|open| *open).await.is_err() {
+                                return;
+                            }
+                        }
+                        if in_w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Gate {
+            base,
+            open,
+            held,
+            task,
+        }
+    }
+
+    /// Holds the upstream's answers from now on.
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets held and later answers through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Waits until an answer is held.
+    pub async fn wait_held(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no upstream answer was held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -11,5 +11,7 @@ mod e2e;
 mod kills;
 mod mainland;
 mod notify;
+mod outage;
 mod refusals;
 mod tls;
+mod watchdog;

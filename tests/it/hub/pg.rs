@@ -181,6 +181,36 @@ impl TestDb {
         }
     }
 
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection to the server's `postgres` database (for `ALTER DATABASE` on this one,
+    /// which a session inside it cannot always run).
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let server = self.url.rsplit_once('/').unwrap().0.to_string();
+        let (client, conn) =
+            tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the postgres database");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Ends every session on this database except the caller's (the hub's pool reconnects).
+    pub async fn terminate_sessions(&self) {
+        self.admin()
+            .await
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 \
+                 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+    }
+
     /// A pool on it.
     pub async fn pool(&self) -> deadpool_postgres::Pool {
         posd::hub::db::connect(&self.url, 4).await.expect("pool")
