@@ -1,8 +1,9 @@
 //! PostgreSQL for the hub tests: one fresh database per test on the server named by
 //! `POSD_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432`). When no server answers,
 //! a throwaway cluster is started once per test run with initdb/pg_ctl (as an unprivileged
-//! user, on a free port). With no PostgreSQL installed the tests fail and say how to get one;
-//! they never skip.
+//! user, on a free port); [`Server::at`] does the same for any URL, and stops and removes
+//! its cluster when dropped. With no PostgreSQL installed the tests fail and say how to get
+//! one; they never skip (under `CI=true` or not).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,21 +11,70 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The server's URL without a database name.
-fn server_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let url = std::env::var("POSD_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        if answers(&url) {
-            return url;
-        }
-        eprintln!("no PostgreSQL answers at {url}; starting a throwaway cluster");
-        throwaway_cluster()
-    })
+/// The URL the tests use: `POSD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432`.
+pub fn env_url() -> String {
+    std::env::var("POSD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-fn answers(url: &str) -> bool {
+/// The server's URL without a database name: the one at [`env_url`], or a throwaway cluster
+/// kept for the whole run.
+fn server_url() -> &'static str {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    &SERVER.get_or_init(|| Server::at(&env_url())).url
+}
+
+/// A PostgreSQL server for tests: the one that answers at a URL, or, when none does, a
+/// throwaway cluster started for it (stopped and removed when the value is dropped).
+pub struct Server {
+    /// The server's URL without a database name.
+    pub url: String,
+    cluster: Option<Cluster>,
+}
+
+impl Server {
+    /// The server at `url`, or a throwaway cluster when nothing answers there.
+    pub fn at(url: &str) -> Server {
+        if answers(url) {
+            return Server {
+                url: url.to_string(),
+                cluster: None,
+            };
+        }
+        eprintln!("no PostgreSQL answers at {url}; starting a throwaway cluster");
+        let cluster = throwaway_cluster();
+        Server {
+            url: cluster.url.clone(),
+            cluster: Some(cluster),
+        }
+    }
+
+    /// The throwaway cluster's directory, if one was started.
+    pub fn cluster_dir(&self) -> Option<&Path> {
+        self.cluster.as_ref().map(|c| c.dir.as_path())
+    }
+}
+
+/// A cluster made by initdb and run by pg_ctl, as an unprivileged user on a free port.
+struct Cluster {
+    url: String,
+    dir: PathBuf,
+    pg_ctl: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = as_unprivileged(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether a server takes connections at `url` (no database name).
+pub fn answers(url: &str) -> bool {
     let url = format!("{}/postgres", url.trim_end_matches('/'));
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -82,8 +132,8 @@ fn as_unprivileged(tool: &Path) -> Command {
     }
 }
 
-/// initdb + pg_ctl start on a free port in a temp directory (kept for the whole run).
-fn throwaway_cluster() -> String {
+/// initdb + pg_ctl start on a free port in a temp directory of its own.
+fn throwaway_cluster() -> Cluster {
     let (Some(initdb), Some(pg_ctl)) = (find_tool("initdb"), find_tool("pg_ctl")) else {
         panic!(
             "the hub tests need PostgreSQL: none answers at POSD_TEST_PG_URL (default \
@@ -92,7 +142,12 @@ fn throwaway_cluster() -> String {
              trust auth for the role in the URL"
         );
     };
-    let dir = std::env::temp_dir().join(format!("posd-hub-pg-{}", std::process::id()));
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "posd-hub-pg-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let data = dir.join("data");
     std::fs::create_dir_all(&dir).unwrap();
     if running_as_root() {
@@ -145,7 +200,7 @@ fn throwaway_cluster() -> String {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    url
+    Cluster { url, dir, pg_ctl }
 }
 
 /// A fresh database, dropped (best effort) when the value is dropped.
@@ -156,10 +211,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates the database.
+    /// Creates the database on the tests' server.
     pub async fn new() -> TestDb {
+        TestDb::on(server_url()).await
+    }
+
+    /// Creates the database on the server at `server` (a URL without a database name).
+    pub async fn on(server: &str) -> TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
-        let server = server_url().trim_end_matches('/').to_string();
+        let server = server.trim_end_matches('/').to_string();
         let name = format!(
             "posd_hub_t{}_{}_{}",
             std::process::id(),
@@ -229,7 +289,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let server = server_url().trim_end_matches('/').to_string();
+        let server = self.url.rsplit_once('/').unwrap().0.to_string();
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
