@@ -325,14 +325,7 @@ async fn settle(
             // The refund needs the upstream's paymentId: ask for it if no answer carried it yet.
             let payment_id = match &payment.payment_id {
                 Some(id) => Some(id.clone()),
-                None => {
-                    hub.upstream
-                        .gateway()
-                        .inquiry_payment(pid)
-                        .await
-                        .facts
-                        .payment_id
-                }
+                None => hub.upstream.inquiry_payment(pid).await.facts.payment_id,
             };
             let (Some(payment_id), Some(amount), Some(currency)) =
                 (payment_id, payment.amount_minor, &payment.currency)

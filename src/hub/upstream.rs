@@ -23,7 +23,7 @@ use crate::gateway::client::{
 };
 use crate::gateway::sign::{PrivateKey, PublicKey};
 use crate::gateway::wire::{WireAmount, WireResult};
-use crate::gateway::Answer as GAnswer;
+use crate::gateway::{Answer as GAnswer, Inquiry, Reply};
 
 /// What an upstream answer means (the client's rules, on raw bodies).
 #[derive(Debug, Clone)]
@@ -286,6 +286,21 @@ impl Upstream {
         }
     }
 
+    /// The hub's own inquiry (the active-cancel decision, the paymentId a window refund
+    /// needs) through the gateway trait, observed like every forwarded call.
+    pub async fn inquiry_payment(&self, payment_request_id: &str) -> Reply<Inquiry> {
+        let started = Instant::now();
+        let reply = self.gateway().inquiry_payment(payment_request_id).await;
+        let outcome = match &reply.answer {
+            Inquiry::Unknown { .. } => "unknown",
+            Inquiry::NotFound | Inquiry::Failed { .. } => "failed",
+            _ => "success",
+        };
+        self.metrics
+            .upstream(Operation::InquiryPayment, outcome, started.elapsed());
+        reply
+    }
+
     /// The gateway's public key (verifies notifications).
     pub fn gateway_key(&self) -> &PublicKey {
         match &self.backend {
@@ -393,7 +408,7 @@ async fn convert_call(cn: &CnClient, op: Operation, body: &[u8]) -> Answer {
                         },
                         RefundStatus::Unknown { why } => GAnswer::Unknown { why },
                     };
-                    crate::gateway::Reply { answer, facts }
+                    Reply { answer, facts }
                 }
                 None => cn.inquiry_refund(&rid).await,
             };

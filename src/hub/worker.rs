@@ -91,7 +91,7 @@ pub async fn decide(hub: &Hub, id: &str) -> anyhow::Result<Decision> {
         return Ok(Decision::Skipped);
     }
     // One more inquiry, right before deciding (through the gateway abstraction).
-    let inquiry = hub.upstream.gateway().inquiry_payment(id).await;
+    let inquiry = hub.upstream.inquiry_payment(id).await;
     let payment_id = inquiry.facts.payment_id.clone();
     // (the paymentStatus to apply, what the decision rests on)
     let (status, why): (&str, String) = match &inquiry.answer {

@@ -132,11 +132,26 @@ async fn a_silent_terminal_is_cancelled_once_through_the_mainland_and_an_approve
         m.contains("posd_hub_active_cancels_total{decision=\"cancel\"} 1"),
         "{m}"
     );
+    // The hub's own calls are in the per-operation upstream metrics too.
+    assert!(
+        m.contains("posd_hub_upstream_calls_total{operation=\"cancel\",outcome=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "posd_hub_upstream_calls_total{operation=\"inquiry_payment\",outcome=\"success\"}"
+        ),
+        "the active-cancel inquiries: {m}"
+    );
+    assert!(
+        m.contains("posd_hub_upstream_call_duration_seconds_count{operation=\"inquiry_payment\"}"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_switch_refunds_through_the_mainland_when_the_cancel_window_has_passed() {
-    let (db, up, hub) = mainland_hub("reversal_advice = true", "").await;
+    let (db, up, mut hub) = mainland_hub("reversal_advice = true", "").await;
     let s = Signer::new("T_A", "terminal_a");
     // Row 87: charged, but too late to cancel (ACQ.TRADE_CANCEL_TIME_OUT upstream).
     let r = s
@@ -166,6 +181,30 @@ async fn the_switch_refunds_through_the_mainland_when_the_cancel_window_has_pass
     assert_eq!(up.counts().refund, 1, "one refund");
     let j = journal(&db, "CN_87").await;
     assert!(j.contains("cancel_window_passed"), "{j}");
+    // The terminal asks about the refund from a restarted instance (no memory of sending it):
+    // the mainland refund query names the trade from the hub's record.
+    let c = db.pool().await.get().await.unwrap();
+    let rid: String = c
+        .query_one(
+            "SELECT refund_request_id FROM hub_refunds WHERE payment_request_id = 'CN_87'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    hub.kill();
+    hub.start(None).await;
+    let q = s
+        .send(
+            &hub.base,
+            "inquiryRefund",
+            &serde_json::json!({"refundRequestId": rid}),
+            0,
+        )
+        .await;
+    assert_eq!(q.status(), "S", "{:?}", q.body);
+    assert_eq!(q.body["refundStatus"], "SUCCESS", "{:?}", q.body);
+    assert_eq!(up.counts().inquiry_refund, 1);
 }
 
 fn mainland_notification(key: &PrivateKey, id: &str, trade_no: &str, yuan: &str) -> String {
