@@ -408,7 +408,7 @@ mod tests {
             ),
         ] {
             let r = Reply::bare(G::Failed {
-                refusal: refusal.clone(),
+                refusal,
                 code: code.into(),
                 message: "no".into(),
             });

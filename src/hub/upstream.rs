@@ -155,7 +155,7 @@ enum Backend {
     /// AMS upstreams (`sandbox`, `alipay_plus`): the terminal's body is forwarded byte for
     /// byte and the verified answer relayed as it came, so every field the gateway sends
     /// reaches the terminal and a resend is the identical request.
-    Relay(AmsClient),
+    Relay(Box<AmsClient>),
     /// `alipay_cn`: protocol conversion through the gateway trait ([`super::convert`]).
     Convert(Arc<CnClient>),
 }
@@ -258,7 +258,7 @@ impl Upstream {
         let client = AmsClient::new_with_roots(settings, ca.as_deref())
             .context("cannot build the upstream client")?;
         Ok(Upstream {
-            backend: Backend::Relay(client),
+            backend: Backend::Relay(Box::new(client)),
             metrics,
         })
     }
@@ -281,7 +281,7 @@ impl Upstream {
     /// decisions (the active-cancel inquiry) go through it.
     pub fn gateway(&self) -> &dyn crate::gateway::Gateway {
         match &self.backend {
-            Backend::Relay(c) => c,
+            Backend::Relay(c) => &**c,
             Backend::Convert(c) => &**c,
         }
     }
