@@ -107,3 +107,25 @@ async fn the_watchdog_is_pinged_only_while_the_database_answers() {
         "{end:?}"
     );
 }
+
+#[test]
+fn the_hub_unit_is_notify_with_a_watchdog() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/posd-hub.service");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for required in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30",
+        "ExecStartPre=/usr/bin/posd hub config check --config /etc/posd/hub.toml",
+        "ExecStart=/usr/bin/posd hub run --config /etc/posd/hub.toml",
+        "Restart=on-failure",
+        "User=posd-hub",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(
+            lines.contains(&required),
+            "{required} missing from {path:?}"
+        );
+    }
+}
