@@ -156,8 +156,8 @@ fn ids(id_key: &str, id: &str) -> Map<String, Value> {
     m
 }
 
-/// Writes an answer of pay, cancel or refund as the AMS answer an AMS gateway would have
-/// given. `id_key`/`id`: `paymentRequestId` or `refundRequestId` and its value.
+/// Writes an answer of pay, cancel, refund or inquiryRefund as the AMS answer an AMS gateway
+/// would have given; `id` is the `paymentRequestId` (pay, cancel) or `refundRequestId`.
 pub fn answer(op_fields: OpFields, id: &str, reply: &Reply<gateway::Answer>) -> Answer {
     let f = &reply.facts;
     let mut m = ids(op_fields.id_key(), id);
