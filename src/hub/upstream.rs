@@ -422,6 +422,75 @@ mod tests {
     use super::*;
     use crate::gateway::client::ForwardedAnswer;
 
+    fn test_key(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+    }
+
+    /// The mainland pay carries the store and terminal the terminal's body names (the
+    /// registry checked them), and a garbage answer is unknown, never S or F.
+    #[tokio::test]
+    async fn a_converted_pay_names_the_terminals_store_and_an_unreadable_answer_is_unknown() {
+        use axum::routing::post;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let app = axum::Router::new().route(
+            "/gateway.do",
+            post(move |body: axum::body::Bytes| {
+                let _ = tx.send(body.to_vec());
+                async { "<html>busy</html>" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let cn = CnClient::new(CnSettings {
+            base_url: format!("http://{addr}/gateway.do"),
+            app_id: "2021000000000001".into(),
+            merchant_key: Arc::new(
+                PrivateKey::from_text(&test_key("merchant_private_pkcs8.pem"), "m").unwrap(),
+            ),
+            alipay_key: PublicKey::from_text(&test_key("gateway_public.pem"), "g").unwrap(),
+            notify_url: None,
+            app_auth_token: None,
+            store_id: None,
+            terminal_id: None,
+            trade_timeout: "5m".into(),
+            insecure_http: true,
+            connect_timeout: Duration::from_secs(2),
+            pay_timeout: Duration::from_secs(2),
+            inquiry_timeout: Duration::from_secs(2),
+            cancel_timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let body = serde_json::json!({
+            "paymentRequestId": "P_1",
+            "paymentAmount": {"currency": "CNY", "value": "1234"},
+            "paymentMethod": {"paymentMethodType": "CONNECT_WALLET", "paymentMethodId": "281234567890123400"},
+            "order": {"orderDescription": "Coffee",
+                "merchant": {"referenceMerchantId": "M1", "store": {"referenceStoreId": "S01"}},
+                "env": {"storeTerminalId": "T0042"}}
+        });
+        let answer = convert_call(&cn, Operation::Pay, &serde_json::to_vec(&body).unwrap()).await;
+        assert!(matches!(answer, Answer::Unknown { .. }), "{answer:?}");
+        let form = rx.recv().await.unwrap();
+        let params = crate::gateway::alipay_cn::wire::Params::parse_form(&form).unwrap();
+        assert_eq!(params.get("method"), Some("alipay.trade.pay"));
+        let biz: serde_json::Value =
+            serde_json::from_str(params.get("biz_content").unwrap()).unwrap();
+        assert_eq!(biz["out_trade_no"], "P_1");
+        assert_eq!(biz["total_amount"], "12.34");
+        assert_eq!(biz["store_id"], "S01");
+        assert_eq!(biz["terminal_id"], "T0042");
+        // The form is signed over exactly what was sent (the store fields included).
+        let content = crate::gateway::alipay_cn::sign::sign_content(params.iter(), &["sign"], true);
+        let public = PublicKey::from_text(&test_key("merchant_public.pem"), "p").unwrap();
+        assert!(crate::gateway::alipay_cn::sign::verify_rsa2(
+            &public,
+            content.as_bytes(),
+            params.get("sign").unwrap()
+        ));
+    }
+
     fn raw(status: u16, body: &str, signature: AnswerSignature) -> Result<ForwardedAnswer, String> {
         Ok(ForwardedAnswer {
             status,
