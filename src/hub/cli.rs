@@ -24,6 +24,8 @@ pub enum HubCommand {
     /// Validate hub.toml, the keys, the database and the timeout rule.
     #[command(subcommand)]
     Config(HubConfigCommand),
+    /// Hold the estate's books against the gateway's Transaction Items files.
+    Reconcile(super::reconcile::HubReconcileArgs),
 }
 
 /// `posd hub terminal …`.
@@ -145,6 +147,7 @@ pub fn run(config: Option<&Path>, cmd: &HubCommand) -> u8 {
         }
         HubCommand::Config(HubConfigCommand::Check) => rt.block_on(config_check(&cfg)),
         HubCommand::Terminal(t) => rt.block_on(terminal(&cfg, t)),
+        HubCommand::Reconcile(a) => return rt.block_on(super::reconcile::cli(&cfg, a)),
         HubCommand::Keys(_) => unreachable!("handled above"),
     };
     match result {

@@ -13,6 +13,7 @@
 //! - [`queue`] — the hub's store-and-forward queue.
 //! - [`worker`] — active cancel and the queue loop.
 //! - [`notify`] — the upstream's notifications.
+//! - [`reconcile`] — the gateway's statement against the hub's record (`posd hub reconcile`).
 //! - [`server`] — listeners (TLS), `/healthz`, `/metrics`, start-up and shutdown.
 //! - [`metrics`], [`cli`] — metrics and the `posd hub` command line.
 
@@ -22,6 +23,7 @@ pub mod db;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod reconcile;
 pub mod registry;
 pub mod server;
 pub mod service;

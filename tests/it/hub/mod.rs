@@ -10,5 +10,6 @@ mod basics;
 mod e2e;
 mod kills;
 mod notify;
+mod reconcile;
 mod refusals;
 mod tls;
