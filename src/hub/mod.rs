@@ -6,6 +6,7 @@
 //! the background work (active cancel, the store-and-forward queue) is leased.
 //!
 //! - [`config`] — `hub.toml`.
+//! - [`console`] — the estate console on the `[api]` listener, and `posd hub queue`.
 //! - [`db`] — pool and migrations (advisory lock).
 //! - [`registry`] — the terminals.
 //! - [`service`] — verify, own, record, forward, answer.
@@ -19,6 +20,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod metrics;
 pub mod notify;

@@ -7,6 +7,7 @@ mod pg;
 
 mod advice;
 mod basics;
+mod console;
 mod e2e;
 mod kills;
 mod notify;
