@@ -19,7 +19,7 @@ use super::auth::{self, Auth};
 use super::views;
 use crate::backoffice::MAX_STATEMENT_BYTES;
 use crate::config::Secret;
-use crate::store::now_ms;
+use crate::engine::clock::now_ms;
 
 /// Which console: its name, navigation and where its token is configured.
 #[derive(Debug)]

@@ -29,8 +29,9 @@ use crate::backoffice::{reconcile_uploads, resolve, BackOffice};
 use crate::config::Secret;
 use crate::domain::machine::State;
 use crate::domain::money::Amount;
+use crate::engine::clock::now_ms;
 use crate::engine::EngineError;
-use crate::store::{self, now_ms};
+use crate::store;
 use gate::{back_with, html, Gate, NoticeQuery, Session};
 
 /// Statement uploads kept for "apply" (the newest few).
