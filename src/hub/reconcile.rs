@@ -372,7 +372,7 @@ pub async fn run_uploads(
 }
 
 /// Moves a payment the statement shows charged to `NEEDS_ATTENTION`, under its row lock and
-/// only from a state that holds it as not charged; returns (moved, state now).
+/// only from `FAILED` or `CANCELLED`; returns (moved, state now).
 async fn flag(
     pool: &Pool,
     instance: &str,
@@ -384,7 +384,9 @@ async fn flag(
     let Some(row) = lock_payment(&tx, id).await? else {
         anyhow::bail!("payment {id} vanished from the hub's record");
     };
-    if !matches!(row.state.as_str(), "FAILED" | "CANCELLED" | "CANCELLING") {
+    // Only a final "not charged": a payment still cancelling is the queue's to settle (its
+    // answer would overwrite the move), and the matcher reports it as owed, not flagged.
+    if !matches!(row.state.as_str(), "FAILED" | "CANCELLED") {
         tx.commit().await?;
         return Ok((false, row.state));
     }

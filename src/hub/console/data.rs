@@ -523,3 +523,47 @@ pub fn journal_csv(rows: &[JournalRow]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(order_ref: &str) -> JournalRow {
+        JournalRow {
+            record_type: "PAYMENT",
+            client_id: "T_A".into(),
+            terminal_id: "T0001".into(),
+            store_id: "S01".into(),
+            merchant_id: "M0001".into(),
+            payment_request_id: "P1".into(),
+            payment_id: None,
+            refund_request_id: None,
+            state: "SUCCEEDED".into(),
+            amount_minor: Some(1234),
+            currency: Some("CNY".into()),
+            amount: "12.34".into(),
+            order_ref: Some(order_ref.into()),
+            received_at: "2026-11-21 10:15:30".into(),
+            business_date: "2026-11-21".into(),
+        }
+    }
+
+    #[test]
+    fn the_journal_csv_quotes_and_defuses_user_text() {
+        let csv = journal_csv(&[row("=HYPERLINK(\"x\"),1")]);
+        let line = csv.lines().nth(1).unwrap();
+        assert!(line.contains("\"'=HYPERLINK(\"\"x\"\"),1\""), "{line}");
+        assert!(csv.ends_with("\r\n"));
+        assert_eq!(csv.lines().next().unwrap().split(',').count(), 15);
+    }
+
+    #[test]
+    fn business_days_start_at_midnight_utc8() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+        // 2026-11-20T16:00:00Z
+        assert_eq!(day_start_ms(d), 1_795_190_400_000);
+        assert_eq!(show_time(day_start_ms(d)), "2026-11-21 00:00:00");
+        assert_eq!(decimal(1234, "CNY"), "12.34");
+        assert_eq!(decimal(18000, "KRW"), "18000");
+    }
+}
