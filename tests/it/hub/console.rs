@@ -2,8 +2,9 @@
 //! Debian's headless Chromium through playwright-core against a real `posd hub run` on
 //! PostgreSQL with a terminal `posd run` behind it (log in, the terminal's sale appears with
 //! its order ref `<script>` shown as text, the terminals page with a disabled one, a
-//! statement upload moved to NEEDS_ATTENTION and applied into the hub's queue, the journal
-//! download, posts without cookie or CSRF token refused). Under `CI=true` a missing browser,
+//! statement upload moved to NEEDS_ATTENTION and applied into the hub's queue, that refund
+//! abandoned with a reason shown as text, the journal download, posts without cookie or CSRF
+//! token refused). Under `CI=true` a missing browser,
 //! Node or `npm ci` fails the test. Beside it, the queue's operator actions on the hub's
 //! record: abandon refused without a reason, then recorded with it.
 
@@ -70,6 +71,8 @@ async fn the_hub_console_works_in_a_real_browser() {
         "ok - a form post without the cookie is refused",
         "ok - a disabled terminal is listed as disabled",
         "ok - apply queues the full refund in the hub queue",
+        "ok - a queue item is abandoned with a reason",
+        "ok - the reason was not rendered as markup",
     ] {
         assert!(stdout.contains(step), "missing {step:?}:\n{stdout}");
     }
