@@ -4,9 +4,10 @@
 //! its order ref `<script>` shown as text, the terminals page with a disabled one, a
 //! statement upload moved to NEEDS_ATTENTION and applied into the hub's queue, that refund
 //! abandoned with a reason shown as text, the journal download, posts without cookie or CSRF
-//! token refused). Under `CI=true` a missing browser,
-//! Node or `npm ci` fails the test. Beside it, the queue's operator actions on the hub's
-//! record: abandon refused without a reason, then recorded with it.
+//! token refused). Under `CI=true` a missing browser, Node or `npm ci` fails the test.
+//! Beside it, `posd hub queue` on the hub's record: abandon refused without a reason, then
+//! recorded with it (item stopped, refund failed, payment to NEEDS_ATTENTION), and neither
+//! abandon nor replay accepted again.
 
 use std::time::Duration;
 
@@ -82,32 +83,53 @@ async fn the_hub_console_works_in_a_real_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoning_a_hub_queue_item_needs_a_reason_and_hands_the_payment_to_a_human() {
     let db = TestDb::new().await;
-    // The sandbox does not answer cancels for a minute: row 86's cancel stays queued.
-    let up = Upstream::start(Duration::from_secs(60)).await;
+    let up = Upstream::start(Duration::from_secs(3)).await;
     let mut hub = console_hub(&db, &up).await;
     hub.start(None).await;
     let mut t = terminal(&hub.base, "T_A", "terminal_a", "");
     t.start(None).await;
-    let id = t.pay(&super::harness::code("86"), "12.34").await;
+    // A declined sale, then a statement that shows it charged: `--apply` (hub stopped, so
+    // nothing sends it) leaves its full refund pending in the hub's queue.
+    let id = t.pay(&super::harness::code("80"), "12.34").await;
     t.wait_final(&id, Duration::from_secs(30)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let item: i64 = loop {
-        let n = db
-            .count(&format!(
-                "SELECT coalesce(max(id), 0) FROM hub_queue WHERE payment_request_id = '{id}' AND status = 'PENDING'"
-            ))
-            .await;
-        if n > 0 {
-            break n;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no queued cancel for {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    super::harness::wait_hub_state(&db, &id, "FAILED", Duration::from_secs(20)).await;
     t.kill();
     hub.kill();
+    let now = chrono::Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+        .to_rfc3339();
+    let row = super::super::reconcile::Row {
+        store: "S01".into(),
+        transaction_id: "GW-80-CHARGE".into(),
+        original_id: String::new(),
+        request_id: id.clone(),
+        kind: "PAYMENT",
+        time: now,
+        minor: 1234,
+        currency: "CNY".into(),
+    };
+    let file = super::super::reconcile::write_statement(
+        hub.dir.path(),
+        &super::super::reconcile::statement_name(),
+        &[row],
+        true,
+        true,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posd"))
+        .args(["hub", "reconcile", "--apply"])
+        .arg(&file)
+        .arg("--config")
+        .arg(&hub.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let item = db
+        .count(&format!(
+            "SELECT coalesce(max(id), 0) FROM hub_queue WHERE payment_request_id = '{id}' \
+             AND kind = 'refund' AND status = 'PENDING'"
+        ))
+        .await;
+    assert!(item > 0, "no pending refund for {id}");
     let posd = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_posd"))
             .args(["hub", "queue"])
@@ -166,6 +188,15 @@ async fn abandoning_a_hub_queue_item_needs_a_reason_and_hands_the_payment_to_a_h
     assert!(
         reason.contains("reversed by hand in the portal"),
         "{reason}"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM hub_refunds WHERE payment_request_id = '{id}' \
+             AND state = 'FAILED' AND result_code = 'ABANDONED'"
+        ))
+        .await,
+        1,
+        "the abandoned refund is failed, not left open"
     );
     // A second abandon is refused: it is no longer pending.
     let (code, _, err) = posd(&["abandon", &item_s, "--reason", "again"]);
