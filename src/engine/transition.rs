@@ -124,10 +124,10 @@ pub(crate) fn plan(
         result_message: facts.result_message.clone(),
         payment_id: facts.payment_id.clone(),
         // The gateway's time of the charge, or of the refund being settled.
-        gateway_time: facts
-            .time
-            .clone()
-            .filter(|_| to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })),
+        gateway_time: facts.time.clone().filter(|_| {
+            to == State::Succeeded
+                || matches!(event, Event::RefundAnswered { .. } | Event::CancelRefunded)
+        }),
         ..Default::default()
     };
     if matches!(event, Event::Inquired(_)) {
@@ -187,6 +187,36 @@ pub(crate) fn plan(
         (Effect::Refund, Event::CancelAnswered(_)) => {
             let new = reversal_refund(env, rec.amount, next_sequence()?);
             change.payment_id = payment_id.clone();
+            change.new_refund = Some(new);
+        }
+        // The cancel itself refunded the charge: the reversal refund is written as confirmed
+        // for what was owed, so the journal, the ledger and the slip show a refund.
+        (Effect::None, Event::CancelRefunded) => {
+            let owed = rec.amount.minor() - rec.refunded.minor();
+            let amount = Amount::from_minor(owed, rec.amount.currency())?;
+            let new = NewRefund {
+                reason: Some("reversal: the cancel refunded the charge".into()),
+                ..reversal_refund(env, amount, next_sequence()?)
+            };
+            change.settle_refund = Some(SettleRefund {
+                refund_id: facts.refund_id.clone(),
+                result_code: change.result_code.clone(),
+                result_message: facts.result_message.clone(),
+                add_to_refunded: true,
+                ..settle(&new.refund_request_id, RefundState::Succeeded)
+            });
+            slip_refund = Some(RefundRecord {
+                refund_request_id: new.refund_request_id.clone(),
+                payment_request_id: id.to_string(),
+                kind: new.kind,
+                amount,
+                reason: new.reason.clone(),
+                state: RefundState::Succeeded,
+                refund_id: facts.refund_id.clone(),
+                result_code: change.result_code.clone(),
+                created_at: env.now_ms,
+                updated_at: env.now_ms,
+            });
             change.new_refund = Some(new);
         }
         _ => {}

@@ -15,6 +15,7 @@
 //! | answer | item | payment |
 //! | --- | --- | --- |
 //! | verified S | DONE | CANCEL_QUEUED → CANCELLED; → REFUNDED / PARTIALLY_REFUNDED |
+//! | verified S of a cancel that refunded a charge | DONE | CANCEL_QUEUED → REFUNDED, the reversal refund recorded |
 //! | cancel F `CANCEL_WINDOW_EXCEED` | DONE; a REFUND item for the full amount | stays CANCEL_QUEUED |
 //! | other verified F, unreadable payload | DEAD | → NEEDS_ATTENTION with the reason |
 //! | unknown | attempts + 1, next try after backoff | unchanged |
@@ -48,7 +49,7 @@ use super::transition::learn_payment_id;
 use super::{context_of, failpoint, local_time, Rules};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
-use crate::gateway::Gateway;
+use crate::gateway::{Facts, Gateway};
 use crate::store::payments;
 use crate::store::queue::{self as q, ItemKind, LeaseRefused, QueueItem};
 use crate::store::Store;
@@ -227,6 +228,10 @@ enum Verdict {
     CancelWindowPassed {
         payment_id: String,
         code: String,
+    },
+    /// The queued cancel was confirmed by the gateway refunding a charge in full.
+    CancelRefunded {
+        facts: Facts,
     },
     Refused {
         code: String,
@@ -509,6 +514,10 @@ impl Replayer {
                     failpoint::hit("replay_answered");
                 }
                 match out.answer {
+                    // The gateway had charged the payment; the cancel gave it back as a refund.
+                    Answer::Success if out.facts.cancel_refunded => {
+                        Verdict::CancelRefunded { facts: out.facts }
+                    }
                     Answer::Success => Verdict::Confirmed {
                         payment_id: out.facts.payment_id,
                         refund_id: None,

@@ -140,6 +140,9 @@ pub struct Facts {
     pub amount: Option<Amount>,
     /// When the gateway says the fact happened (paid, cancelled, refunded), as it wrote it.
     pub time: Option<String>,
+    /// On a confirmed cancel: the gateway had charged the payment and the cancel refunded it
+    /// in full (a reversal after a charge), rather than closing a payment never charged.
+    pub cancel_refunded: bool,
 }
 
 /// One gateway call's answer in the machine's terms, with its facts.

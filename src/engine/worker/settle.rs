@@ -174,6 +174,19 @@ fn settle_one(
                 ..report(item, ItemOutcome::Done, "confirmed by the gateway")
             })
         }
+        Verdict::CancelRefunded { facts } => {
+            let resolution = "confirmed by the gateway: the cancel refunded a charge in full";
+            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
+                return Ok(lost());
+            }
+            q::record_event(tx, id, now, owner, "DONE", resolution)?;
+            let rec = load_payment(tx, &item.payment_request_id)?;
+            let state = move_payment(tx, ctx, &rec, &Event::CancelRefunded, facts, None, |_| {})?;
+            Ok(ItemReport {
+                payment_state: Some(state),
+                ..report(item, ItemOutcome::Done, resolution)
+            })
+        }
         Verdict::CancelWindowPassed { payment_id, code } => {
             let rec = load_payment(tx, &item.payment_request_id)?;
             let owed = rec.amount.minor() - rec.refunded.minor();

@@ -92,6 +92,7 @@ fn facts_of(reading: &Reading) -> Facts {
             .or_else(|| reply.send_pay_date.clone())
             .or_else(|| reply.gmt_refund_pay.clone())
             .filter(|_| trusted),
+        cancel_refunded: false,
     }
 }
 

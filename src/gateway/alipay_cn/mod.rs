@@ -56,9 +56,9 @@ impl Gateway for CnClient {
     async fn cancel(&self, payment_request_id: &str) -> Reply<Answer> {
         let (verdict, mut facts) = CnClient::cancel(self, payment_request_id).await;
         if verdict == Cancel::Reversed {
-            // The trade had been charged: the cancel refunded it in full. Say so in the
-            // journal; the money is back with the buyer either way.
-            facts.result_code = Some("action=refund".into());
+            // The trade had been charged: the cancel refunded it in full. The engine records
+            // a confirmed reversal refund and ends the payment REFUNDED.
+            facts.cancel_refunded = true;
             facts.result_message = Some(
                 "the cancel refunded a charge in full (alipay.trade.cancel action=refund)".into(),
             );
