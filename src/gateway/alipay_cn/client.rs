@@ -118,6 +118,16 @@ impl CnClient {
     /// Builds a client; refuses a base URL that is not `https://` (or `http://` to loopback
     /// with `insecure_http`) or that carries a query or fragment.
     pub fn new(settings: CnSettings) -> Result<CnClient, CnClientError> {
+        CnClient::new_with_roots(settings, None)
+    }
+
+    /// [`CnClient::new`], also trusting the certificates of a PEM bundle as roots (a private
+    /// CA, e.g. a hub's or a private gateway's; `gateway.ca_file`), as the AMS client does.
+    /// Certificate verification stays on; the system roots stay trusted.
+    pub fn new_with_roots(
+        settings: CnSettings,
+        extra_roots_pem: Option<&[u8]>,
+    ) -> Result<CnClient, CnClientError> {
         check_base_url(&settings.base_url, settings.insecure_http)
             .map_err(CnClientError::BaseUrl)?;
         let url = reqwest::Url::parse(&settings.base_url)
@@ -135,6 +145,11 @@ impl CnClient {
             .https_only(!settings.insecure_http);
         if url.scheme() == "http" {
             builder = builder.no_proxy();
+        }
+        if let Some(pem) = extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         Ok(CnClient {
             http: builder.build()?,
