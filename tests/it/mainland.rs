@@ -898,10 +898,9 @@ async fn the_daemon_builds_the_mainland_client_with_gateway_ca_file() {
     // A ca_file that cannot be read stops the start, naming the key.
     let missing = format!("ca_file = \"{d}/missing.pem\"\n");
     let cfg = posd::config::Config::load(&config_with(dir.path(), &section(&missing))).unwrap();
-    let err = posd::daemon::connect_mainland(&cfg, None)
-        .await
-        .err()
-        .expect("an unreadable ca_file is refused");
+    let Err(err) = posd::daemon::connect_mainland(&cfg, None).await else {
+        panic!("an unreadable ca_file is refused");
+    };
     assert!(format!("{err:#}").contains("gateway.ca_file"), "{err:#}");
     stop.cancel();
 }
