@@ -1,7 +1,8 @@
 //! A mainland cancel that reversed a charge (`alipay.trade.cancel` answering `action=refund`)
 //! through the engine, the real `CnClient` and the sandbox: from the payment's own task and
 //! from the reversal queue alike, the payment ends REFUNDED with a confirmed full reversal
-//! refund in the store, the reconciliation journal and the slip — never CANCELLED.
+//! refund in the store, the reconciliation journal and the slip — never CANCELLED. And a
+//! refund queued before a restart is queried by a fresh process from what the store holds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,10 +56,12 @@ fn client(sandbox: &SandboxHandle) -> CnClient {
     .unwrap()
 }
 
-/// The real client, except that its cancels go unanswered while `silent` is set.
+/// The real client, except that its cancels go unanswered while `silent` is set, and its
+/// refunds reach the gateway but their answers are lost while `lose_refunds` is set.
 struct Flaky {
     inner: CnClient,
     silent: AtomicBool,
+    lose_refunds: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -76,10 +79,14 @@ impl Gateway for Flaky {
         Gateway::cancel(&self.inner, id).await
     }
     async fn refund(&self, order: &RefundOrder) -> Reply<Answer> {
-        Gateway::refund(&self.inner, order).await
+        let reply = Gateway::refund(&self.inner, order).await;
+        if self.lose_refunds.load(Ordering::SeqCst) {
+            return Reply::<Answer>::unknown("answer lost (test)");
+        }
+        reply
     }
-    async fn inquiry_refund(&self, id: &str) -> Reply<Answer> {
-        Gateway::inquiry_refund(&self.inner, id).await
+    async fn inquiry_refund(&self, refund: &RefundOrder) -> Reply<Answer> {
+        Gateway::inquiry_refund(&self.inner, refund).await
     }
 }
 
@@ -206,6 +213,7 @@ async fn a_queued_cancel_the_gateway_answers_by_refunding_a_charge_ends_refunded
     let gateway = Arc::new(Flaky {
         inner: client(&sandbox),
         silent: AtomicBool::new(true),
+        lose_refunds: AtomicBool::new(false),
     });
     let engine = Engine::new(store.clone(), gateway.clone(), settings());
     let id = charged_sale_aborted(&engine).await;
@@ -246,6 +254,72 @@ async fn a_queued_cancel_the_gateway_answers_by_refunding_a_charge_ends_refunded
         0,
         "the cancel itself gave the money back"
     );
+    engine.shutdown(Duration::from_secs(2)).await;
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refund_queued_before_a_restart_is_queried_by_a_fresh_client_from_the_store() {
+    let (_sandbox_dir, sandbox) = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("posd.sqlite3");
+    let gateway = Arc::new(Flaky {
+        inner: client(&sandbox),
+        silent: AtomicBool::new(false),
+        lose_refunds: AtomicBool::new(true),
+    });
+    let engine = Engine::new(Store::open(&db).unwrap(), gateway.clone(), settings());
+    let sale = engine
+        .start_sale(SaleRequest {
+            amount: Amount::parse("12.34", support::cny()).unwrap(),
+            order_ref: Some("A-00".into()),
+            code: Some(PaymentCode::parse("281234567890123400", &CodeRules::default()).unwrap()),
+        })
+        .await
+        .unwrap();
+    let id = sale.payment_request_id.clone();
+    let paid = engine
+        .wait_final(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(paid.payment.state, State::Succeeded);
+    // The refund reaches the gateway, but no answer comes back for the whole retry window:
+    // it is queued, the payment stays REFUNDING.
+    let refunding = engine.refund(&id, None, None).await.unwrap();
+    assert_eq!(refunding.state, State::Refunding);
+    let rid = refunding.active_refund_id.clone().unwrap();
+    let queued = |store: &Store| {
+        let rid = rid.clone();
+        store
+            .call_blocking(move |c| Ok(payments::get_refund(c, &rid)?.unwrap().state))
+            .unwrap()
+    };
+    for _ in 0..200 {
+        if queued(engine.store()) == RefundState::Queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queued(engine.store()), RefundState::Queued);
+    assert!(
+        sandbox.counts().refund >= 1,
+        "the refund reached the gateway"
+    );
+    engine.shutdown(Duration::from_secs(2)).await;
+    drop(engine);
+    // A new process: a new store handle on the same file, a new client that never sent it.
+    let store = Store::open(&db).unwrap();
+    let engine = Engine::new(store.clone(), Arc::new(client(&sandbox)), settings());
+    let r = engine.inquire_refund(&rid).await.unwrap();
+    assert_eq!(r.answer, Answer::Success, "{r:?}");
+    assert_eq!(r.facts.amount.map(|a| a.minor()), Some(1234));
+    assert_eq!(sandbox.counts().inquiry_refund, 1);
+    // A refund the store does not hold is refused by name, and nothing is sent.
+    assert!(matches!(
+        engine.inquire_refund("R_NOBODY").await,
+        Err(posd::engine::EngineError::NotFound(_))
+    ));
+    assert_eq!(sandbox.counts().inquiry_refund, 1);
     engine.shutdown(Duration::from_secs(2)).await;
     sandbox.shutdown().await;
 }

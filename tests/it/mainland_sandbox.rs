@@ -184,9 +184,12 @@ async fn the_mainland_sandbox_plays_each_row_through_the_real_client() {
         failed_with(&g.refund(&refund("RF2", "3.00")).await.answer),
         "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"
     );
-    assert_eq!(g.inquiry_refund("RF1").await.answer, Answer::Success);
+    assert_eq!(
+        g.inquiry_refund(&refund("RF1", "10.00")).await.answer,
+        Answer::Success
+    );
     assert!(matches!(
-        g.inquiry_refund("RF2").await.answer,
+        g.inquiry_refund(&refund("RF2", "3.00")).await.answer,
         Answer::Failed { .. }
     ));
     // A cancel of a charged trade refunds it (action=refund): confirmed, and said so.

@@ -100,9 +100,6 @@ impl std::fmt::Debug for SignedForm {
 pub struct CnClient {
     http: reqwest::Client,
     settings: CnSettings,
-    /// refundRequestId → trade_no of the refunds this process sent: the refund query needs
-    /// the trade, and the engine asks by refundRequestId alone.
-    refunds: std::sync::Mutex<std::collections::HashMap<String, String>>,
     observer: Option<CallObserver>,
 }
 
@@ -154,7 +151,6 @@ impl CnClient {
         Ok(CnClient {
             http: builder.build()?,
             settings,
-            refunds: Default::default(),
             observer: None,
         })
     }
@@ -285,10 +281,6 @@ impl CnClient {
             refund_reason: order.reason.clone().map(|r| wire::clean_subject(&r)),
         };
         let biz = serde_json::to_string(&biz).expect("plain strings serialize");
-        self.refunds
-            .lock()
-            .expect("refund map lock is never held across a panic")
-            .insert(order.refund_request_id.clone(), order.payment_id.clone());
         let reading = self
             .exchange(&order.refund_request_id, self.sign(Method::Refund, &biz))
             .await;
@@ -311,15 +303,6 @@ impl CnClient {
             .exchange(out_request_no, self.sign(Method::RefundQuery, &biz))
             .await;
         answer::refund_query(&reading)
-    }
-
-    /// The trade of a refund this process sent.
-    pub fn refund_trade(&self, refund_request_id: &str) -> Option<String> {
-        self.refunds
-            .lock()
-            .expect("refund map lock is never held across a panic")
-            .get(refund_request_id)
-            .cloned()
     }
 
     fn deadline(&self, m: Method) -> Duration {

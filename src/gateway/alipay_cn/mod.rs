@@ -73,13 +73,11 @@ impl Gateway for CnClient {
         CnClient::refund(self, order).await.0
     }
 
-    async fn inquiry_refund(&self, refund_request_id: &str) -> Reply<Answer> {
-        let Some(trade_no) = self.refund_trade(refund_request_id) else {
-            return Reply::<Answer>::unknown(
-                "the mainland refund query needs the trade, and this process sent no refund under this id",
-            );
-        };
-        let (status, facts) = self.refund_query(&trade_no, refund_request_id).await;
+    async fn inquiry_refund(&self, refund: &RefundOrder) -> Reply<Answer> {
+        // The query names the trade and our out_request_no, both from the stored refund.
+        let (status, facts) = self
+            .refund_query(&refund.payment_id, &refund.refund_request_id)
+            .await;
         let answer = match status {
             RefundStatus::Refunded => Answer::Success,
             RefundStatus::NotRefunded => Answer::Failed {
