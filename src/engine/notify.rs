@@ -7,7 +7,6 @@ use super::{Engine, EngineError};
 use crate::domain::machine::{Event, State};
 use crate::gateway::Facts;
 use crate::store::notifications::{self, Decide, NewNotification, Recorded};
-use crate::store::now_ms;
 use crate::store::payments::{Change, PaymentRecord};
 
 /// What a verified notification reports, reduced to what the machine branches on.
@@ -42,6 +41,7 @@ impl Engine {
         what: Notified,
     ) -> Result<Recorded, EngineError> {
         let engine = self.clone();
+        let now = self.now_ms();
         let rec = self
             .inner
             .store
@@ -51,7 +51,7 @@ impl Engine {
                     Notified::Pending => Decide::Nothing,
                     Notified::Result { .. } => Decide::With(&mut decide),
                 };
-                Ok(notifications::record(c, &n, how, now_ms())?)
+                Ok(notifications::record(c, &n, how, now)?)
             })
             .await?;
         if rec.outcome == notifications::Outcome::Applied {

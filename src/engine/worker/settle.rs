@@ -134,11 +134,7 @@ fn settle_one(
                 ),
             ))
         }
-        Verdict::Confirmed {
-            payment_id,
-            refund_id,
-            result_code,
-        } => {
+        Verdict::Confirmed { facts } => {
             if !q::close(
                 tx,
                 id,
@@ -151,12 +147,6 @@ fn settle_one(
             }
             q::record_event(tx, id, now, owner, "DONE", "confirmed by the gateway")?;
             let rec = load_payment(tx, &item.payment_request_id)?;
-            let facts = Facts {
-                payment_id: payment_id.clone(),
-                refund_id: refund_id.clone(),
-                result_code: result_code.clone(),
-                ..Facts::default()
-            };
             let (event, refund) = match (item.kind, &item.refund_request_id) {
                 (ItemKind::Refund, Some(rid)) => {
                     let r = payments::get_refund(tx, rid)?
@@ -166,25 +156,14 @@ fn settle_one(
                     };
                     (event, Some(r))
                 }
+                // The gateway had charged the payment; the cancel gave it back as a refund.
+                _ if facts.cancel_refunded => (Event::CancelRefunded, None),
                 _ => (Event::QueuedCancelConfirmed, None),
             };
-            let state = move_payment(tx, ctx, &rec, &event, &facts, refund.as_ref(), |_| {})?;
+            let state = move_payment(tx, ctx, &rec, &event, facts, refund.as_ref(), |_| {})?;
             Ok(ItemReport {
                 payment_state: Some(state),
                 ..report(item, ItemOutcome::Done, "confirmed by the gateway")
-            })
-        }
-        Verdict::CancelRefunded { facts } => {
-            let resolution = "confirmed by the gateway: the cancel refunded a charge in full";
-            if !q::close(tx, id, owner, ItemStatus::Done, resolution, now)? {
-                return Ok(lost());
-            }
-            q::record_event(tx, id, now, owner, "DONE", resolution)?;
-            let rec = load_payment(tx, &item.payment_request_id)?;
-            let state = move_payment(tx, ctx, &rec, &Event::CancelRefunded, facts, None, |_| {})?;
-            Ok(ItemReport {
-                payment_state: Some(state),
-                ..report(item, ItemOutcome::Done, resolution)
             })
         }
         Verdict::CancelWindowPassed { payment_id, code } => {
