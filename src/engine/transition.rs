@@ -346,6 +346,10 @@ pub(crate) fn plan(
 
 /// What [`commit_event`] did.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per commit and matched at once; boxing the records buys nothing"
+)]
 pub(crate) enum Committed {
     /// The plan was committed: the payment before and after, and the plan's effect.
     Moved {
