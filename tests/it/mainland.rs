@@ -904,3 +904,57 @@ async fn the_daemon_builds_the_mainland_client_with_gateway_ca_file() {
     assert!(format!("{err:#}").contains("gateway.ca_file"), "{err:#}");
     stop.cancel();
 }
+
+/// Every unknown kind of answer — `20000`, an unsigned or wrongly signed success, HTTP 500,
+/// garbage, no answer in time — is unknown for the query, the cancel (resend), the refund and
+/// the refund query too, never a result; and an unsigned `error_response` is a refusal of the
+/// call only where a failure can be taken unsigned.
+#[tokio::test]
+async fn query_cancel_refund_and_refund_query_read_every_unknown_answer_as_unknown() {
+    const SUCCESS: &str = r#"{"code":"10000","msg":"Success","trade_status":"TRADE_SUCCESS","action":"refund","fund_change":"Y","refund_status":"REFUND_SUCCESS","trade_no":"2026010222001400001"}"#;
+    let refund = RefundOrder {
+        refund_request_id: "R1".into(),
+        payment_id: "2026010222001400001".into(),
+        amount: posd::domain::money::Amount::parse("5.00", support::cny()).unwrap(),
+        reason: None,
+    };
+    let unknown = [
+        ("20000", Reply::Signed(PAY_UNKNOWN)),
+        ("unsigned success", Reply::Unsigned(SUCCESS)),
+        ("wrong sign", Reply::WrongSign(SUCCESS)),
+        ("HTTP 500", Reply::Raw(500, "Internal Server Error")),
+        ("garbage", Reply::Raw(200, "<html>busy</html>")),
+        (
+            "cut short",
+            Reply::Raw(200, r#"{"alipay_trade_query_response":{"code":"10000""#),
+        ),
+        ("timeout", Reply::Stall),
+    ];
+    for (name, reply) in unknown {
+        let (client, _st) = fake(reply).await;
+        let q = client.query("PR1").await.answer;
+        assert!(matches!(q, Inquiry::Unknown { .. }), "{name}: query {q:?}");
+        let c = client.cancel("PR1").await.0;
+        assert!(matches!(c, Cancel::Retry { .. }), "{name}: cancel {c:?}");
+        let r = client.refund(&refund).await.0.answer;
+        assert!(matches!(r, Answer::Unknown { .. }), "{name}: refund {r:?}");
+        let rq = client.refund_query(&refund.payment_id, "R1").await.0;
+        assert!(
+            matches!(rq, RefundStatus::Unknown { .. }),
+            "{name}: refund query {rq:?}"
+        );
+    }
+    // The gateway's unsigned protocol error refuses the call: a query that cannot be made
+    // goes to cancel, a refund is refused; neither is a result about the trade.
+    let (client, _st) = fake(Reply::ErrorUnsigned(SIGN_ERROR)).await;
+    assert_eq!(
+        client.query("PR1").await.answer,
+        Inquiry::Failed {
+            code: "isv.invalid-signature".into()
+        }
+    );
+    assert!(matches!(
+        client.refund(&refund).await.0.answer,
+        Answer::Failed { ref code, .. } if code == "isv.invalid-signature"
+    ));
+}
