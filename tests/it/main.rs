@@ -47,6 +47,9 @@ mod mainland;
 // The mainland notification endpoint in process: forged, other app, amount, duplicates, order.
 mod mainland_notify;
 
+// The reversal queue in the mainland dialect: row 86, SIGKILL at every replay point.
+mod mainland_queue;
+
 // A mainland cancel that refunded a charge: REFUNDED from the payment's task and the queue.
 mod mainland_reversal;
 
