@@ -457,13 +457,6 @@ impl HubConfig {
                         .into(),
                 );
             }
-            if u.ca_file.is_some() {
-                return Err(
-                    "upstream.ca_file is for AMS upstreams; the mainland gateway's \
-                     certificate is checked against the system's roots"
-                        .into(),
-                );
-            }
         } else {
             if u.client_id.as_deref().is_none_or(str::is_empty) {
                 return Err(
@@ -623,8 +616,6 @@ gateway_public_key = "keys/gateway_public.pem"
         assert!(e.contains("not an app_id"), "{e}");
         let e = err(&cn.replace("[upstream]\n", "[upstream]\nclient_id = \"X\"\n"));
         assert!(e.contains("upstream.client_id is for AMS"), "{e}");
-        let e = err(&cn.replace("[upstream]\n", "[upstream]\nca_file = \"ca.pem\"\n"));
-        assert!(e.contains("upstream.ca_file"), "{e}");
         let e = err(&MIN.replace(
             "[upstream]\n",
             "[upstream]\napp_id = \"2021000000000001\"\n",

@@ -1084,16 +1084,16 @@ impl Hub {
             Some(_) => {}
         }
         drop(client);
-        // A converting upstream's refund query names the trade: the hub adds the paymentId
-        // from its record (any instance may be asked). AMS gets the body it always got.
-        let trade = owner
+        // A converting upstream's refund query names the trade: the hub adds the paymentId and
+        // amount from its record (any instance may be asked). AMS gets the body it always got.
+        let recorded = owner
             .as_ref()
             .and_then(|r| r.get::<_, Option<Vec<u8>>>(1))
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v.get("paymentId")?.as_str().map(str::to_string))
             .filter(|_| self.upstream.converts());
-        let body = match trade {
-            Some(pid) => serde_json::to_vec(&json!({ "refundRequestId": rid, "paymentId": pid }))?,
+        let body = match recorded {
+            Some(v) => serde_json::to_vec(&json!({ "refundRequestId": rid,
+                "paymentId": v.get("paymentId"), "refundAmount": v.get("refundAmount") }))?,
             None => serde_json::to_vec(&json!({ "refundRequestId": rid }))?,
         };
         let answer = self.upstream.call(op, &body).await;

@@ -15,7 +15,6 @@ use serde::Deserialize;
 use super::config::{HubConfig, UpstreamKind};
 use super::convert;
 use super::metrics::HubMetrics;
-use crate::gateway::alipay_cn::answer::RefundStatus;
 use crate::gateway::alipay_cn::wire::Method;
 use crate::gateway::alipay_cn::{CnClient, CnSettings};
 use crate::gateway::client::{
@@ -191,6 +190,13 @@ impl Upstream {
             .context("upstream.gateway_public_key is required")?;
         let gateway_key =
             PublicKey::load(gw_path).with_context(|| "upstream.gateway_public_key".to_string())?;
+        let ca = match &u.ca_file {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("upstream.ca_file {}: cannot read", p.display()))?,
+            ),
+            None => None,
+        };
         if u.kind == UpstreamKind::AlipayCn {
             let settings = CnSettings {
                 base_url: u
@@ -212,19 +218,13 @@ impl Upstream {
                 inquiry_timeout: u.call_timeout(),
                 cancel_timeout: u.call_timeout(),
             };
-            let client = CnClient::new(settings).context("cannot build the mainland client")?;
+            let client = CnClient::new_with_roots(settings, ca.as_deref())
+                .context("cannot build the mainland client")?;
             return Ok(Upstream {
                 backend: Backend::Convert(Arc::new(client)),
                 metrics,
             });
         }
-        let ca = match &u.ca_file {
-            Some(p) => Some(
-                std::fs::read(p)
-                    .with_context(|| format!("upstream.ca_file {}: cannot read", p.display()))?,
-            ),
-            None => None,
-        };
         let settings = ClientSettings {
             base_url: u
                 .base_url
@@ -388,29 +388,17 @@ async fn convert_call(cn: &CnClient, op: Operation, body: &[u8]) -> Answer {
             Err(why) => convert::not_carried("refundRequestId", "", &why),
         },
         Operation::InquiryRefund => {
-            let (rid, trade) = match convert::refund_inquiry(body) {
+            // Any instance may be asked: the trade and the amount come from the hub's record
+            // (the service adds them to the body), not from the client's memory.
+            let (rid, _) = match convert::refund_inquiry(body) {
                 Ok(x) => x,
                 Err(why) => return convert::not_carried("refundRequestId", "", &why),
             };
-            // Any instance may be asked: the trade comes from the hub's record, not from
-            // the client's memory of the refunds this process sent.
-            let reply = match trade {
-                Some(trade_no) => {
-                    let (status, facts) = cn.refund_query(&trade_no, &rid).await;
-                    let answer = match status {
-                        RefundStatus::Refunded => GAnswer::Success,
-                        RefundStatus::NotRefunded => GAnswer::Failed {
-                            refusal: crate::gateway::Refusal::Other,
-                            code: "REFUND_NOT_DONE".into(),
-                            message: "the gateway has no successful refund under this \
-                                      out_request_no"
-                                .into(),
-                        },
-                        RefundStatus::Unknown { why } => GAnswer::Unknown { why },
-                    };
-                    Reply { answer, facts }
-                }
-                None => cn.inquiry_refund(&rid).await,
+            let reply = match convert::refund_order(body) {
+                Ok(order) => cn.inquiry_refund(&order).await,
+                Err(why) => Reply::<GAnswer>::unknown(format!(
+                    "the hub's record does not name this refund's trade: {why}"
+                )),
             };
             convert::answer(OpFields::InquiryRefund, &rid, &reply)
         }
