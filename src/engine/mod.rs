@@ -39,7 +39,7 @@ pub struct EngineSettings {
     /// Terminal id, part of every request id.
     pub terminal_id: String,
     /// Time zone for request ids and `storeTerminalRequestTime`; `None` = system local.
-    pub timezone: Option<chrono_tz::Tz>,
+    pub timezone: Option<crate::config::Tz>,
     /// `orderDescription` sent with every pay.
     pub description: String,
     /// Merchant name on slips.
@@ -924,7 +924,10 @@ pub(crate) fn slip_data(
 }
 
 /// Local time in `tz` (or the system's zone) with its offset.
-pub fn local_time(tz: Option<chrono_tz::Tz>, utc: DateTime<chrono::Utc>) -> DateTime<FixedOffset> {
+pub fn local_time(
+    tz: Option<crate::config::Tz>,
+    utc: DateTime<chrono::Utc>,
+) -> DateTime<FixedOffset> {
     match tz {
         Some(tz) => {
             let t = tz.from_utc_datetime(&utc.naive_utc());
