@@ -17,7 +17,7 @@ use crate::api::{self, ApiState};
 use crate::config::{Config, ConfigError, GatewayKind};
 use crate::devices::print_worker::{PrintWorker, PrintWorkerHandle};
 use crate::devices::scanner::ScanEvent;
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::{clock, Engine, EngineSettings};
 use crate::gateway::alipay_cn::{CnClient, CnSettings};
 use crate::gateway::client::{AmsClient, ClientSettings};
 use crate::gateway::sandbox::{self, Sandbox, SandboxHandle, SandboxSettings};
@@ -297,7 +297,7 @@ pub async fn start_with(
     let store = {
         let (path, state, init) = (store_path.clone(), state.clone(), opts.init_store);
         tokio::task::spawn_blocking(move || {
-            integrity::open_for_daemon(&path, &state, slips.as_deref(), init)
+            integrity::open_for_daemon(&path, &state, slips.as_deref(), init, clock::now_ms())
         })
         .await??
     };

@@ -140,9 +140,10 @@ impl Health {
             }
         }
         let store = self.engine.store().clone();
+        let now = self.engine.now_ms();
         let probe = async {
             store.read(|c| Ok(notifications::ping(c)?)).await?;
-            integrity::probe_write(&store).await
+            integrity::probe_write(&store, now).await
         };
         let r = match tokio::time::timeout(DB_DEADLINE, probe).await {
             Ok(Ok(())) => Ok(()),

@@ -26,8 +26,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::domain::machine::ALL_STATES;
+use crate::engine::clock::now_ms;
 use crate::gateway::client::{CallObserver, CallRecord};
-use crate::store::{notifications, now_ms, payments, Store};
+use crate::store::{notifications, payments, Store};
 
 /// The `Content-Type` of the scrape answer (the encoder writes OpenMetrics text, which
 /// Prometheus reads; it is a superset of the classic text format).

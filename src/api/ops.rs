@@ -49,7 +49,7 @@ async fn healthz(State(st): State<OpsState>) -> Response {
             .read(|c| Ok(crate::store::queue::depth(c)?))
             .await
             .ok()
-            .map(|d| super::queue::DepthJson::new(&d, crate::store::now_ms()));
+            .map(|d| super::queue::DepthJson::new(&d, crate::engine::clock::now_ms()));
         Json(serde_json::json!({
             "status": "ok",
             "database": "ok",

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::rfc3339;
 use super::{ApiError, ApiState};
+use crate::engine::clock::now_ms;
 use crate::engine::worker::{ItemReport, ReplayError};
 use crate::engine::EngineError;
-use crate::store::now_ms;
 use crate::store::queue::{self as q, Depth, QueueItem};
 
 /// One queue item as the back office sees it.

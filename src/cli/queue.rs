@@ -16,9 +16,10 @@ use crate::api::queue::{
     ReplayRequest,
 };
 use crate::config::Config;
+use crate::engine::clock::now_ms;
 use crate::engine::clock::SystemClock;
 use crate::engine::worker::{QueueSettings, ReplayError, Replayer};
-use crate::store::{now_ms, queue as q, Store};
+use crate::store::{queue as q, Store};
 
 /// `posd queue …`.
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,9 @@
-//! Retry delays as pure functions, for the reversal queue and the print worker: exponential
-//! from an initial delay (`queue_backoff_initial`, `printer.retry_initial`), doubling per
-//! attempt, capped (`queue_backoff_max`, `printer.retry_max`), with jitter that only ever
-//! shortens a delay (so the cap holds) and never by more than a quarter.
+//! Retry delays as pure functions, the only ones posd uses: for the reversal queue, the print
+//! worker and a payment task's failed commits, exponential from an initial delay
+//! (`queue_backoff_initial`, `printer.retry_initial`), doubling per attempt, capped
+//! (`queue_backoff_max`, `printer.retry_max`), with jitter that only ever shortens a delay (so
+//! the cap holds) and never by more than a quarter; for the resends of an unanswered cancel or
+//! refund, a pause drawn between two bounds (`cancel_retry_min`..`cancel_retry_max`).
 
 use std::time::Duration;
 
@@ -25,6 +27,20 @@ pub fn jittered(delay: Duration, unit: f64) -> Duration {
         0.0
     };
     delay.mul_f64(1.0 - JITTER * unit)
+}
+
+/// A pause in `[min, max]` chosen by `unit` in `[0, 1)` (random in the caller); `min` when
+/// the bounds are equal or reversed.
+pub fn between(min: Duration, max: Duration, unit: f64) -> Duration {
+    if max <= min {
+        return min;
+    }
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    min + (max - min).mul_f64(unit)
 }
 
 #[cfg(test)]
@@ -62,6 +78,19 @@ mod tests {
             jittered(Duration::from_secs(100), -3.0),
             Duration::from_secs(100)
         );
+    }
+
+    #[test]
+    fn between_spans_the_bounds_and_never_leaves_them() {
+        let (lo, hi) = (Duration::from_secs(5), Duration::from_secs(10));
+        assert_eq!(between(lo, hi, 0.0), lo);
+        assert_eq!(between(lo, hi, 0.5), Duration::from_millis(7500));
+        assert_eq!(between(lo, hi, 1.0), hi);
+        assert_eq!(between(lo, hi, 7.0), hi);
+        assert_eq!(between(lo, hi, f64::NAN), lo);
+        // Reversed or equal bounds: the lower one.
+        assert_eq!(between(hi, lo, 0.9), hi);
+        assert_eq!(between(lo, lo, 0.9), lo);
     }
 
     proptest! {

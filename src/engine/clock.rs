@@ -1,8 +1,24 @@
-//! Wall-clock time, injected, for the queue and the print worker: `SystemClock` in the daemon, a
-//! clock that follows tokio's (pausable) time or one set by hand in tests. Persisted times
-//! (`next_attempt_at`, leases) come from here, never from `SystemTime` directly.
+//! The one clock: the only place posd's core reads the time. Wall time is injected as a
+//! [`Clock`] (`SystemClock` in the daemon, a clock that follows tokio's pausable time or one
+//! set by hand in tests) for the engine, the queue and the print worker; [`now_ms`] is the
+//! system's wall time for callers that hold no injected clock; [`instant`] is the timer clock
+//! (tokio's, paused in tests); [`local_time`] / [`local_at`] give terminal-local time. Every
+//! persisted time (`created_at`, `next_attempt_at`, leases, the health probe) comes from here;
+//! `tests/it/tidy.rs` fails on a second clock in the core.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, FixedOffset, Offset, TimeZone};
+
+/// The system's wall time in Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Now on the timer clock (tokio's: it stands still in paused-time tests).
+pub fn instant() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
 
 /// A source of wall time in Unix epoch milliseconds.
 pub trait Clock: Send + Sync + 'static {
@@ -16,7 +32,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        crate::store::now_ms()
+        now_ms()
     }
 }
 
@@ -32,8 +48,8 @@ impl TokioClock {
     /// Starts now.
     pub fn new() -> TokioClock {
         TokioClock {
-            base_ms: crate::store::now_ms(),
-            start: tokio::time::Instant::now(),
+            base_ms: now_ms(),
+            start: instant(),
         }
     }
 }
@@ -71,4 +87,29 @@ impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
     }
+}
+
+/// Local time in `tz` (or the system's zone) with its offset.
+pub fn local_time(
+    tz: Option<crate::config::Tz>,
+    utc: DateTime<chrono::Utc>,
+) -> DateTime<FixedOffset> {
+    match tz {
+        Some(tz) => {
+            let t = tz.from_utc_datetime(&utc.naive_utc());
+            t.with_timezone(&t.offset().fix())
+        }
+        None => {
+            let t = utc.with_timezone(&chrono::Local);
+            t.with_timezone(t.offset())
+        }
+    }
+}
+
+/// Local time in `tz` (or the system's zone) at `ms` (epoch ms), with its offset.
+pub fn local_at(tz: Option<crate::config::Tz>, ms: i64) -> DateTime<FixedOffset> {
+    local_time(
+        tz,
+        chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default(),
+    )
 }

@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::backoff::{backoff, jittered};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::backoff::{backoff, between, jittered};
+use super::clock;
+
+use super::tasks::{Claim, Finish, Tasks};
 use super::transition::{
-    fully_refunded, learn_payment_id, plan, refund_order as refund_order_of, Planned,
+    commit_event, fully_refunded, learn_payment_id, refund_order as refund_order_of, Committed,
 };
 use super::{failpoint, Engine};
 use crate::domain::machine::{self, Answer, Effect, Event, Inquiry, Refusal, State};
@@ -85,6 +88,57 @@ async fn drive_in_span(
             // recovery resumes it on the next start (rule 6).
             Err(Stop) => break,
         }
+    }
+}
+
+impl Engine {
+    /// Wakes the task that owns `rec`, or starts one from its state.
+    pub(super) fn wake_or_spawn(&self, rec: &PaymentRecord) {
+        if !self.inner.tasks.wake(&rec.payment_request_id) {
+            self.spawn_driver(
+                rec.payment_request_id.clone(),
+                machine::resume_effect(rec.state),
+                None,
+            );
+        }
+    }
+
+    /// Starts the task that owns payment `id` with `effect` (and the prepared pay, when the
+    /// sale holds its code); when one already runs it is woken instead and sees the new state.
+    /// A task woken while it finishes runs once more from the stored state (engine/tasks.rs),
+    /// so a refund committed just as the previous one settled is still sent.
+    pub(super) fn spawn_driver(
+        &self,
+        id: String,
+        effect: machine::Effect,
+        code: Option<crate::gateway::PreparedPay>,
+    ) {
+        let Claim::Start(slot) = self.inner.tasks.claim(&id) else {
+            return;
+        };
+        let engine = self.clone();
+        self.inner.tracker.spawn(async move {
+            let (mut effect, mut code) = (effect, code);
+            loop {
+                drive(&engine, &id, effect, code.take(), slot.notify()).await;
+                if engine.inner.tasks.finish(&id, &slot) == Finish::Done {
+                    break;
+                }
+                Tasks::reading(&slot);
+                effect = if engine.inner.shutdown.is_cancelled() {
+                    Effect::None
+                } else {
+                    match engine.effect_now(&id).await {
+                        Ok(e) => e,
+                        Err(e) => {
+                            // Recovery resumes it on the next start (rule 6).
+                            tracing::warn!(payment = %id, error = %e, "cannot read the payment to resume it");
+                            Effect::None
+                        }
+                    }
+                };
+            }
+        });
     }
 }
 
@@ -274,29 +328,37 @@ async fn last_inquiry(engine: &Engine, id: &str) -> Step {
     Ok(Some((Event::LastInquiry(reply.answer), extras)))
 }
 
-fn jitter(min: Duration, max: Duration) -> Duration {
-    if max <= min {
-        return min;
+/// Paces the sends of an unanswered cancel or refund: the first goes at once and opens the
+/// retry window; each resend waits 5–10 s (jittered). `false`: the next resend would start
+/// after the window.
+async fn resend_pause(engine: &Engine, deadline: &mut Option<Instant>) -> Result<bool, Stop> {
+    let s = engine.settings();
+    match deadline {
+        None => {
+            *deadline = Some(clock::instant() + s.cancel_retry_window);
+            Ok(true)
+        }
+        Some(d) => {
+            let unit = rand::thread_rng().gen::<f64>();
+            let wait = between(s.cancel_retry_min, s.cancel_retry_max, unit);
+            if clock::instant() + wait >= *d {
+                return Ok(false);
+            }
+            pause(engine, wait).await?;
+            Ok(true)
+        }
     }
-    rand::thread_rng().gen_range(min..=max)
 }
 
 /// Sends the identical cancel; after the first try, waits 5–10 s (jittered) between resends;
 /// when the next resend would start after the window, reports `CancelWindowOver`.
 async fn cancel(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> Step {
     let s = engine.settings();
-    match deadline {
-        None => {
-            failpoint::hit("cancel_committed");
-            *deadline = Some(Instant::now() + s.cancel_retry_window);
-        }
-        Some(d) => {
-            let wait = jitter(s.cancel_retry_min, s.cancel_retry_max);
-            if Instant::now() + wait >= *d {
-                return Ok(Some((Event::CancelWindowOver, Extras::default())));
-            }
-            pause(engine, wait).await?;
-        }
+    if deadline.is_none() {
+        failpoint::hit("cancel_committed");
+    }
+    if !resend_pause(engine, deadline).await? {
+        return Ok(Some((Event::CancelWindowOver, Extras::default())));
     }
     let reply = in_flight(
         "cancel_in_flight",
@@ -342,15 +404,8 @@ async fn refund(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
             )));
         }
     };
-    match deadline {
-        None => *deadline = Some(Instant::now() + s.cancel_retry_window),
-        Some(d) => {
-            let wait = jitter(s.cancel_retry_min, s.cancel_retry_max);
-            if Instant::now() + wait >= *d {
-                return Ok(Some((Event::RefundWindowOver, Extras::default())));
-            }
-            pause(engine, wait).await?;
-        }
+    if !resend_pause(engine, deadline).await? {
+        return Ok(Some((Event::RefundWindowOver, Extras::default())));
     }
     let reply = in_flight(
         "refund_in_flight",
@@ -372,7 +427,7 @@ async fn refund(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
 }
 
 /// What one commit did.
-struct Committed {
+struct Done {
     effect: Effect,
     moved: Option<(State, State)>,
 }
@@ -407,62 +462,47 @@ async fn commit(
         .store()
         .call(move |c| {
             let env = e.env();
-            for _ in 0..16 {
-                let rec = payments::get(c, &id_owned)?
+            let committed =
+                commit_event(c, &env, &id_owned, &event_owned, &facts, &|_, _, _| Ok(()))?
                     .ok_or_else(|| anyhow::anyhow!("payment {id_owned} vanished"))?;
-                let refund = match &rec.active_refund_id {
-                    Some(rid) => payments::get_refund(c, rid)?,
-                    None => None,
-                };
-                let planned = plan(&env, &rec, &event_owned, &facts, refund.as_ref(), &mut || {
-                    Ok(payments::next_sequence(c)?)
-                })?;
-                let p = match planned {
-                    Planned::Move(p) => p,
-                    Planned::Ignore { why, effect } => {
-                        tracing::info!(state = %rec.state, why, "answer changes nothing");
-                        if let Some(pid) = &facts.payment_id {
-                            payments::note_payment_id(c, &id_owned, pid)?;
-                        }
-                        // A driver must not stop while its payment is open (an abort may have
-                        // moved it from inquiring to cancelling under our feet).
-                        let effect = if effect == Effect::None {
-                            machine::resume_effect(rec.state)
-                        } else {
-                            effect
-                        };
-                        return Ok(Committed {
-                            effect,
-                            moved: None,
-                        });
+            Ok(match committed {
+                Committed::Moved {
+                    before,
+                    after,
+                    plan,
+                } => Done {
+                    effect: if after.state != plan.to {
+                        machine::resume_effect(after.state)
+                    } else {
+                        plan.effect
+                    },
+                    moved: Some((before.state, after.state)),
+                },
+                Committed::Ignored { rec, why, effect } => {
+                    tracing::info!(state = %rec.state, why, "answer changes nothing");
+                    if let Some(pid) = &facts.payment_id {
+                        payments::note_payment_id(c, &id_owned, pid)?;
                     }
-                    Planned::Refuse { why } => {
-                        tracing::warn!(why, "event refused");
-                        return Ok(Committed {
-                            effect: machine::resume_effect(rec.state),
-                            moved: None,
-                        });
-                    }
-                };
-                match payments::apply(c, &id_owned, rec.state, &p.change, env.now_ms)? {
-                    Some(new) => {
-                        let effect = if new.state != p.to {
-                            machine::resume_effect(new.state)
-                        } else {
-                            p.effect
-                        };
-                        return Ok(Committed {
-                            effect,
-                            moved: Some((rec.state, new.state)),
-                        });
-                    }
-                    None => {
-                        tracing::info!(expected = %rec.state, "state moved on before the commit; deciding again");
-                        continue;
+                    // A driver must not stop while its payment is open (an abort may have
+                    // moved it from inquiring to cancelling under our feet).
+                    let effect = if effect == Effect::None {
+                        machine::resume_effect(rec.state)
+                    } else {
+                        effect
+                    };
+                    Done {
+                        effect,
+                        moved: None,
                     }
                 }
-            }
-            anyhow::bail!("payment {id_owned} kept changing while an answer was being committed")
+                Committed::Refused { rec, why } => {
+                    tracing::warn!(why, "event refused");
+                    Done {
+                        effect: machine::resume_effect(rec.state),
+                        moved: None,
+                    }
+                }
+            })
         })
         .await?;
     if let Some((from, to)) = done.moved {

@@ -7,7 +7,6 @@ use super::{Engine, EngineError};
 use crate::domain::machine::{Event, State};
 use crate::gateway::Facts;
 use crate::store::notifications::{self, Decide, NewNotification, Recorded};
-use crate::store::now_ms;
 use crate::store::payments::{Change, PaymentRecord};
 
 /// What a verified notification reports, reduced to what the machine branches on.
@@ -42,6 +41,7 @@ impl Engine {
         what: Notified,
     ) -> Result<Recorded, EngineError> {
         let engine = self.clone();
+        let now = self.now_ms();
         let rec = self
             .inner
             .store
@@ -51,7 +51,7 @@ impl Engine {
                     Notified::Pending => Decide::Nothing,
                     Notified::Result { .. } => Decide::With(&mut decide),
                 };
-                Ok(notifications::record(c, &n, how, now_ms())?)
+                Ok(notifications::record(c, &n, how, now)?)
             })
             .await?;
         if rec.outcome == notifications::Outcome::Applied {
@@ -61,16 +61,7 @@ impl Engine {
             if let Some(p) = &rec.payment {
                 tracing::info!(payment = %p.payment_request_id, from = ?rec.state_before.map(State::as_str), to = %p.state, "notification applied");
                 // The payment's task may be waiting to inquire again: let it see the new state.
-                let waker = self
-                    .inner
-                    .wakers
-                    .lock()
-                    .expect("wakers lock is never held across a panic")
-                    .get(&p.payment_request_id)
-                    .cloned();
-                if let Some(w) = waker {
-                    w.notify_one();
-                }
+                self.inner.tasks.wake(&p.payment_request_id);
             }
         }
         Ok(rec)

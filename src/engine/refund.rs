@@ -9,7 +9,7 @@ use crate::domain::money::Amount;
 use crate::gateway::Facts;
 use crate::store::idempotency::{self, Idempotency, Seen};
 use crate::store::payments::{self, Change, NewRefund, PaymentRecord};
-use crate::store::refunds::{self, RefundState};
+use crate::store::refunds;
 
 /// The longest refund reason the gateway accepts (`refundReason`).
 pub const MAX_REFUND_REASON: usize = 256;
@@ -192,22 +192,5 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Whether a REFUNDING payment's refund already sits in the queue (then the queue, not a
-    /// payment task, delivers it).
-    pub(super) async fn refund_is_queued(&self, rec: &PaymentRecord) -> Result<bool, EngineError> {
-        let Some(rid) = rec.active_refund_id.clone() else {
-            return Ok(false);
-        };
-        if rec.state != State::Refunding {
-            return Ok(false);
-        }
-        let r = self
-            .inner
-            .store
-            .call(move |c| Ok(payments::get_refund(c, &rid)?))
-            .await?;
-        Ok(r.is_some_and(|r| r.state == RefundState::Queued))
     }
 }

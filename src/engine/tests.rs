@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::domain::code::CodeRules;
 use crate::domain::money::Currency;
+use crate::store::payments::NewPayment;
 
 use super::fake::{
     failed, inquiry_unknown, not_found, ok, ok_with_payment_id, paid, processing, refunded,

@@ -1,23 +1,26 @@
 //! The one transition path: [`plan`] turns (stored payment, event, the answer's facts) into
 //! the machine's decision and everything its commit writes — the state, the journal cause and
-//! result code, the refund, queue and slip rows, the attention reason. Every caller (sale
-//! start, the payment's task, the queue's settle, notifications, refunds, aborts, recovery)
-//! plans here and commits the plan with `store::transition::apply` (compare-and-set). Pure:
-//! the caller reads the rows and takes a sequence number on request.
+//! result code, the refund, queue and slip rows (the slip's data is made here and only here),
+//! the attention reason. Every caller (sale start, the payment's task, the queue's settle,
+//! notifications, refunds, aborts, recovery) plans here and commits the plan with
+//! `store::transition::apply` (compare-and-set). `plan` is pure: the caller reads the rows and
+//! takes a sequence number on request. [`commit_event`] is the read → plan → compare-and-set
+//! loop the payment's task and outside events share, inside one store call.
 
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
 
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::{context_of, make_refund_id, slip_data, Rules, SlipIdentity};
-use crate::domain::machine::{self, Answer, Decision, Effect, Event, RefundKind, State};
+use super::EngineSettings;
+use crate::domain::machine::{self, Answer, Context, Decision, Effect, Event, RefundKind, State};
 use crate::domain::money::Amount;
+use crate::domain::request_id::{self, IdParts};
 use crate::gateway::{Facts, Gateway, RefundOrder};
-use crate::store::payments::{PaymentRecord, RefundRecord};
+use crate::store::payments::{self, PaymentRecord, RefundRecord};
 use crate::store::queue::ItemKind;
 use crate::store::refunds::RefundState;
-use crate::store::transition::{Change, NewQueueItem, NewRefund, SettleRefund};
+use crate::store::transition::{Change, NewQueueItem, NewRefund, SettleRefund, Tx};
 
 /// The terminal around a transition: its rules, its clock, its names.
 pub(crate) struct Env<'a> {
@@ -57,6 +60,108 @@ pub(crate) enum Planned {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the machine's context takes from the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rules {
+    /// The inquiry budget.
+    pub(crate) inquiry_max: u32,
+    /// Added to a pay's expiry before it can no longer arrive.
+    pub(crate) expiry_margin: Duration,
+}
+
+impl EngineSettings {
+    pub(crate) fn rules(&self) -> Rules {
+        Rules {
+            inquiry_max: self.inquiry_max,
+            expiry_margin: self.payment_expiry_margin,
+        }
+    }
+}
+
+/// The machine's context for a stored payment at `now_ms` (epoch ms).
+pub(crate) fn context_of(rec: &PaymentRecord, rules: Rules, now_ms: i64) -> Context {
+    let margin = i64::try_from(rules.expiry_margin.as_millis()).unwrap_or(i64::MAX);
+    Context {
+        now_ms,
+        pay_dead_at: rec.pay_expires_at.map(|at| at.saturating_add(margin)),
+        inquiries_done: rec.inquiries,
+        inquiry_max: rules.inquiry_max,
+        refund_kind: if rec.refund_return_to.is_some() {
+            machine::RefundKind::Requested
+        } else {
+            machine::RefundKind::Reversal
+        },
+        refund_return_to: rec.refund_return_to.unwrap_or(State::Succeeded),
+        gateway_saw_payment: rec.payment_id.is_some(),
+    }
+}
+
+/// Who prints a slip: the names on its header.
+pub(crate) struct SlipIdentity<'a> {
+    pub(crate) merchant_name: &'a str,
+    pub(crate) store_name: &'a str,
+    pub(crate) terminal_id: &'a str,
+}
+
+/// The slip a move from `rec`'s state to `to` prints, if any: SALE on success, CANCEL on a
+/// confirmed reversal by cancel, REFUND (for `refund`) on a confirmed refund. Shared by the
+/// payment tasks and the queue.
+pub(crate) fn slip_data(
+    who: &SlipIdentity<'_>,
+    local: NaiveDateTime,
+    rec: &PaymentRecord,
+    to: State,
+    refund: Option<&crate::store::payments::RefundRecord>,
+) -> Option<crate::domain::slip::SlipData> {
+    use crate::domain::slip::{SlipData, SlipKind};
+    if to == rec.state {
+        return None;
+    }
+    let (kind, amount, refund_request_id) = match to {
+        State::Succeeded => (SlipKind::Sale, rec.amount, None),
+        State::Cancelled if matches!(rec.state, State::Cancelling | State::CancelQueued) => {
+            (SlipKind::Cancel, rec.amount, None)
+        }
+        State::Refunded | State::PartiallyRefunded => match refund {
+            Some(r) => (
+                SlipKind::Refund,
+                r.amount,
+                Some(r.refund_request_id.clone()),
+            ),
+            None => (SlipKind::Refund, rec.amount, None),
+        },
+        _ => return None,
+    };
+    Some(SlipData {
+        kind,
+        merchant_name: who.merchant_name.to_string(),
+        store_name: who.store_name.to_string(),
+        terminal_id: who.terminal_id.to_string(),
+        amount,
+        payment_request_id: rec.payment_request_id.clone(),
+        payment_id: rec.payment_id.clone(),
+        refund_request_id,
+        local_time: local,
+        copy: false,
+    })
+}
+
+/// Builds a refund id from a fresh sequence number.
+pub(crate) fn make_refund_id(
+    local: NaiveDateTime,
+    terminal: &str,
+    amount_minor: i64,
+    seq: u64,
+) -> String {
+    request_id::refund_request_id(&IdParts {
+        local_time: local,
+        terminal_id: terminal,
+        amount_minor,
+        sequence: seq,
+        random: rand::random::<u32>(),
+    })
 }
 
 /// The refund request a payment's refund row stands for (identical on every send).
@@ -127,7 +232,7 @@ pub(crate) fn plan(
         gateway_time: facts
             .time
             .clone()
-            .filter(|_| to == State::Succeeded || matches!(event, Event::RefundAnswered { .. })),
+            .filter(|_| to == State::Succeeded || settles_refund_with_time(event)),
         ..Default::default()
     };
     if matches!(event, Event::Inquired(_)) {
@@ -209,6 +314,82 @@ pub(crate) fn plan(
     Ok(Planned::Move(Box::new(Plan { change, to, effect })))
 }
 
+/// What [`commit_event`] did.
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// The plan was committed: the payment before and after, and the plan's effect.
+    Moved {
+        before: PaymentRecord,
+        after: PaymentRecord,
+        plan: Box<Plan>,
+    },
+    /// The machine ignored the event: nothing was written.
+    Ignored {
+        rec: PaymentRecord,
+        why: &'static str,
+        effect: Effect,
+    },
+    /// The machine refused the event: nothing was written.
+    Refused { rec: PaymentRecord, why: String },
+}
+
+/// Reads payment `id` and its active refund, plans `event` with `facts`, lets `extend` add to
+/// the planned change (rows written with the move), and commits it with compare-and-set in a
+/// savepoint of `c`; a lost compare-and-set writes nothing and plans again on the fresh state.
+/// `Ok(None)`: no such payment.
+pub(crate) fn commit_event(
+    c: &mut Tx,
+    env: &Env<'_>,
+    id: &str,
+    event: &Event,
+    facts: &Facts,
+    extend: &dyn Fn(&Tx, &PaymentRecord, &mut Change) -> anyhow::Result<()>,
+) -> anyhow::Result<Option<Committed>> {
+    for _ in 0..16 {
+        let Some(rec) = payments::get(c, id)? else {
+            return Ok(None);
+        };
+        let refund = match &rec.active_refund_id {
+            Some(r) => payments::get_refund(c, r)?,
+            None => None,
+        };
+        let planned = plan(env, &rec, event, facts, refund.as_ref(), &mut || {
+            Ok(payments::next_sequence(c)?)
+        })?;
+        match planned {
+            Planned::Move(mut plan) => {
+                let tx = c.savepoint()?;
+                extend(&tx, &rec, &mut plan.change)?;
+                if let Some(after) =
+                    payments::apply_in(&tx, id, rec.state, &plan.change, env.now_ms)?
+                {
+                    tx.commit()?;
+                    return Ok(Some(Committed::Moved {
+                        before: rec,
+                        after,
+                        plan,
+                    }));
+                }
+                tracing::info!(payment = %id, expected = %rec.state, "state moved on before the commit; deciding again");
+            }
+            Planned::Ignore { why, effect } => {
+                return Ok(Some(Committed::Ignored { rec, why, effect }))
+            }
+            Planned::Refuse { why } => return Ok(Some(Committed::Refused { rec, why })),
+        }
+    }
+    anyhow::bail!("payment {id} kept changing while an event was being committed; try again")
+}
+
+/// Whether `event` is a refund's confirmation or answer whose time (`refundTime`) is kept on
+/// the refund row: by the payment's task or by the queue.
+fn settles_refund_with_time(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::RefundAnswered { .. } | Event::QueuedRefundConfirmed { .. }
+    )
+}
+
 /// The change that only journals an event the machine ignored or refused (the queue's answer
 /// for a payment that moved on), with the refund rows the answer settles.
 pub(crate) fn note_only(
@@ -224,6 +405,12 @@ pub(crate) fn note_only(
         result_code: facts.result_code.clone(),
         payment_id: facts.payment_id.clone(),
         settle_refund: refund_settle(event, facts, refund, facts.result_code.clone()),
+        // A refund the queue got confirmed keeps the gateway's time even when its payment
+        // moved on (the back office reconciles it).
+        gateway_time: facts
+            .time
+            .clone()
+            .filter(|_| refund.is_some() && settles_refund_with_time(event)),
         ..Default::default()
     }
 }

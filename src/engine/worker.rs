@@ -41,14 +41,14 @@ use tracing::Instrument as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::clock::Clock;
+use super::clock::{local_at, Clock};
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
 use super::transition::learn_payment_id;
-use super::{context_of, failpoint, local_time, Rules};
+use super::{context_of, failpoint, Rules};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
-use crate::gateway::Gateway;
+use crate::gateway::{Facts, Gateway};
 use crate::store::payments;
 use crate::store::queue::{self as q, ItemKind, LeaseRefused, QueueItem};
 use crate::store::Store;
@@ -221,10 +221,10 @@ pub enum ReplayError {
 /// The gateway's answer to one item, before it is settled.
 #[derive(Debug, Clone)]
 enum Verdict {
+    /// The gateway confirmed the cancel or refund; its facts (payment id, refund id, result
+    /// code, the refund's time) are recorded with the settle.
     Confirmed {
-        payment_id: Option<String>,
-        refund_id: Option<String>,
-        result_code: Option<String>,
+        facts: Facts,
     },
     CancelWindowPassed {
         payment_id: String,
@@ -512,9 +512,10 @@ impl Replayer {
                 }
                 match out.answer {
                     Answer::Success => Verdict::Confirmed {
-                        payment_id: out.facts.payment_id,
-                        refund_id: None,
-                        result_code: out.facts.result_code,
+                        facts: Facts {
+                            refund_id: None,
+                            ..out.facts
+                        },
                     },
                     Answer::Failed {
                         refusal: Refusal::CancelWindowPassed,
@@ -560,11 +561,7 @@ impl Replayer {
                     failpoint::hit("replay_answered");
                 }
                 match out.answer {
-                    Answer::Success => Verdict::Confirmed {
-                        payment_id: out.facts.payment_id,
-                        refund_id: out.facts.refund_id,
-                        result_code: out.facts.result_code,
-                    },
+                    Answer::Success => Verdict::Confirmed { facts: out.facts },
                     Answer::Failed { code, message, .. } => Verdict::Refused { code, message },
                     Answer::Unknown { why } => Verdict::Unknown { why },
                 }
@@ -678,15 +675,11 @@ impl Replayer {
         if verdicts.is_empty() {
             return Ok(Vec::new());
         }
+        let now = self.inner.clock.now_ms();
         let ctx = SettleCtx {
             owner: owner.to_string(),
-            now: self.inner.clock.now_ms(),
-            local: local_time(
-                self.inner.settings.timezone,
-                chrono::DateTime::from_timestamp_millis(self.inner.clock.now_ms())
-                    .unwrap_or_default(),
-            )
-            .naive_local(),
+            now,
+            local: local_at(self.inner.settings.timezone, now).naive_local(),
             terminal_id: self.inner.settings.terminal_id.clone(),
             merchant_name: self.inner.settings.merchant_name.clone(),
             store_name: self.inner.settings.store_name.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 
 /// The file beside the database that says a store was initialised in this state directory.
 pub const MARKER_FILE: &str = "posd.store";
@@ -22,13 +22,14 @@ pub fn sidecar(db: &Path, suffix: &str) -> PathBuf {
 /// Writes and commits the health probe's row through the writer (group commit, real fsync):
 /// fails when the database cannot be written (read-only, full disk, corrupt pages, a lock
 /// held past the busy timeout).
-pub async fn probe_write(store: &Store) -> anyhow::Result<()> {
+/// `now_ms` is the caller's clock (epoch ms).
+pub async fn probe_write(store: &Store, now_ms: i64) -> anyhow::Result<()> {
     store
-        .call(|c| {
+        .call(move |c| {
             c.execute(
                 "INSERT INTO health_probe (id, at) VALUES (1, ?1) \
                  ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                [now_ms()],
+                [now_ms],
             )?;
             Ok(())
         })
@@ -167,12 +168,14 @@ fn schema_of(db: &Path) -> Option<i64> {
 
 /// Opens the daemon's store: refuses an empty database where the state directory shows prior
 /// use (unless `init_store`, which first moves the old files aside), runs `quick_check`, and
-/// writes the marker.
+/// writes the marker. `now_ms` (the caller's clock, epoch ms) names the files moved aside
+/// and dates the marker.
 pub fn open_for_daemon(
     db: &Path,
     state_dir: &Path,
     slip_dir: Option<&Path>,
     init_store: bool,
+    now_ms: i64,
 ) -> Result<Store, StoreError> {
     let found = inspect(db, state_dir, slip_dir);
     if found.empty && !found.evidence.is_empty() {
@@ -182,7 +185,7 @@ pub fn open_for_daemon(
                 evidence: found.evidence.join(", "),
             });
         }
-        let stamp = now_ms();
+        let stamp = now_ms;
         for suffix in ["", "-wal", "-shm"] {
             let p = sidecar(db, suffix);
             if p.exists() {
@@ -206,7 +209,9 @@ pub fn open_for_daemon(
         let text = format!(
             "posd store {} initialised at {}; do not delete: with it, posd refuses to start on an empty database\n",
             db.display(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            chrono::DateTime::from_timestamp_millis(now_ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
         std::fs::write(&marker, text).map_err(|source| StoreError::Dir {
             path: marker.clone(),
@@ -330,9 +335,12 @@ pub struct BackupReport {
 pub(crate) mod tests {
     use super::*;
 
+    /// The tests' clock: a fixed instant, epoch ms.
+    const NOW: i64 = 1_764_000_000_000;
+
     fn used_store(dir: &Path) -> PathBuf {
         let db = dir.join("posd.sqlite3");
-        let store = open_for_daemon(&db, dir, None, false).unwrap();
+        let store = open_for_daemon(&db, dir, None, false, NOW).unwrap();
         store
             .call_blocking(|c| {
                 c.execute_batch(
@@ -353,10 +361,10 @@ pub(crate) mod tests {
         let db = dir.path().join("posd.sqlite3");
         let found = inspect(&db, dir.path(), None);
         assert!(found.empty && found.evidence.is_empty(), "{found:?}");
-        drop(open_for_daemon(&db, dir.path(), None, false).unwrap());
+        drop(open_for_daemon(&db, dir.path(), None, false, NOW).unwrap());
         assert!(dir.path().join(MARKER_FILE).exists());
         // Reopening a store with its schema is fine.
-        drop(open_for_daemon(&db, dir.path(), None, false).unwrap());
+        drop(open_for_daemon(&db, dir.path(), None, false, NOW).unwrap());
     }
 
     #[test]
@@ -364,7 +372,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = used_store(dir.path());
         std::fs::write(&db, b"").unwrap();
-        let e = open_for_daemon(&db, dir.path(), None, false)
+        let e = open_for_daemon(&db, dir.path(), None, false, NOW)
             .err()
             .expect("an empty store where the marker says it was used is refused")
             .to_string();
@@ -374,7 +382,7 @@ pub(crate) mod tests {
         );
         // Refusing changed nothing: the file is still 0 bytes.
         assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
-        let store = open_for_daemon(&db, dir.path(), None, true).unwrap();
+        let store = open_for_daemon(&db, dir.path(), None, true, NOW).unwrap();
         let n: i64 = store
             .call_blocking(|c| Ok(c.query_row("SELECT count(*) FROM payments", [], |r| r.get(0))?))
             .unwrap();
@@ -400,7 +408,7 @@ pub(crate) mod tests {
         std::fs::write(sidecar(&db, "-wal"), vec![0xA5u8; 8192]).unwrap();
         let found = inspect(&db, dir.path(), None);
         assert!(found.empty, "{found:?}");
-        let e = open_for_daemon(&db, dir.path(), None, false)
+        let e = open_for_daemon(&db, dir.path(), None, false, NOW)
             .err()
             .expect("refused")
             .to_string();
@@ -417,12 +425,12 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("posd.sqlite3");
         std::fs::write(&db, b"").unwrap();
-        assert!(open_for_daemon(&db, dir.path(), None, false).is_err());
+        assert!(open_for_daemon(&db, dir.path(), None, false, NOW).is_err());
         let slips = dir.path().join("receipts");
         std::fs::create_dir(&slips).unwrap();
         std::fs::write(slips.join("1.bin"), b"x").unwrap();
         std::fs::remove_file(&db).unwrap();
-        let e = open_for_daemon(&db, dir.path(), Some(&slips), false)
+        let e = open_for_daemon(&db, dir.path(), Some(&slips), false, NOW)
             .err()
             .expect("slips are evidence")
             .to_string();
@@ -436,7 +444,7 @@ pub(crate) mod tests {
         assert_eq!(quick_check(&db), Ok(()));
         corrupt(&db);
         assert!(quick_check(&db).is_err());
-        let e = open_for_daemon(&db, dir.path(), None, false)
+        let e = open_for_daemon(&db, dir.path(), None, false, NOW)
             .err()
             .expect("a corrupt database is refused")
             .to_string();
@@ -498,6 +506,7 @@ pub(crate) mod tests {
             restored.path(),
             None,
             false,
+            NOW,
         )
         .unwrap();
         let n: i64 = s

@@ -423,11 +423,6 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         })
 }
 
-/// The current time in Unix epoch milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,9 @@ use crate::backoffice::{reconcile_uploads, resolve, BackOffice, MAX_STATEMENT_BY
 use crate::config::Secret;
 use crate::domain::machine::State;
 use crate::domain::money::Amount;
+use crate::engine::clock::now_ms;
 use crate::engine::EngineError;
-use crate::store::{self, now_ms};
+use crate::store;
 use auth::Auth;
 
 /// Statement uploads kept for "apply" (the newest few).

@@ -134,11 +134,7 @@ fn settle_one(
                 ),
             ))
         }
-        Verdict::Confirmed {
-            payment_id,
-            refund_id,
-            result_code,
-        } => {
+        Verdict::Confirmed { facts } => {
             if !q::close(
                 tx,
                 id,
@@ -151,12 +147,6 @@ fn settle_one(
             }
             q::record_event(tx, id, now, owner, "DONE", "confirmed by the gateway")?;
             let rec = load_payment(tx, &item.payment_request_id)?;
-            let facts = Facts {
-                payment_id: payment_id.clone(),
-                refund_id: refund_id.clone(),
-                result_code: result_code.clone(),
-                ..Facts::default()
-            };
             let (event, refund) = match (item.kind, &item.refund_request_id) {
                 (ItemKind::Refund, Some(rid)) => {
                     let r = payments::get_refund(tx, rid)?
@@ -168,7 +158,7 @@ fn settle_one(
                 }
                 _ => (Event::QueuedCancelConfirmed, None),
             };
-            let state = move_payment(tx, ctx, &rec, &event, &facts, refund.as_ref(), |_| {})?;
+            let state = move_payment(tx, ctx, &rec, &event, facts, refund.as_ref(), |_| {})?;
             Ok(ItemReport {
                 payment_state: Some(state),
                 ..report(item, ItemOutcome::Done, "confirmed by the gateway")

@@ -33,7 +33,7 @@ async fn run_in_span(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: Can
         if signal.back.swap(false, Ordering::SeqCst)
             && last_pull.is_none_or(|t| t.elapsed() >= s.backoff_initial)
         {
-            last_pull = Some(tokio::time::Instant::now());
+            last_pull = Some(crate::engine::clock::instant());
             let now = clock.now_ms();
             match replayer
                 .inner

@@ -211,7 +211,10 @@ async fn a_cancel_past_its_window_becomes_a_refund_item_and_the_refund_ends_refu
     let store = Store::open_in_memory().unwrap();
     let fake = Fake::default();
     fake.script().cancel.push_back(window_passed());
-    fake.script().refund.push_back(refund_ok());
+    // The refund's answer carries the gateway's refundTime (the back office reconciles by it).
+    let mut answered = refund_ok();
+    answered.facts.time = Some("2026-11-21T10:15:31+08:00".into());
+    fake.script().refund.push_back(answered);
     let clock = Arc::new(ManualClock::at(T0));
     let r = replayer(&store, &fake, clock.clone());
     // No stored paymentId: the replayer learns it by inquiry.
@@ -247,6 +250,22 @@ async fn a_cancel_past_its_window_becomes_a_refund_item_and_the_refund_ends_refu
         ),
         ("REVERSAL", "SUCCEEDED", Some("GR1"), &refunds[0].1)
     );
+    // The refund confirmed by the queue keeps the gateway's time in the journal; the payment's
+    // own row keeps none (no paymentTime was given).
+    let rid = rs[0].refund_request_id.clone();
+    let row = store
+        .call_blocking(move |c| Ok(crate::store::journal::refund(c, &rid)?))
+        .unwrap()
+        .expect("the refund's journal row");
+    assert_eq!(
+        row.gateway_time.as_deref(),
+        Some("2026-11-21T10:15:31+08:00")
+    );
+    let pay_row = store
+        .call_blocking(|c| Ok(crate::store::journal::payment(c, "P1")?))
+        .unwrap()
+        .expect("the payment's journal row");
+    assert_eq!(pay_row.gateway_time, None);
     let items = store
         .call_blocking(|c| Ok(q::of_payment(c, "P1")?))
         .unwrap();
@@ -383,9 +402,10 @@ async fn a_replayer_whose_lease_was_retaken_writes_nothing() {
             vec![(
                 leased,
                 Verdict::Confirmed {
-                    payment_id: None,
-                    refund_id: None,
-                    result_code: Some("SUCCESS".into()),
+                    facts: crate::gateway::Facts {
+                        result_code: Some("SUCCESS".into()),
+                        ..Default::default()
+                    },
                 },
             )],
         )
@@ -870,12 +890,27 @@ async fn an_unanswered_refund_is_queued_and_the_queue_delivers_it() {
     );
     let sent_by_task = fake.calls("refund").len();
     assert!(sent_by_task >= 6, "{sent_by_task}");
-    // The gateway comes back.
-    fake.script().refund_default = Some(refund_ok());
+    // The gateway comes back, and its confirmation gives the refund's time.
+    let mut answered = refund_ok();
+    answered.facts.time = Some("2026-11-21T10:20:00+08:00".into());
+    fake.script().refund_default = Some(answered);
     let p = settled(&engine, &id).await;
     assert_eq!(
         (p.state, p.refunded.minor()),
         (State::PartiallyRefunded, 400)
+    );
+    let row = engine
+        .store()
+        .call_blocking({
+            let rid = rid.clone();
+            move |c| Ok(crate::store::journal::refund(c, &rid)?)
+        })
+        .unwrap()
+        .expect("the refund's journal row");
+    assert_eq!(
+        row.gateway_time.as_deref(),
+        Some("2026-11-21T10:20:00+08:00"),
+        "the queue's confirmation records the gateway's refund time"
     );
     let calls = fake.calls("refund");
     assert!(
