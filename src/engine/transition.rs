@@ -316,6 +316,10 @@ pub(crate) fn plan(
 
 /// What [`commit_event`] did.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per committed event, matched at once"
+)]
 pub(crate) enum Committed {
     /// The plan was committed: the payment before and after, and the plan's effect.
     Moved {
