@@ -136,7 +136,7 @@ fn keys() -> &'static Keys {
         )
         .expect("the merchant test key parses");
         let gateway = PrivateKey::from_text(
-            include_str!("../tests/keys/gateway_private_pkcs8.pem"),
+            include_str!("../tests/keys/hub/terminal_b_private.pem"),
             "the gateway test key",
         )
         .expect("the gateway test key parses");
