@@ -173,7 +173,8 @@ pub struct GatewayConfig {
     /// Allows `http://` for a loopback `base_url` (test gateways).
     #[serde(default)]
     pub insecure_http: bool,
-    /// Extra trusted root certificates (PEM), e.g. a hub's private CA.
+    /// Extra trusted root certificates (PEM), e.g. a hub's or a private gateway's CA; both
+    /// dialects' clients trust them beside the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// ISV mode: sent as `Agent-Token`.

@@ -15,6 +15,7 @@
 //! | answer | item | payment |
 //! | --- | --- | --- |
 //! | verified S | DONE | CANCEL_QUEUED → CANCELLED; → REFUNDED / PARTIALLY_REFUNDED |
+//! | verified S of a cancel that refunded a charge | DONE | CANCEL_QUEUED → REFUNDED, the reversal refund recorded |
 //! | cancel F `CANCEL_WINDOW_EXCEED` | DONE; a REFUND item for the full amount | stays CANCEL_QUEUED |
 //! | other verified F, unreadable payload | DEAD | → NEEDS_ATTENTION with the reason |
 //! | unknown | attempts + 1, next try after backoff | unchanged |
