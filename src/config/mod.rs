@@ -3,9 +3,11 @@
 //! [`settings`]. Errors name the key and say what would be valid.
 
 mod settings;
+pub mod tz;
 pub mod validate;
 
 pub use settings::Config;
+pub use tz::Tz;
 pub use validate::{check_notify_url, DURATION_BOUNDS};
 
 use std::fmt;
