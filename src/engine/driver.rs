@@ -14,7 +14,7 @@ use super::backoff::{backoff, between, jittered};
 use super::clock;
 
 use super::transition::{
-    commit_event, fully_refunded, learn_payment_id, refund_order as refund_order_of, Committed,
+    commit_event, fully_refunded, known_payment_id, refund_order as refund_order_of, Committed,
 };
 use super::{failpoint, Engine};
 use crate::domain::machine::{self, Answer, Effect, Event, Inquiry, Refusal, State};
@@ -221,17 +221,6 @@ async fn load_until_read(engine: &Engine, id: &str) -> Result<PaymentRecord, Sto
 struct Stop;
 
 type Step = Result<Option<(Event, Extras)>, Stop>;
-
-/// Reads the payment on the read connection: a read never takes the writer's lock.
-async fn load(engine: &Engine, id: &str) -> anyhow::Result<PaymentRecord> {
-    let id = id.to_string();
-    engine
-        .store()
-        .read(move |c| {
-            payments::get(c, &id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))
-        })
-        .await
-}
 
 /// Sleeps `d` unless shutdown comes first.
 async fn pause(engine: &Engine, d: Duration) -> Result<(), Stop> {
@@ -455,10 +444,10 @@ async fn commit(
         ..
     }) = event
     {
-        if facts.payment_id.is_none() && load(engine, id).await?.payment_id.is_none() {
-            let s = engine.settings();
-            facts.payment_id =
-                learn_payment_id(engine.gateway().as_ref(), id, s.inquiry_timeout, 3).await;
+        if facts.payment_id.is_none() {
+            let t = engine.settings().inquiry_timeout;
+            let gw = engine.gateway().as_ref();
+            facts.payment_id = known_payment_id(engine.store(), gw, id, t, 3, || true).await?;
         }
     }
     let e = engine.clone();
