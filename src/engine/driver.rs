@@ -1,5 +1,6 @@
-//! The task that owns one open payment: performs the machine's effects (pay, inquiry,
-//! cancel, refund, enqueue) and commits every answer before acting on it (rule 1).
+//! The task that owns one open payment: started (or woken) per payment, it performs the
+//! machine's effects (pay, inquiry, cancel, refund, enqueue) and commits every answer through
+//! `transition::commit_event` before acting on it (rule 1).
 
 use std::sync::Arc;
 use std::time::Duration;
