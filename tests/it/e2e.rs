@@ -402,9 +402,28 @@ in_both_dialects!(fifty_sales_at_once_all_end_final_and_consistent => fifty_sale
 /// timings the short flow settings assume.
 static FIFTY_AT_ONCE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The short flow timings stretched fivefold: fifty sales at once on two shared cores must not
+/// turn a slow answer into a timeout the scenario did not script (the outcome each row ends
+/// with is the assertion; the timing is not).
+const LOADED_FLOW: &str = r#"
+[flow]
+pay_timeout = "1500ms"
+inquiry_interval = "100ms"
+inquiry_timeout = "1000ms"
+inquiry_max = 10
+cancel_timeout = "1000ms"
+cancel_retry_window = "2000ms"
+cancel_retry_min = "100ms"
+cancel_retry_max = "250ms"
+queue_backoff_initial = "30s"
+queue_backoff_max = "10m"
+"#;
+
 async fn fifty_sales(dialect: Dialect) {
     let _alone = FIFTY_AT_ONCE.lock().await;
-    let mut d = dialect.daemon("[sandbox]\ncancel_outage = \"60s\"\n");
+    let mut d = dialect.daemon(&format!(
+        "{LOADED_FLOW}[sandbox]\ncancel_outage = \"60s\"\n"
+    ));
     d.start(None).await;
     let mut tasks = Vec::new();
     for i in 0..50usize {
