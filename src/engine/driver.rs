@@ -462,17 +462,13 @@ async fn commit(
                 commit_event(c, &env, &id_owned, &event_owned, &facts, &|_, _, _| Ok(()))?
                     .ok_or_else(|| anyhow::anyhow!("payment {id_owned} vanished"))?;
             Ok(match committed {
-                Committed::Moved {
-                    before,
-                    after,
-                    plan,
-                } => Done {
+                Committed::Moved { from, after, plan } => Done {
                     effect: if after.state != plan.to {
                         machine::resume_effect(after.state)
                     } else {
                         plan.effect
                     },
-                    moved: Some((before.state, after.state)),
+                    moved: Some((from, after.state)),
                 },
                 Committed::Ignored { rec, why, effect } => {
                     tracing::info!(state = %rec.state, why, "answer changes nothing");

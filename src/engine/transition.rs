@@ -336,10 +336,10 @@ pub(crate) fn plan(
 /// What [`commit_event`] did.
 #[derive(Debug)]
 pub(crate) enum Committed {
-    /// The plan was committed: the payment before and after, and the plan's effect.
+    /// The plan was committed: the state it moved from, the payment after, and the plan.
     Moved {
-        before: PaymentRecord,
-        after: PaymentRecord,
+        from: State,
+        after: Box<PaymentRecord>,
         plan: Box<Plan>,
     },
     /// The machine ignored the event: nothing was written.
@@ -384,8 +384,8 @@ pub(crate) fn commit_event(
                 {
                     tx.commit()?;
                     return Ok(Some(Committed::Moved {
-                        before: rec,
-                        after,
+                        from: rec.state,
+                        after: Box::new(after),
                         plan,
                     }));
                 }
