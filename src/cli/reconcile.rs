@@ -43,16 +43,18 @@ pub struct ReconcileArgs {
     pub format: Format,
 }
 
-/// Runs `posd reconcile`.
-pub fn run(cfg: &Config, args: ReconcileArgs) -> u8 {
+/// Reads the statement files named on the command line and checks every one (a malformed
+/// file is refused with its line before anything is sent or changed). Shared with `posd hub
+/// reconcile`.
+pub fn read_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, u8> {
     let mut files = Vec::new();
     let mut total = 0usize;
-    for p in &args.files {
+    for p in paths {
         let bytes = match std::fs::read(p) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("posd: cannot read {}: {e}", p.display());
-                return EXIT_USAGE;
+                return Err(EXIT_USAGE);
             }
         };
         total += bytes.len();
@@ -66,13 +68,36 @@ pub fn run(cfg: &Config, args: ReconcileArgs) -> u8 {
         eprintln!(
             "posd: the files hold {total} bytes, more than {MAX_STATEMENT_BYTES} at once; reconcile them a few at a time"
         );
-        return EXIT_USAGE;
+        return Err(EXIT_USAGE);
     }
-    // Checked before anything is sent: a malformed file changes nothing anywhere.
     if let Err(e) = reconcile::parse_all(&files) {
         eprintln!("posd: {e}; nothing was changed");
-        return EXIT_USAGE;
+        return Err(EXIT_USAGE);
     }
+    Ok(files)
+}
+
+/// Prints a report in `format`; returns the exit code (0 all matched, 1 discrepancies).
+pub fn print_report(r: &Report, format: Format) -> u8 {
+    match format {
+        Format::Table => print!("{}", report::to_table(r)),
+        Format::Csv => print!("{}", report::to_csv(r)),
+        Format::Json => println!("{}", serde_json::to_string(r).expect("report serializes")),
+    }
+    if r.has_discrepancies() {
+        EXIT_NOT_SUCCEEDED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Runs `posd reconcile`.
+pub fn run(cfg: &Config, args: ReconcileArgs) -> u8 {
+    // Checked before anything is sent: a malformed file changes nothing anywhere.
+    let files = match read_files(&args.files) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -105,19 +130,9 @@ pub fn run(cfg: &Config, args: ReconcileArgs) -> u8 {
             }
         }
     });
-    let r = match result {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    match args.format {
-        Format::Table => print!("{}", report::to_table(&r)),
-        Format::Csv => print!("{}", report::to_csv(&r)),
-        Format::Json => println!("{}", serde_json::to_string(&r).expect("report serializes")),
-    }
-    if r.has_discrepancies() {
-        EXIT_NOT_SUCCEEDED
-    } else {
-        EXIT_OK
+    match result {
+        Ok(r) => print_report(&r, args.format),
+        Err(code) => code,
     }
 }
 

@@ -2,7 +2,6 @@
 //! machine's effects (pay, inquiry, cancel, refund, enqueue) and commits every answer through
 //! `transition::commit_event` before acting on it (rule 1).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -14,6 +13,7 @@ use tracing::Instrument as _;
 use super::backoff::{backoff, between, jittered};
 use super::clock;
 
+use super::tasks::{Claim, Finish, Tasks};
 use super::transition::{
     commit_event, fully_refunded, known_payment_id, refund_order as refund_order_of, Committed,
 };
@@ -95,56 +95,50 @@ async fn drive_in_span(
 impl Engine {
     /// Wakes the task that owns `rec`, or starts one from its state.
     pub(super) fn wake_or_spawn(&self, rec: &PaymentRecord) {
-        let waker = self
-            .inner
-            .wakers
-            .lock()
-            .expect("wakers lock is never held across a panic")
-            .get(&rec.payment_request_id)
-            .cloned();
-        match waker {
-            Some(w) => w.notify_one(),
-            None => self.spawn_driver(
+        if !self.inner.tasks.wake(&rec.payment_request_id) {
+            self.spawn_driver(
                 rec.payment_request_id.clone(),
                 machine::resume_effect(rec.state),
                 None,
-            ),
+            );
         }
     }
 
     /// Starts the task that owns payment `id` with `effect` (and the prepared pay, when the
     /// sale holds its code); when one already runs it is woken instead and sees the new state.
+    /// A task woken while it finishes runs once more from the stored state (engine/tasks.rs),
+    /// so a refund committed just as the previous one settled is still sent.
     pub(super) fn spawn_driver(
         &self,
         id: String,
         effect: machine::Effect,
         code: Option<crate::gateway::PreparedPay>,
     ) {
-        let waker = Arc::new(Notify::new());
-        {
-            let mut w = self
-                .inner
-                .wakers
-                .lock()
-                .expect("wakers lock is never held across a panic");
-            if w.contains_key(&id) {
-                // A driver already owns this payment; it will see the new state.
-                if let Some(existing) = w.get(&id) {
-                    existing.notify_one();
-                }
-                return;
-            }
-            w.insert(id.clone(), waker.clone());
-        }
+        let Claim::Start(slot) = self.inner.tasks.claim(&id) else {
+            return;
+        };
         let engine = self.clone();
         self.inner.tracker.spawn(async move {
-            drive(&engine, &id, effect, code, &waker).await;
-            engine
-                .inner
-                .wakers
-                .lock()
-                .expect("wakers lock is never held across a panic")
-                .remove(&id);
+            let (mut effect, mut code) = (effect, code);
+            loop {
+                drive(&engine, &id, effect, code.take(), slot.notify()).await;
+                if engine.inner.tasks.finish(&id, &slot) == Finish::Done {
+                    break;
+                }
+                Tasks::reading(&slot);
+                effect = if engine.inner.shutdown.is_cancelled() {
+                    Effect::None
+                } else {
+                    match engine.effect_now(&id).await {
+                        Ok(e) => e,
+                        Err(e) => {
+                            // Recovery resumes it on the next start (rule 6).
+                            tracing::warn!(payment = %id, error = %e, "cannot read the payment to resume it");
+                            Effect::None
+                        }
+                    }
+                };
+            }
         });
     }
 }

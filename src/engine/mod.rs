@@ -16,6 +16,7 @@ pub mod recording;
 mod recovery;
 mod refund;
 mod sale;
+mod tasks;
 mod transition;
 mod watch;
 pub mod worker;
@@ -153,7 +154,7 @@ struct Inner {
     gateway: Arc<dyn Gateway>,
     settings: EngineSettings,
     /// Wakes the driver of a payment (an abort arrived while it waited).
-    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    tasks: tasks::Tasks,
     /// Bumped after every committed change (metrics, health).
     changes: channel::Sender<u64>,
     /// Wall time for the machine and the pay's expiry (tokio-driven in tests).
@@ -198,7 +199,7 @@ impl Engine {
                 settings,
                 clock,
                 recording: recording::Recording::default(),
-                wakers: Mutex::new(HashMap::new()),
+                tasks: tasks::Tasks::default(),
                 changes: channel::channel(0).0,
                 watchers: Mutex::new(HashMap::new()),
                 slips: Arc::new(Notify::new()),

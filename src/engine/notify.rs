@@ -61,16 +61,7 @@ impl Engine {
             if let Some(p) = &rec.payment {
                 tracing::info!(payment = %p.payment_request_id, from = ?rec.state_before.map(State::as_str), to = %p.state, "notification applied");
                 // The payment's task may be waiting to inquire again: let it see the new state.
-                let waker = self
-                    .inner
-                    .wakers
-                    .lock()
-                    .expect("wakers lock is never held across a panic")
-                    .get(&p.payment_request_id)
-                    .cloned();
-                if let Some(w) = waker {
-                    w.notify_one();
-                }
+                self.inner.tasks.wake(&p.payment_request_id);
             }
         }
         Ok(rec)

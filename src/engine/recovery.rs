@@ -34,6 +34,24 @@ impl Engine {
         Ok(n)
     }
 
+    /// The effect payment `id`'s stored state calls for now: none while the queue owns its
+    /// refund (a task woken as it finished resumes from this).
+    pub(super) async fn effect_now(&self, id: &str) -> Result<machine::Effect, EngineError> {
+        let id = id.to_string();
+        let rec = self
+            .inner
+            .store
+            .call(move |c| Ok(payments::get(c, &id)?))
+            .await?;
+        let Some(rec) = rec else {
+            return Ok(machine::Effect::None);
+        };
+        if self.refund_is_queued(&rec).await? {
+            return Ok(machine::Effect::None);
+        }
+        Ok(machine::resume_effect(rec.state))
+    }
+
     /// Whether a REFUNDING payment's refund already sits in the queue (then the queue, not a
     /// payment task, delivers it).
     async fn refund_is_queued(&self, rec: &PaymentRecord) -> Result<bool, EngineError> {

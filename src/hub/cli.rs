@@ -24,6 +24,11 @@ pub enum HubCommand {
     /// Validate hub.toml, the keys, the database and the timeout rule.
     #[command(subcommand)]
     Config(HubConfigCommand),
+    /// Hold the estate's books against the gateway's Transaction Items files.
+    Reconcile(super::reconcile::HubReconcileArgs),
+    /// The hub's queue: list, replay, abandon.
+    #[command(subcommand)]
+    Queue(super::console::queue::HubQueueCommand),
 }
 
 /// `posd hub terminal …`.
@@ -145,6 +150,8 @@ pub fn run(config: Option<&Path>, cmd: &HubCommand) -> u8 {
         }
         HubCommand::Config(HubConfigCommand::Check) => rt.block_on(config_check(&cfg)),
         HubCommand::Terminal(t) => rt.block_on(terminal(&cfg, t)),
+        HubCommand::Reconcile(a) => return rt.block_on(super::reconcile::cli(&cfg, a)),
+        HubCommand::Queue(q) => return rt.block_on(super::console::queue::cli(&cfg, q)),
         HubCommand::Keys(_) => unreachable!("handled above"),
     };
     match result {

@@ -6,6 +6,7 @@
 //! the background work (active cancel, the store-and-forward queue) is leased.
 //!
 //! - [`config`] — `hub.toml`.
+//! - [`console`] — the estate console on the `[api]` listener, and `posd hub queue`.
 //! - [`db`] — pool and migrations (advisory lock).
 //! - [`registry`] — the terminals.
 //! - [`service`] — verify, own, record, forward, answer.
@@ -13,15 +14,18 @@
 //! - [`queue`] — the hub's store-and-forward queue.
 //! - [`worker`] — active cancel and the queue loop.
 //! - [`notify`] — the upstream's notifications.
+//! - [`reconcile`] — the gateway's statement against the hub's record (`posd hub reconcile`).
 //! - [`server`] — listeners (TLS), `/healthz`, `/metrics`, start-up and shutdown.
 //! - [`metrics`], [`cli`] — metrics and the `posd hub` command line.
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod reconcile;
 pub mod registry;
 pub mod server;
 pub mod service;

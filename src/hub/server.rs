@@ -1,6 +1,6 @@
 //! `posd hub run`: the listeners (terminal-facing AMS paths over TLS, the upstream's
-//! notifications, `/healthz` and `/metrics`), the background worker, start-up (database,
-//! migrations under the advisory lock, keys) and shutdown.
+//! notifications, `/healthz`, `/metrics` and the console), the background worker, start-up
+//! (database, migrations under the advisory lock, keys) and shutdown.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -356,7 +356,11 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
         token: config.api.token.as_ref().map(|t| t.expose().to_string()),
         worker_alive: alive,
         worker_stale_ms,
-    }));
+    }))
+    .merge(super::console::router(
+        hub.clone(),
+        config.api.token.as_ref(),
+    ));
     tasks.spawn(serve_plain(
         bind(config.api.listen, "api.listen").await?,
         ops,

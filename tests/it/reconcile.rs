@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::daemon::TestDaemon;
 
-const HEADER: &str = "customerId,referenceMerchantId,referenceStoreId,transactionId,originalTransactionId,transactionRequestId,referenceTransactionId,orderDescription,paymentMethodType,pspName,transactionType,paymentTime,productCode,transactionAmountValue,transactionCurrency";
+pub(crate) const HEADER: &str = "customerId,referenceMerchantId,referenceStoreId,transactionId,originalTransactionId,transactionRequestId,referenceTransactionId,orderDescription,paymentMethodType,pspName,transactionType,paymentTime,productCode,transactionAmountValue,transactionCurrency";
 
 /// Every sandbox row, by the code's last two digits.
 const ROWS: &[&str] = &[
@@ -26,15 +26,15 @@ fn code(last2: &str) -> String {
 
 /// One statement row as the gateway writes it.
 #[derive(Debug, Clone)]
-struct Row {
-    store: String,
-    transaction_id: String,
-    original_id: String,
-    request_id: String,
-    kind: &'static str,
-    time: String,
-    minor: i64,
-    currency: String,
+pub(crate) struct Row {
+    pub(crate) store: String,
+    pub(crate) transaction_id: String,
+    pub(crate) original_id: String,
+    pub(crate) request_id: String,
+    pub(crate) kind: &'static str,
+    pub(crate) time: String,
+    pub(crate) minor: i64,
+    pub(crate) currency: String,
 }
 
 impl Row {
@@ -75,7 +75,12 @@ struct SandboxPayment {
 /// charge later cancelled, a REFUND for every refund. A cancel of a never-charged payment
 /// leaves no row.
 fn sandbox_statement(d: &TestDaemon) -> Vec<Row> {
-    let c = rusqlite::Connection::open(d.state().join("sandbox.sqlite3")).unwrap();
+    sandbox_statement_at(&d.state().join("sandbox.sqlite3"))
+}
+
+/// [`sandbox_statement`] of the sandbox database at `path` (the hub tests' upstream).
+pub(crate) fn sandbox_statement_at(path: &Path) -> Vec<Row> {
+    let c = rusqlite::Connection::open(path).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut rows = Vec::new();
     let mut stmt = c
@@ -163,7 +168,7 @@ fn sandbox_statement(d: &TestDaemon) -> Vec<Row> {
     rows
 }
 
-fn statement_name() -> String {
+pub(crate) fn statement_name() -> String {
     let utc8 = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
     format!(
         "transactionItems_{}_000.csv",
@@ -171,7 +176,13 @@ fn statement_name() -> String {
     )
 }
 
-fn write_statement(dir: &Path, name: &str, rows: &[Row], decimal: bool, end: bool) -> PathBuf {
+pub(crate) fn write_statement(
+    dir: &Path,
+    name: &str,
+    rows: &[Row],
+    decimal: bool,
+    end: bool,
+) -> PathBuf {
     let sub = dir.join(format!("st-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&sub).unwrap();
     let path = sub.join(name);

@@ -13,11 +13,11 @@ use super::daemon::TestDaemon;
 
 const TOKEN: &str = "console-test-token-7f3a";
 
-fn browser_dir() -> PathBuf {
+pub(crate) fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     std::env::var_os("POSD_CHROMIUM")
         .map(PathBuf::from)
         .into_iter()
@@ -26,7 +26,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// What is missing to run the browser test, if anything.
-fn missing() -> Option<String> {
+pub(crate) fn missing() -> Option<String> {
     if chromium().is_none() {
         return Some("chromium (apt-get install chromium), or set POSD_CHROMIUM".into());
     }

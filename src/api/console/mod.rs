@@ -5,34 +5,34 @@
 //! refund, the back office's resolve and reconcile, the queue's replayer, the print journal.
 
 pub mod auth;
+pub mod gate;
 pub mod views;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State as AxState};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use chrono::TimeZone;
-use maud::Markup;
 use serde::Deserialize;
 
 use crate::api::journal::{self, JournalRowJson};
 use crate::api::queue::{DepthJson, QueueItemJson};
 use crate::api::resource;
 use crate::backoffice::reconcile::matcher::Report;
-use crate::backoffice::{reconcile_uploads, resolve, BackOffice, MAX_STATEMENT_BYTES};
+use crate::backoffice::{reconcile_uploads, resolve, BackOffice};
 use crate::config::Secret;
 use crate::domain::machine::State;
 use crate::domain::money::Amount;
 use crate::engine::clock::now_ms;
 use crate::engine::EngineError;
 use crate::store;
-use auth::Auth;
+use gate::{back_with, html, Gate, NoticeQuery, Session};
 
 /// Statement uploads kept for "apply" (the newest few).
 const KEPT_UPLOADS: usize = 8;
@@ -47,7 +47,6 @@ type Files = Vec<(String, Vec<u8>)>;
 #[derive(Clone)]
 struct Console {
     bo: BackOffice,
-    auth: Arc<Auth>,
     uploads: Arc<Mutex<VecDeque<(String, Files)>>>,
 }
 
@@ -56,9 +55,9 @@ struct Console {
 pub fn router(bo: BackOffice, token: Option<&Secret>) -> Router {
     let c = Console {
         bo,
-        auth: Arc::new(Auth::new(token)),
         uploads: Arc::default(),
     };
+    let gate = Gate::new(token, &gate::TERMINAL);
     let guarded = Router::new()
         .route("/console", get(today))
         .route("/console/payments/{id}", get(payment))
@@ -75,195 +74,19 @@ pub fn router(bo: BackOffice, token: Option<&Secret>) -> Router {
         .route("/console/reconcile/apply", post(reconcile_apply))
         .route("/console/journal", get(journal_page))
         .route("/console/journal/download", get(journal_download))
-        .route("/console/logout", post(logout))
-        .layer(middleware::from_fn_with_state(c.clone(), require_session));
-    let open = Router::new().route("/console/login", get(login_page).post(login));
+        .route("/console/logout", post(gate::logout))
+        .layer(middleware::from_fn_with_state(
+            gate.clone(),
+            gate::require_session,
+        ))
+        .with_state(c);
     crate::api::guard::bounded(
         guarded
-            .merge(open)
-            .layer(DefaultBodyLimit::max(MAX_STATEMENT_BYTES + 64 * 1024))
-            .with_state(c),
+            .merge(gate::login_routes(gate))
+            .layer(DefaultBodyLimit::max(gate::MAX_FORM_BYTES)),
         TIMEOUT,
         MAX_CONCURRENT,
     )
-}
-
-fn html(status: StatusCode, m: Markup) -> Response {
-    let mut r = (status, Html(m.into_string())).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        header::HeaderValue::from_static("nosniff"),
-    );
-    r
-}
-
-/// The logged-in session, put in the request by [`require_session`].
-#[derive(Clone)]
-struct Session {
-    csrf: String,
-}
-
-/// GETs need a session cookie (else: to the login form); POSTs need the cookie and the
-/// session's CSRF token (else: 403, nothing done).
-async fn require_session(AxState(c): AxState<Console>, req: Request, next: Next) -> Response {
-    if !c.auth.enabled() {
-        return html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            views::problem(
-                None,
-                "Console off",
-                "The console needs an API token: set [api] token in config.toml and restart posd.",
-                "/console/login",
-            ),
-        );
-    }
-    let session = auth::session_cookie(req.headers()).filter(|s| c.auth.session_ok(s, now_ms()));
-    let Some(session) = session else {
-        if req.method() == axum::http::Method::GET {
-            return Redirect::to("/console/login").into_response();
-        }
-        return html(
-            StatusCode::FORBIDDEN,
-            views::problem(
-                None,
-                "Not logged in",
-                "This action needs a login: log in again and repeat it. Nothing was done.",
-                "/console/login",
-            ),
-        );
-    };
-    let csrf = c.auth.csrf(&session);
-    let mut req = req;
-    if req.method() == axum::http::Method::POST {
-        let (parts, body) = req.into_parts();
-        let bytes = match axum::body::to_bytes(body, MAX_STATEMENT_BYTES + 64 * 1024).await {
-            Ok(b) => b,
-            Err(_) => {
-                return html(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    views::problem(
-                        Some(&csrf),
-                        "Too large",
-                        "The upload is too large; send fewer files at once.",
-                        "/console",
-                    ),
-                )
-            }
-        };
-        let given = csrf_of(&parts.headers, &bytes);
-        if !c.auth.csrf_ok(&session, given.as_deref().unwrap_or("")) {
-            return html(
-                StatusCode::FORBIDDEN,
-                views::problem(
-                    Some(&csrf),
-                    "Refused",
-                    "The form's security token is missing or stale: reload the page and try again. Nothing was done.",
-                    "/console",
-                ),
-            );
-        }
-        req = Request::from_parts(parts, axum::body::Body::from(bytes));
-    }
-    req.extensions_mut().insert(Session { csrf });
-    next.run(req).await
-}
-
-/// The `csrf` field of a urlencoded or multipart form.
-fn csrf_of(headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ct.starts_with("application/x-www-form-urlencoded") {
-        return url::form_urlencoded::parse(body)
-            .find(|(k, _)| k == "csrf")
-            .map(|(_, v)| v.into_owned());
-    }
-    if let Some(boundary) = ct.strip_prefix("multipart/form-data").and_then(|rest| {
-        rest.split(';')
-            .find_map(|p| p.trim().strip_prefix("boundary="))
-    }) {
-        let boundary = boundary.trim_matches('"');
-        let text = String::from_utf8_lossy(body);
-        for part in text.split(&format!("--{boundary}")) {
-            let Some((head, value)) = part.split_once("\r\n\r\n") else {
-                continue;
-            };
-            if head.contains("name=\"csrf\"") {
-                return Some(value.trim_end_matches("\r\n").trim().to_string());
-            }
-        }
-    }
-    None
-}
-
-async fn login_page(AxState(c): AxState<Console>) -> Response {
-    if !c.auth.enabled() {
-        return html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            views::problem(
-                None,
-                "Console off",
-                "The console needs an API token: set [api] token in config.toml and restart posd.",
-                "/console/login",
-            ),
-        );
-    }
-    html(StatusCode::OK, views::login(None))
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    token: String,
-}
-
-async fn login(AxState(c): AxState<Console>, Form(f): Form<LoginForm>) -> Response {
-    if !c.auth.token_ok(&f.token) {
-        tracing::warn!("console login refused: wrong token");
-        return html(
-            StatusCode::UNAUTHORIZED,
-            views::login(Some(
-                "That is not the API token. Check [api] token in config.toml.",
-            )),
-        );
-    }
-    let session = c.auth.new_session(now_ms());
-    let mut r = Redirect::to("/console").into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&auth::set_cookie(&session)) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
-}
-
-async fn logout() -> Response {
-    let mut r = Redirect::to("/console/login").into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&auth::clear_cookie()) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
-}
-
-#[derive(Deserialize, Default)]
-struct NoticeQuery {
-    notice: Option<String>,
-}
-
-fn back_with(path: &str, notice: &str) -> Response {
-    let q = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("notice", notice)
-        .finish();
-    Redirect::to(&format!("{path}?{q}")).into_response()
 }
 
 fn engine_problem(s: &Session, e: EngineError, back: &str) -> Response {

@@ -4,6 +4,7 @@
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
+use super::gate::{Site, TERMINAL};
 use crate::api::journal::JournalRowJson;
 use crate::api::queue::{DepthJson, QueueItemJson};
 use crate::api::wire::PaymentJson;
@@ -38,25 +39,35 @@ ol.timeline li{padding:.2em 0 .6em 1em}
 svg{background:#fff;max-width:100%;height:auto}
 "#;
 
-/// The page frame: navigation (with logout when logged in) around `body`.
+/// The terminal console's page frame.
 pub fn page(title: &str, csrf: Option<&str>, notice: Option<&str>, body: Markup) -> Markup {
+    page_for(&TERMINAL, title, csrf, notice, body)
+}
+
+/// The page frame of a console: navigation (with logout when logged in) around `body`.
+pub fn page_for(
+    site: &Site,
+    title: &str,
+    csrf: Option<&str>,
+    notice: Option<&str>,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · posd" }
+                title { (title) " · " (site.name) }
                 style { (PreEscaped(CSS)) }
             }
             body {
                 header {
-                    strong { "posd" }
+                    strong { (site.name) }
                     @if let Some(c) = csrf {
-                        a href="/console" { "Today" }
-                        a href="/console/queue" { "Queue" }
-                        a href="/console/reconcile" { "Reconciliation" }
-                        a href="/console/journal" { "Journal" }
+                        @for (href, label) in site.nav {
+                            a href=(href) { (label) }
+                        }
                         form method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(c);
                             button type="submit" { "Log out" }
@@ -74,9 +85,10 @@ pub fn page(title: &str, csrf: Option<&str>, notice: Option<&str>, body: Markup)
     }
 }
 
-/// The login form.
-pub fn login(error: Option<&str>) -> Markup {
-    page(
+/// The login form of a console.
+pub fn login_for(site: &Site, error: Option<&str>) -> Markup {
+    page_for(
+        site,
         "Log in",
         None,
         None,
@@ -84,7 +96,7 @@ pub fn login(error: Option<&str>) -> Markup {
             h1 { "Log in to the back office" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             form method="post" action="/console/login" {
-                label { "API token ([api] token in config.toml)"
+                label { "API token (" (site.token_hint) ")"
                     br;
                     input type="password" name="token" autocomplete="current-password" required autofocus;
                 }
@@ -94,9 +106,21 @@ pub fn login(error: Option<&str>) -> Markup {
     )
 }
 
-/// A page that only says what went wrong.
+/// A page of the terminal console that only says what went wrong.
 pub fn problem(csrf: Option<&str>, title: &str, message: &str, back: &str) -> Markup {
-    page(
+    problem_for(&TERMINAL, csrf, title, message, back)
+}
+
+/// A page that only says what went wrong.
+pub fn problem_for(
+    site: &Site,
+    csrf: Option<&str>,
+    title: &str,
+    message: &str,
+    back: &str,
+) -> Markup {
+    page_for(
+        site,
         title,
         csrf,
         None,
@@ -146,24 +170,40 @@ pub struct Today {
     pub oldest: Option<QueueItemJson>,
 }
 
-fn payment_link(id: &str) -> Markup {
+/// A link to a payment's page.
+pub fn payment_link(id: &str) -> Markup {
     html! { a.mono href={ "/console/payments/" (id) } { (id) } }
 }
 
 fn chart(t: &Today) -> Markup {
-    let max = t.hourly.iter().copied().max().unwrap_or(0).max(1);
+    hourly_chart(
+        &t.hourly,
+        &t.hourly_count,
+        &t.chart_currency,
+        t.chart_exponent,
+    )
+}
+
+/// An inline SVG bar chart of the amount paid per hour (minor units in `currency`).
+pub fn hourly_chart(
+    hourly: &[i64; 24],
+    counts: &[usize; 24],
+    currency: &str,
+    exponent: u8,
+) -> Markup {
+    let max = hourly.iter().copied().max().unwrap_or(0).max(1);
     let (w, h, pad) = (24 * 30 + 40, 180, 20);
-    let div = 10i64.pow(u32::from(t.chart_exponent));
+    let div = 10i64.pow(u32::from(exponent));
     html! {
         svg width=(w) height=(h + 40) viewBox={ "0 0 " (w) " " (h + 40) } role="img"
-            aria-label={ "Paid per hour today in " (t.chart_currency) } {
-            title { "Paid per hour today (" (t.chart_currency) ")" }
+            aria-label={ "Paid per hour today in " (currency) } {
+            title { "Paid per hour today (" (currency) ")" }
             line x1=(pad) y1=(h) x2=(w - 10) y2=(h) stroke="#333" {}
-            @for (hour, v) in t.hourly.iter().enumerate() {
+            @for (hour, v) in hourly.iter().enumerate() {
                 @let bh = (v * (h as i64 - pad as i64) / max) as usize;
                 @let x = pad + hour * 30 + 4;
                 rect x=(x) y=(h - bh) width="22" height=(bh) fill="#457b9d" {
-                    title { (format!("{hour:02}:00 – {} sales, {} {}", t.hourly_count[hour], v / div, t.chart_currency)) }
+                    title { (format!("{hour:02}:00 – {} sales, {} {}", counts[hour], v / div, currency)) }
                 }
                 @if hour % 3 == 0 {
                     text x=(x) y=(h + 18) font-size="12" { (format!("{hour:02}")) }
@@ -377,15 +417,33 @@ pub fn queue(
     )
 }
 
-/// The reconciliation page: the upload form, and the report of the last upload.
+/// The terminal's reconciliation page.
 pub fn reconcile(csrf: &str, report: Option<(&str, &Report)>, error: Option<&str>) -> Markup {
-    page(
+    reconcile_for(
+        &TERMINAL,
+        "posd matches every row against its journal.",
+        csrf,
+        report,
+        error,
+    )
+}
+
+/// The reconciliation page of a console: the upload form, and the report of the last upload.
+pub fn reconcile_for(
+    site: &Site,
+    against: &str,
+    csrf: &str,
+    report: Option<(&str, &Report)>,
+    error: Option<&str>,
+) -> Markup {
+    page_for(
+        site,
         "Reconciliation",
         Some(csrf),
         None,
         html! {
             h1 { "Reconciliation" }
-            p { "Upload the gateway's Transaction Items files (transactionItems_YYYYMMDD_NNN.csv, one day in UTC+8). posd matches every row against its journal." }
+            p { "Upload the gateway's Transaction Items files (transactionItems_YYYYMMDD_NNN.csv, one day in UTC+8). " (against) }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             form method="post" action="/console/reconcile" enctype="multipart/form-data" {
                 input type="hidden" name="csrf" value=(csrf);

@@ -7,8 +7,10 @@ mod pg;
 
 mod advice;
 mod basics;
+mod console;
 mod e2e;
 mod kills;
 mod notify;
+mod reconcile;
 mod refusals;
 mod tls;
