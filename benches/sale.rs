@@ -105,7 +105,7 @@ fn engine(base: String, dir: &std::path::Path) -> Engine {
         Arc::new(client),
         EngineSettings {
             terminal_id: "T0001".into(),
-            timezone: Some(chrono_tz::Asia::Shanghai),
+            timezone: Some(posd::config::Tz::named("Asia/Shanghai").unwrap()),
             description: "bench".into(),
             merchant_name: "Bench".into(),
             store_name: "Bench Store".into(),

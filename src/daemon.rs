@@ -555,7 +555,10 @@ pub async fn connect_mainland(
         inquiry_timeout: cfg.flow.inquiry_timeout.0,
         cancel_timeout: cfg.flow.cancel_timeout.0,
     };
-    Ok((CnClient::new(settings)?, sandbox))
+    Ok((
+        CnClient::new_with_roots(settings, gateway_ca(cfg)?.as_deref())?,
+        sandbox,
+    ))
 }
 
 /// Mirrors the print worker's status into the `posd_printer_status` gauge.

@@ -27,7 +27,7 @@ pub struct JournalIdentity {
     /// `[terminal] store_id` (sent to the gateway as `referenceStoreId`).
     pub store_id: String,
     /// The terminal's zone for local times; `None` = system local.
-    pub timezone: Option<chrono_tz::Tz>,
+    pub timezone: Option<crate::config::Tz>,
 }
 
 /// The statement's business date (UTC+8) of a time given by the gateway (ISO 8601 with an
@@ -300,7 +300,7 @@ pub fn to_csv(rows: &[JournalRowJson]) -> String {
 /// time, or nothing (today's local midnight). Returns epoch ms.
 pub fn parse_since(
     since: Option<&str>,
-    tz: Option<chrono_tz::Tz>,
+    tz: Option<crate::config::Tz>,
     now: DateTime<chrono::Utc>,
 ) -> Result<i64, String> {
     let date = match since.map(str::trim).filter(|s| !s.is_empty()) {
@@ -319,7 +319,7 @@ pub fn parse_since(
 
 /// Parses `until`: a date (the whole day is included: up to the next local midnight), an
 /// RFC 3339 time (exclusive), or nothing (no end). Returns epoch ms.
-pub fn parse_until(until: Option<&str>, tz: Option<chrono_tz::Tz>) -> Result<i64, String> {
+pub fn parse_until(until: Option<&str>, tz: Option<crate::config::Tz>) -> Result<i64, String> {
     let Some(s) = until.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(i64::MAX);
     };
@@ -335,7 +335,7 @@ pub fn parse_until(until: Option<&str>, tz: Option<chrono_tz::Tz>) -> Result<i64
     local_midnight(next, tz)
 }
 
-fn local_midnight(date: NaiveDate, tz: Option<chrono_tz::Tz>) -> Result<i64, String> {
+fn local_midnight(date: NaiveDate, tz: Option<crate::config::Tz>) -> Result<i64, String> {
     let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
     let ms = match tz {
         Some(tz) => tz
@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn since_takes_a_local_date_an_rfc3339_time_or_today() {
-        let tz = Some(chrono_tz::Asia::Shanghai);
+        let tz = Some(crate::config::Tz::named("Asia/Shanghai").unwrap());
         let now = DateTime::parse_from_rfc3339("2026-11-21T20:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);

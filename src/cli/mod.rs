@@ -176,6 +176,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
+/// The daemon's runtime: one worker thread beside the main thread (which runs the daemon's
+/// own future). A terminal serves one cashier: its CPU is an RSA sign or verify per call
+/// (about a millisecond) and JSON; the database runs on the blocking pool and the devices on
+/// their own threads. Each further worker would only add an idle thread and its allocator
+/// arena to the resident set.
+fn daemon_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
 fn run(cli: Cli) -> u8 {
     match &cli.command {
         Command::Keys(KeysCommand::Generate { out }) => return keys_generate(out),
@@ -417,7 +430,7 @@ fn run_daemon(cli: &Cli, args: RunArgs) -> u8 {
         eprintln!("posd: {e}");
         return EXIT_USAGE;
     }
-    let rt = runtime();
+    let rt = daemon_runtime();
     let opts = crate::daemon::StartOptions {
         init_store: args.init_store,
     };

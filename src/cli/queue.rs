@@ -314,7 +314,7 @@ impl crate::gateway::Gateway for NoGateway {
     async fn refund(&self, _: &crate::gateway::RefundOrder) -> Reply<GatewayAnswer> {
         not_sent()
     }
-    async fn inquiry_refund(&self, _: &str) -> Reply<GatewayAnswer> {
+    async fn inquiry_refund(&self, _: &crate::gateway::RefundOrder) -> Reply<GatewayAnswer> {
         not_sent()
     }
 }

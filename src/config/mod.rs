@@ -3,9 +3,11 @@
 //! [`settings`]. Errors name the key and say what would be valid.
 
 mod settings;
+pub mod tz;
 pub mod validate;
 
 pub use settings::Config;
+pub use tz::Tz;
 pub use validate::{check_notify_url, DURATION_BOUNDS};
 
 use std::fmt;
@@ -171,7 +173,8 @@ pub struct GatewayConfig {
     /// Allows `http://` for a loopback `base_url` (test gateways).
     #[serde(default)]
     pub insecure_http: bool,
-    /// Extra trusted root certificates (PEM), e.g. a hub's private CA.
+    /// Extra trusted root certificates (PEM), e.g. a hub's or a private gateway's CA; both
+    /// dialects' clients trust them beside the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// ISV mode: sent as `Agent-Token`.

@@ -42,7 +42,7 @@ pub struct Config {
     /// `terminal.currency`, parsed.
     currency: Currency,
     /// `terminal.timezone`, parsed.
-    timezone: Option<chrono_tz::Tz>,
+    timezone: Option<super::tz::Tz>,
 }
 
 impl Config {
@@ -111,7 +111,7 @@ impl Config {
     }
 
     /// The terminal's time zone, if configured (validated); `None` means system local.
-    pub fn timezone(&self) -> Option<chrono_tz::Tz> {
+    pub fn timezone(&self) -> Option<super::tz::Tz> {
         self.timezone
     }
 

@@ -15,7 +15,7 @@ use crate::domain::request_id::valid_terminal_id;
 /// What validation parsed, kept typed.
 pub(super) struct Typed {
     pub(super) currency: Currency,
-    pub(super) timezone: Option<chrono_tz::Tz>,
+    pub(super) timezone: Option<super::tz::Tz>,
 }
 
 const fn ms(n: u64) -> Duration {
@@ -151,12 +151,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Typed, (&'static str, String)>
         Currency::from_code(&t.currency).map_err(|e| ("terminal.currency", e.to_string()))?;
     let timezone = match &t.timezone {
         None => None,
-        Some(tz) => Some(tz.parse::<chrono_tz::Tz>().map_err(|_| {
-            (
-                "terminal.timezone",
-                format!("{tz:?} is not an IANA time zone name such as \"Asia/Shanghai\""),
-            )
-        })?),
+        Some(tz) => Some(super::tz::Tz::named(tz).map_err(|e| ("terminal.timezone", e))?),
     };
     let g = &raw.gateway;
     super::validate_mainland(g)?;

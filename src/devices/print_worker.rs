@@ -13,9 +13,10 @@
 //!
 //! # Retry
 //! A failed slip stays pending; its next attempt is due after `retry_initial` doubling up to
-//! `retry_max`. The worker asks the printer for its status every `status_poll`; when a
-//! faulty printer (offline, paper out, cover open) answers ready again, every pending slip is
-//! made due at once. On start every pending slip is due at once too.
+//! `retry_max`. While a slip is pending or the printer is in a fault, the worker asks the
+//! printer for its status every `status_poll`; an idle, healthy printer only every minute.
+//! When a faulty printer (offline, paper out, cover open) answers ready again, every pending
+//! slip is made due at once. On start every pending slip is due at once too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,11 @@ use crate::store::Store;
 /// Slips taken from the journal per round.
 const BATCH: usize = 16;
 /// The longest the worker sleeps without looking at the journal (a missed wake-up).
-const FALLBACK_POLL: Duration = Duration::from_secs(30);
+const FALLBACK_POLL: Duration = Duration::from_secs(60);
+/// The status poll of an idle printer (nothing pending, last status not a fault): a slip
+/// wakes the worker at once and its print reports the status anyway, so an idle terminal
+/// asks its printer only this often (the idle daemon's wake-ups).
+const IDLE_STATUS_POLL: Duration = Duration::from_secs(60);
 
 /// The worker's timings and options (from `[printer]`).
 #[derive(Debug, Clone)]
@@ -259,21 +264,25 @@ impl Worker {
         false
     }
 
-    /// How long to sleep: until the next slip is due or the next status poll.
+    /// How long to sleep: until the next slip is due or the next status poll (the short one
+    /// while a slip is pending or the printer is in a fault, else the idle one).
     async fn next_wait(&self, failed: bool) -> Duration {
-        let mut wait = self.settings.status_poll.min(FALLBACK_POLL);
-        if failed {
-            return wait;
+        let busy = self.settings.status_poll.min(FALLBACK_POLL);
+        if failed || self.status.borrow().is_fault() {
+            return busy;
         }
-        if let Ok(Some(at)) = self
+        match self
             .store
             .read(|c| Ok(print_journal::next_due_at(c)?))
             .await
         {
-            let ms = u64::try_from(at - self.clock.now_ms()).unwrap_or(0);
-            wait = wait.min(Duration::from_millis(ms));
+            Ok(Some(at)) => {
+                let ms = u64::try_from(at - self.clock.now_ms()).unwrap_or(0);
+                busy.min(Duration::from_millis(ms))
+            }
+            Ok(None) => self.settings.status_poll.max(IDLE_STATUS_POLL),
+            Err(_) => busy,
         }
-        wait
     }
 
     /// Asks the printer how it is; when it recovers from a fault, every pending slip is due.

@@ -182,6 +182,9 @@ pub enum Event {
     /// The last inquiry before concluding that a payment the gateway does not know was never
     /// charged, made once the pay's expiry (plus the margin) has passed.
     LastInquiry(Inquiry),
+    /// One cancel call (the payment's task's, or the queue's) was confirmed by the gateway
+    /// reversing a charge: the payment had been charged and the cancel refunded it in full.
+    CancelRefunded,
     /// The cancel retry window is over with no certain answer.
     CancelWindowOver,
     /// One refund call ended; `fully_refunded` says whether the captured amount is now all
@@ -543,6 +546,14 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 effect: Effect::Cancel,
             },
         },
+        // The gateway had charged the payment and the cancel gave it all back: a refund, not a
+        // cancel (the caller records the full reversal refund as confirmed).
+        (S::Cancelling | S::CancelQueued, Event::CancelRefunded) => go(
+            S::Refunded,
+            "cancel confirmed: the gateway had charged the payment and refunded it in full",
+            None,
+            Effect::None,
+        ),
         (S::Cancelling, Event::CancelWindowOver) => go(
             S::CancelQueued,
             "cancel unanswered for the whole retry window; queued for delivery",

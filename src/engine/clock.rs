@@ -90,7 +90,10 @@ impl Clock for ManualClock {
 }
 
 /// Local time in `tz` (or the system's zone) with its offset.
-pub fn local_time(tz: Option<chrono_tz::Tz>, utc: DateTime<chrono::Utc>) -> DateTime<FixedOffset> {
+pub fn local_time(
+    tz: Option<crate::config::Tz>,
+    utc: DateTime<chrono::Utc>,
+) -> DateTime<FixedOffset> {
     match tz {
         Some(tz) => {
             let t = tz.from_utc_datetime(&utc.naive_utc());
@@ -104,7 +107,7 @@ pub fn local_time(tz: Option<chrono_tz::Tz>, utc: DateTime<chrono::Utc>) -> Date
 }
 
 /// Local time in `tz` (or the system's zone) at `ms` (epoch ms), with its offset.
-pub fn local_at(tz: Option<chrono_tz::Tz>, ms: i64) -> DateTime<FixedOffset> {
+pub fn local_at(tz: Option<crate::config::Tz>, ms: i64) -> DateTime<FixedOffset> {
     local_time(
         tz,
         chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default(),

@@ -359,7 +359,12 @@ async fn cancel(engine: &Engine, id: &str, deadline: &mut Option<Instant>) -> St
         tracing::warn!(why, "cancel unanswered");
     }
     let extras = Extras::of(&reply.facts);
-    Ok(Some((Event::CancelAnswered(reply.answer), extras)))
+    let event = match reply.answer {
+        // The gateway had charged the payment; the cancel gave it back as a refund.
+        Answer::Success if reply.facts.cancel_refunded => Event::CancelRefunded,
+        answer => Event::CancelAnswered(answer),
+    };
+    Ok(Some((event, extras)))
 }
 
 async fn refund_order(engine: &Engine, id: &str) -> anyhow::Result<(RefundOrder, bool)> {

@@ -283,7 +283,7 @@ impl Gateway for Fake {
         let d = s.refund_default.clone();
         s.refund.pop_front().or(d).unwrap_or_else(unknown)
     }
-    async fn inquiry_refund(&self, _id: &str) -> Reply<Answer> {
+    async fn inquiry_refund(&self, _refund: &RefundOrder) -> Reply<Answer> {
         unknown()
     }
 }

@@ -47,7 +47,7 @@ pub struct EngineSettings {
     /// Terminal id, part of every request id.
     pub terminal_id: String,
     /// Time zone for request ids and `storeTerminalRequestTime`; `None` = system local.
-    pub timezone: Option<chrono_tz::Tz>,
+    pub timezone: Option<crate::config::Tz>,
     /// `orderDescription` sent with every pay.
     pub description: String,
     /// Merchant name on slips.

@@ -2,11 +2,12 @@
 //! checked and committed under the payment's lock, then sent by the payment's task with the
 //! identical request for the retry window, then queued.
 
-use super::transition::{known_payment_id, plan, Planned};
+use super::driver::with_deadline;
+use super::transition::{known_payment_id, plan, refund_order, Planned};
 use super::{make_refund_id, Engine, EngineError};
-use crate::domain::machine::{Effect, Event, RefundKind, State};
+use crate::domain::machine::{Answer, Effect, Event, RefundKind, State};
 use crate::domain::money::Amount;
-use crate::gateway::Facts;
+use crate::gateway::{Facts, Reply};
 use crate::store::idempotency::{self, Idempotency, Seen};
 use crate::store::payments::{self, Change, NewRefund, PaymentRecord};
 use crate::store::refunds;
@@ -192,5 +193,35 @@ impl Engine {
                 tracing::warn!(error = %e, "cannot record the paymentId");
             }
         }
+    }
+
+    /// Asks the gateway for a stored refund's status. The request is built from the refund's
+    /// row and its payment (our `refundRequestId` and the gateway's payment id, which the
+    /// dialects' queries need), never from a client's memory, so a refund sent before a
+    /// restart is asked about by a fresh process the same way.
+    pub async fn inquire_refund(
+        &self,
+        refund_request_id: &str,
+    ) -> Result<Reply<Answer>, EngineError> {
+        let rid = refund_request_id.to_string();
+        let order = self
+            .store()
+            .read(move |c| {
+                let Some(r) = payments::get_refund(c, &rid)? else {
+                    return Ok(None);
+                };
+                let rec = payments::get(c, &r.payment_request_id)?.ok_or_else(|| {
+                    anyhow::anyhow!("refund {rid} has no payment {}", r.payment_request_id)
+                })?;
+                Ok(Some(refund_order(&rec, &r)))
+            })
+            .await?;
+        let order = match order {
+            None => return Err(EngineError::NotFound(refund_request_id.to_string())),
+            Some(Err(e)) => return Err(EngineError::Invalid(format!("{e}"))),
+            Some(Ok(o)) => o,
+        };
+        let deadline = self.settings().cancel_timeout;
+        Ok(with_deadline(deadline, self.gateway().inquiry_refund(&order)).await)
     }
 }

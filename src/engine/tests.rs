@@ -19,7 +19,7 @@ use super::fake::{
 fn settings() -> EngineSettings {
     EngineSettings {
         terminal_id: "T0001".into(),
-        timezone: Some(chrono_tz::Asia::Shanghai),
+        timezone: Some(crate::config::Tz::named("Asia/Shanghai").unwrap()),
         description: "test".into(),
         merchant_name: "Demo Cafe".into(),
         store_name: "Demo Cafe Central".into(),
@@ -383,7 +383,7 @@ fn queue_settings() -> worker::QueueSettings {
         batch: 8,
         concurrency: 2,
         terminal_id: "T0001".into(),
-        timezone: Some(chrono_tz::Asia::Shanghai),
+        timezone: Some(crate::config::Tz::named("Asia/Shanghai").unwrap()),
         merchant_name: "Demo Cafe".into(),
         store_name: "Demo Cafe Central".into(),
         inquiry_max: 10,

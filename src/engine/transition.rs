@@ -313,6 +313,36 @@ pub(crate) fn plan(
             change.payment_id = payment_id.clone();
             change.new_refund = Some(new);
         }
+        // The cancel itself refunded the charge: the reversal refund is written as confirmed
+        // for what was owed, so the journal, the ledger and the slip show a refund.
+        (Effect::None, Event::CancelRefunded) => {
+            let owed = rec.amount.minor() - rec.refunded.minor();
+            let amount = Amount::from_minor(owed, rec.amount.currency())?;
+            let new = NewRefund {
+                reason: Some("reversal: the cancel refunded the charge".into()),
+                ..reversal_refund(env, amount, next_sequence()?)
+            };
+            change.settle_refund = Some(SettleRefund {
+                refund_id: facts.refund_id.clone(),
+                result_code: change.result_code.clone(),
+                result_message: facts.result_message.clone(),
+                add_to_refunded: true,
+                ..settle(&new.refund_request_id, RefundState::Succeeded)
+            });
+            slip_refund = Some(RefundRecord {
+                refund_request_id: new.refund_request_id.clone(),
+                payment_request_id: id.to_string(),
+                kind: new.kind,
+                amount,
+                reason: new.reason.clone(),
+                state: RefundState::Succeeded,
+                refund_id: facts.refund_id.clone(),
+                result_code: change.result_code.clone(),
+                created_at: env.now_ms,
+                updated_at: env.now_ms,
+            });
+            change.new_refund = Some(new);
+        }
         _ => {}
     }
     if let Some(settle) = refund_settle(event, facts, refund, change.result_code.clone()) {
@@ -335,6 +365,10 @@ pub(crate) fn plan(
 
 /// What [`commit_event`] did.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per commit and matched at once; boxing the records buys nothing"
+)]
 pub(crate) enum Committed {
     /// The plan was committed: the state it moved from, the payment after, and the plan.
     Moved {
@@ -405,7 +439,7 @@ pub(crate) fn commit_event(
 fn settles_refund_with_time(event: &Event) -> bool {
     matches!(
         event,
-        Event::RefundAnswered { .. } | Event::QueuedRefundConfirmed { .. }
+        Event::RefundAnswered { .. } | Event::QueuedRefundConfirmed { .. } | Event::CancelRefunded
     )
 }
 

@@ -15,6 +15,7 @@
 //! | answer | item | payment |
 //! | --- | --- | --- |
 //! | verified S | DONE | CANCEL_QUEUED → CANCELLED; → REFUNDED / PARTIALLY_REFUNDED |
+//! | verified S of a cancel that refunded a charge | DONE | CANCEL_QUEUED → REFUNDED, the reversal refund recorded |
 //! | cancel F `CANCEL_WINDOW_EXCEED` | DONE; a REFUND item for the full amount | stays CANCEL_QUEUED |
 //! | other verified F, unreadable payload | DEAD | → NEEDS_ATTENTION with the reason |
 //! | unknown | attempts + 1, next try after backoff | unchanged |
@@ -66,9 +67,11 @@ pub(crate) use task::run;
 const LEASE_CALLS: u32 = 4;
 /// How many worst-case calls of its lease an item must have left to be sent.
 const SEND_MARGIN_CALLS: u32 = 2;
-/// The longest the worker sleeps without looking at the queue (missed wake-ups, other
-/// processes' writes).
-const MAX_POLL: Duration = Duration::from_secs(5);
+/// The longest the worker sleeps without looking at the queue (a missed wake-up, another
+/// process's write). Every enqueue in the daemon, a replay on demand and the gateway
+/// answering again wake it at once, and a pending item sets the timer to its due time, so
+/// this bound only matters for what nothing announced: long, so an idle daemon sleeps.
+const MAX_POLL: Duration = Duration::from_secs(60);
 /// The shortest pause between two passes, so a persistent error cannot spin.
 const MIN_PAUSE: Duration = Duration::from_millis(5);
 /// The longest reason the back office may give.
@@ -92,7 +95,7 @@ pub struct QueueSettings {
     /// Terminal id, part of the refund ids the queue creates.
     pub terminal_id: String,
     /// Time zone of those ids and of the slips.
-    pub timezone: Option<chrono_tz::Tz>,
+    pub timezone: Option<crate::config::Tz>,
     /// Merchant name on the slips the queue's confirmations print.
     pub merchant_name: String,
     /// Store name on those slips.
@@ -141,7 +144,7 @@ impl QueueSettings {
         self.call_worst() * LEASE_CALLS
     }
 
-    /// The worker's fallback poll.
+    /// The worker's pause after a failed pass (the first retry delay, within bounds).
     pub fn poll(&self) -> Duration {
         self.backoff_initial.clamp(MIN_PAUSE, MAX_POLL)
     }

@@ -140,6 +140,9 @@ pub struct Facts {
     pub amount: Option<Amount>,
     /// When the gateway says the fact happened (paid, cancelled, refunded), as it wrote it.
     pub time: Option<String>,
+    /// On a confirmed cancel: the gateway had charged the payment and the cancel refunded it
+    /// in full (a reversal after a charge), rather than closing a payment never charged.
+    pub cancel_refunded: bool,
 }
 
 /// One gateway call's answer in the machine's terms, with its facts.
@@ -207,7 +210,10 @@ pub trait Gateway: Send + Sync + 'static {
     async fn cancel(&self, payment_request_id: &str) -> Reply<Answer>;
     /// Refunds.
     async fn refund(&self, order: &RefundOrder) -> Reply<Answer>;
-    /// Asks for a refund's status by our `refundRequestId`: success when the refund is done,
-    /// a refusal when it failed, unknown while it is processing.
-    async fn inquiry_refund(&self, refund_request_id: &str) -> Reply<Answer>;
+    /// Asks for a refund's status: success when the refund is done, a refusal when it failed,
+    /// unknown while it is processing. `refund` is the stored refund's order (our
+    /// `refundRequestId` and the gateway's payment id: AMS asks by the first, the mainland
+    /// by both), built from the store on every call, so a refund sent before a restart can be
+    /// asked about by a fresh client.
+    async fn inquiry_refund(&self, refund: &RefundOrder) -> Reply<Answer>;
 }

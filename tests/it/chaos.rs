@@ -2,19 +2,25 @@
 //! in this process, so it outlives every crash of the daemon, as the real gateway would),
 //! reached through a fault-injecting proxy. For a seed, each round starts random sales over
 //! every sandbox scenario and then, as the seed decides, SIGKILLs the daemon at a random
-//! moment or at a crash point, holds the database's writer lock from another process, aborts
-//! open sales, refunds and replays the queue, while the proxy holds, resets, truncates,
-//! answers 5xx or breaks the signature of gateway calls. After each round every payment is
-//! driven final (a restart runs recovery; a refund still unconfirmed may wait in the queue)
-//! and posd's database is held against the sandbox's own record: no order charged twice, no
-//! charge the terminal does not know of, no charge reported as not charged without a queued
-//! reversal, nothing open, no panic.
+//! moment or at a crash point (one that fires in start-up recovery counts as a kill), holds
+//! the database's writer lock from another process, fills the database's small filesystem,
+//! starts posd on it read-only, aborts open sales, refunds and replays the queue, while the
+//! proxy holds, resets, truncates, answers 5xx or breaks the signature of gateway calls and
+//! a relay duplicates, delays and re-delivers old notifyPayment notifications. After each
+//! round every payment is driven final (a restart runs recovery; a refund still unconfirmed
+//! may wait in the queue) and posd's database is held against the sandbox's own record: no
+//! order charged twice, no charge the terminal does not know of, no charge reported as not
+//! charged without a queued reversal, nothing open, no panic.
 //!
-//! The smoke run (`chaos_smoke`) is part of the default suite. Long runs:
-//! `POSD_CHAOS_SEEDS=1..50 POSD_CHAOS_ROUNDS=20 cargo test --test integration chaos_long --
+//! The database sits on its own 32 MB tmpfs when the test may mount one (root); otherwise
+//! (or with `POSD_CHAOS_NO_MOUNT=1`) the full-disk and read-only faults are skipped.
+//!
+//! The smoke run (`chaos_smoke`, 20 rounds) is part of the default suite. Long runs:
+//! `POSD_CHAOS_SEEDS=1..51 POSD_CHAOS_ROUNDS=20 cargo test --test integration chaos_long --
 //! --ignored --nocapture`. A failure names its seed and round; the same seed replays the same
-//! schedule of sales, kills, lock holds, back-office actions and proxy faults (the exact
-//! interleaving with the daemon's own timers can differ between runs).
+//! schedule of sales, kills, lock holds, disk faults, back-office actions, proxy faults and
+//! notification faults (the exact interleaving with the daemon's own timers can differ
+//! between runs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -196,6 +202,7 @@ fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, 
     Some((f, Duration::from_millis(rng.gen_range(650..1500))))
 }
 
+#[derive(Clone)]
 struct Request {
     path: String,
     headers: Vec<(String, String)>,
@@ -370,6 +377,217 @@ async fn serve(
     Ok(())
 }
 
+/// What the notification relay does to one notifyPayment on its way from the sandbox to posd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Note {
+    /// Delivered twice at once.
+    Duplicate,
+    /// Held, then delivered: it arrives after later notifications, and after posd's own
+    /// inquiry, cancel or restart has moved the payment.
+    Late,
+}
+
+/// The relay's per-round plan and what it did.
+#[derive(Default)]
+struct RelayState {
+    rate: f64,
+    round_seed: u64,
+    seen: u64,
+    /// Every notification seen (bounded): some are delivered again in later rounds, after
+    /// their payment was cancelled, refunded or recovered (out of order).
+    stash: Vec<Request>,
+    notes: BTreeMap<Note, u64>,
+    stale: u64,
+    delivered: u64,
+}
+
+/// Relays the sandbox's notifyPayment to posd's notification listener, duplicating some,
+/// holding others back, and delivering old ones again later.
+struct Relay {
+    addr: SocketAddr,
+    target: String,
+    state: Arc<Mutex<RelayState>>,
+    http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(RelayState::default()));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        let (st, h, t) = (state.clone(), http.clone(), target.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (st, h, t) = (st.clone(), h.clone(), t.clone());
+                tokio::spawn(async move {
+                    let _ = relay_serve(sock, st, h, t).await;
+                });
+            }
+        });
+        Relay {
+            addr,
+            target,
+            state,
+            http,
+            task,
+        }
+    }
+
+    fn plan(&self, rate: f64, round_seed: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.rate = rate;
+        s.round_seed = round_seed;
+    }
+
+    /// Delivers `n` old notifications again (chosen by `rng`), in the background.
+    fn redeliver(&self, n: usize, rng: &mut StdRng) {
+        let picked: Vec<Request> = {
+            let mut s = self.state.lock().unwrap();
+            if s.stash.is_empty() {
+                return;
+            }
+            let picked: Vec<Request> = (0..n)
+                .map(|_| s.stash[rng.gen_range(0..s.stash.len())].clone())
+                .collect();
+            s.stale += picked.len() as u64;
+            picked
+        };
+        for req in picked {
+            let (http, target) = (self.http.clone(), self.target.clone());
+            tokio::spawn(async move {
+                let _ = forward(&http, &target, &req).await;
+            });
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay_serve(
+    mut sock: TcpStream,
+    state: Arc<Mutex<RelayState>>,
+    http: reqwest::Client,
+    target: String,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut sock, &mut buf).await? {
+        let (note, delay) = {
+            let mut s = state.lock().unwrap();
+            s.seen += 1;
+            s.delivered += 1;
+            if s.stash.len() < 256 {
+                s.stash.push(req.clone());
+            }
+            let mut rng = StdRng::seed_from_u64(s.round_seed ^ s.seen.wrapping_mul(0x9E37_79B9));
+            let note = rng.gen_bool(s.rate).then(|| {
+                if rng.gen_bool(0.5) {
+                    Note::Duplicate
+                } else {
+                    Note::Late
+                }
+            });
+            if let Some(n) = note {
+                *s.notes.entry(n).or_default() += 1;
+            }
+            (note, Duration::from_millis(rng.gen_range(100..1800)))
+        };
+        if note == Some(Note::Late) {
+            tokio::time::sleep(delay).await;
+        }
+        let answer = if note == Some(Note::Duplicate) {
+            let (a, _) = tokio::join!(forward(&http, &target, &req), forward(&http, &target, &req));
+            a
+        } else {
+            forward(&http, &target, &req).await
+        };
+        let answer = answer.unwrap_or_else(|| Answer {
+            status: 503,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: b"posd unavailable".to_vec(),
+        });
+        write_answer(&mut sock, &answer, false).await?;
+    }
+    Ok(())
+}
+
+/// The database's own small filesystem (a tmpfs, when this process may mount one): it can
+/// be filled up, and remounted read-only while posd is stopped. Without mount rights the
+/// database lives in a plain directory and the disk faults are skipped.
+struct Disk {
+    dir: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl Disk {
+    const SIZE: &'static str = "size=32m";
+
+    fn new(dir: std::path::PathBuf) -> Disk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::env::var_os("POSD_CHAOS_NO_MOUNT").is_none()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", Disk::SIZE, "tmpfs"])
+                .arg(&dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        Disk { dir, mounted }
+    }
+
+    fn filler(&self) -> std::path::PathBuf {
+        self.dir.join("filler")
+    }
+
+    /// Fills the filesystem to the last byte.
+    fn fill(&self) {
+        use std::io::Write as _;
+        let Ok(mut f) = std::fs::File::create(self.filler()) else {
+            return;
+        };
+        let chunk = vec![0u8; 64 * 1024];
+        for size in [64 * 1024, 4096, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {}
+        }
+    }
+
+    fn unfill(&self) {
+        let _ = std::fs::remove_file(self.filler());
+    }
+
+    /// Remounts the filesystem read-only (`true`) or read-write; works only while no
+    /// process holds a file on it open for writing.
+    fn read_only(&self, ro: bool) -> bool {
+        std::process::Command::new("mount")
+            .args(["-o", if ro { "remount,ro" } else { "remount,rw" }])
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
 /// What a run did, summed over its rounds.
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
@@ -378,6 +596,16 @@ pub struct Figures {
     pub kills: u64,
     pub failpoints: u64,
     pub lock_holds: u64,
+    /// Crash points that fired during start-up recovery, before `/healthz` answered.
+    pub startup_kills: u64,
+    /// Rounds with the database's filesystem full for a while.
+    pub disk_full: u64,
+    /// Starts attempted on a read-only database filesystem.
+    pub read_only: u64,
+    /// Notifications relayed, and old ones delivered again.
+    pub notifications: u64,
+    pub stale_notifications: u64,
+    pub notes: BTreeMap<String, u64>,
     pub aborts: u64,
     pub refunds: u64,
     pub replays: u64,
@@ -395,6 +623,14 @@ impl Figures {
         self.kills += o.kills;
         self.failpoints += o.failpoints;
         self.lock_holds += o.lock_holds;
+        self.startup_kills += o.startup_kills;
+        self.disk_full += o.disk_full;
+        self.read_only += o.read_only;
+        self.notifications += o.notifications;
+        self.stale_notifications += o.stale_notifications;
+        for (k, v) in &o.notes {
+            *self.notes.entry(k.clone()).or_default() += v;
+        }
         self.aborts += o.aborts;
         self.refunds += o.refunds;
         self.replays += o.replays;
@@ -443,14 +679,22 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
         .await
         .unwrap();
     let proxy = Proxy::start(sandbox.base_url()).await;
+    let notify_port = super::daemon::free_port();
+    let relay = Relay::start(format!("http://127.0.0.1:{notify_port}")).await;
+    let disk = Disk::new(dir.path().join("db"));
     let mut d = TestDaemon::new(&format!(
         "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://{}\"\ninsecure_http = true\n\
          client_id = \"{CLIENT_ID}\"\nmerchant_private_key = \"var/keys/merchant_private.pem\"\n\
-         gateway_public_key = \"var/sandbox-keys/{}\"\n{FLOW}",
+         gateway_public_key = \"var/sandbox-keys/{}\"\n\
+         notify_url = \"http://{}/alipay/notify\"\n{FLOW}\n\
+         [notify]\nenabled = true\nlisten = \"127.0.0.1:{notify_port}\"\npath = \"/alipay/notify\"\n\
+         [store]\npath = \"{}/posd.sqlite3\"\n",
         proxy.addr,
-        posd::gateway::sandbox::GATEWAY_PUBLIC_KEY_FILE
+        posd::gateway::sandbox::GATEWAY_PUBLIC_KEY_FILE,
+        relay.addr,
+        disk.dir.display()
     ));
-    let db = d.state().join("posd.sqlite3");
+    let db = disk.dir.join("posd.sqlite3");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -469,14 +713,49 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
             rng.gen_range(0.1..0.45)
         };
         proxy.plan(rate, round_seed);
+        let note_rate = if rng.gen_bool(0.4) {
+            0.0
+        } else {
+            rng.gen_range(0.2..0.8)
+        };
+        relay.plan(note_rate, round_seed);
+        if rng.gen_bool(0.3) {
+            // Old notifications again, after their payments moved on.
+            relay.redeliver(rng.gen_range(1..=3), &mut rng);
+        }
+        if disk.mounted && rng.gen_bool(0.06) {
+            // posd started on a read-only database filesystem: it may stop with an error or
+            // keep running unhealthy, but never report itself healthy, never panic, and
+            // charge nothing (a sale tried meanwhile is checked with the round).
+            d.kill();
+            if disk.read_only(true) {
+                fig.read_only += 1;
+                d.spawn(&[]);
+                fig.restarts += 1;
+                let r = read_only_start(&mut d, &http, &mut order, seed, &mut rng).await;
+                d.kill();
+                assert!(
+                    disk.read_only(false),
+                    "the database filesystem is writable again"
+                );
+                r.map_err(|e| at(&e))?;
+            }
+            d.start(None).await;
+            fig.restarts += 1;
+        }
         let failpoint = rng
             .gen_bool(0.15)
             .then(|| FAILPOINTS[rng.gen_range(0..FAILPOINTS.len())]);
         if let Some(fp) = failpoint {
             d.kill();
-            d.start(Some(fp)).await;
             fig.failpoints += 1;
             fig.restarts += 1;
+            if !d.start(Some(fp)).await {
+                // The crash point fired in start-up recovery: a kill; start again.
+                fig.startup_kills += 1;
+                d.start(None).await;
+                fig.restarts += 1;
+            }
         }
         let kill_after = rng.gen_bool(0.3).then(|| rng.gen_range(0..1200u64));
         let lock = rng
@@ -494,6 +773,8 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
                 )
             })
             .collect();
+        let full = (disk.mounted && rng.gen_bool(0.1))
+            .then(|| (rng.gen_range(0..300u64), rng.gen_range(50..1500u64)));
         let abort = rng.gen_bool(0.15);
         let rescan = rng.gen_bool(0.15);
         let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
@@ -516,6 +797,20 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
         if locker.is_some() {
             fig.lock_holds += 1;
         }
+        // Disk trouble: the database's filesystem fills up for a while.
+        let filler = full.map(|(delay, hold)| {
+            fig.disk_full += 1;
+            let disk = Disk {
+                dir: disk.dir.clone(),
+                mounted: false,
+            };
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(delay));
+                disk.fill();
+                std::thread::sleep(Duration::from_millis(hold));
+                disk.unfill();
+            })
+        });
         let started = Instant::now();
         let mut ids = Vec::new();
         for (order_ref, c, amount) in &sales {
@@ -559,6 +854,9 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
             fig.kills += 1;
         }
         if let Some(t) = locker {
+            t.join().unwrap();
+        }
+        if let Some(t) = filler {
             t.join().unwrap();
         }
         if failpoint.is_some() || kill_after.is_some() {
@@ -608,6 +906,12 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
         for (f, n) in &s.faults {
             fig.faults.insert(format!("{f:?}"), *n);
         }
+        let r = relay.state.lock().unwrap();
+        fig.notifications = r.delivered;
+        fig.stale_notifications = r.stale;
+        for (f, n) in &r.notes {
+            fig.notes.insert(format!("{f:?}"), *n);
+        }
     }
     for p in payments(&db) {
         *fig.states.entry(p.state).or_default() += 1;
@@ -620,6 +924,45 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     d.kill();
     sandbox.shutdown().await;
     Ok(fig)
+}
+
+/// posd on a read-only database: for two seconds `/healthz` must not answer 200 (unless the
+/// process has exited); one sale is tried on it.
+async fn read_only_start(
+    d: &mut TestDaemon,
+    http: &reqwest::Client,
+    order: &mut u64,
+    seed: u64,
+    rng: &mut StdRng,
+) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut tried = false;
+    while Instant::now() < until {
+        if d.exited().is_some() {
+            return Ok(());
+        }
+        if let Ok(r) = http.get(d.url("/healthz")).send().await {
+            if r.status().is_success() {
+                return Err(format!(
+                    "posd reports itself healthy on a read-only database:\n{}",
+                    d.log()
+                ));
+            }
+            if !tried {
+                tried = true;
+                *order += 1;
+                let last2 = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
+                let body = serde_json::json!({
+                    "amount": "1.00",
+                    "order_ref": format!("S{seed}-{order}"),
+                    "code": code(last2, rng),
+                });
+                let _ = http.post(d.url("/v1/payments")).json(&body).send().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Waits until every payment is final; if some stay open, restarts the daemon (recovery) and
@@ -800,21 +1143,29 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
 
 fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
     eprintln!(
-        "chaos {label}: seeds {seeds}: {} rounds, {} payments, {} SIGKILLs + {} crash points, \
-         {} restarts, {} writer-lock holds, {} aborts, {} rescans, {} refunds, {} queue replays; \
-         {} gateway calls, faults {:?}; final states {:?}; {:.1} s",
+        "chaos {label}: seeds {seeds}: {} rounds, {} payments, {} SIGKILLs + {} crash points \
+         ({} fired in start-up recovery), {} restarts, {} writer-lock holds, {} full-disk \
+         spells, {} read-only starts, {} aborts, {} rescans, {} refunds, {} queue replays; \
+         {} gateway calls, faults {:?}; {} notifications relayed, {:?}, {} old ones again; \
+         final states {:?}; {:.1} s",
         fig.rounds,
         fig.payments,
         fig.kills,
         fig.failpoints,
+        fig.startup_kills,
         fig.restarts,
         fig.lock_holds,
+        fig.disk_full,
+        fig.read_only,
         fig.aborts,
         fig.rescans,
         fig.refunds,
         fig.replays,
         fig.calls,
         fig.faults,
+        fig.notifications,
+        fig.notes,
+        fig.stale_notifications,
         fig.states,
         elapsed.as_secs_f64()
     );

@@ -149,13 +149,33 @@ impl TestDaemon {
     }
 
     /// Starts `posd run`, with `POSD_FAILPOINT` set when given, and waits until the API answers.
-    pub async fn start(&mut self, failpoint: Option<&str>) {
+    /// Returns false when the crash point fired during start-up (recovery reached it before
+    /// `/healthz` answered): the process is gone, as after a SIGKILL, and the caller starts
+    /// it again. Without a crash point, an exit during start-up panics with the log.
+    pub async fn start(&mut self, failpoint: Option<&str>) -> bool {
         let env: Vec<(&str, String)> = failpoint
             .map(|f| ("POSD_FAILPOINT", f.to_string()))
             .into_iter()
             .collect();
         self.spawn(&env);
-        self.wait_healthy().await;
+        if failpoint.is_none() {
+            self.wait_healthy().await;
+            return true;
+        }
+        match self.wait_healthy_or_exit().await {
+            None => true,
+            Some(status) => {
+                use std::os::unix::process::ExitStatusExt as _;
+                assert!(
+                    status.signal() == Some(9),
+                    "posd exited during start-up ({status}), not killed by its crash point:\n{}",
+                    self.log()
+                );
+                self.child = None;
+                self.stdin = None;
+                false
+            }
+        }
     }
 
     /// Starts `posd run` with `env` added to a clean environment (no systemd or posd
@@ -194,15 +214,22 @@ impl TestDaemon {
 
     /// Waits until `/healthz` answers 200; panics with the log if the process exits first.
     pub async fn wait_healthy(&mut self) {
+        if let Some(status) = self.wait_healthy_or_exit().await {
+            panic!("posd exited during start-up ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Waits until `/healthz` answers 200 (`None`) or the process exits (its status).
+    pub async fn wait_healthy_or_exit(&mut self) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
                 if r.status().is_success() {
-                    return;
+                    return None;
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("posd exited during start-up ({status}):\n{}", self.log());
+                return Some(status);
             }
             assert!(
                 Instant::now() < deadline,
@@ -286,6 +313,14 @@ impl TestDaemon {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The exit status if the process has exited (it is then gone, as after [`Self::kill`]).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        self.stdin = None;
+        Some(status)
     }
 
     /// SIGKILL.

@@ -47,6 +47,12 @@ mod mainland;
 // The mainland notification endpoint in process: forged, other app, amount, duplicates, order.
 mod mainland_notify;
 
+// The reversal queue in the mainland dialect: row 86, SIGKILL at every replay point.
+mod mainland_queue;
+
+// A mainland cancel that refunded a charge: REFUNDED from the payment's task and the queue.
+mod mainland_reversal;
+
 // The sandbox in the mainland dialect, and its overrides and delayed outcomes in both dialects.
 mod mainland_sandbox;
 // The back office: reconciliation against statements built from the sandbox's record, resolve.

@@ -807,3 +807,154 @@ async fn every_call_reaches_the_metrics_observer_with_its_outcome_and_code() {
         assert_eq!((seen[0].outcome, seen[0].result_code.as_deref()), want);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `gateway.ca_file`: a private gateway (or a hub) whose certificate a private CA signed
+
+fn cn_tls(name: &str) -> std::path::PathBuf {
+    support::keys_dir().join("cn_tls").join(name)
+}
+
+/// The fake gateway answering `reply`, over TLS with a certificate the test CA signed.
+async fn fake_tls(reply: Reply) -> (String, Arc<Fake>, tokio_util::sync::CancellationToken) {
+    let st = Arc::new(Fake {
+        reply,
+        gateway: support::gateway_key(),
+        merchant_public: support::merchant_public(),
+        seen: Mutex::new(Vec::new()),
+    });
+    let app = axum::Router::new()
+        .route("/gateway.do", axum::routing::post(fake_handler))
+        .with_state(st.clone());
+    let tls =
+        posd::hub::server::tls_config(&cn_tls("gateway_cert.pem"), &cn_tls("gateway_key.pem"))
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(posd::hub::server::serve_tls(
+        listener,
+        tls,
+        app,
+        stop.clone(),
+    ));
+    (format!("https://{addr}/gateway.do"), st, stop)
+}
+
+#[tokio::test]
+async fn ca_file_roots_are_trusted_and_without_them_the_private_gateway_is_unknown() {
+    let (url, st, stop) = fake_tls(Reply::Signed(PAY_OK)).await;
+    let https = CnSettings {
+        insecure_http: false,
+        ..settings(url)
+    };
+    let ca = std::fs::read(cn_tls("ca.pem")).unwrap();
+    // Trusting the private CA: the certificate verifies and the pay is answered.
+    let trusted = CnClient::new_with_roots(https.clone(), Some(&ca)).unwrap();
+    assert_eq!(trusted.pay(&order()).await.answer, Answer::Success);
+    assert_eq!(st.seen.lock().unwrap().len(), 1);
+    // Without it verification stays on: the handshake fails, the answer is unknown (never a
+    // failure), and nothing reached the gateway.
+    let untrusted = CnClient::new(https.clone()).unwrap();
+    let r = untrusted.pay(&order()).await;
+    assert!(matches!(r.answer, Answer::Unknown { .. }), "{r:?}");
+    assert!(matches!(
+        untrusted.cancel("PR1").await.0,
+        Cancel::Retry { .. }
+    ));
+    assert_eq!(st.seen.lock().unwrap().len(), 1, "no request got through");
+    // Another CA is not this one.
+    let other = std::fs::read(cn_tls("other_ca.pem")).unwrap();
+    let wrong = CnClient::new_with_roots(https, Some(&other)).unwrap();
+    assert!(matches!(
+        wrong.pay(&order()).await.answer,
+        Answer::Unknown { .. }
+    ));
+    assert_eq!(st.seen.lock().unwrap().len(), 1);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_daemon_builds_the_mainland_client_with_gateway_ca_file() {
+    let (url, st, stop) = fake_tls(Reply::Signed(PAY_OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let section = |extra: &str| {
+        format!(
+            "[gateway]\nkind = \"alipay_cn\"\napp_id = \"{APP_ID}\"\nbase_url = \"{url}\"\nmerchant_private_key = \"{d}/merchant_private_pkcs1.pem\"\nalipay_public_key = \"{d}/gateway_public.pem\"\n{extra}"
+        )
+    };
+    let with_ca = format!("ca_file = \"{}\"\n", cn_tls("ca.pem").display());
+    let cfg = posd::config::Config::load(&config_with(dir.path(), &section(&with_ca))).unwrap();
+    let (client, _) = posd::daemon::connect_mainland(&cfg, None).await.unwrap();
+    assert_eq!(client.pay(&order()).await.answer, Answer::Success);
+    let cfg = posd::config::Config::load(&config_with(dir.path(), &section(""))).unwrap();
+    let (client, _) = posd::daemon::connect_mainland(&cfg, None).await.unwrap();
+    assert!(matches!(
+        client.pay(&order()).await.answer,
+        Answer::Unknown { .. }
+    ));
+    assert_eq!(st.seen.lock().unwrap().len(), 1);
+    // A ca_file that cannot be read stops the start, naming the key.
+    let missing = format!("ca_file = \"{d}/missing.pem\"\n");
+    let cfg = posd::config::Config::load(&config_with(dir.path(), &section(&missing))).unwrap();
+    let Err(err) = posd::daemon::connect_mainland(&cfg, None).await else {
+        panic!("an unreadable ca_file is refused");
+    };
+    assert!(format!("{err:#}").contains("gateway.ca_file"), "{err:#}");
+    stop.cancel();
+}
+
+/// Every unknown kind of answer — `20000`, an unsigned or wrongly signed success, HTTP 500,
+/// garbage, no answer in time — is unknown for the query, the cancel (resend), the refund and
+/// the refund query too, never a result; and an unsigned `error_response` is a refusal of the
+/// call only where a failure can be taken unsigned.
+#[tokio::test]
+async fn query_cancel_refund_and_refund_query_read_every_unknown_answer_as_unknown() {
+    const SUCCESS: &str = r#"{"code":"10000","msg":"Success","trade_status":"TRADE_SUCCESS","action":"refund","fund_change":"Y","refund_status":"REFUND_SUCCESS","trade_no":"2026010222001400001"}"#;
+    let refund = RefundOrder {
+        refund_request_id: "R1".into(),
+        payment_id: "2026010222001400001".into(),
+        amount: posd::domain::money::Amount::parse("5.00", support::cny()).unwrap(),
+        reason: None,
+    };
+    let unknown = [
+        ("20000", Reply::Signed(PAY_UNKNOWN)),
+        ("unsigned success", Reply::Unsigned(SUCCESS)),
+        ("wrong sign", Reply::WrongSign(SUCCESS)),
+        ("HTTP 500", Reply::Raw(500, "Internal Server Error")),
+        ("garbage", Reply::Raw(200, "<html>busy</html>")),
+        (
+            "cut short",
+            Reply::Raw(200, r#"{"alipay_trade_query_response":{"code":"10000""#),
+        ),
+        ("timeout", Reply::Stall),
+    ];
+    for (name, reply) in unknown {
+        let (client, _st) = fake(reply).await;
+        let q = client.query("PR1").await.answer;
+        assert!(matches!(q, Inquiry::Unknown { .. }), "{name}: query {q:?}");
+        let c = client.cancel("PR1").await.0;
+        assert!(matches!(c, Cancel::Retry { .. }), "{name}: cancel {c:?}");
+        let r = client.refund(&refund).await.0.answer;
+        assert!(matches!(r, Answer::Unknown { .. }), "{name}: refund {r:?}");
+        let rq = client.refund_query(&refund.payment_id, "R1").await.0;
+        assert!(
+            matches!(rq, RefundStatus::Unknown { .. }),
+            "{name}: refund query {rq:?}"
+        );
+    }
+    // The gateway's unsigned protocol error refuses the call: a query that cannot be made
+    // goes to cancel, a refund is refused; neither is a result about the trade.
+    let (client, _st) = fake(Reply::ErrorUnsigned(SIGN_ERROR)).await;
+    assert_eq!(
+        client.query("PR1").await.answer,
+        Inquiry::Failed {
+            code: "isv.invalid-signature".into()
+        }
+    );
+    assert!(matches!(
+        client.refund(&refund).await.0.answer,
+        Answer::Failed { ref code, .. } if code == "isv.invalid-signature"
+    ));
+}

@@ -45,7 +45,7 @@ impl Gateway for Silent {
     async fn refund(&self, _: &RefundOrder) -> Reply<Answer> {
         Reply::<Answer>::unknown("silent")
     }
-    async fn inquiry_refund(&self, _: &str) -> Reply<Answer> {
+    async fn inquiry_refund(&self, _: &RefundOrder) -> Reply<Answer> {
         Reply::<Answer>::unknown("silent")
     }
 }

@@ -131,7 +131,9 @@ async fn the_mainland_sandbox_plays_each_row_through_the_real_client() {
         g.pay(&order("R83", "83")).await.answer,
         Answer::Unknown { .. }
     ));
-    assert_eq!(g.cancel("R83").await.answer, Answer::Success);
+    let closed = g.cancel("R83").await;
+    assert_eq!(closed.answer, Answer::Success);
+    assert!(!closed.facts.cancel_refunded, "action=close: never charged");
     assert_eq!(g.inquiry_payment("R83").await.answer, Inquiry::Closed);
     assert!(matches!(
         g.pay(&order("R84", "84")).await.answer,
@@ -182,13 +184,21 @@ async fn the_mainland_sandbox_plays_each_row_through_the_real_client() {
         failed_with(&g.refund(&refund("RF2", "3.00")).await.answer),
         "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"
     );
-    assert_eq!(g.inquiry_refund("RF1").await.answer, Answer::Success);
+    assert_eq!(
+        g.inquiry_refund(&refund("RF1", "10.00")).await.answer,
+        Answer::Success
+    );
     assert!(matches!(
-        g.inquiry_refund("RF2").await.answer,
+        g.inquiry_refund(&refund("RF2", "3.00")).await.answer,
         Answer::Failed { .. }
     ));
-    // A cancel of a charged trade refunds it (action=refund): confirmed.
-    assert_eq!(g.cancel("R84").await.answer, Answer::Success);
+    // A cancel of a charged trade refunds it (action=refund): confirmed, and said so.
+    let reversed = g.cancel("R84").await;
+    assert_eq!(reversed.answer, Answer::Success);
+    assert!(
+        reversed.facts.cancel_refunded,
+        "action=refund: {reversed:?}"
+    );
     sandbox.shutdown().await;
 }
 

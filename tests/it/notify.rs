@@ -47,7 +47,7 @@ impl Gateway for Silent {
     async fn refund(&self, _: &RefundOrder) -> Reply<Answer> {
         Reply::<Answer>::unknown(SILENT)
     }
-    async fn inquiry_refund(&self, _: &str) -> Reply<Answer> {
+    async fn inquiry_refund(&self, _: &RefundOrder) -> Reply<Answer> {
         Reply::<Answer>::unknown(SILENT)
     }
 }

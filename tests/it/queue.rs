@@ -29,7 +29,7 @@ use crate::support;
 
 /// Short flow timings: a cancel is queued about half a second after the pay, the queue
 /// retries every 100–400 ms, and a lease lasts 4 × (200 ms + 1 s).
-const QUEUE_FLOW: &str = r#"
+pub(crate) const QUEUE_FLOW: &str = r#"
 [flow]
 pay_timeout = "300ms"
 inquiry_interval = "20ms"
@@ -63,14 +63,14 @@ fn code(last2: &str) -> String {
     format!("2812345678901234{last2}")
 }
 
-fn db(d: &TestDaemon) -> rusqlite::Connection {
+pub(crate) fn db(d: &TestDaemon) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(d.state().join("posd.sqlite3")).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     c
 }
 
 /// Polls the payment until it is in `state` (panics after `within`).
-async fn wait_state(d: &TestDaemon, id: &str, state: &str, within: Duration) -> Value {
+pub(crate) async fn wait_state(d: &TestDaemon, id: &str, state: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let p = d.get(id).await;
@@ -87,7 +87,7 @@ async fn wait_state(d: &TestDaemon, id: &str, state: &str, within: Duration) -> 
 }
 
 /// The payment's transitions as (from, to) pairs.
-fn transitions(p: &Value) -> Vec<(String, String)> {
+pub(crate) fn transitions(p: &Value) -> Vec<(String, String)> {
     p["events"]
         .as_array()
         .unwrap()
@@ -168,8 +168,19 @@ async fn row_87_ends_refunded() {
 /// Kills the daemon at `failpoint` while the queue replays row 86's cancel, restarts it, and
 /// checks the item is delivered once and the payment moves once.
 async fn replay_crash(failpoint: &str, outage: &str, settled_before_the_kill: bool) {
+    replay_crash_in("", failpoint, outage, settled_before_the_kill).await
+}
+
+/// [`replay_crash`] with `gateway` (a `[gateway]` section, e.g. the sandbox's other dialect)
+/// in the daemon's config.
+pub(crate) async fn replay_crash_in(
+    gateway: &str,
+    failpoint: &str,
+    outage: &str,
+    settled_before_the_kill: bool,
+) {
     let mut d = TestDaemon::new(&format!(
-        "{QUEUE_FLOW}\n[sandbox]\ncancel_outage = \"{outage}\"\n"
+        "{gateway}{QUEUE_FLOW}\n[sandbox]\ncancel_outage = \"{outage}\"\n"
     ));
     d.start(Some(failpoint)).await;
     let id = d.pay(&code("86"), "12.34").await;

@@ -41,7 +41,7 @@ impl Gateway for SlowYes {
     async fn refund(&self, _: &RefundOrder) -> Reply<Answer> {
         Reply::<Answer>::unknown("test")
     }
-    async fn inquiry_refund(&self, _: &str) -> Reply<Answer> {
+    async fn inquiry_refund(&self, _: &RefundOrder) -> Reply<Answer> {
         Reply::<Answer>::unknown("test")
     }
 }

@@ -39,6 +39,7 @@ fn all_events() -> Vec<Event> {
     ];
     let mut v = vec![
         Event::CodeBound,
+        Event::CancelRefunded,
         Event::CancelWindowOver,
         Event::RefundWindowOver,
         Event::Abort,
@@ -135,6 +136,8 @@ fn final_stays_final_except_refunds_and_the_queue() {
                     ) | (
                         State::CancelQueued,
                         Event::QueuedCancelConfirmed
+                            // The queued cancel reversed a charge: refunded.
+                            | Event::CancelRefunded
                             | Event::QueuedRefundConfirmed { .. }
                             | Event::QueueGaveUp { .. }
                             // The queued cancel's last word: never charged.
@@ -759,5 +762,37 @@ fn never_failed_while_the_pay_may_still_arrive() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn a_cancel_that_refunded_a_charge_ends_refunded_from_the_task_and_the_queue_alike() {
+    let ctx = Context::default();
+    for s in [State::Cancelling, State::CancelQueued] {
+        assert_eq!(
+            decide(s, &ctx, &Event::CancelRefunded),
+            Decision::Go {
+                to: State::Refunded,
+                cause:
+                    "cancel confirmed: the gateway had charged the payment and refunded it in full"
+                        .into(),
+                result_code: None,
+                effect: Effect::None,
+            },
+            "{s}"
+        );
+    }
+    // Anywhere else it is a late or duplicate answer: nothing moves.
+    for s in ALL_STATES
+        .into_iter()
+        .filter(|s| !matches!(s, State::Cancelling | State::CancelQueued))
+    {
+        assert!(
+            matches!(
+                decide(s, &ctx, &Event::CancelRefunded),
+                Decision::Ignore { .. }
+            ),
+            "{s}"
+        );
     }
 }

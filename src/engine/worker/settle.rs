@@ -156,6 +156,8 @@ fn settle_one(
                     };
                     (event, Some(r))
                 }
+                // The gateway had charged the payment; the cancel gave it back as a refund.
+                _ if facts.cancel_refunded => (Event::CancelRefunded, None),
                 _ => (Event::QueuedCancelConfirmed, None),
             };
             let state = move_payment(tx, ctx, &rec, &event, facts, refund.as_ref(), |_| {})?;

@@ -86,8 +86,8 @@ impl Gateway for Watched {
         self.signal.observe(o.is_certain());
         o
     }
-    async fn inquiry_refund(&self, id: &str) -> Reply<Answer> {
-        let o = self.inner.inquiry_refund(id).await;
+    async fn inquiry_refund(&self, refund: &RefundOrder) -> Reply<Answer> {
+        let o = self.inner.inquiry_refund(refund).await;
         self.signal.observe(o.is_certain());
         o
     }

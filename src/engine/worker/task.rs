@@ -1,5 +1,6 @@
 //! The daemon's queue worker task: drains due items, sleeps until the next one is due (or
-//! the fallback poll), wakes on the signal, reports faults, stops on shutdown.
+//! the long fallback poll when nothing is pending), wakes on the signal, reports faults,
+//! stops on shutdown.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{QueueSignal, Replayer, MIN_PAUSE};
+use super::{QueueSignal, Replayer, MAX_POLL, MIN_PAUSE};
 use crate::store::queue as q;
 
 /// The daemon's worker task: drains due items, sleeps until the next is due, wakes on the
@@ -54,10 +55,16 @@ async fn run_in_span(replayer: Replayer, signal: Arc<QueueSignal>, shutdown: Can
                 if reports.is_empty() {
                     (replayer.inner.on_fault)(None);
                 }
-                if let Ok(Some(at)) = replayer.next_wakeup().await {
-                    let until = Duration::from_millis((at - clock.now_ms()).max(0).unsigned_abs());
-                    pause = until.clamp(MIN_PAUSE, s.poll());
-                }
+                // A timer set to the next due item; with nothing pending, the long fallback.
+                pause = match replayer.next_wakeup().await {
+                    Ok(Some(at)) => {
+                        let until =
+                            Duration::from_millis((at - clock.now_ms()).max(0).unsigned_abs());
+                        until.clamp(MIN_PAUSE, MAX_POLL)
+                    }
+                    Ok(None) => MAX_POLL,
+                    Err(_) => s.poll(),
+                };
             }
             Err(e) => {
                 let text = format!("{e:#}");

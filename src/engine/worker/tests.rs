@@ -41,7 +41,7 @@ fn settings() -> QueueSettings {
         batch: 8,
         concurrency: 4,
         terminal_id: "T0001".into(),
-        timezone: Some(chrono_tz::Asia::Shanghai),
+        timezone: Some(crate::config::Tz::named("Asia/Shanghai").unwrap()),
         merchant_name: "Demo Cafe".into(),
         store_name: "Demo Cafe Central".into(),
         inquiry_max: 10,
@@ -558,7 +558,7 @@ async fn replay_of_one_item_sends_it_even_before_it_is_due() {
 fn engine_settings() -> EngineSettings {
     EngineSettings {
         terminal_id: "T0001".into(),
-        timezone: Some(chrono_tz::Asia::Shanghai),
+        timezone: Some(crate::config::Tz::named("Asia/Shanghai").unwrap()),
         description: "test".into(),
         merchant_name: "Demo Cafe".into(),
         store_name: "Demo Cafe Central".into(),

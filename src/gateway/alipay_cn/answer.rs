@@ -92,6 +92,7 @@ fn facts_of(reading: &Reading) -> Facts {
             .or_else(|| reply.send_pay_date.clone())
             .or_else(|| reply.gmt_refund_pay.clone())
             .filter(|_| trusted),
+        cancel_refunded: false,
     }
 }
 
@@ -169,12 +170,19 @@ pub fn pay(reading: &Reading) -> Answered<Answer> {
     Answered { answer, facts }
 }
 
-/// Sub codes that say nothing certain about the trade, whatever `code` says.
+/// Sub codes that say nothing certain about the trade, whatever `code` says. The error
+/// tables give `ACQ.SYSTEM_ERROR` as "the trade may have succeeded or failed: query it"; the
+/// cancel's own enumeration also spells it `AQC.SYSTEM_ERROR`, read the same way.
 fn ambiguous(sub_code: &str) -> bool {
     matches!(
         sub_code,
-        "ACQ.SYSTEM_ERROR" | "ACQ.TRADE_HAS_SUCCESS" | "aop.ACQ.SYSTEM_ERROR"
+        "ACQ.SYSTEM_ERROR" | "AQC.SYSTEM_ERROR" | "ACQ.TRADE_HAS_SUCCESS" | "aop.ACQ.SYSTEM_ERROR"
     )
+}
+
+/// "No such trade": the refund query's error table lists it with and without the prefix.
+fn no_such_trade(sub_code: &str) -> bool {
+    matches!(sub_code, "ACQ.TRADE_NOT_EXIST" | "TRADE_NOT_EXIST")
 }
 
 /// `alipay.trade.query`.
@@ -369,7 +377,7 @@ pub fn refund_query(reading: &Reading) -> (RefundStatus, Facts) {
                         RefundStatus::NotRefunded
                     }
                 }
-                (c, Signed::Verified) if is_failure_code(c) && sub == "ACQ.TRADE_NOT_EXIST" => {
+                (c, Signed::Verified) if is_failure_code(c) && no_such_trade(sub) => {
                     RefundStatus::NotRefunded
                 }
                 _ => RefundStatus::Unknown {
@@ -617,5 +625,40 @@ mod tests {
             refund_query(&read("10000", None, Invalid)).0,
             RefundStatus::Unknown { .. }
         ));
+        for sub in ["ACQ.TRADE_NOT_EXIST", "TRADE_NOT_EXIST"] {
+            assert_eq!(
+                refund_query(&read("40004", Some(sub), Verified)).0,
+                RefundStatus::NotRefunded,
+                "{sub}"
+            );
+            assert!(
+                matches!(
+                    refund_query(&read("40004", Some(sub), Unsigned)).0,
+                    RefundStatus::Unknown { .. }
+                ),
+                "{sub}: unsigned says nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn a_system_error_in_either_spelling_is_unknown_for_every_call() {
+        use Signed::*;
+        for sub in [
+            "ACQ.SYSTEM_ERROR",
+            "AQC.SYSTEM_ERROR",
+            "aop.ACQ.SYSTEM_ERROR",
+        ] {
+            for signed in [Verified, Unsigned] {
+                let r = read("40004", Some(sub), signed);
+                assert!(matches!(pay(&r).answer, Answer::Unknown { .. }), "{sub}");
+                assert!(matches!(query(&r).answer, Inquiry::Unknown { .. }), "{sub}");
+                assert!(matches!(cancel(&r).0, Cancel::Retry { .. }), "{sub}");
+                assert!(
+                    matches!(refund(&r).0.answer, Answer::Unknown { .. }),
+                    "{sub}"
+                );
+            }
+        }
     }
 }

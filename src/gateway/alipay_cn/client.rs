@@ -100,9 +100,6 @@ impl std::fmt::Debug for SignedForm {
 pub struct CnClient {
     http: reqwest::Client,
     settings: CnSettings,
-    /// refundRequestId → trade_no of the refunds this process sent: the refund query needs
-    /// the trade, and the engine asks by refundRequestId alone.
-    refunds: std::sync::Mutex<std::collections::HashMap<String, String>>,
     observer: Option<CallObserver>,
 }
 
@@ -118,6 +115,16 @@ impl CnClient {
     /// Builds a client; refuses a base URL that is not `https://` (or `http://` to loopback
     /// with `insecure_http`) or that carries a query or fragment.
     pub fn new(settings: CnSettings) -> Result<CnClient, CnClientError> {
+        CnClient::new_with_roots(settings, None)
+    }
+
+    /// [`CnClient::new`], also trusting the certificates of a PEM bundle as roots (a private
+    /// CA, e.g. a hub's or a private gateway's; `gateway.ca_file`), as the AMS client does.
+    /// Certificate verification stays on; the system roots stay trusted.
+    pub fn new_with_roots(
+        settings: CnSettings,
+        extra_roots_pem: Option<&[u8]>,
+    ) -> Result<CnClient, CnClientError> {
         check_base_url(&settings.base_url, settings.insecure_http)
             .map_err(CnClientError::BaseUrl)?;
         let url = reqwest::Url::parse(&settings.base_url)
@@ -136,10 +143,14 @@ impl CnClient {
         if url.scheme() == "http" {
             builder = builder.no_proxy();
         }
+        if let Some(pem) = extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
         Ok(CnClient {
             http: builder.build()?,
             settings,
-            refunds: Default::default(),
             observer: None,
         })
     }
@@ -270,10 +281,6 @@ impl CnClient {
             refund_reason: order.reason.clone().map(|r| wire::clean_subject(&r)),
         };
         let biz = serde_json::to_string(&biz).expect("plain strings serialize");
-        self.refunds
-            .lock()
-            .expect("refund map lock is never held across a panic")
-            .insert(order.refund_request_id.clone(), order.payment_id.clone());
         let reading = self
             .exchange(&order.refund_request_id, self.sign(Method::Refund, &biz))
             .await;
@@ -296,15 +303,6 @@ impl CnClient {
             .exchange(out_request_no, self.sign(Method::RefundQuery, &biz))
             .await;
         answer::refund_query(&reading)
-    }
-
-    /// The trade of a refund this process sent.
-    pub fn refund_trade(&self, refund_request_id: &str) -> Option<String> {
-        self.refunds
-            .lock()
-            .expect("refund map lock is never held across a panic")
-            .get(refund_request_id)
-            .cloned()
     }
 
     fn deadline(&self, m: Method) -> Duration {

@@ -56,9 +56,9 @@ impl Gateway for CnClient {
     async fn cancel(&self, payment_request_id: &str) -> Reply<Answer> {
         let (verdict, mut facts) = CnClient::cancel(self, payment_request_id).await;
         if verdict == Cancel::Reversed {
-            // The trade had been charged: the cancel refunded it in full. Say so in the
-            // journal; the money is back with the buyer either way.
-            facts.result_code = Some("action=refund".into());
+            // The trade had been charged: the cancel refunded it in full. The engine records
+            // a confirmed reversal refund and ends the payment REFUNDED.
+            facts.cancel_refunded = true;
             facts.result_message = Some(
                 "the cancel refunded a charge in full (alipay.trade.cancel action=refund)".into(),
             );
@@ -73,13 +73,11 @@ impl Gateway for CnClient {
         CnClient::refund(self, order).await.0
     }
 
-    async fn inquiry_refund(&self, refund_request_id: &str) -> Reply<Answer> {
-        let Some(trade_no) = self.refund_trade(refund_request_id) else {
-            return Reply::<Answer>::unknown(
-                "the mainland refund query needs the trade, and this process sent no refund under this id",
-            );
-        };
-        let (status, facts) = self.refund_query(&trade_no, refund_request_id).await;
+    async fn inquiry_refund(&self, refund: &RefundOrder) -> Reply<Answer> {
+        // The query names the trade and our out_request_no, both from the stored refund.
+        let (status, facts) = self
+            .refund_query(&refund.payment_id, &refund.refund_request_id)
+            .await;
         let answer = match status {
             RefundStatus::Refunded => Answer::Success,
             RefundStatus::NotRefunded => Answer::Failed {

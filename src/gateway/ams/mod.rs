@@ -38,7 +38,7 @@ impl Gateway for AmsClient {
         answer::refund(AmsClient::refund(self, order).await)
     }
 
-    async fn inquiry_refund(&self, refund_request_id: &str) -> Reply<Answer> {
-        answer::inquiry_refund(AmsClient::inquiry_refund(self, refund_request_id).await)
+    async fn inquiry_refund(&self, refund: &RefundOrder) -> Reply<Answer> {
+        answer::inquiry_refund(AmsClient::inquiry_refund(self, &refund.refund_request_id).await)
     }
 }
