@@ -105,9 +105,8 @@ fn load(name: &str) -> Result<Zone, String> {
             path.display()
         )
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    // The one clock (epoch ms), in seconds.
+    let now = crate::engine::clock::now_ms().div_euclid(1000);
     let fallback = rules
         .find_local_time_type(now)
         .ok()

@@ -1,5 +1,6 @@
-//! The task that owns one open payment: performs the machine's effects (pay, inquiry,
-//! cancel, refund, enqueue) and commits every answer before acting on it (rule 1).
+//! The task that owns one open payment: started (or woken) per payment, it performs the
+//! machine's effects (pay, inquiry, cancel, refund, enqueue) and commits every answer through
+//! `transition::commit_event` before acting on it (rule 1).
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use super::clock;
 
 use super::tasks::{Claim, Finish, Tasks};
 use super::transition::{
-    commit_event, fully_refunded, learn_payment_id, refund_order as refund_order_of, Committed,
+    commit_event, fully_refunded, known_payment_id, refund_order as refund_order_of, Committed,
 };
 use super::{failpoint, Engine};
 use crate::domain::machine::{self, Answer, Effect, Event, Inquiry, Refusal, State};
@@ -215,17 +216,6 @@ async fn load_until_read(engine: &Engine, id: &str) -> Result<PaymentRecord, Sto
 struct Stop;
 
 type Step = Result<Option<(Event, Extras)>, Stop>;
-
-/// Reads the payment on the read connection: a read never takes the writer's lock.
-async fn load(engine: &Engine, id: &str) -> anyhow::Result<PaymentRecord> {
-    let id = id.to_string();
-    engine
-        .store()
-        .read(move |c| {
-            payments::get(c, &id)?.ok_or_else(|| anyhow::anyhow!("payment {id} vanished"))
-        })
-        .await
-}
 
 /// Sleeps `d` unless shutdown comes first.
 async fn pause(engine: &Engine, d: Duration) -> Result<(), Stop> {
@@ -454,10 +444,10 @@ async fn commit(
         ..
     }) = event
     {
-        if facts.payment_id.is_none() && load(engine, id).await?.payment_id.is_none() {
-            let s = engine.settings();
-            facts.payment_id =
-                learn_payment_id(engine.gateway().as_ref(), id, s.inquiry_timeout, 3).await;
+        if facts.payment_id.is_none() {
+            let t = engine.settings().inquiry_timeout;
+            let gw = engine.gateway().as_ref();
+            facts.payment_id = known_payment_id(engine.store(), gw, id, t, 3, || true).await?;
         }
     }
     let e = engine.clone();
@@ -471,17 +461,13 @@ async fn commit(
                 commit_event(c, &env, &id_owned, &event_owned, &facts, &|_, _, _| Ok(()))?
                     .ok_or_else(|| anyhow::anyhow!("payment {id_owned} vanished"))?;
             Ok(match committed {
-                Committed::Moved {
-                    before,
-                    after,
-                    plan,
-                } => Done {
+                Committed::Moved { from, after, plan } => Done {
                     effect: if after.state != plan.to {
                         machine::resume_effect(after.state)
                     } else {
                         plan.effect
                     },
-                    moved: Some((before.state, after.state)),
+                    moved: Some((from, after.state)),
                 },
                 Committed::Ignored { rec, why, effect } => {
                     tracing::info!(state = %rec.state, why, "answer changes nothing");

@@ -358,7 +358,7 @@ impl Engine {
                 let facts = crate::gateway::Facts::default();
                 Ok(match transition::commit_event(c, &env, &id_owned, &event, &facts, &extend)? {
                     None => Err(EngineError::NotFound(id_owned)),
-                    Some(transition::Committed::Moved { after, .. }) => Ok((after, true)),
+                    Some(transition::Committed::Moved { after, .. }) => Ok((*after, true)),
                     Some(transition::Committed::Ignored { rec, why, .. }) => {
                         tracing::info!(payment = %id_owned, state = %rec.state, why, "event changes nothing");
                         Ok((rec, false))

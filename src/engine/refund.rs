@@ -3,7 +3,7 @@
 //! identical request for the retry window, then queued.
 
 use super::driver::with_deadline;
-use super::transition::{learn_payment_id, plan, refund_order, Planned};
+use super::transition::{known_payment_id, plan, refund_order, Planned};
 use super::{make_refund_id, Engine, EngineError};
 use crate::domain::machine::{Answer, Effect, Event, RefundKind, State};
 use crate::domain::money::Amount;
@@ -180,17 +180,17 @@ impl Engine {
     /// One inquiry to learn a paymentId that no answer carried yet, recorded when learned.
     async fn learn_payment_id(&self, id: &str) {
         let t = self.inner.settings.inquiry_timeout;
-        {
-            if let Some(pid) = learn_payment_id(self.inner.gateway.as_ref(), id, t, 1).await {
-                let id = id.to_string();
-                let noted = self
-                    .inner
-                    .store
-                    .call(move |c| Ok(payments::note_payment_id(c, &id, &pid)?))
-                    .await;
-                if let Err(e) = noted {
-                    tracing::warn!(error = %e, "cannot record the paymentId");
-                }
+        let gw = self.inner.gateway.as_ref();
+        let learned = known_payment_id(&self.inner.store, gw, id, t, 1, || true).await;
+        if let Ok(Some(pid)) = learned {
+            let id = id.to_string();
+            let noted = self
+                .inner
+                .store
+                .call(move |c| Ok(payments::note_payment_id(c, &id, &pid)?))
+                .await;
+            if let Err(e) = noted {
+                tracing::warn!(error = %e, "cannot record the paymentId");
             }
         }
     }

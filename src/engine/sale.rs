@@ -2,13 +2,13 @@
 //! the pay signed while that commit is on its way to disk), a scan bound to the sale waiting
 //! for one, and the payment request id they are given.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime};
+use chrono::{DateTime, FixedOffset};
 
 use super::transition::{self, Planned};
 use super::{clock, failpoint, Engine, EngineError, SaleRequest};
 use crate::domain::code::PaymentCode;
 use crate::domain::machine::{self, Event, State};
-use crate::domain::request_id::{self, IdParts};
+use crate::domain::request_id;
 use crate::gateway::{Facts, PayOrder};
 use crate::store::idempotency::Idempotency;
 use crate::store::payments::{self, Change, CreateError, NewPayment, PaymentRecord};
@@ -66,7 +66,13 @@ impl Engine {
         let (id_tx, id_rx) = tokio::sync::oneshot::channel::<String>();
         let commit = self.inner.store.call(move |c| {
             let make_id = |seq| {
-                let id = make_payment_id(local, &terminal, amount_minor, seq);
+                let id = transition::new_request_id(
+                    request_id::payment_request_id,
+                    local,
+                    &terminal,
+                    amount_minor,
+                    seq,
+                );
                 let _ = id_tx.send(id.clone());
                 id
             };
@@ -199,14 +205,4 @@ fn create_error(e: CreateError) -> EngineError {
         | CreateError::KeyReused { .. } => EngineError::Conflict(e.to_string()),
         CreateError::Db(e) => EngineError::Internal(e.into()),
     }
-}
-
-fn make_payment_id(local: NaiveDateTime, terminal: &str, amount_minor: i64, seq: u64) -> String {
-    request_id::payment_request_id(&IdParts {
-        local_time: local,
-        terminal_id: terminal,
-        amount_minor,
-        sequence: seq,
-        random: rand::random::<u32>(),
-    })
 }

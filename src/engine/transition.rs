@@ -21,6 +21,7 @@ use crate::store::payments::{self, PaymentRecord, RefundRecord};
 use crate::store::queue::ItemKind;
 use crate::store::refunds::RefundState;
 use crate::store::transition::{Change, NewQueueItem, NewRefund, SettleRefund, Tx};
+use crate::store::Store;
 
 /// The terminal around a transition: its rules, its clock, its names.
 pub(crate) struct Env<'a> {
@@ -148,6 +149,24 @@ pub(crate) fn slip_data(
     })
 }
 
+/// A request id built by `make` (`request_id::payment_request_id` or `refund_request_id`) from
+/// a fresh sequence number, its random part drawn here.
+pub(crate) fn new_request_id(
+    make: fn(&IdParts<'_>) -> String,
+    local: NaiveDateTime,
+    terminal: &str,
+    amount_minor: i64,
+    seq: u64,
+) -> String {
+    make(&IdParts {
+        local_time: local,
+        terminal_id: terminal,
+        amount_minor,
+        sequence: seq,
+        random: rand::random::<u32>(),
+    })
+}
+
 /// Builds a refund id from a fresh sequence number.
 pub(crate) fn make_refund_id(
     local: NaiveDateTime,
@@ -155,13 +174,13 @@ pub(crate) fn make_refund_id(
     amount_minor: i64,
     seq: u64,
 ) -> String {
-    request_id::refund_request_id(&IdParts {
-        local_time: local,
-        terminal_id: terminal,
+    new_request_id(
+        request_id::refund_request_id,
+        local,
+        terminal,
         amount_minor,
-        sequence: seq,
-        random: rand::random::<u32>(),
-    })
+        seq,
+    )
 }
 
 /// The refund request a payment's refund row stands for (identical on every send).
@@ -351,10 +370,10 @@ pub(crate) fn plan(
     reason = "returned once per commit and matched at once; boxing the records buys nothing"
 )]
 pub(crate) enum Committed {
-    /// The plan was committed: the payment before and after, and the plan's effect.
+    /// The plan was committed: the state it moved from, the payment after, and the plan.
     Moved {
-        before: PaymentRecord,
-        after: PaymentRecord,
+        from: State,
+        after: Box<PaymentRecord>,
         plan: Box<Plan>,
     },
     /// The machine ignored the event: nothing was written.
@@ -399,8 +418,8 @@ pub(crate) fn commit_event(
                 {
                     tx.commit()?;
                     return Ok(Some(Committed::Moved {
-                        before: rec,
-                        after,
+                        from: rec.state,
+                        after: Box::new(after),
                         plan,
                     }));
                 }
@@ -520,21 +539,30 @@ fn settle(refund_request_id: &str, state: RefundState) -> SettleRefund {
     }
 }
 
-/// Learns a payment's `paymentId` by inquiry (up to `tries` times) when no answer carried it
-/// yet: a refund needs it. The one place the engine and the queue ask for it.
-pub(crate) async fn learn_payment_id(
+/// The `paymentId` a refund of payment `id` needs: the stored one, else learned by inquiry (up
+/// to `tries` times, each within `deadline`) when `may_ask` allows the calls; `Ok(None)` when
+/// no answer gave it. The one place the payment's task, a refund and the queue learn it. A
+/// failed read is an error, never "unknown" (the caller retries rather than decide on it).
+pub(crate) async fn known_payment_id(
+    store: &Store,
     gateway: &dyn Gateway,
-    payment_request_id: &str,
+    id: &str,
     deadline: Duration,
     tries: u32,
-) -> Option<String> {
+    may_ask: impl FnOnce() -> bool,
+) -> anyhow::Result<Option<String>> {
+    let owned = id.to_string();
+    let stored = store
+        .read(move |c| Ok(payments::get(c, &owned)?.and_then(|p| p.payment_id)))
+        .await?;
+    if stored.is_some() || !may_ask() {
+        return Ok(stored);
+    }
     for _ in 0..tries {
-        let reply =
-            super::driver::with_deadline(deadline, gateway.inquiry_payment(payment_request_id))
-                .await;
+        let reply = super::driver::with_deadline(deadline, gateway.inquiry_payment(id)).await;
         if reply.facts.payment_id.is_some() {
-            return reply.facts.payment_id;
+            return Ok(reply.facts.payment_id);
         }
     }
-    None
+    Ok(None)
 }

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use super::clock::{local_at, Clock};
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
 use super::queue::{Payload, PAYLOAD_VERSION};
-use super::transition::learn_payment_id;
+use super::transition::known_payment_id;
 use super::{context_of, failpoint, Rules};
 use crate::config::Config;
 use crate::domain::machine::{self, Answer, Decision, Effect, Event, Inquiry, Refusal, State};
@@ -354,8 +354,14 @@ impl Replayer {
         format!("{}#{n}", self.inner.owner)
     }
 
-    fn lease_until(&self, now: i64) -> i64 {
-        now.saturating_add(ms(self.inner.settings.lease()))
+    /// A new lease: its owner, now, and until when it holds (epoch ms).
+    fn new_lease(&self) -> (String, i64, i64) {
+        let now = self.inner.clock.now_ms();
+        (
+            self.lease_owner(),
+            now,
+            now.saturating_add(ms(self.inner.settings.lease())),
+        )
     }
 
     /// Replays every item due now, batch after batch, until none is left (or shutdown).
@@ -363,9 +369,7 @@ impl Replayer {
         let mut reports = Vec::new();
         let limit = self.inner.settings.batch.max(1);
         while !self.inner.shutdown.is_cancelled() {
-            let owner = self.lease_owner();
-            let now = self.inner.clock.now_ms();
-            let until = self.lease_until(now);
+            let (owner, now, until) = self.new_lease();
             let o = owner.clone();
             let items = self
                 .inner
@@ -420,9 +424,7 @@ impl Replayer {
     }
 
     async fn lease_by_id(&self, id: i64) -> Result<(String, QueueItem, i64), ReplayError> {
-        let owner = self.lease_owner();
-        let now = self.inner.clock.now_ms();
-        let until = self.lease_until(now);
+        let (owner, now, until) = self.new_lease();
         let o = owner.clone();
         let leased = self
             .inner
@@ -648,22 +650,15 @@ impl Replayer {
     /// The gateway's paymentId of a payment: stored, or learned by one inquiry while the lease
     /// allows it.
     async fn payment_id_of(&self, id: &str, lease_until: i64) -> Option<String> {
-        let owned = id.to_string();
-        let stored = self
-            .inner
-            .store
-            .read(move |c| Ok(payments::get(c, &owned)?.and_then(|p| p.payment_id)))
+        let s = &self.inner.settings;
+        let clock = &self.inner.clock;
+        // Only while the lease has room for the inquiry.
+        let may_ask = || lease_until - clock.now_ms() >= ms(s.call_worst());
+        let gw = self.inner.gateway.as_ref();
+        known_payment_id(&self.inner.store, gw, id, s.inquiry_timeout, 1, may_ask)
             .await
             .ok()
-            .flatten();
-        if stored.is_some() {
-            return stored;
-        }
-        let s = &self.inner.settings;
-        if lease_until - self.inner.clock.now_ms() < ms(s.call_worst()) {
-            return None;
-        }
-        learn_payment_id(self.inner.gateway.as_ref(), id, s.inquiry_timeout, 1).await
+            .flatten()
     }
 
     /// Settles the verdicts of one lease: in one transaction when possible, item by item when

@@ -11,6 +11,10 @@
 //! process, each behind a mutex and used from `spawn_blocking`; other processes (a back-office
 //! command while the daemon runs) wait on the busy timeout.
 //!
+//! # Time
+//! The store reads no clock: every time it writes (epoch ms) comes from its caller, who takes
+//! it from `engine::clock`.
+//!
 //! # Files
 //! Directories posd creates are 0750 (keys 0700) and the database file is 0600, whatever the
 //! umask (SQLite gives `-wal` and `-shm` the database file's mode). Integrity checks, the

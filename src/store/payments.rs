@@ -194,39 +194,31 @@ pub fn create(
             return Err(CreateError::AlreadyAwaiting { existing });
         }
     }
-    let seq: i64 = tx.query_row(
-        "UPDATE terminal_sequence SET value = value + 1 WHERE name = 'request' RETURNING value",
-        [],
-        |r| r.get(0),
-    )?;
-    let id = make_id(seq as u64);
-    tx.execute(
+    let seq = next_sequence(&tx)?;
+    let id = make_id(seq);
+    tx.prepare_cached(
         "INSERT INTO payments (payment_request_id, order_ref, amount_minor, currency, state, \
          code_masked, terminal_time, created_at, updated_at, pay_expires_at) \
          VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?8,?9)",
-        params![
-            id,
-            new.order_ref,
-            new.amount.minor(),
-            new.amount.currency().code(),
-            new.state.as_str(),
-            new.code_masked,
-            new.terminal_time,
-            now,
-            new.pay_expires_at
-        ],
-    )?;
+    )?
+    .execute(params![
+        id,
+        new.order_ref,
+        new.amount.minor(),
+        new.amount.currency().code(),
+        new.state.as_str(),
+        new.code_masked,
+        new.terminal_time,
+        now,
+        new.pay_expires_at
+    ])?;
     let cause = if new.state == State::Paying {
         "pay intent committed"
     } else {
         "sale started; waiting for a code"
     };
     insert_event(&tx, &id, now, None, new.state, cause, None)?;
-    let rec = tx.query_row(
-        &format!("SELECT {COLUMNS} FROM payments WHERE payment_request_id = ?1"),
-        [&id],
-        from_row,
-    )?;
+    let rec = get(&tx, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     tx.commit()?;
     Ok(rec)
 }
@@ -262,11 +254,10 @@ pub fn create_once(
 
 /// Takes the next value of the terminal sequence in its own transaction (refund ids).
 pub fn next_sequence(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row(
+    conn.prepare_cached(
         "UPDATE terminal_sequence SET value = value + 1 WHERE name = 'request' RETURNING value",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
+    )?
+    .query_row([], |r| r.get::<_, i64>(0))
     .map(|v| v as u64)
 }
 

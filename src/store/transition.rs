@@ -9,7 +9,7 @@ use rusqlite::{params, Connection};
 /// transaction (the queue's settle) name it by this, never by rusqlite.
 pub type Tx = Connection;
 
-use super::payments::{from_row, insert_event, PaymentRecord, COLUMNS};
+use super::payments::{insert_event, PaymentRecord};
 use super::queue::ItemKind;
 use super::refunds::RefundState;
 use crate::domain::machine::{RefundKind, State};
@@ -134,7 +134,7 @@ pub fn apply_in(
         .new_refund
         .as_ref()
         .and_then(|r| r.return_to.map(State::as_str));
-    let updated = tx.execute(
+    let updated = tx.prepare_cached(
         "UPDATE payments SET state = ?3, updated_at = ?4, \
            result_code = coalesce(?5, result_code), \
            result_message = CASE WHEN ?5 IS NOT NULL THEN ?6 ELSE coalesce(?6, result_message) END, \
@@ -145,7 +145,8 @@ pub fn apply_in(
            terminal_time = coalesce(?14, terminal_time), \
            pay_expires_at = coalesce(?15, pay_expires_at) \
          WHERE payment_request_id = ?1 AND state = ?2",
-        params![
+    )?
+    .execute(params![
             id,
             expected.as_str(),
             to.as_str(),
@@ -161,8 +162,7 @@ pub fn apply_in(
             return_to,
             change.terminal_time,
             change.pay_expires_at,
-        ],
-    )?;
+        ])?;
     if updated == 0 {
         // The state moved on (another writer applied first): write nothing.
         return Ok(None);
@@ -232,11 +232,7 @@ pub fn apply_in(
         &change.cause,
         change.result_code.as_deref(),
     )?;
-    let rec = tx.query_row(
-        &format!("SELECT {COLUMNS} FROM payments WHERE payment_request_id = ?1"),
-        [id],
-        from_row,
-    )?;
+    let rec = super::payments::get(tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok(Some(rec))
 }
 

@@ -1,8 +1,9 @@
 //! Architecture checks over the source text, in the spirit of rust-analyzer's `tidy` tests:
 //! only `store/` touches rusqlite; no gateway wire string or wire type outside `gateway/`;
 //! `domain/` stays pure (no tokio, rusqlite, reqwest or `SystemTime`); no float in `domain/`
-//! or `store/`; every source file opens with its `//!` line; every invariant in
-//! ARCHITECTURE.md says how it is kept.
+//! or `store/`; one clock: the core (`domain/`, `engine/`, `store/`, `config/`, `daemon.rs`,
+//! the print worker) reads the time only in `engine/clock.rs`; every source file opens with its
+//! `//!` line; every invariant in ARCHITECTURE.md says how it is kept.
 //!
 //! Production code is checked; test code (`tests.rs` files, modules declared under
 //! `#[cfg(test)]`, and a file's trailing `#[cfg(test)] mod tests`) may name gateway codes as
@@ -23,6 +24,29 @@ const RUSQLITE: &str = "rusqlite outside store/";
 const WIRE: &str = "gateway wire string or type outside gateway/";
 const DOMAIN: &str = "I/O or clock crate in domain/";
 const FLOAT: &str = "float on the money path (domain/, store/)";
+const CLOCK: &str = "a second clock: the core reads the time only in src/engine/clock.rs";
+
+/// The core, where the time is read only through the one clock module.
+const CLOCK_SCOPE: &[&str] = &[
+    "src/domain/",
+    "src/engine/",
+    "src/store/",
+    "src/config/",
+    "src/daemon.rs",
+    "src/devices/print_worker.rs",
+];
+
+/// The one clock module.
+const CLOCK_MODULE: &str = "src/engine/clock.rs";
+
+/// Reading the time: wall clocks and monotonic ones (std's and tokio's `Instant`).
+const CLOCK_READS: &[&str] = &[
+    "SystemTime::now",
+    "UNIX_EPOCH",
+    "Instant::now",
+    "Utc::now",
+    "Local::now",
+];
 
 /// Today's known violations: (rule, file, what). Remove an entry when its file is fixed. A
 /// `*` as what covers every finding of that rule in the file.
@@ -200,36 +224,47 @@ fn violations() -> BTreeSet<Violation> {
         if f.ends_with("/tests.rs") || test_only.contains(f) {
             continue;
         }
-        let code = production_code(&read(f));
-        if !f.starts_with("src/store/")
-            && !EXEMPT_RUSQLITE.iter().any(|e| f.starts_with(e))
-            && code.contains("rusqlite")
-        {
-            found.insert((RUSQLITE, f.clone(), "rusqlite"));
-        }
-        if !f.starts_with("src/gateway/") && !EXEMPT_WIRE.iter().any(|e| f.starts_with(e)) {
-            for w in WIRE_STRINGS.iter().chain(WIRE_TYPES) {
-                if code.contains(w) {
-                    found.insert((WIRE, f.clone(), *w));
-                }
-            }
-        }
-        if f.starts_with("src/domain/") || f.starts_with("src/store/") {
-            for w in ["f32", "f64"] {
-                if code.contains(w) {
-                    found.insert((FLOAT, f.clone(), w));
-                }
-            }
-        }
-        if f.starts_with("src/domain/") {
-            for w in IMPURE {
-                if code.contains(w) {
-                    found.insert((DOMAIN, f.clone(), *w));
-                }
+        check(f, &production_code(&read(f)), &mut found);
+    }
+    found
+}
+
+/// The rules broken by `code`, the production code of file `f` (relative to the repository).
+fn check(f: &str, code: &str, found: &mut BTreeSet<Violation>) {
+    if !f.starts_with("src/store/")
+        && !EXEMPT_RUSQLITE.iter().any(|e| f.starts_with(e))
+        && code.contains("rusqlite")
+    {
+        found.insert((RUSQLITE, f.to_string(), "rusqlite"));
+    }
+    if !f.starts_with("src/gateway/") && !EXEMPT_WIRE.iter().any(|e| f.starts_with(e)) {
+        for w in WIRE_STRINGS.iter().chain(WIRE_TYPES) {
+            if code.contains(w) {
+                found.insert((WIRE, f.to_string(), *w));
             }
         }
     }
-    found
+    if f.starts_with("src/domain/") || f.starts_with("src/store/") {
+        for w in ["f32", "f64"] {
+            if code.contains(w) {
+                found.insert((FLOAT, f.to_string(), w));
+            }
+        }
+    }
+    if f.starts_with("src/domain/") {
+        for w in IMPURE {
+            if code.contains(w) {
+                found.insert((DOMAIN, f.to_string(), *w));
+            }
+        }
+    }
+    if CLOCK_SCOPE.iter().any(|d| f.starts_with(d)) && f != CLOCK_MODULE {
+        for w in CLOCK_READS {
+            if code.contains(w) {
+                found.insert((CLOCK, f.to_string(), *w));
+            }
+        }
+    }
 }
 
 #[test]
@@ -291,6 +326,33 @@ fn the_checks_bite() {
         vec![
             "src/engine/worker/tests.rs".to_string(),
             "src/engine/worker/tests/mod.rs".to_string()
+        ]
+    );
+    // A second clock in the core is found, in the engine and in the store; the clock module
+    // itself and code outside the core may read the time.
+    let second = production_code(
+        "let t = std::time::SystemTime::now();\nlet d = tokio::time::Instant::now();\n",
+    );
+    let mut found = BTreeSet::new();
+    check("src/engine/driver.rs", &second, &mut found);
+    check(
+        "src/store/payments.rs",
+        &production_code("let now = chrono::Utc::now();\n"),
+        &mut found,
+    );
+    check(CLOCK_MODULE, &second, &mut found);
+    check("src/api/journal.rs", &second, &mut found);
+    let clocks: Vec<(&str, &str)> = found
+        .iter()
+        .filter(|v| v.0 == CLOCK)
+        .map(|v| (v.1.as_str(), v.2))
+        .collect();
+    assert_eq!(
+        clocks,
+        vec![
+            ("src/engine/driver.rs", "Instant::now"),
+            ("src/engine/driver.rs", "SystemTime::now"),
+            ("src/store/payments.rs", "Utc::now"),
         ]
     );
     // The scan reads the real tree: the store's own use of rusqlite is seen as code.
