@@ -367,7 +367,7 @@ pub(crate) fn plan(
 #[derive(Debug)]
 #[allow(
     clippy::large_enum_variant,
-    reason = "returned once per commit and matched at once; boxing the records buys nothing"
+    reason = "returned once per commit and matched at once; boxing the ignored record too buys nothing"
 )]
 pub(crate) enum Committed {
     /// The plan was committed: the state it moved from, the payment after, and the plan.
