@@ -6,10 +6,9 @@
 
 pub mod auth;
 pub mod gate;
+pub mod uploads;
 pub mod views;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State as AxState};
@@ -33,21 +32,17 @@ use crate::engine::clock::now_ms;
 use crate::engine::EngineError;
 use crate::store;
 use gate::{back_with, html, Gate, NoticeQuery, Session};
+use uploads::Uploads;
 
-/// Statement uploads kept for "apply" (the newest few).
-const KEPT_UPLOADS: usize = 8;
 /// Deadline of a console request.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Console requests handled at once.
 const MAX_CONCURRENT: usize = 16;
 
-/// Uploaded statement files: (name, bytes).
-type Files = Vec<(String, Vec<u8>)>;
-
 #[derive(Clone)]
 struct Console {
     bo: BackOffice,
-    uploads: Arc<Mutex<VecDeque<(String, Files)>>>,
+    uploads: Uploads,
 }
 
 /// The console's routes, with their own login (they are not behind the bearer token: a
@@ -55,7 +50,7 @@ struct Console {
 pub fn router(bo: BackOffice, token: Option<&Secret>) -> Router {
     let c = Console {
         bo,
-        uploads: Arc::default(),
+        uploads: Uploads::default(),
     };
     let gate = Gate::new(token, &gate::TERMINAL);
     let guarded = Router::new()
@@ -491,49 +486,20 @@ async fn reconcile_upload(
     axum::Extension(s): axum::Extension<Session>,
     mut form: Multipart,
 ) -> Response {
-    let mut files = Vec::new();
-    loop {
-        match form.next_field().await {
-            Ok(Some(field)) if field.name() == Some("files") => {
-                let name = field.file_name().unwrap_or("statement.csv").to_string();
-                match field.bytes().await {
-                    Ok(b) if !b.is_empty() => files.push((name, b.to_vec())),
-                    Ok(_) => {}
-                    Err(e) => {
-                        return html(
-                            StatusCode::BAD_REQUEST,
-                            views::reconcile(
-                                &s.csrf,
-                                None,
-                                Some(&format!("the upload broke off ({e}); try again")),
-                            ),
-                        )
-                    }
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                return html(
-                    StatusCode::BAD_REQUEST,
-                    views::reconcile(
-                        &s.csrf,
-                        None,
-                        Some(&format!("the upload broke off ({e}); try again")),
-                    ),
-                )
-            }
+    let files = match uploads::read_files(&mut form).await {
+        Ok(files) => files,
+        Err(why) => {
+            return html(
+                StatusCode::BAD_REQUEST,
+                views::reconcile(&s.csrf, None, Some(&why)),
+            )
         }
-    }
-    let upload = format!("{:016x}", rand::random::<u64>());
+    };
     let result = reconcile_uploads(&c.bo, files.clone(), false).await;
-    if result.is_ok() {
-        let mut kept = c.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        kept.push_back((upload.clone(), files));
-        while kept.len() > KEPT_UPLOADS {
-            kept.pop_front();
-        }
-    }
+    let upload = match &result {
+        Ok(_) => c.uploads.keep(files),
+        Err(_) => String::new(),
+    };
     show_report(&c, &s, &upload, result)
 }
 
@@ -547,14 +513,7 @@ async fn reconcile_apply(
     axum::Extension(s): axum::Extension<Session>,
     Form(f): Form<ApplyForm>,
 ) -> Response {
-    let files = c
-        .uploads
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(id, _)| *id == f.upload)
-        .map(|(_, files)| files.clone());
-    let Some(files) = files else {
+    let Some(files) = c.uploads.get(&f.upload) else {
         return html(
             StatusCode::CONFLICT,
             views::reconcile(

@@ -10,8 +10,8 @@ pub mod data;
 pub mod queue;
 pub mod views;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State as AxState};
@@ -26,13 +26,12 @@ use serde::Deserialize;
 use super::reconcile::{run_uploads, HubReconcileError, HubScope};
 use super::service::Hub;
 use crate::api::console::gate::{self, back_with, html, Gate, NoticeQuery, Session};
+use crate::api::console::uploads::{self, Uploads};
 use crate::api::console::views::reconcile_for;
 use crate::backoffice::reconcile::matcher::Report;
 use crate::config::Secret;
 use crate::domain::money::Currency;
 
-/// Statement uploads kept for "apply".
-const KEPT_UPLOADS: usize = 8;
 /// Deadline of a console request.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Console requests handled at once.
@@ -40,13 +39,11 @@ const MAX_CONCURRENT: usize = 16;
 /// What the reconciliation page says it matches against.
 const AGAINST: &str = "The hub matches every row against its record of every terminal.";
 
-type Files = Vec<(String, Vec<u8>)>;
-
 #[derive(Clone)]
 struct Console {
     hub: Arc<Hub>,
     gate: Gate,
-    uploads: Arc<Mutex<VecDeque<(String, Files)>>>,
+    uploads: Uploads,
 }
 
 /// The console's routes (their own login: a browser cannot send the bearer token).
@@ -55,7 +52,7 @@ pub fn router(hub: Arc<Hub>, token: Option<&Secret>) -> Router {
     let c = Console {
         hub,
         gate: gate.clone(),
-        uploads: Arc::default(),
+        uploads: Uploads::default(),
     };
     let guarded = Router::new()
         .route("/console", get(today))
@@ -348,41 +345,10 @@ async fn reconcile_upload(
     axum::Extension(s): axum::Extension<Session>,
     mut form: Multipart,
 ) -> Response {
-    let mut files = Vec::new();
-    loop {
-        match form.next_field().await {
-            Ok(Some(field)) if field.name() == Some("files") => {
-                let name = field.file_name().unwrap_or("statement.csv").to_string();
-                match field.bytes().await {
-                    Ok(b) if !b.is_empty() => files.push((name, b.to_vec())),
-                    Ok(_) => {}
-                    Err(e) => {
-                        return show_report(
-                            &c,
-                            &s,
-                            "",
-                            Err(HubReconcileError::Usage(format!(
-                                "the upload broke off ({e}); try again"
-                            ))),
-                        )
-                    }
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                return show_report(
-                    &c,
-                    &s,
-                    "",
-                    Err(HubReconcileError::Usage(format!(
-                        "the upload broke off ({e}); try again"
-                    ))),
-                )
-            }
-        }
-    }
-    let upload = format!("{:016x}", rand::random::<u64>());
+    let files = match uploads::read_files(&mut form).await {
+        Ok(files) => files,
+        Err(why) => return show_report(&c, &s, "", Err(HubReconcileError::Usage(why))),
+    };
     let result = run_uploads(
         &c.hub.pool,
         &c.hub.instance,
@@ -391,13 +357,10 @@ async fn reconcile_upload(
         false,
     )
     .await;
-    if result.is_ok() {
-        let mut kept = c.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        kept.push_back((upload.clone(), files));
-        while kept.len() > KEPT_UPLOADS {
-            kept.pop_front();
-        }
-    }
+    let upload = match &result {
+        Ok(_) => c.uploads.keep(files),
+        Err(_) => String::new(),
+    };
     show_report(&c, &s, &upload, result)
 }
 
@@ -411,14 +374,7 @@ async fn reconcile_apply(
     axum::Extension(s): axum::Extension<Session>,
     Form(f): Form<ApplyForm>,
 ) -> Response {
-    let files = c
-        .uploads
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(id, _)| *id == f.upload)
-        .map(|(_, files)| files.clone());
-    let Some(files) = files else {
+    let Some(files) = c.uploads.get(&f.upload) else {
         return show_report(
             &c,
             &s,
