@@ -202,6 +202,28 @@ fn csrf_of(headers: &HeaderMap, body: &[u8]) -> Option<String> {
     None
 }
 
+/// Deadline of a console request.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Console requests handled at once.
+const MAX_CONCURRENT: usize = 16;
+
+/// A console's routes (their state applied) behind the session check, beside the login
+/// routes, with the console's body limit, deadline and concurrency bound: one frame for the
+/// terminal's console and the hub's.
+pub fn mount(gate: Gate, guarded: Router) -> Router {
+    let guarded = guarded.layer(axum::middleware::from_fn_with_state(
+        gate.clone(),
+        require_session,
+    ));
+    crate::api::guard::bounded(
+        guarded
+            .merge(login_routes(gate))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        TIMEOUT,
+        MAX_CONCURRENT,
+    )
+}
+
 /// `/console/login` (GET the form, POST the token): the one route not behind the session
 /// check. `/console/logout` ([`logout`]) goes behind it like every other POST.
 pub fn login_routes(gate: Gate) -> Router {

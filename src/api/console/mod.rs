@@ -9,11 +9,8 @@ pub mod gate;
 pub mod uploads;
 pub mod views;
 
-use std::time::Duration;
-
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State as AxState};
+use axum::extract::{Multipart, Path, Query, State as AxState};
 use axum::http::StatusCode;
-use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -33,11 +30,6 @@ use crate::engine::EngineError;
 use crate::store;
 use gate::{back_with, html, Gate, NoticeQuery, Session};
 use uploads::Uploads;
-
-/// Deadline of a console request.
-const TIMEOUT: Duration = Duration::from_secs(60);
-/// Console requests handled at once.
-const MAX_CONCURRENT: usize = 16;
 
 #[derive(Clone)]
 struct Console {
@@ -70,18 +62,8 @@ pub fn router(bo: BackOffice, token: Option<&Secret>) -> Router {
         .route("/console/journal", get(journal_page))
         .route("/console/journal/download", get(journal_download))
         .route("/console/logout", post(gate::logout))
-        .layer(middleware::from_fn_with_state(
-            gate.clone(),
-            gate::require_session,
-        ))
         .with_state(c);
-    crate::api::guard::bounded(
-        guarded
-            .merge(gate::login_routes(gate))
-            .layer(DefaultBodyLimit::max(gate::MAX_FORM_BYTES)),
-        TIMEOUT,
-        MAX_CONCURRENT,
-    )
+    gate::mount(gate, guarded)
 }
 
 fn engine_problem(s: &Session, e: EngineError, back: &str) -> Response {

@@ -12,11 +12,9 @@ pub mod views;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State as AxState};
+use axum::extract::{Multipart, Path, Query, State as AxState};
 use axum::http::{header, StatusCode};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -32,10 +30,6 @@ use crate::backoffice::reconcile::matcher::Report;
 use crate::config::Secret;
 use crate::domain::money::Currency;
 
-/// Deadline of a console request.
-const TIMEOUT: Duration = Duration::from_secs(60);
-/// Console requests handled at once.
-const MAX_CONCURRENT: usize = 16;
 /// What the reconciliation page says it matches against.
 const AGAINST: &str = "The hub matches every row against its record of every terminal.";
 
@@ -69,18 +63,8 @@ pub fn router(hub: Arc<Hub>, token: Option<&Secret>) -> Router {
         .route("/console/journal", get(journal_page))
         .route("/console/journal/download", get(journal_download))
         .route("/console/logout", post(gate::logout))
-        .layer(middleware::from_fn_with_state(
-            gate.clone(),
-            gate::require_session,
-        ))
         .with_state(c);
-    crate::api::guard::bounded(
-        guarded
-            .merge(gate::login_routes(gate))
-            .layer(DefaultBodyLimit::max(gate::MAX_FORM_BYTES)),
-        TIMEOUT,
-        MAX_CONCURRENT,
-    )
+    gate::mount(gate, guarded)
 }
 
 fn failed(c: &Console, s: &Session, status: StatusCode, message: &str, back: &str) -> Response {
