@@ -4,7 +4,7 @@
 //! row of another store each reported as its kind; a truncated file refused with its line
 //! and nothing changed; an extra PAYMENT for a payment the hub holds as cancelled flagged
 //! critical and moved to NEEDS_ATTENTION in the hub's record with the statement as reason;
-//! `--apply` queues exactly one full refund in the hub's own queue and a second run none.
+//! `--apply` queues exactly one full refund in the hub's own queue, also from two runs at once, and a second run none.
 
 use std::path::Path;
 use std::process::Command;
@@ -309,13 +309,30 @@ async fn the_estates_statement_matches_and_each_discrepancy_is_its_kind_in_the_h
         "a second run wrote nothing"
     );
 
-    // --apply queues exactly one full refund in the hub's queue; a second run queues none.
-    let (code, rep, err) = reconcile(&cfg, &whole, &["--apply"]);
-    assert_eq!(code, 1, "{err}");
-    let c = findings_of(&rep, "charged_not_at_posd");
+    // --apply queues exactly one full refund in the hub's queue, also when two run at the
+    // same moment (two instances' operators); a second run queues none.
+    let (first, second) = std::thread::scope(|s| {
+        let a = s.spawn(|| reconcile(&cfg, &whole, &["--apply"]));
+        let b = s.spawn(|| reconcile(&cfg, &whole, &["--apply"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(first.0, 1, "{}", first.2);
+    assert_eq!(second.0, 1, "{}", second.2);
+    let done = |rep: &Value| {
+        findings_of(rep, "charged_not_at_posd")[0]["done"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let (queued, other) = if done(&first.1).contains("full refund") {
+        (done(&first.1), done(&second.1))
+    } else {
+        (done(&second.1), done(&first.1))
+    };
+    assert!(queued.contains("full refund"), "{queued}");
     assert!(
-        c[0]["done"].as_str().unwrap_or("").contains("full refund"),
-        "{rep:#}"
+        other.contains("no refund queued"),
+        "the other run queued too: {other}"
     );
     assert_eq!(reversals(&db, &cancelled).await, (1, 1));
     let row = pool
