@@ -142,6 +142,7 @@ pub fn is_operator_error(e: &anyhow::Error) -> bool {
                     StoreError::EmptyButUsed { .. }
                         | StoreError::Corrupt { .. }
                         | StoreError::TooNew { .. }
+                        | StoreError::ReadOnly { .. }
                 )
             )
     })

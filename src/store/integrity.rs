@@ -166,9 +166,33 @@ fn schema_of(db: &Path) -> Option<i64> {
         .ok()
 }
 
+/// Refuses a database file posd's user cannot open for writing (a read-only filesystem, or
+/// the file's mode): SQLite would open it read-only, and stay so after the cause is fixed.
+fn writable(db: &Path) -> Result<(), StoreError> {
+    use std::io::ErrorKind;
+    match std::fs::OpenOptions::new().write(true).open(db) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+            ) =>
+        {
+            Err(StoreError::ReadOnly {
+                path: db.to_path_buf(),
+            })
+        }
+        Err(source) => Err(StoreError::Dir {
+            path: db.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Opens the daemon's store: refuses an empty database where the state directory shows prior
-/// use (unless `init_store`, which first moves the old files aside), runs `quick_check`, and
-/// writes the marker. `now_ms` (the caller's clock, epoch ms) names the files moved aside
+/// use (unless `init_store`, which first moves the old files aside), refuses a database it
+/// could open only read-only, runs `quick_check`, and writes the marker. `now_ms` (the caller's clock, epoch ms) names the files moved aside
 /// and dates the marker.
 pub fn open_for_daemon(
     db: &Path,
@@ -177,6 +201,7 @@ pub fn open_for_daemon(
     init_store: bool,
     now_ms: i64,
 ) -> Result<Store, StoreError> {
+    writable(db)?;
     let found = inspect(db, state_dir, slip_dir);
     if found.empty && !found.evidence.is_empty() {
         if !init_store {
@@ -200,6 +225,11 @@ pub fn open_for_daemon(
         tracing::warn!(path = %db.display(), evidence = %found.evidence.join(", "), "--init-store: starting a new, empty store");
     }
     let store = Store::open(db)?;
+    if store.read_only() {
+        return Err(StoreError::ReadOnly {
+            path: db.to_path_buf(),
+        });
+    }
     quick_check(db).map_err(|detail| StoreError::Corrupt {
         path: db.to_path_buf(),
         detail,
@@ -449,6 +479,137 @@ pub(crate) mod tests {
             .expect("a corrupt database is refused")
             .to_string();
         assert!(e.contains("restore") || e.contains("malformed"), "{e}");
+    }
+
+    /// A directory that can be made read-only for this process: a tmpfs remounted read-only
+    /// when this process may mount one (root ignores file modes), else file modes.
+    struct ReadOnlyDir {
+        dir: tempfile::TempDir,
+        mounted: bool,
+    }
+
+    impl ReadOnlyDir {
+        fn new() -> ReadOnlyDir {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ReadOnlyDir { dir, mounted }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Read-only from now on (or writable again).
+        fn set_read_only(&self, ro: bool) {
+            use std::os::unix::fs::PermissionsExt;
+            if self.mounted {
+                let ok = std::process::Command::new("mount")
+                    .args(["-o", if ro { "remount,ro" } else { "remount,rw" }])
+                    .arg(self.path())
+                    .status()
+                    .unwrap();
+                assert!(ok.success(), "remount");
+                return;
+            }
+            let (file, dir) = if ro { (0o400, 0o500) } else { (0o600, 0o700) };
+            std::fs::set_permissions(self.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            for e in std::fs::read_dir(self.path()).unwrap() {
+                let p = e.unwrap().path();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(file)).unwrap();
+            }
+            std::fs::set_permissions(self.path(), std::fs::Permissions::from_mode(dir)).unwrap();
+        }
+    }
+
+    impl Drop for ReadOnlyDir {
+        fn drop(&mut self) {
+            if self.mounted {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.path())
+                    .status();
+            } else {
+                self.set_read_only(false);
+            }
+        }
+    }
+
+    /// Every file in `dir` with its bytes.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn a_database_that_can_only_be_read_is_refused_and_left_as_it_was() {
+        // After a clean stop (no -wal), and after a crash: the WAL and its index left behind,
+        // holding a commit the database file does not.
+        for crashed in [false, true] {
+            let ro = ReadOnlyDir::new();
+            let db = used_store(ro.path());
+            let open = crashed.then(|| {
+                let c = Connection::open(&db).unwrap();
+                c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+                c.execute("UPDATE payments SET state = 'REFUNDED'", [])
+                    .unwrap();
+                c
+            });
+            if let Some(c) = open {
+                // What a SIGKILL leaves: the files as they are while the connection is open.
+                for suffix in ["", "-wal", "-shm"] {
+                    std::fs::copy(
+                        sidecar(&db, suffix),
+                        sidecar(&db, &format!("{suffix}.kept")),
+                    )
+                    .unwrap();
+                }
+                drop(c);
+                for suffix in ["", "-wal", "-shm"] {
+                    std::fs::rename(
+                        sidecar(&db, &format!("{suffix}.kept")),
+                        sidecar(&db, suffix),
+                    )
+                    .unwrap();
+                }
+                assert!(std::fs::metadata(sidecar(&db, "-wal")).unwrap().len() > 0);
+            }
+            ro.set_read_only(true);
+            let before = snapshot(ro.path());
+            let e = open_for_daemon(&db, ro.path(), None, false, NOW)
+                .err()
+                .expect("a database posd cannot write is refused")
+                .to_string();
+            assert!(
+                e.contains("read-only") && e.contains("nothing was changed"),
+                "crashed {crashed}, tmpfs {}: {e}",
+                ro.mounted
+            );
+            assert_eq!(
+                snapshot(ro.path()),
+                before,
+                "crashed {crashed}: refusing changed a file"
+            );
+            // Writable again: the same files open, with the commit the WAL held.
+            ro.set_read_only(false);
+            let store = open_for_daemon(&db, ro.path(), None, false, NOW).unwrap();
+            let state: String = store
+                .call_blocking(|c| Ok(c.query_row("SELECT state FROM payments", [], |r| r.get(0))?))
+                .unwrap();
+            assert_eq!(state, if crashed { "REFUNDED" } else { "SUCCEEDED" });
+        }
     }
 
     /// Another process's write transaction on `db`, held until dropped.

@@ -83,6 +83,13 @@ pub enum StoreError {
          a backup (README, \"Backup and restore\")"
     )]
     Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "database {path} can only be opened read-only (a read-only filesystem, or the file or \
+         its directory not writable by posd's user): posd records every payment before it acts, \
+         so it takes no sale on it. Make it writable (remount the filesystem read-write, or fix \
+         the owner and mode) and start posd again; nothing was changed"
+    )]
+    ReadOnly { path: PathBuf },
 }
 
 /// A handle to the database, cheap to clone.
@@ -221,6 +228,14 @@ impl Store {
             pending: Arc::default(),
             path,
         })
+    }
+
+    /// Whether SQLite opened the writer connection read-only (a read-only filesystem or file
+    /// mode). Such a connection stays read-only after the cause is fixed, so a daemon on it
+    /// could never record a payment.
+    pub fn read_only(&self) -> bool {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true)
     }
 
     /// The database file.

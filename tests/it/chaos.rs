@@ -724,9 +724,8 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
             relay.redeliver(rng.gen_range(1..=3), &mut rng);
         }
         if disk.mounted && rng.gen_bool(0.06) {
-            // posd started on a read-only database filesystem: it may stop with an error or
-            // keep running unhealthy, but never report itself healthy, never panic, and
-            // charge nothing (a sale tried meanwhile is checked with the round).
+            // posd started on a read-only database filesystem: it refuses to start, naming
+            // the cause, never reports itself healthy, and charges nothing.
             d.kill();
             if disk.read_only(true) {
                 fig.read_only += 1;
@@ -926,8 +925,9 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     Ok(fig)
 }
 
-/// posd on a read-only database: for two seconds `/healthz` must not answer 200 (unless the
-/// process has exited); one sale is tried on it.
+/// posd on a read-only database: it must refuse to start within five seconds, naming the
+/// cause, and never answer `/healthz` with 200 meanwhile; a sale is tried while it might
+/// still listen (anything it took is checked with the round).
 async fn read_only_start(
     d: &mut TestDaemon,
     http: &reqwest::Client,
@@ -935,10 +935,16 @@ async fn read_only_start(
     seed: u64,
     rng: &mut StdRng,
 ) -> Result<(), String> {
-    let until = Instant::now() + Duration::from_secs(2);
+    let until = Instant::now() + Duration::from_secs(5);
     let mut tried = false;
     while Instant::now() < until {
-        if d.exited().is_some() {
+        if let Some(status) = d.exited() {
+            let log = d.log();
+            if status.success() || !log.contains("read-only") {
+                return Err(format!(
+                    "posd on a read-only database exited with {status} without naming the cause:\n{log}"
+                ));
+            }
             return Ok(());
         }
         if let Ok(r) = http.get(d.url("/healthz")).send().await {
@@ -962,7 +968,10 @@ async fn read_only_start(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
+    Err(format!(
+        "posd kept running on a read-only database instead of refusing to start:\n{}",
+        d.log()
+    ))
 }
 
 /// Waits until every payment is final; if some stay open, restarts the daemon (recovery) and

@@ -262,6 +262,78 @@ async fn a_lost_database_is_refused_until_init_store_and_a_clean_stop_checkpoint
     run.await.unwrap().unwrap();
 }
 
+/// `posd run` on a database it could open only read-only (a read-only filesystem; without
+/// mount rights, file modes) exits 2 naming the cause, and changes no file.
+#[tokio::test]
+async fn posd_run_refuses_a_database_it_can_only_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new("");
+    // A used store, stopped cleanly.
+    let (running, token) = site.start().await;
+    token.cancel();
+    drop(running);
+    assert!(site.db().exists());
+    // The store moves to its own filesystem; keys stay where they are.
+    let ro = site.dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&ro)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    for name in ["posd.sqlite3", posd::store::integrity::MARKER_FILE] {
+        std::fs::copy(site.var().join(name), ro.join(name)).unwrap();
+    }
+    std::fs::create_dir(ro.join("keys")).unwrap();
+    std::fs::copy(
+        site.var().join("keys/merchant_private.pem"),
+        ro.join("keys/merchant_private.pem"),
+    )
+    .unwrap();
+    support::set_mode(&ro.join("keys/merchant_private.pem"), 0o600);
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    std::fs::write(
+        &site.config,
+        text.replace("var/posd.sqlite3", "ro/posd.sqlite3"),
+    )
+    .unwrap();
+    if mounted {
+        let ok = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&ro)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    } else {
+        std::fs::set_permissions(
+            ro.join("posd.sqlite3"),
+            std::fs::Permissions::from_mode(0o400),
+        )
+        .unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+    }
+    let before = std::fs::read(ro.join("posd.sqlite3")).unwrap();
+    let refused = site.posd(&["run"]);
+    let msg = stderr(&refused);
+    let after = std::fs::read(ro.join("posd.sqlite3")).unwrap();
+    if mounted {
+        let _ = Command::new("umount").arg("-l").arg(&ro).status();
+    } else {
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    assert_eq!(refused.status.code(), Some(2), "{msg}");
+    assert!(
+        msg.contains("read-only") && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("--init-store"),
+        "the store is not empty: {msg}"
+    );
+    assert!(after == before, "refusing changed the database file");
+}
+
 #[tokio::test]
 async fn posd_backup_copies_the_database_while_the_daemon_runs() {
     let site = Site::new("");
