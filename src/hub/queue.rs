@@ -13,7 +13,7 @@ use tokio_postgres::Transaction;
 
 use super::service::{event, lock_payment, mark_attention, set_lock_timeout, Hub, PaymentRow};
 use super::upstream::Answer;
-use crate::engine::failpoint;
+use crate::engine::{backoff, failpoint};
 use crate::gateway::client::Operation;
 
 /// Retry rules of the queue.
@@ -35,8 +35,10 @@ pub struct QueueRules {
     pub lease: Duration,
 }
 
-/// The delay before the next attempt: jittered `retry_min..=retry_max` inside the retry
-/// window, then `backoff_initial · 2^late_attempts` capped at `backoff_max`, ±20 % jitter.
+/// The delay before the next attempt, from the terminal's own retry delays
+/// (`engine::backoff`): inside the retry window a pause drawn in `retry_min..=retry_max`,
+/// then `backoff_initial · 2^late_attempts` capped at `backoff_max`, shortened by jitter of
+/// at most a quarter (so the cap holds).
 pub fn next_delay(
     rules: &QueueRules,
     age: Duration,
@@ -44,16 +46,12 @@ pub fn next_delay(
     rng: &mut impl rand::Rng,
 ) -> Duration {
     if age < rules.retry_window {
-        let lo = rules.retry_min.as_millis() as u64;
-        let hi = rules.retry_max.as_millis().max(rules.retry_min.as_millis()) as u64;
-        return Duration::from_millis(rng.gen_range(lo..=hi));
+        return backoff::between(rules.retry_min, rules.retry_max, rng.gen());
     }
-    let base = rules
-        .backoff_initial
-        .saturating_mul(1u32 << late_attempts.min(20))
-        .min(rules.backoff_max);
-    let ms = base.as_millis() as f64 * rng.gen_range(0.8..=1.2);
-    Duration::from_millis(ms as u64).min(rules.backoff_max.mul_f64(1.2))
+    backoff::jittered(
+        backoff::backoff(late_attempts, rules.backoff_initial, rules.backoff_max),
+        rng.gen(),
+    )
 }
 
 /// One queue row.
@@ -606,18 +604,19 @@ mod tests {
         let late = Duration::from_secs(61);
         let d0 = next_delay(&rules(), late, 0, &mut rng);
         assert!(
-            (Duration::from_secs(24)..=Duration::from_secs(36)).contains(&d0),
+            (Duration::from_millis(22_500)..=Duration::from_secs(30)).contains(&d0),
             "{d0:?}"
         );
         let d2 = next_delay(&rules(), late, 2, &mut rng);
         assert!(
-            (Duration::from_secs(96)..=Duration::from_secs(144)).contains(&d2),
+            (Duration::from_secs(90)..=Duration::from_secs(120)).contains(&d2),
             "{d2:?}"
         );
-        for n in [10, 30, 1000] {
+        // The ceiling holds: jitter only ever shortens.
+        for n in [10, 30, 1000, u32::MAX] {
             let d = next_delay(&rules(), late, n, &mut rng);
             assert!(
-                d <= Duration::from_secs(720) && d >= Duration::from_secs(480),
+                d <= Duration::from_secs(600) && d >= Duration::from_secs(450),
                 "{d:?}"
             );
         }

@@ -25,6 +25,34 @@ const WIRE: &str = "gateway wire string or type outside gateway/";
 const DOMAIN: &str = "I/O or clock crate in domain/";
 const FLOAT: &str = "float on the money path (domain/, store/)";
 const CLOCK: &str = "a second clock: the core reads the time only in src/engine/clock.rs";
+const BACKOFF: &str = "a retry delay computed outside src/engine/backoff.rs";
+
+/// The one module of retry delays.
+const BACKOFF_MODULE: &str = "src/engine/backoff.rs";
+
+/// Not violations: the sandbox simulates the remote gateway's own notification retries.
+const EXEMPT_BACKOFF: &[&str] = &["src/gateway/sandbox/"];
+
+/// How a retry delay is grown by hand: doubling a delay, or a power of two of the attempts.
+fn grows_a_delay(line: &str) -> Option<&'static str> {
+    let l = line.to_ascii_lowercase();
+    let delayish = ["delay", "backoff", "attempt", "retry"]
+        .iter()
+        .any(|w| l.contains(w));
+    if !delayish {
+        return None;
+    }
+    if l.contains("*= 2") {
+        return Some("*= 2");
+    }
+    if l.contains("1u32 <<") || l.contains("1u64 <<") || l.contains("1 <<") {
+        return Some("<<");
+    }
+    if l.contains(".pow(") || l.contains("_pow(") {
+        return Some("pow");
+    }
+    None
+}
 
 /// The core, where the time is read only through the one clock module.
 const CLOCK_SCOPE: &[&str] = &[
@@ -258,6 +286,13 @@ fn check(f: &str, code: &str, found: &mut BTreeSet<Violation>) {
             }
         }
     }
+    if f != BACKOFF_MODULE && !EXEMPT_BACKOFF.iter().any(|e| f.starts_with(e)) {
+        for line in code.lines() {
+            if let Some(w) = grows_a_delay(line) {
+                found.insert((BACKOFF, f.to_string(), w));
+            }
+        }
+    }
     if CLOCK_SCOPE.iter().any(|d| f.starts_with(d)) && f != CLOCK_MODULE {
         for w in CLOCK_READS {
             if code.contains(w) {
@@ -354,6 +389,32 @@ fn the_checks_bite() {
             ("src/engine/driver.rs", "SystemTime::now"),
             ("src/store/payments.rs", "Utc::now"),
         ]
+    );
+    // A delay doubled by hand outside the backoff module is found; the module itself, the
+    // sandbox's simulated gateway and a power of ten for money are not.
+    let mut found = BTreeSet::new();
+    let grown = "let base = rules.backoff_initial.saturating_mul(1u32 << late_attempts);\n";
+    check("src/hub/queue.rs", &production_code(grown), &mut found);
+    check("src/engine/worker.rs", "delay *= 2;\n", &mut found);
+    check(BACKOFF_MODULE, grown, &mut found);
+    check(
+        "src/gateway/sandbox/notify.rs",
+        "backoff *= 2;\n",
+        &mut found,
+    );
+    check(
+        "src/domain/money.rs",
+        "let scale = 10i64.pow(exp);\n",
+        &mut found,
+    );
+    let delays: Vec<(&str, &str)> = found
+        .iter()
+        .filter(|v| v.0 == BACKOFF)
+        .map(|v| (v.1.as_str(), v.2))
+        .collect();
+    assert_eq!(
+        delays,
+        vec![("src/engine/worker.rs", "*= 2"), ("src/hub/queue.rs", "<<")]
     );
     // The scan reads the real tree: the store's own use of rusqlite is seen as code.
     let files = rust_files("src");
