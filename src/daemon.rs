@@ -426,8 +426,13 @@ pub async fn start_with(
 
     let mut printer_cfg = cfg.printer.clone();
     printer_cfg.path = cfg.resolve(&printer_cfg.path);
-    let printer = PrintWorker::spawn(&printer_cfg, engine.store().clone(), token.clone())
-        .context("cannot start the printer worker ([printer])")?;
+    let printer = PrintWorker::spawn(
+        &printer_cfg,
+        engine.store().clone(),
+        engine.clock(),
+        token.clone(),
+    )
+    .context("cannot start the printer worker ([printer])")?;
     let slips = engine.slips_written();
     let wake = printer.waker();
     let t = token.clone();

@@ -31,7 +31,7 @@ use super::printer::{open_transport, Job, PrinterHandle, PrinterStatus, Transpor
 use super::profile::Profile;
 use super::receipt::{layout, to_text, SlipKind};
 use crate::engine::backoff::backoff;
-use crate::engine::clock::{Clock, SystemClock};
+use crate::engine::clock::Clock;
 use crate::store::print_journal::{self, SlipRow};
 use crate::store::Store;
 
@@ -109,10 +109,12 @@ pub struct PrintWorker;
 
 impl PrintWorker {
     /// Starts the worker for `[printer]`: loads the profile, opens the transport on its own
-    /// thread and spawns the task. Fails only on a bad profile or if no thread can start.
+    /// thread and spawns the task, on the engine's clock. Fails only on a bad profile or if no
+    /// thread can start.
     pub fn spawn(
         cfg: &PrinterConfig,
         store: Store,
+        clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<PrintWorkerHandle> {
         let profile = Profile::load(&cfg.profile)?;
@@ -121,7 +123,7 @@ impl PrintWorker {
             profile,
             WorkerSettings::from(cfg),
             store,
-            Arc::new(SystemClock),
+            clock,
             shutdown,
         )?;
         Ok(h)

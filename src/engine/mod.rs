@@ -277,6 +277,11 @@ impl Engine {
         &self.inner.store
     }
 
+    /// The clock the engine reads (the print worker and the queue share it).
+    pub fn clock(&self) -> Arc<dyn clock::Clock> {
+        self.inner.clock.clone()
+    }
+
     /// The gateway.
     pub fn gateway(&self) -> &Arc<dyn Gateway> {
         &self.inner.gateway

@@ -275,7 +275,8 @@ async fn paper_out_is_told_apart_from_unknown_over_tcp_and_reprints_are_copies()
     };
     cfg.validate().unwrap();
     let shutdown = CancellationToken::new();
-    let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
+    let worker =
+        PrintWorker::spawn(&cfg, store.clone(), Arc::new(SystemClock), shutdown.clone()).unwrap();
     let prid = "126112114030500000100004200000012347";
     let id = record_sale(&store, prid);
     worker.wake();
@@ -337,7 +338,8 @@ async fn file_printer_writes_bin_and_txt_per_slip() {
         ..PrinterConfig::default()
     };
     let shutdown = CancellationToken::new();
-    let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
+    let worker =
+        PrintWorker::spawn(&cfg, store.clone(), Arc::new(SystemClock), shutdown.clone()).unwrap();
     let id = record_sale(&store, "P7");
     let copy = reprint(&store, "P7").unwrap();
     worker.wake();
@@ -388,7 +390,8 @@ async fn a_slip_needs_its_payment_and_rolls_back_with_its_transaction() {
         ..PrinterConfig::default()
     };
     let shutdown = CancellationToken::new();
-    let worker = PrintWorker::spawn(&cfg, store.clone(), shutdown.clone()).unwrap();
+    let worker =
+        PrintWorker::spawn(&cfg, store.clone(), Arc::new(SystemClock), shutdown.clone()).unwrap();
     worker.wake();
     wait_until("the slip to print", LIMIT, || {
         row(&store, id).status == SlipStatus::Printed
