@@ -1,8 +1,9 @@
 //! The machine's floors, measured in the bench's own run and printed beside its figure: the
-//! fsync ceiling (one `synchronous=FULL` commit in WAL mode on the bench's disk, times the
-//! commits an item needs) and the CPU ceiling (cores ÷ the RSA-2048 signs and verifies an item
-//! needs on both sides of the loopback, aws-lc-rs, measured here), and the figure's ratio to the
-//! lower of the two. Included by each bench with `#[path]`; not a bench of its own.
+//! fsync ceiling (one `synchronous=FULL` commit in WAL mode on the bench's disk; an item needs
+//! some commits one after another, and group commit lets at most the items in flight share
+//! one) and the CPU ceiling (cores ÷ the RSA-2048 signs and verifies an item needs on both
+//! sides of the loopback, aws-lc-rs, measured here), and the figure's ratio to the lower of
+//! the two. Included by each bench with `#[path]`; not a bench of its own.
 
 #![allow(dead_code, reason = "each bench uses the part it needs")]
 
@@ -14,8 +15,12 @@ use posd::gateway::sign::{Message, PrivateKey, PublicKey};
 /// What one item (a sale, a queued cancel, a request) costs at the floor.
 #[derive(Debug, Clone, Copy)]
 pub struct PerItem {
-    /// `synchronous=FULL` commits the item needs when nothing shares them.
-    pub commits: f64,
+    /// The fewest `synchronous=FULL` commits (fsyncs) one item can cost: the commits it needs,
+    /// each divided by the most items that can share it (group commit shares a commit among
+    /// the items in flight).
+    pub fsyncs: f64,
+    /// How `fsyncs` is made up, for the printed line.
+    pub fsyncs_are: &'static str,
     /// RSA-2048 signs, both sides (terminal and the gateway in the same run).
     pub signs: f64,
     /// RSA-2048 verifies, both sides.
@@ -115,9 +120,9 @@ impl Floors {
         }
     }
 
-    /// Items/s if every commit an item needs had an fsync of its own.
+    /// Items/s if the disk did nothing but commits, each shared as widely as it can be.
     pub fn fsync_ceiling(&self, per: PerItem) -> f64 {
-        1.0 / (per.commits * self.commit.as_secs_f64())
+        1.0 / (per.fsyncs * self.commit.as_secs_f64())
     }
 
     /// Items/s if the cores did nothing but the item's signs and verifies.
@@ -132,16 +137,17 @@ impl Floors {
         let cpu = self.cpu_ceiling(per);
         let lower = fsync.min(cpu);
         println!(
-            "floor: synchronous=FULL commit {:.3} ms; RSA-2048 sign {:.3} ms, verify {:.3} ms; {} cores",
+            "floor: synchronous=FULL commit {} ms; RSA-2048 sign {} ms, verify {} ms; {} cores",
             ms(self.commit),
             ms(self.sign),
             ms(self.verify),
             self.cores
         );
         println!(
-            "{what}: {rate:.0}/s; fsync ceiling {fsync:.0}/s ({} commits/item), CPU ceiling {cpu:.0}/s \
-             ({} signs + {} verifies/item over {} cores) -> {:.0} % of the lower ({})",
-            per.commits,
+            "{what}: {rate:.0}/s; fsync ceiling {fsync:.0}/s (>= {:.4} fsyncs/item: {}), CPU ceiling \
+             {cpu:.0}/s ({} signs + {} verifies/item over {} cores) -> {:.0} % of the lower ({})",
+            per.fsyncs,
+            per.fsyncs_are,
             per.signs,
             per.verifies,
             self.cores,

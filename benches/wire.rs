@@ -203,7 +203,8 @@ fn floors() {
         "pay requests built + serialized + signed",
         rate,
         floor::PerItem {
-            commits: 0.0,
+            fsyncs: 0.0,
+            fsyncs_are: "none",
             signs: 1.0,
             verifies: 0.0,
         },

@@ -35,6 +35,7 @@ pub mod refunds;
 pub mod transition;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,6 +99,9 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     /// Jobs waiting for the writer connection (group commit, see [`Store::call`]).
     pending: Arc<Mutex<Vec<Box<dyn Job>>>>,
+    /// Transactions committed through this handle (each one fsync): with the jobs committed,
+    /// how much group commit shares (metrics, benchmarks).
+    commits: Arc<Commits>,
     /// A second connection for reads, so that a status query never waits behind a commit's
     /// fsync (WAL lets readers run beside the writer). In memory it is the same connection.
     reader: Arc<Mutex<Connection>>,
@@ -206,6 +210,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             pending: Arc::default(),
+            commits: Arc::default(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
         })
@@ -226,6 +231,7 @@ impl Store {
             reader: conn.clone(),
             conn,
             pending: Arc::default(),
+            commits: Arc::default(),
             path,
         })
     }
@@ -267,11 +273,12 @@ impl Store {
             .push(Box::new(BatchJob { f, reply }));
         let conn = self.conn.clone();
         let pending = self.pending.clone();
+        let commits = self.commits.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
             if !batch.is_empty() {
-                run_batch(&mut guard, batch);
+                run_batch(&mut guard, batch, &commits);
             }
         })
         .await?;
@@ -308,7 +315,41 @@ impl Store {
             let _ = guard.execute_batch("ROLLBACK");
             return Err(e.into());
         }
+        if out.is_ok() {
+            self.commits.add(1);
+        }
         out
+    }
+
+    /// Transactions committed through this handle and the jobs they carried, since it opened.
+    pub fn commit_counts(&self) -> CommitCounts {
+        CommitCounts {
+            transactions: self.commits.transactions.load(Ordering::Relaxed),
+            jobs: self.commits.jobs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What [`Store::commit_counts`] reports: `jobs / transactions` is how many callers one fsync
+/// served on average.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Committed transactions (one fsync each).
+    pub transactions: u64,
+    /// Jobs those transactions carried.
+    pub jobs: u64,
+}
+
+#[derive(Default)]
+struct Commits {
+    transactions: AtomicU64,
+    jobs: AtomicU64,
+}
+
+impl Commits {
+    fn add(&self, jobs: u64) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs, Ordering::Relaxed);
     }
 }
 
@@ -384,7 +425,9 @@ impl<R: Send + 'static> Deliver for Held<R> {
 }
 
 /// Runs queued jobs in one transaction and answers them after its commit.
-fn run_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) {
+/// Runs `batch` in one transaction, counted in `commits` when it commits.
+fn run_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, commits: &Commits) {
+    let jobs = batch.len() as u64;
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = format!("cannot begin a transaction: {e}");
         for job in batch {
@@ -395,6 +438,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>) {
     let held: Vec<Box<dyn Deliver>> = batch.into_iter().map(|job| job.run(conn)).collect();
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
+            commits.add(jobs);
             for h in held {
                 h.deliver(Ok(()));
             }
