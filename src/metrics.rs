@@ -14,6 +14,9 @@
 //! - `posd_reversal_queue_depth` gauge and `posd_reversal_queue_oldest_age_seconds` gauge.
 //! - `posd_printer_status{status}` / `posd_scanner_status{status}` gauges: 1 for the current
 //!   status, 0 for statuses seen before.
+//! - `posd_store_commits_total` counter: database transactions committed (one fsync each);
+//!   `posd_store_commit_jobs_total` counter: the writes they carried (their ratio is how many
+//!   writes group commit puts behind one fsync).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,6 +111,8 @@ pub struct Metrics {
     queue_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     printer: StatusGauge,
     scanner: StatusGauge,
+    store_commits: Counter,
+    store_commit_jobs: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +171,18 @@ impl Metrics {
             "Scanner status (1 = current)",
             scanner.family.clone(),
         );
+        let store_commits = Counter::default();
+        registry.register(
+            "store_commits",
+            "Database transactions committed (one fsync each)",
+            store_commits.clone(),
+        );
+        let store_commit_jobs = Counter::default();
+        registry.register(
+            "store_commit_jobs",
+            "Writes carried by the committed transactions (group commit)",
+            store_commit_jobs.clone(),
+        );
         printer.set(UNKNOWN_STATUS);
         scanner.set(UNKNOWN_STATUS);
         Arc::new(Metrics {
@@ -178,6 +195,8 @@ impl Metrics {
             queue_oldest_age,
             printer,
             scanner,
+            store_commits,
+            store_commit_jobs,
         })
     }
 
@@ -257,10 +276,18 @@ impl Metrics {
         out
     }
 
-    /// Reads the database figures (payment states, queue), then encodes everything.
+    /// Reads the database figures (payment states, queue, commits), then encodes everything.
     pub async fn render(&self, store: &Store) -> anyhow::Result<String> {
+        let commits = store.commit_counts();
+        self.store_commits.inc_by(
+            commits
+                .transactions
+                .saturating_sub(self.store_commits.get()),
+        );
+        self.store_commit_jobs
+            .inc_by(commits.jobs.saturating_sub(self.store_commit_jobs.get()));
         let (counts, (depth, oldest)) = store
-            .call(|c| {
+            .read(|c| {
                 Ok((
                     payments::count_by_state(c)?,
                     notifications::queue_pending(c)?,
@@ -282,6 +309,45 @@ fn latency_histogram() -> Histogram {
 mod tests {
     use super::*;
     use crate::gateway::client::Operation;
+
+    /// The value of an unlabelled sample in exposition `text`.
+    fn sample(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn commits_and_the_writes_they_carry_are_counted_once() {
+        let m = Metrics::new();
+        let store = Store::open_in_memory().unwrap();
+        let text = m.render(&store).await.unwrap();
+        assert_eq!(sample(&text, "posd_store_commits_total"), 0);
+        for _ in 0..3 {
+            store.call(|_| Ok(())).await.unwrap();
+        }
+        // Twenty writes at once: one transaction may carry several of them.
+        let writes: Vec<_> = (0..20)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.call(|_| Ok(())).await })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        let text = m.render(&store).await.unwrap();
+        let (commits, jobs) = (
+            sample(&text, "posd_store_commits_total"),
+            sample(&text, "posd_store_commit_jobs_total"),
+        );
+        assert_eq!(jobs, 23, "{text}");
+        assert!((4..=23).contains(&commits), "{text}");
+        // A second scrape adds nothing new.
+        let again = m.render(&store).await.unwrap();
+        assert_eq!(sample(&again, "posd_store_commits_total"), commits);
+        assert_eq!(sample(&again, "posd_store_commit_jobs_total"), jobs);
+    }
 
     #[test]
     fn device_status_keeps_one_current_value() {

@@ -332,6 +332,10 @@ async fn metrics_parse_as_prometheus_text_and_the_token_guards_the_api() {
         other => panic!("not a histogram: {other:?}\n{text}"),
     }
     assert_eq!(value("posd_reversal_queue_depth", &[]), Some(0.0), "{text}");
+    // The sales above were committed: at least one fsync, each carrying one write or more.
+    let commits = value("posd_store_commits_total", &[]).expect("commits counted");
+    let jobs = value("posd_store_commit_jobs_total", &[]).expect("writes counted");
+    assert!(commits >= 1.0 && jobs >= commits, "{text}");
     assert_eq!(
         value("posd_reversal_queue_oldest_age_seconds", &[]),
         Some(0.0),
