@@ -84,6 +84,8 @@ pub struct ProxyState {
     /// fault in every run of the seed, whatever the interleaving with other sales.
     pub seen: HashMap<String, u64>,
     pub faults: BTreeMap<Fault, u64>,
+    /// (paymentRequestId, operation) of every call, in the order they reached the proxy.
+    pub trail: Vec<(String, String)>,
 }
 
 /// A fault-injecting HTTP/1.1 proxy in front of the sandbox.
@@ -144,6 +146,9 @@ fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, 
     }
     let sale = s.orders.get(&id).cloned().unwrap_or(id);
     let op = path.rsplit('/').next().unwrap_or("");
+    if let Some(p) = v["paymentRequestId"].as_str() {
+        s.trail.push((p.to_string(), op.to_string()));
+    }
     let key = format!("{sale}/{op}");
     let nth = {
         let n = s.seen.entry(key.clone()).or_default();
