@@ -853,6 +853,22 @@ impl Hub {
             self.metrics.request(op, "answered_from_record");
             return Ok(self.signed(t, answer.clone()));
         }
+        // A cancel settled for good without an S (ORDER_NOT_EXIST: the pay never arrived, the
+        // payment FAILED) is answered from its item's record; the payment stays where that
+        // answer put it. Moving it to CANCELLING here would leave it there: the item is done.
+        let settled: Option<Vec<u8>> = tx
+            .query_opt(
+                "SELECT answer FROM hub_queue WHERE kind = 'cancel' AND payment_request_id = $1 \
+                 AND status = 'DONE' AND answer IS NOT NULL",
+                &[&id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if let Some(answer) = settled {
+            tx.commit().await?;
+            self.metrics.request(op, "answered_from_record");
+            return Ok(self.signed(t, answer));
+        }
         let to = match row.state.as_str() {
             "RECEIVED" | "SUCCEEDED" | "FAILED" => "CANCELLING",
             other => other,
