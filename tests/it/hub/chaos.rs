@@ -509,29 +509,21 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
         if hub_kept.is_some_and(|k| k != up_kept) {
             return Err(format!("{}: the hub's money is not the upstream's", describe()));
         }
-        // The same outcome on both sides. Where the money is kept, the state names agree
-        // exactly. Where nothing is kept the two may name the path differently, and the
-        // money (none on the terminal, the hub and upstream alike, checked above) is what
-        // must agree: the hub records its own active cancel of a silent terminal's pay as
-        // CANCELLED, where the terminal's recovery learns "closed" and reports FAILED; a pay
-        // the terminal gave up on before it left (no hub record) is FAILED on the terminal.
-        let agree = match (p.state.as_str(), hub_state) {
-            (a, b) if a == b => true,
-            ("NEEDS_ATTENTION", _) | (_, "NEEDS_ATTENTION") => true,
-            (a, b) => {
-                kept(a, p.amount, p.refunded) == Some(0)
-                    && h.is_none_or(|h| kept(b, p.amount, h.refunded) == Some(0))
-            }
+        // The same outcome on both sides, by name. Where the two could legitimately differ
+        // the money decides instead (checked above): a pay the terminal gave up on before it
+        // reached the hub has no hub record (FAILED on the terminal, nothing upstream). The
+        // hub's own active cancel of a silent terminal's pay does not make them differ: the
+        // terminal's recovery asks the hub, which answers from its record, and both say
+        // CANCELLED.
+        let agree = match h {
+            Some(h) => p.state == h.state,
+            None => kept(&p.state, p.amount, p.refunded) == Some(0) && status == "NONE",
         };
         if !agree {
             return Err(format!("{}: terminal and hub disagree", describe()));
         }
-        if let Some(h) = h {
-            if kept(&p.state, p.amount, p.refunded).is_some_and(|k| k > 0)
-                && h.refunded != p.refunded
-            {
-                return Err(format!("{}: the refunded amounts differ", describe()));
-            }
+        if h.is_some_and(|h| h.refunded != p.refunded) {
+            return Err(format!("{}: the refunded amounts differ", describe()));
         }
     }
     for (order, ids) in charged_per_order {
@@ -606,11 +598,18 @@ async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
         };
         let n = rng.gen_range(1..=4);
         let sales: Vec<(usize, String, String, String)> = (0..n)
-            .map(|_| {
+            .map(|i| {
                 order += 1;
-                let last2 = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
+                let mut last2 = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
+                let mut t = rng.gen_range(0..n_terminals);
+                if let (0, TerminalFault::Silent(silent, _)) = (i, terminal_fault) {
+                    // The silenced terminal's first sale is a pay the upstream keeps
+                    // PROCESSING (row 83): only a cancel closes it, the hub's own if the
+                    // terminal stays away.
+                    (last2, t) = ("83", silent);
+                }
                 (
-                    rng.gen_range(0..n_terminals),
+                    t,
                     format!("H{seed}-{order}"),
                     code(last2, &mut rng),
                     decimal(rng.gen_range(1..100_000)),
@@ -780,18 +779,18 @@ fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
     );
 }
 
-/// Two seeds of three rounds at once: the default suite's share of the hub's seeded runs.
+/// Two seeds of four rounds at once: the default suite's share of the hub's seeded runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_chaos_smoke() {
     let t0 = Instant::now();
     let mut all = Figures::default();
-    let (a, b) = tokio::join!(run_seed(1, 3), run_seed(2, 3));
+    let (a, b) = tokio::join!(run_seed(1, 4), run_seed(2, 4));
     for fig in [a, b] {
         all.add(&fig.unwrap_or_else(|e| panic!("{e}")));
     }
     print("smoke", "1..=2", &all, t0.elapsed());
-    assert_eq!(all.rounds, 6);
-    assert!(all.payments >= 6, "{all:?}");
+    assert_eq!(all.rounds, 8);
+    assert!(all.payments >= 8, "{all:?}");
     assert!(all.silences >= 2, "{all:?}");
 }
 
