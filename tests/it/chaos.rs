@@ -55,8 +55,6 @@ queue_backoff_max = "1s"
 
 const CLIENT_ID: &str = "SANDBOX_CHAOS";
 
-
-
 /// What the notification relay does to one notifyPayment on its way from the sandbox to posd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Note {
@@ -325,7 +323,6 @@ impl Figures {
         }
     }
 }
-
 
 /// One seed's run: a fresh daemon, state directory and sandbox; `rounds` rounds.
 pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
@@ -669,7 +666,6 @@ async fn settle(d: &mut TestDaemon, db: &std::path::Path, fig: &mut Figures) -> 
     }
     Ok(())
 }
-
 
 /// posd's word against the sandbox's record.
 fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> Result<(), String> {

@@ -181,7 +181,10 @@ pub struct Request {
 }
 
 /// Reads one request; `None` at a clean end of the connection.
-pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
+pub async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i;
@@ -433,6 +436,9 @@ pub fn seed_range(var: &str, default: &str) -> (u64, u64) {
 pub fn env_u64(var: &str, default: u64) -> u64 {
     std::env::var(var)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{var}={v} is not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{var}={v} is not a number"))
+        })
         .unwrap_or(default)
 }

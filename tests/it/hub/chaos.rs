@@ -147,7 +147,8 @@ impl Estate {
     async fn new(terminals: usize) -> Estate {
         let db = TestDb::new().await;
         let pool = db.pool().await;
-        let up = Upstream::start_with(Duration::from_millis(1200), Duration::from_millis(600)).await;
+        let up =
+            Upstream::start_with(Duration::from_millis(1200), Duration::from_millis(600)).await;
         let proxy = Proxy::start(up.base_url()).await;
         let upstream = format!("http://{}", proxy.addr);
         for (client_id, key) in &TERMINALS[..terminals] {
@@ -285,9 +286,11 @@ impl Estate {
                     open.push(format!("terminal {t}: {} {}", p.id, p.state));
                 }
             }
-            open.extend(terminal_queue(&db).into_iter().map(|(id, kind)| {
-                format!("terminal {t}: queued {kind} of {id}")
-            }));
+            open.extend(
+                terminal_queue(&db)
+                    .into_iter()
+                    .map(|(id, kind)| format!("terminal {t}: queued {kind} of {id}")),
+            );
         }
         let c = self.pool.get().await.unwrap();
         for r in c
@@ -329,7 +332,10 @@ impl Estate {
                 let mut why = format!("still open after {SETTLE_WITHIN:?}: {open:#?}");
                 for line in open.iter().filter(|l| l.starts_with("hub:")) {
                     if let Some(id) = line.split_whitespace().nth(1) {
-                        why.push_str(&format!("\njournal of {id}:\n{}", journal(&self.db, id).await));
+                        why.push_str(&format!(
+                            "\njournal of {id}:\n{}",
+                            journal(&self.db, id).await
+                        ));
                     }
                 }
                 return Err(why);
@@ -344,7 +350,10 @@ impl Estate {
                 // Open on a terminal this long: a restart runs its recovery.
                 recovered = true;
                 for t in 0..self.terminals.len() {
-                    if open.iter().any(|l| l.starts_with(&format!("terminal {t}:"))) {
+                    if open
+                        .iter()
+                        .any(|l| l.starts_with(&format!("terminal {t}:")))
+                    {
                         self.terminals[t].kill();
                         self.start_terminal(t, None, fig).await;
                     }
@@ -371,9 +380,7 @@ impl Estate {
 fn terminal_queue(db: &std::path::Path) -> Vec<(String, String)> {
     let c = open_db(db);
     let mut st = c
-        .prepare(
-            "SELECT payment_request_id, kind FROM reversal_queue WHERE status = 'PENDING'",
-        )
+        .prepare("SELECT payment_request_id, kind FROM reversal_queue WHERE status = 'PENDING'")
         .unwrap();
     st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -496,18 +503,27 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
         };
         if let Some(h) = h {
             if h.client_id != TERMINALS[*t].0 {
-                return Err(format!("{}: the hub holds it for another terminal", describe()));
+                return Err(format!(
+                    "{}: the hub holds it for another terminal",
+                    describe()
+                ));
             }
             if h.amount.is_some_and(|a| a != p.amount) {
                 return Err(format!("{}: the amounts differ", describe()));
             }
         }
         if kept(&p.state, p.amount, p.refunded).is_some_and(|k| k != up_kept) {
-            return Err(format!("{}: the terminal's money is not the upstream's", describe()));
+            return Err(format!(
+                "{}: the terminal's money is not the upstream's",
+                describe()
+            ));
         }
         let hub_kept = h.map_or(Some(0), |h| kept(&h.state, p.amount, h.refunded));
         if hub_kept.is_some_and(|k| k != up_kept) {
-            return Err(format!("{}: the hub's money is not the upstream's", describe()));
+            return Err(format!(
+                "{}: the hub's money is not the upstream's",
+                describe()
+            ));
         }
         // The same outcome on both sides, by name. Where the two could legitimately differ
         // the money decides instead (checked above): a pay the terminal gave up on before it
@@ -746,10 +762,9 @@ async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     fig.payments = (0..n_terminals)
         .map(|t| payments(&e.terminal_db(t)).len() as u64)
         .sum();
-    fig.active_cancels = e
-        .db
-        .count("SELECT count(*) FROM hub_events WHERE kind = 'active_cancel'")
-        .await as u64;
+    fig.active_cancels =
+        e.db.count("SELECT count(*) FROM hub_events WHERE kind = 'active_cancel'")
+            .await as u64;
     Ok(fig)
 }
 
@@ -828,7 +843,12 @@ async fn hub_chaos_long() {
                 failures.push(seed);
             }
         }
-        print("progress", &format!("{a}..{}", seed + 1), &all, t0.elapsed());
+        print(
+            "progress",
+            &format!("{a}..{}", seed + 1),
+            &all,
+            t0.elapsed(),
+        );
     }
     print("total", &format!("{a}..{b}"), &all, t0.elapsed());
     assert!(failures.is_empty(), "failing seeds: {failures:?}");

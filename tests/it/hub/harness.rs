@@ -273,7 +273,11 @@ listen = "127.0.0.1:{api_port}"
     /// Starts as [`TestHub::start_with_env`]; false when the process was SIGKILLed before
     /// `/healthz` answered (its crash point fired in the first worker pass): it is gone, as
     /// after [`TestHub::kill`]. Any other exit during start-up panics with the log.
-    pub async fn start_or_killed(&mut self, failpoint: Option<&str>, env: &[(&str, String)]) -> bool {
+    pub async fn start_or_killed(
+        &mut self,
+        failpoint: Option<&str>,
+        env: &[(&str, String)],
+    ) -> bool {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("hub-{}.log", self.starts)))

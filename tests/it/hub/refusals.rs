@@ -247,7 +247,10 @@ async fn a_repeated_cancel_of_a_pay_that_never_arrived_is_answered_from_the_reco
         "{:?}",
         first.body
     );
-    assert_eq!(hub_state(&db, "R-never-paid").await.as_deref(), Some("FAILED"));
+    assert_eq!(
+        hub_state(&db, "R-never-paid").await.as_deref(),
+        Some("FAILED")
+    );
     let cancels = up.counts().cancel;
     for _ in 0..2 {
         let again = a.send(&hub.base, "cancel", &body, 0).await;
