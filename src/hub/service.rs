@@ -280,6 +280,12 @@ pub fn status_transition(state: &str, payment_status: &str) -> Option<&'static s
     }
 }
 
+/// Whether a payment in `state` is being (or has been) reversed by a cancel or refund the
+/// hub owes: an upstream `SUCCESS` is then not its outcome.
+pub fn reversing(state: &str) -> bool {
+    matches!(state, "CANCELLING" | "CANCELLED" | "REFUNDING" | "REFUNDED")
+}
+
 /// Applies a verified `paymentStatus` (inquiry answer, notification, the active-cancel
 /// inquiry) to a locked payment; returns the new state if it moved.
 pub async fn apply_status(
@@ -807,6 +813,15 @@ impl Hub {
                     "inquiry",
                 )
                 .await?;
+                if status == "SUCCESS" && reversing(&row.state) {
+                    // The hub owes (or has made) a reversal of this payment — its own
+                    // active cancel, perhaps turned into a full refund — so the upstream's
+                    // SUCCESS is not how it ends: relayed, it would have the terminal report
+                    // a sale whose money goes back. U keeps the terminal asking until it
+                    // cancels, and its cancel is answered with the reversal's outcome.
+                    tx.commit().await?;
+                    return Ok(self.unknown(t, op, None, "the hub is reversing this payment"));
+                }
             }
         }
         tx.commit().await?;
@@ -868,6 +883,32 @@ impl Hub {
             tx.commit().await?;
             self.metrics.request(op, "answered_from_record");
             return Ok(self.signed(t, answer));
+        }
+        // The hub's own cancel became a full refund (the cancel window had passed) and the
+        // refund is done: the payment is reversed, which is what this cancel asks for. Its
+        // item is done without an answer to relay, so without this the terminal would hear U
+        // for ever.
+        if row.state == "REFUNDED" {
+            let by_hub: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM hub_refunds WHERE refund_request_id = $1 \
+                     AND payment_request_id = $2 AND origin = 'hub' AND state = 'REFUNDED')",
+                    &[&queue::window_refund_id(&id), &id],
+                )
+                .await?
+                .get(0);
+            if by_hub {
+                tx.commit().await?;
+                self.metrics.request(op, "answered_from_record");
+                return Ok(self.signed(
+                    t,
+                    serde_json::to_vec(&json!({
+                        "result": {"resultCode": "SUCCESS", "resultStatus": "S",
+                                   "resultMessage": "reversed by the hub: refunded in full, the cancel window had passed"},
+                        "paymentRequestId": id,
+                    }))?,
+                ));
+            }
         }
         let to = match row.state.as_str() {
             "RECEIVED" | "SUCCEEDED" | "FAILED" => "CANCELLING",

@@ -18,5 +18,6 @@ mod notify;
 mod outage;
 mod reconcile;
 mod refusals;
+mod reversal;
 mod tls;
 mod watchdog;
