@@ -283,13 +283,13 @@ impl Estate {
             let db = self.terminal_db(t);
             for p in payments(&db) {
                 if !p.is_final() {
-                    open.push(format!("terminal {t}: {} {}", p.id, p.state));
+                    open.push(format!("terminal {t}: {} {}", p.state, p.id));
                 }
             }
             open.extend(
                 terminal_queue(&db)
                     .into_iter()
-                    .map(|(id, kind)| format!("terminal {t}: queued {kind} of {id}")),
+                    .map(|(id, kind)| format!("terminal {t}: queued {kind} {id}")),
             );
         }
         let c = self.pool.get().await.unwrap();
@@ -297,7 +297,8 @@ impl Estate {
             .query(
                 "SELECT payment_request_id, state FROM hub_payments \
                  WHERE state IN ('RECEIVED', 'CANCELLING', 'REFUNDING') \
-                 UNION ALL SELECT refund_request_id, 'refund ' || state FROM hub_refunds \
+                 UNION ALL SELECT payment_request_id, 'refund ' || refund_request_id || ' ' || state \
+                 FROM hub_refunds \
                  WHERE state = 'REFUNDING' \
                  UNION ALL SELECT payment_request_id, 'queued ' || kind FROM hub_queue \
                  WHERE status = 'PENDING'",
@@ -308,8 +309,8 @@ impl Estate {
         {
             open.push(format!(
                 "hub: {} {}",
-                r.get::<_, String>(0),
-                r.get::<_, String>(1)
+                r.get::<_, String>(1),
+                r.get::<_, String>(0)
             ));
         }
         open
@@ -329,16 +330,8 @@ impl Estate {
                 return Ok(());
             }
             if started.elapsed() > SETTLE_WITHIN {
-                let mut why = format!("still open after {SETTLE_WITHIN:?}: {open:#?}");
-                for line in open.iter().filter(|l| l.starts_with("hub:")) {
-                    if let Some(id) = line.split_whitespace().nth(1) {
-                        why.push_str(&format!(
-                            "\njournal of {id}:\n{}",
-                            journal(&self.db, id).await
-                        ));
-                    }
-                }
-                return Err(why);
+                let why = format!("still open after {SETTLE_WITHIN:?}: {open:#?}");
+                return Err(explain(self, why).await);
             }
             if replayed.elapsed() > Duration::from_secs(1) {
                 replayed = Instant::now();
@@ -395,12 +388,16 @@ struct HubRow {
     state: String,
     amount: Option<i64>,
     refunded: i64,
+    /// Refunded by the hub itself: its active cancel, past the cancel window.
+    refunded_by_hub: bool,
 }
 
 async fn hub_rows(pool: &deadpool_postgres::Pool) -> HashMap<String, HubRow> {
     let c = pool.get().await.unwrap();
     c.query(
-        "SELECT payment_request_id, client_id, state, amount_minor, refunded_minor FROM hub_payments",
+        "SELECT payment_request_id, client_id, state, amount_minor, refunded_minor, \
+         EXISTS (SELECT 1 FROM hub_refunds r WHERE r.payment_request_id = p.payment_request_id \
+         AND r.origin = 'hub') FROM hub_payments p",
         &[],
     )
     .await
@@ -414,6 +411,7 @@ async fn hub_rows(pool: &deadpool_postgres::Pool) -> HashMap<String, HubRow> {
                 state: r.get(2),
                 amount: r.get(3),
                 refunded: r.get(4),
+                refunded_by_hub: r.get(5),
             },
         )
     })
@@ -525,20 +523,24 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
                 describe()
             ));
         }
-        // The same outcome on both sides, by name. Where the two could legitimately differ
-        // the money decides instead (checked above): a pay the terminal gave up on before it
-        // reached the hub has no hub record (FAILED on the terminal, nothing upstream). The
-        // hub's own active cancel of a silent terminal's pay does not make them differ: the
-        // terminal's recovery asks the hub, which answers from its record, and both say
-        // CANCELLED.
+        // The same outcome on both sides, by name. Where the two legitimately differ the
+        // money decides instead (checked above): a pay the terminal gave up on before it
+        // reached the hub has no hub record (FAILED on the terminal, nothing upstream); the
+        // hub's own active cancel of a silent terminal's pay, refused for its window and
+        // turned into a full refund, is REFUNDED on the hub and CANCELLED on the terminal
+        // (its returning cancel is answered S: the payment is reversed). Any other active
+        // cancel ends CANCELLED on both.
         let agree = match h {
+            Some(h) if h.refunded_by_hub && p.state == "CANCELLED" => {
+                h.state == "REFUNDED" && p.refunded == 0
+            }
             Some(h) => p.state == h.state,
             None => kept(&p.state, p.amount, p.refunded) == Some(0) && status == "NONE",
         };
         if !agree {
             return Err(format!("{}: terminal and hub disagree", describe()));
         }
-        if h.is_some_and(|h| h.refunded != p.refunded) {
+        if h.is_some_and(|h| h.refunded != p.refunded && !h.refunded_by_hub) {
             return Err(format!("{}: the refunded amounts differ", describe()));
         }
     }
@@ -552,6 +554,27 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
         return Err(format!("a process panicked:\n{logs}"));
     }
     Ok(())
+}
+
+/// A failure with the hub's journal and the log lines of each payment it names.
+async fn explain(e: &Estate, mut why: String) -> String {
+    let ids: Vec<String> = hub_rows(&e.pool)
+        .await
+        .into_keys()
+        .filter(|id| why.contains(id.as_str()))
+        .collect();
+    let logs = e.logs();
+    for id in ids {
+        why.push_str(&format!(
+            "\nthe hub's journal of {id}:\n{}\nlog lines naming it:\n",
+            journal(&e.db, &id).await
+        ));
+        for line in logs.lines().filter(|l| l.contains(id.as_str())).take(60) {
+            why.push_str(line);
+            why.push('\n');
+        }
+    }
+    why
 }
 
 /// What happens to the hub in a round.
@@ -747,9 +770,9 @@ async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
                 e.settle(&mut fig).await.map_err(|w| at(&w))?;
             }
         }
-        check(&e, &mut fig, round + 1 == rounds)
-            .await
-            .map_err(|w| at(&w))?;
+        if let Err(w) = check(&e, &mut fig, round + 1 == rounds).await {
+            return Err(at(&explain(&e, w).await));
+        }
         fig.rounds += 1;
     }
     {
