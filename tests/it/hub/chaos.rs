@@ -390,6 +390,8 @@ struct HubRow {
     refunded: i64,
     /// Refunded by the hub itself: its active cancel, past the cancel window.
     refunded_by_hub: bool,
+    /// The hub cancelled it on its own (active cancel).
+    active: bool,
 }
 
 async fn hub_rows(pool: &deadpool_postgres::Pool) -> HashMap<String, HubRow> {
@@ -397,7 +399,7 @@ async fn hub_rows(pool: &deadpool_postgres::Pool) -> HashMap<String, HubRow> {
     c.query(
         "SELECT payment_request_id, client_id, state, amount_minor, refunded_minor, \
          EXISTS (SELECT 1 FROM hub_refunds r WHERE r.payment_request_id = p.payment_request_id \
-         AND r.origin = 'hub') FROM hub_payments p",
+         AND r.origin = 'hub'), active_cancel_at IS NOT NULL FROM hub_payments p",
         &[],
     )
     .await
@@ -412,6 +414,7 @@ async fn hub_rows(pool: &deadpool_postgres::Pool) -> HashMap<String, HubRow> {
                 amount: r.get(3),
                 refunded: r.get(4),
                 refunded_by_hub: r.get(5),
+                active: r.get(6),
             },
         )
     })
@@ -528,12 +531,15 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
         // reached the hub has no hub record (FAILED on the terminal, nothing upstream); the
         // hub's own active cancel of a silent terminal's pay, refused for its window and
         // turned into a full refund, is REFUNDED on the hub and CANCELLED on the terminal
-        // (its returning cancel is answered S: the payment is reversed). Any other active
-        // cancel ends CANCELLED on both.
+        // (its returning cancel is answered S: the payment is reversed); and a pay the hub
+        // cancelled on its own while its terminal was away before any answer (still PAYING)
+        // is CANCELLED on the hub and FAILED on the terminal, whose recovery learns from its
+        // inquiry that the payment was closed without being charged.
         let agree = match h {
             Some(h) if h.refunded_by_hub && p.state == "CANCELLED" => {
                 h.state == "REFUNDED" && p.refunded == 0
             }
+            Some(h) if h.active && p.state == "FAILED" => h.state == "CANCELLED",
             Some(h) => p.state == h.state,
             None => kept(&p.state, p.amount, p.refunded) == Some(0) && status == "NONE",
         };
