@@ -536,11 +536,12 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
         // is CANCELLED on the hub and FAILED on the terminal, whose recovery learns from its
         // inquiry that the payment was closed without being charged.
         let agree = match h {
+            Some(h) if h.state == p.state => true,
             Some(h) if h.refunded_by_hub && p.state == "CANCELLED" => {
                 h.state == "REFUNDED" && p.refunded == 0
             }
             Some(h) if h.active && p.state == "FAILED" => h.state == "CANCELLED",
-            Some(h) => p.state == h.state,
+            Some(_) => false,
             None => kept(&p.state, p.amount, p.refunded) == Some(0) && status == "NONE",
         };
         if !agree {
