@@ -889,25 +889,9 @@ impl Hub {
         // item is done without an answer to relay, so without this the terminal would hear U
         // for ever.
         if row.state == "REFUNDED" {
-            let by_hub: bool = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM hub_refunds WHERE refund_request_id = $1 \
-                     AND payment_request_id = $2 AND origin = 'hub' AND state = 'REFUNDED')",
-                    &[&queue::window_refund_id(&id), &id],
-                )
-                .await?
-                .get(0);
-            if by_hub {
+            if let Some(reply) = self.window_refunded(&*tx, t, &id).await? {
                 tx.commit().await?;
-                self.metrics.request(op, "answered_from_record");
-                return Ok(self.signed(
-                    t,
-                    serde_json::to_vec(&json!({
-                        "result": {"resultCode": "SUCCESS", "resultStatus": "S",
-                                   "resultMessage": "reversed by the hub: refunded in full, the cancel window had passed"},
-                        "paymentRequestId": id,
-                    }))?,
-                ));
+                return Ok(reply);
             }
         }
         let to = match row.state.as_str() {
@@ -949,7 +933,53 @@ impl Hub {
                 }))?,
             ));
         }
-        self.deliver_for_terminal(t, op, item).await
+        let reply = self.deliver_for_terminal(t, op, item).await?;
+        // Delivered through the hub's own cancel and refused for its window, the cancel has
+        // just become the hub's full refund: relaying the refusal would have the terminal
+        // refund as well (the second refund refused upstream, the payment left for a human).
+        let client = self.pool.get().await?;
+        Ok(self
+            .window_refunded(&**client, t, &id)
+            .await?
+            .unwrap_or(reply))
+    }
+
+    /// The answer to a terminal's cancel of a payment whose cancel the hub turned into its
+    /// own full refund: `S` once refunded, `U` while the refund is under way; `None` for any
+    /// other payment.
+    async fn window_refunded(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        t: &Terminal,
+        id: &str,
+    ) -> anyhow::Result<Option<Reply>> {
+        let state: Option<String> = client
+            .query_opt(
+                "SELECT state FROM hub_refunds WHERE refund_request_id = $1 \
+                 AND payment_request_id = $2 AND origin = 'hub'",
+                &[&queue::window_refund_id(id), &id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let op = Operation::Cancel;
+        Ok(match state.as_deref() {
+            None => None,
+            Some("REFUNDED") => {
+                self.metrics.request(op, "answered_from_record");
+                Some(self.signed(
+                    t,
+                    serde_json::to_vec(&json!({
+                        "result": {"resultCode": "SUCCESS", "resultStatus": "S",
+                                   "resultMessage": "reversed by the hub: refunded in full, the cancel window had passed"},
+                        "paymentRequestId": id,
+                    }))?,
+                ))
+            }
+            Some("REFUNDING") => {
+                Some(self.unknown(t, op, None, "the hub is refunding this payment in full"))
+            }
+            Some(_) => None,
+        })
     }
 
     async fn deliver_for_terminal(

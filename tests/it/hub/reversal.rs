@@ -1,6 +1,8 @@
 //! What a terminal hears about a payment the hub reverses on its own (active cancel): an
 //! inquiry never relays the upstream's SUCCESS while the hub's cancel is owed, and a cancel
-//! after the hub's cancel became a full refund is answered S, not U for ever.
+//! after the hub's cancel became a full refund is answered S, not U for ever — and one
+//! delivered through the hub's own cancel as it is refused for its window hears U, not the
+//! refusal (which would have the terminal refund as well).
 
 use std::time::Duration;
 
@@ -93,4 +95,42 @@ async fn a_cancel_after_the_hubs_own_cancel_became_a_full_refund_is_answered_s()
             .await,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_delivered_through_the_hubs_own_and_refused_for_its_window_is_not_relayed() {
+    let db = TestDb::new().await;
+    let up = Upstream::start(Duration::from_secs(60)).await;
+    register(&db, "T_A", "terminal_a").await;
+    let mut hub = TestHub::new(&db, &up.base_url(), "", "");
+    hub.start(None).await;
+    let t = Signer::new("T_A", "terminal_a");
+    let r = t
+        .send(&hub.base, "pay", &pay_body("REV-W", &code("87")), 0)
+        .await;
+    assert_eq!(r.status(), "U", "{:?}", r.body);
+    // The hub has decided to cancel on its own and queued the cancel (not yet due), when the
+    // terminal's own cancel arrives and is delivered through that item.
+    let pool = db.pool().await;
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "UPDATE hub_payments SET state = 'CANCELLING', active_cancel_at = now() \
+             WHERE payment_request_id = 'REV-W'; \
+             INSERT INTO hub_queue (kind, payment_request_id, body, origin, next_at) VALUES \
+             ('cancel', 'REV-W', convert_to('{\"paymentRequestId\":\"REV-W\"}', 'UTF8'), 'active', \
+             now() + interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    let ask = json!({"paymentRequestId": "REV-W"});
+    let r = t.send(&hub.base, "cancel", &ask, 0).await;
+    // CANCEL_WINDOW_EXCEED relayed, the terminal would refund as well.
+    assert_ne!(r.status(), "F", "{:?}", r.body);
+    wait_hub_state(&db, "REV-W", "REFUNDED", Duration::from_secs(30)).await;
+    let r = t.send(&hub.base, "cancel", &ask, 0).await;
+    assert_eq!(r.status(), "S", "{:?}", r.body);
+    assert_eq!(up.counts().refund, 1, "the hub's refund, once");
+    assert_eq!(up.record("REV-W").unwrap().1, 1234);
 }
