@@ -280,6 +280,12 @@ pub fn status_transition(state: &str, payment_status: &str) -> Option<&'static s
     }
 }
 
+/// Whether a payment in `state` is being (or has been) reversed by a cancel or refund the
+/// hub owes: an upstream `SUCCESS` is then not its outcome.
+pub fn reversing(state: &str) -> bool {
+    matches!(state, "CANCELLING" | "CANCELLED" | "REFUNDING" | "REFUNDED")
+}
+
 /// Applies a verified `paymentStatus` (inquiry answer, notification, the active-cancel
 /// inquiry) to a locked payment; returns the new state if it moved.
 pub async fn apply_status(
@@ -807,6 +813,15 @@ impl Hub {
                     "inquiry",
                 )
                 .await?;
+                if status == "SUCCESS" && reversing(&row.state) {
+                    // The hub owes (or has made) a reversal of this payment — its own
+                    // active cancel, perhaps turned into a full refund — so the upstream's
+                    // SUCCESS is not how it ends: relayed, it would have the terminal report
+                    // a sale whose money goes back. U keeps the terminal asking until it
+                    // cancels, and its cancel is answered with the reversal's outcome.
+                    tx.commit().await?;
+                    return Ok(self.unknown(t, op, None, "the hub is reversing this payment"));
+                }
             }
         }
         tx.commit().await?;
@@ -853,6 +868,32 @@ impl Hub {
             self.metrics.request(op, "answered_from_record");
             return Ok(self.signed(t, answer.clone()));
         }
+        // A cancel settled for good without an S (ORDER_NOT_EXIST: the pay never arrived, the
+        // payment FAILED) is answered from its item's record; the payment stays where that
+        // answer put it. Moving it to CANCELLING here would leave it there: the item is done.
+        let settled: Option<Vec<u8>> = tx
+            .query_opt(
+                "SELECT answer FROM hub_queue WHERE kind = 'cancel' AND payment_request_id = $1 \
+                 AND status = 'DONE' AND answer IS NOT NULL",
+                &[&id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if let Some(answer) = settled {
+            tx.commit().await?;
+            self.metrics.request(op, "answered_from_record");
+            return Ok(self.signed(t, answer));
+        }
+        // The hub's own cancel became a full refund (the cancel window had passed) and the
+        // refund is done: the payment is reversed, which is what this cancel asks for. Its
+        // item is done without an answer to relay, so without this the terminal would hear U
+        // for ever.
+        if row.state == "REFUNDED" {
+            if let Some(reply) = self.window_refunded(&*tx, t, &id).await? {
+                tx.commit().await?;
+                return Ok(reply);
+            }
+        }
         let to = match row.state.as_str() {
             "RECEIVED" | "SUCCEEDED" | "FAILED" => "CANCELLING",
             other => other,
@@ -892,7 +933,53 @@ impl Hub {
                 }))?,
             ));
         }
-        self.deliver_for_terminal(t, op, item).await
+        let reply = self.deliver_for_terminal(t, op, item).await?;
+        // Delivered through the hub's own cancel and refused for its window, the cancel has
+        // just become the hub's full refund: relaying the refusal would have the terminal
+        // refund as well (the second refund refused upstream, the payment left for a human).
+        let client = self.pool.get().await?;
+        Ok(self
+            .window_refunded(&**client, t, &id)
+            .await?
+            .unwrap_or(reply))
+    }
+
+    /// The answer to a terminal's cancel of a payment whose cancel the hub turned into its
+    /// own full refund: `S` once refunded, `U` while the refund is under way; `None` for any
+    /// other payment.
+    async fn window_refunded(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        t: &Terminal,
+        id: &str,
+    ) -> anyhow::Result<Option<Reply>> {
+        let state: Option<String> = client
+            .query_opt(
+                "SELECT state FROM hub_refunds WHERE refund_request_id = $1 \
+                 AND payment_request_id = $2 AND origin = 'hub'",
+                &[&queue::window_refund_id(id), &id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let op = Operation::Cancel;
+        Ok(match state.as_deref() {
+            None => None,
+            Some("REFUNDED") => {
+                self.metrics.request(op, "answered_from_record");
+                Some(self.signed(
+                    t,
+                    serde_json::to_vec(&json!({
+                        "result": {"resultCode": "SUCCESS", "resultStatus": "S",
+                                   "resultMessage": "reversed by the hub: refunded in full, the cancel window had passed"},
+                        "paymentRequestId": id,
+                    }))?,
+                ))
+            }
+            Some("REFUNDING") => {
+                Some(self.unknown(t, op, None, "the hub is refunding this payment in full"))
+            }
+            Some(_) => None,
+        })
     }
 
     async fn deliver_for_terminal(

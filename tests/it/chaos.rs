@@ -30,9 +30,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::chaos_kit::{
+    code, decimal, env_u64, forward, open_db, payments, queued, read_request, seed_range,
+    write_answer, Answer, Proxy, Request, Row, FAILPOINTS, SCENARIOS,
+};
 use super::daemon::TestDaemon;
 
 /// Short flow timings; the queue retries quickly so scenario 86 settles within a round.
@@ -51,331 +54,6 @@ queue_backoff_max = "1s"
 "#;
 
 const CLIENT_ID: &str = "SANDBOX_CHAOS";
-
-/// Last two digits of the code: every scenario row of the sandbox (00–79 are plain successes).
-const SCENARIOS: &[&str] = &[
-    "07", "42", "79", "80", "81", "82", "83", "84", "85", "86", "87", "88", "89",
-];
-
-/// Crash points of the money path (`POSD_FAILPOINT`).
-const FAILPOINTS: &[&str] = &[
-    "intent_committed",
-    "pay_in_flight",
-    "pay_answered",
-    "inquiry_1",
-    "inquiry_3",
-    "cancel_committed",
-    "cancel_in_flight",
-    "refund_in_flight",
-    "queue_written",
-    "replay_leased",
-    "replay_sent",
-    "replay_answered",
-    "replay_settled",
-];
-
-/// What the proxy does to one gateway call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Fault {
-    /// Holds the request past the client's deadline, then forwards it (a late answer).
-    Hold,
-    /// Resets the connection before the gateway sees the request.
-    ResetBefore,
-    /// Forwards, then resets instead of answering (the gateway acted; the answer is lost).
-    ResetAfter,
-    /// Answers 5xx without forwarding.
-    Error5xxBefore,
-    /// Forwards, then answers 5xx.
-    Error5xxAfter,
-    /// Forwards, then sends half of the body and closes.
-    Truncate,
-    /// Forwards, then answers with one character of the signature changed.
-    BadSignature,
-}
-
-/// Faults by weight: a held request (the answer, or the request itself, arriving after the
-/// client gave up) is the ambiguity that matters most, so it comes three times as often.
-const FAULTS: &[Fault] = &[
-    Fault::Hold,
-    Fault::Hold,
-    Fault::Hold,
-    Fault::ResetBefore,
-    Fault::ResetAfter,
-    Fault::Error5xxBefore,
-    Fault::Error5xxAfter,
-    Fault::Truncate,
-    Fault::BadSignature,
-];
-
-/// The proxy's per-round plan and what it did.
-#[derive(Default)]
-struct ProxyState {
-    /// Probability that one call gets a fault, this round.
-    rate: f64,
-    /// Seeds the per-call choices of this round.
-    round_seed: u64,
-    calls: u64,
-    /// paymentRequestId -> the sale's order reference (learnt from its pay request).
-    orders: HashMap<String, String>,
-    /// How often each (sale, operation) was seen: the n-th inquiry of a sale gets the same
-    /// fault in every run of the seed, whatever the interleaving with other sales.
-    seen: HashMap<String, u64>,
-    faults: BTreeMap<Fault, u64>,
-}
-
-/// A fault-injecting HTTP/1.1 proxy in front of the sandbox.
-struct Proxy {
-    addr: SocketAddr,
-    state: Arc<Mutex<ProxyState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ProxyState::default()));
-        let http = reqwest::Client::new();
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (st, http, upstream) = (st.clone(), http.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    let _ = serve(sock, st, http, upstream).await;
-                });
-            }
-        });
-        Proxy { addr, state, task }
-    }
-
-    fn plan(&self, rate: f64, round_seed: u64) {
-        let mut s = self.state.lock().unwrap();
-        s.rate = rate;
-        s.round_seed = round_seed;
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Picks this call's fault (or none) from the round's seed and the call's number.
-fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, Duration)> {
-    let mut s = state.lock().unwrap();
-    s.calls += 1;
-    let v: Value = serde_json::from_slice(body).unwrap_or_default();
-    let id = v["paymentRequestId"]
-        .as_str()
-        .or(v["refundRequestId"].as_str())
-        .unwrap_or("")
-        .to_string();
-    if let Some(o) = v["order"]["referenceOrderId"].as_str() {
-        s.orders.insert(id.clone(), o.to_string());
-    }
-    let sale = s.orders.get(&id).cloned().unwrap_or(id);
-    let op = path.rsplit('/').next().unwrap_or("");
-    let key = format!("{sale}/{op}");
-    let nth = {
-        let n = s.seen.entry(key.clone()).or_default();
-        *n += 1;
-        *n
-    };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&(s.round_seed, &key, nth), &mut h);
-    let mut rng = StdRng::seed_from_u64(std::hash::Hasher::finish(&h));
-    if !rng.gen_bool(s.rate) {
-        return None;
-    }
-    // A pay that reaches the gateway after the terminal gave up on it is the case the whole
-    // inquiry flow exists for: pays that get a fault are mostly held.
-    let f = if path.ends_with("/pay") && rng.gen_bool(0.7) {
-        Fault::Hold
-    } else {
-        FAULTS[rng.gen_range(0..FAULTS.len())]
-    };
-    *s.faults.entry(f).or_default() += 1;
-    Some((f, Duration::from_millis(rng.gen_range(650..1500))))
-}
-
-#[derive(Clone)]
-struct Request {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// Reads one request; `None` at a clean end of the connection.
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let path = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or("/")
-        .to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let start = head_end + 4;
-    while buf.len() < start + len {
-        let mut chunk = [0u8; 8192];
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = buf[start..start + len].to_vec();
-    buf.drain(..start + len);
-    Ok(Some(Request {
-        path,
-        headers,
-        body,
-    }))
-}
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-async fn forward(http: &reqwest::Client, upstream: &str, req: &Request) -> Option<Answer> {
-    let mut r = http.post(format!("{upstream}{}", req.path));
-    for (k, v) in &req.headers {
-        if matches!(
-            k.as_str(),
-            "content-type" | "client-id" | "request-time" | "signature" | "agent-token"
-        ) {
-            r = r.header(k, v);
-        }
-    }
-    let resp = r.body(req.body.clone()).send().await.ok()?;
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .filter(|(k, _)| {
-            matches!(
-                k.as_str(),
-                "content-type" | "client-id" | "response-time" | "signature"
-            )
-        })
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = resp.bytes().await.ok()?.to_vec();
-    Some(Answer {
-        status,
-        headers,
-        body,
-    })
-}
-
-async fn write_answer(sock: &mut TcpStream, a: &Answer, cut: bool) -> std::io::Result<()> {
-    let mut out = format!("HTTP/1.1 {} X\r\n", a.status);
-    for (k, v) in &a.headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str(&format!("content-length: {}\r\n\r\n", a.body.len()));
-    let mut bytes = out.into_bytes();
-    if cut {
-        bytes.extend_from_slice(&a.body[..a.body.len() / 2]);
-    } else {
-        bytes.extend_from_slice(&a.body);
-    }
-    sock.write_all(&bytes).await
-}
-
-fn reset(sock: TcpStream) {
-    let _ = sock.set_zero_linger();
-    drop(sock);
-}
-
-async fn serve(
-    mut sock: TcpStream,
-    state: Arc<Mutex<ProxyState>>,
-    http: reqwest::Client,
-    upstream: String,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    while let Some(req) = read_request(&mut sock, &mut buf).await? {
-        let (fault, hold) = match choose(&state, &req.path, &req.body) {
-            Some((f, d)) => (Some(f), d),
-            None => (None, Duration::ZERO),
-        };
-        let error = || Answer {
-            status: 503,
-            headers: vec![("content-type".into(), "text/plain".into())],
-            body: b"upstream unavailable".to_vec(),
-        };
-        match fault {
-            Some(Fault::ResetBefore) => {
-                reset(sock);
-                return Ok(());
-            }
-            Some(Fault::Error5xxBefore) => {
-                write_answer(&mut sock, &error(), false).await?;
-                continue;
-            }
-            Some(Fault::Hold) => tokio::time::sleep(hold).await,
-            _ => {}
-        }
-        let Some(mut answer) = forward(&http, &upstream, &req).await else {
-            reset(sock);
-            return Ok(());
-        };
-        match fault {
-            Some(Fault::ResetAfter) => {
-                reset(sock);
-                return Ok(());
-            }
-            Some(Fault::Error5xxAfter) => answer = error(),
-            Some(Fault::Truncate) => {
-                write_answer(&mut sock, &answer, true).await?;
-                reset(sock);
-                return Ok(());
-            }
-            Some(Fault::BadSignature) => {
-                for (k, v) in &mut answer.headers {
-                    if k == "signature" {
-                        // Flip one Base64 character of the signature value.
-                        if let Some(i) = v.rfind("signature=").map(|i| i + 12) {
-                            if i < v.len() {
-                                let c = if v.as_bytes()[i] == b'A' { "B" } else { "A" };
-                                v.replace_range(i..i + 1, c);
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-        write_answer(&mut sock, &answer, false).await?;
-    }
-    Ok(())
-}
 
 /// What the notification relay does to one notifyPayment on its way from the sandbox to posd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -644,14 +322,6 @@ impl Figures {
             *self.states.entry(k.clone()).or_default() += v;
         }
     }
-}
-
-fn code(last2: &str, rng: &mut StdRng) -> String {
-    format!("28{:014}{last2}", rng.gen_range(0..100_000_000_000_000u64))
-}
-
-fn decimal(minor: i64) -> String {
-    format!("{}.{:02}", minor / 100, minor % 100)
 }
 
 /// One seed's run: a fresh daemon, state directory and sandbox; `rounds` rounds.
@@ -1006,61 +676,6 @@ async fn settle(d: &mut TestDaemon, db: &std::path::Path, fig: &mut Figures) -> 
     Ok(())
 }
 
-#[derive(Debug, Clone)]
-struct Row {
-    id: String,
-    order_ref: Option<String>,
-    amount: i64,
-    state: String,
-    refunded: i64,
-}
-
-impl Row {
-    fn is_final(&self) -> bool {
-        !matches!(
-            self.state.as_str(),
-            "AWAITING_CODE" | "PAYING" | "INQUIRING" | "CANCELLING" | "REFUNDING"
-        )
-    }
-}
-
-fn open_db(path: &std::path::Path) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c
-}
-
-/// Whether the payment has a reversal or refund waiting in the queue.
-fn queued(db: &std::path::Path, id: &str) -> bool {
-    open_db(db)
-        .query_row(
-            "SELECT count(*) FROM reversal_queue WHERE payment_request_id = ?1 AND status = 'PENDING'",
-            [id],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap()
-        > 0
-}
-
-fn payments(db: &std::path::Path) -> Vec<Row> {
-    let c = open_db(db);
-    let mut st = c
-        .prepare("SELECT payment_request_id, order_ref, amount_minor, state, refunded_minor FROM payments")
-        .unwrap();
-    st.query_map([], |r| {
-        Ok(Row {
-            id: r.get(0)?,
-            order_ref: r.get(1)?,
-            amount: r.get(2)?,
-            state: r.get(3)?,
-            refunded: r.get(4)?,
-        })
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
-}
-
 /// posd's word against the sandbox's record.
 fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> Result<(), String> {
     let rows = payments(db);
@@ -1203,10 +818,7 @@ async fn chaos_seed() {
         .expect("POSD_CHAOS_SEED=N")
         .parse()
         .unwrap();
-    let rounds: u64 = std::env::var("POSD_CHAOS_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10);
+    let rounds = env_u64("POSD_CHAOS_ROUNDS", 10);
     let t0 = Instant::now();
     let fig = run_seed(seed, rounds)
         .await
@@ -1218,13 +830,8 @@ async fn chaos_seed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run with --ignored and POSD_CHAOS_SEEDS"]
 async fn chaos_long() {
-    let seeds = std::env::var("POSD_CHAOS_SEEDS").unwrap_or_else(|_| "1..51".into());
-    let (a, b) = seeds.split_once("..").expect("POSD_CHAOS_SEEDS=A..B");
-    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-    let rounds: u64 = std::env::var("POSD_CHAOS_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(20);
+    let (a, b) = seed_range("POSD_CHAOS_SEEDS", "1..51");
+    let rounds = env_u64("POSD_CHAOS_ROUNDS", 20);
     let t0 = Instant::now();
     let mut all = Figures::default();
     let mut failures = Vec::new();
@@ -1243,6 +850,6 @@ async fn chaos_long() {
             t0.elapsed(),
         );
     }
-    print("total", &seeds, &all, t0.elapsed());
+    print("total", &format!("{a}..{b}"), &all, t0.elapsed());
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
 }

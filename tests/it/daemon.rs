@@ -323,6 +323,11 @@ impl TestDaemon {
         Some(status)
     }
 
+    /// Whether a process was started and not yet killed or seen exited.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         self.stdin = None;

@@ -66,3 +66,6 @@ mod fuzz_corpus;
 
 // Seeded crash-and-fault runs of the real binary behind a fault-injecting gateway proxy.
 mod chaos;
+// What the terminal's and the hub's seeded runners share: scenario rows, the fault proxy,
+// the terminal's SQLite record.
+mod chaos_kit;

@@ -50,6 +50,11 @@ pub struct Upstream {
 impl Upstream {
     /// Starts a sandbox: `cancel_outage` for row 86, "no answer" held for 30 s.
     pub async fn start(cancel_outage: Duration) -> Upstream {
+        Upstream::start_with(cancel_outage, Duration::from_secs(30)).await
+    }
+
+    /// Starts a sandbox: `cancel_outage` for row 86, "no answer" (row 84) held for `stall`.
+    pub async fn start_with(cancel_outage: Duration, stall: Duration) -> Upstream {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SandboxSettings::new(
             "127.0.0.1:0".parse().unwrap(),
@@ -58,7 +63,7 @@ impl Upstream {
             merchant_public(),
         );
         s.cancel_outage = cancel_outage;
-        s.no_answer_stall = Duration::from_secs(30);
+        s.no_answer_stall = stall;
         let handle = Sandbox::start(s).await.unwrap();
         Upstream { dir, handle }
     }
@@ -86,6 +91,23 @@ impl Upstream {
         )
         .optional()
         .unwrap()
+    }
+
+    /// The sandbox's whole record: request id -> (status, amount, refunded minor units).
+    pub fn records(&self) -> std::collections::HashMap<String, (String, i64, i64)> {
+        let c = rusqlite::Connection::open(self.dir.path().join("sandbox.sqlite3")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut st = c
+            .prepare(
+                "SELECT p.payment_request_id, p.status, p.amount_minor, \
+                 (SELECT ifnull(sum(r.amount_minor),0) FROM refunds r WHERE r.payment_id = p.payment_id) \
+                 FROM payments p",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     /// Who the sandbox says sent the pay: the AMS `client-id` or the mainland `app_id`.
@@ -243,6 +265,19 @@ listen = "127.0.0.1:{api_port}"
 
     /// [`TestHub::start`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub async fn start_with_env(&mut self, failpoint: Option<&str>, env: &[(&str, String)]) {
+        if !self.start_or_killed(failpoint, env).await {
+            panic!("posd hub exited during start-up:\n{}", self.log());
+        }
+    }
+
+    /// Starts as [`TestHub::start_with_env`]; false when the process was SIGKILLed before
+    /// `/healthz` answered (its crash point fired in the first worker pass): it is gone, as
+    /// after [`TestHub::kill`]. Any other exit during start-up panics with the log.
+    pub async fn start_or_killed(
+        &mut self,
+        failpoint: Option<&str>,
+        env: &[(&str, String)],
+    ) -> bool {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("hub-{}.log", self.starts)))
@@ -268,10 +303,15 @@ listen = "127.0.0.1:{api_port}"
         loop {
             if let Ok(r) = self.http.get(format!("{}/healthz", self.api)).send().await {
                 if r.status().is_success() {
-                    return;
+                    return true;
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt as _;
+                if failpoint.is_some() && status.signal() == Some(9) {
+                    self.child = None;
+                    return false;
+                }
                 panic!(
                     "posd hub exited during start-up ({status}):\n{}",
                     self.log()
@@ -560,6 +600,16 @@ pub struct Balancer {
 impl Balancer {
     /// Listens on a free port in front of `backends` (base URLs).
     pub async fn start(backends: &[&str]) -> Balancer {
+        Balancer::listen(backends, false).await
+    }
+
+    /// Like [`Balancer::start`], but each new connection tries the backends starting from
+    /// the next one in turn, so every instance takes terminal traffic.
+    pub async fn round_robin(backends: &[&str]) -> Balancer {
+        Balancer::listen(backends, true).await
+    }
+
+    async fn listen(backends: &[&str], rotate: bool) -> Balancer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let backends: Vec<String> = backends
@@ -567,11 +617,17 @@ impl Balancer {
             .map(|b| b.trim_start_matches("http://").to_string())
             .collect();
         let task = tokio::spawn(async move {
+            let mut turn = 0;
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                let backends = backends.clone();
+                let mut backends = backends.clone();
+                if rotate {
+                    let n = backends.len();
+                    backends.rotate_left(turn % n);
+                    turn += 1;
+                }
                 tokio::spawn(async move {
                     for b in &backends {
                         if let Ok(mut out) = tokio::net::TcpStream::connect(b).await {

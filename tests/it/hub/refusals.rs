@@ -1,7 +1,8 @@
 //! Every refusal at the hub, with nothing forwarded: unknown and forged terminals, a replay
 //! outside the window, a disabled terminal, a merchant not registered for the terminal, a
 //! body that differs under a known id, one terminal's cancel / inquiry / refund of another's
-//! payment. And the positive side: the identical repeat is answered from the record.
+//! payment. And the positive side: the identical repeat is answered from the record, a
+//! cancel's too when the upstream never saw the pay (the payment stays FAILED).
 
 use std::time::Duration;
 
@@ -223,5 +224,49 @@ async fn refusals_forward_nothing_and_repeats_come_from_the_record() {
     assert!(
         !m.contains("\"T_A\"") && !m.contains("\"T_B\""),
         "no terminal label"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_cancel_of_a_pay_that_never_arrived_is_answered_from_the_record() {
+    // The upstream answers the first cancel ORDER_NOT_EXIST (no pay ever reached it): the
+    // payment is FAILED and the cancel done. The terminal asking again (a retry, its
+    // recovery after a restart) gets the recorded answer, and the payment stays FAILED —
+    // not back in CANCELLING with nothing left to settle it.
+    let db = TestDb::new().await;
+    let up = Upstream::start(Duration::from_secs(60)).await;
+    register(&db, "T_A", "terminal_a").await;
+    let mut hub = TestHub::new(&db, &up.base_url(), "", "");
+    hub.start(None).await;
+    let a = Signer::new("T_A", "terminal_a");
+    let body = json!({"paymentRequestId": "R-never-paid"});
+    let first = a.send(&hub.base, "cancel", &body, 0).await;
+    assert_eq!(
+        (first.status(), first.code()),
+        ("F", "ORDER_NOT_EXIST"),
+        "{:?}",
+        first.body
+    );
+    assert_eq!(
+        hub_state(&db, "R-never-paid").await.as_deref(),
+        Some("FAILED")
+    );
+    let cancels = up.counts().cancel;
+    for _ in 0..2 {
+        let again = a.send(&hub.base, "cancel", &body, 0).await;
+        assert!(again.signed);
+        assert_eq!(again.body, first.body, "answered from the record");
+        assert_eq!(
+            hub_state(&db, "R-never-paid").await.as_deref(),
+            Some("FAILED"),
+            "{}",
+            super::harness::journal(&db, "R-never-paid").await
+        );
+    }
+    assert_eq!(up.counts().cancel, cancels, "nothing sent again");
+    assert_eq!(
+        db.count("SELECT count(*) FROM hub_queue WHERE status = 'PENDING'")
+            .await,
+        0
     );
 }

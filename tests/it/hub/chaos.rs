@@ -1,0 +1,885 @@
+//! Seeded crash-and-fault runs of the hub: two real `posd hub run` instances on one
+//! PostgreSQL database behind a balancer, one or two real terminals (`posd run`) paying
+//! through it, and the sandbox (in this process) behind the fault-injecting proxy of
+//! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls). For
+//! a seed, each round starts random sales over every sandbox scenario (and sometimes scans
+//! an order again) and, as the seed decides, SIGKILLs one instance at a random moment or
+//! starts it with a hub crash point (`POSD_FAILPOINT`), SIGKILLs a terminal or starts it with
+//! one of its own crash points, or lets a terminal fall silent until the hub has closed its
+//! open payments by itself (active cancel); refunds go through the hub. After each round
+//! everything is driven final — what is down is restarted, the terminals' recovery finishes
+//! through the hub, both queues drain within a bound — and the terminals' SQLite, the hub's
+//! PostgreSQL and the sandbox's own record are held together: no order charged twice, no
+//! upstream payment that no terminal or the hub knows of, no pay forwarded after its cancel,
+//! money the same on all three, terminal and hub agreeing on each outcome, nothing open, no
+//! panic in any log.
+//!
+//! The smoke run (`hub_chaos_smoke`) is part of the default suite. Long runs:
+//! `POSD_HUB_CHAOS_SEEDS=1..21 POSD_HUB_CHAOS_ROUNDS=10 cargo test --test integration
+//! hub_chaos_long -- --ignored --nocapture`; `POSD_HUB_CHAOS_SEED=N` with `hub_chaos_seed`
+//! replays one seed. A failure names its seed and round; the same seed replays the same
+//! schedule of sales, kills, crash points, silences, refunds and proxy faults (the exact
+//! interleaving with the processes' own timers can differ between runs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::super::chaos_kit::{
+    code, decimal, env_u64, open_db, payments, seed_range, Proxy, Row, FAILPOINTS, SCENARIOS,
+};
+use super::super::daemon::TestDaemon;
+use super::harness::{journal, register, terminal, Balancer, TestHub, Upstream};
+use super::pg::TestDb;
+
+/// The hub's crash points (`git grep 'failpoint::hit' src/hub`).
+const HUB_FAILPOINTS: &[&str] = &[
+    "hub_request_recorded",
+    "hub_upstream_in_flight",
+    "hub_answer_recorded",
+    "hub_queue_sent",
+    "hub_active_cancel_leased",
+];
+
+/// The terminals' timings: decided within 10.5 s (a 2 s pay, ten inquiries of at most
+/// 800 ms, 50 ms apart), their queue retrying within a round.
+const TERMINAL_FLOW: &str = r#"
+[flow]
+pay_timeout = "2s"
+inquiry_interval = "50ms"
+inquiry_timeout = "800ms"
+inquiry_max = 10
+cancel_timeout = "1s"
+cancel_retry_window = "3s"
+cancel_retry_min = "50ms"
+cancel_retry_max = "100ms"
+queue_backoff_initial = "200ms"
+queue_backoff_max = "1s"
+payment_expiry = "3s"
+payment_expiry_margin = "0s"
+"#;
+
+/// Active cancel just past the terminals' decision time, so a silent terminal's open pay is
+/// cancelled by the hub within a round.
+const ACTIVE_CANCEL_AFTER: Duration = Duration::from_secs(12);
+const HUB_EXTRA: &str = "active_cancel_after = \"12s\"\nterminal_decision_time = \"11s\"";
+
+/// The terminals: (client id, key).
+const TERMINALS: &[(&str, &str)] = &[("T_A", "terminal_a"), ("T_B", "terminal_b")];
+
+/// How long a round may take to become final after its faults.
+const SETTLE_WITHIN: Duration = Duration::from_secs(45);
+
+/// What a run did, summed over its rounds.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    rounds: u64,
+    payments: u64,
+    /// Upstream calls that reached the proxy.
+    calls: u64,
+    faults: BTreeMap<String, u64>,
+    /// Hub instances SIGKILLed at a random moment.
+    instance_kills: u64,
+    /// Hub instances started with a crash point, and how many of those fired.
+    hub_failpoints: u64,
+    hub_failpoints_fired: u64,
+    hub_restarts: u64,
+    /// Terminals SIGKILLed at a random moment (silent ones included).
+    terminal_kills: u64,
+    /// Terminals started with a crash point, and how many of those fired.
+    terminal_failpoints: u64,
+    terminal_failpoints_fired: u64,
+    /// Terminals kept down until the hub had closed their open payments.
+    silences: u64,
+    /// Cancels the hub decided on its own (journal `active_cancel`).
+    active_cancels: u64,
+    refunds: u64,
+    rescans: u64,
+    /// (terminal state, hub state) of every payment at the end.
+    outcomes: BTreeMap<String, u64>,
+}
+
+impl Figures {
+    fn add(&mut self, o: &Figures) {
+        self.rounds += o.rounds;
+        self.payments += o.payments;
+        self.calls += o.calls;
+        for (k, v) in &o.faults {
+            *self.faults.entry(k.clone()).or_default() += v;
+        }
+        self.instance_kills += o.instance_kills;
+        self.hub_failpoints += o.hub_failpoints;
+        self.hub_failpoints_fired += o.hub_failpoints_fired;
+        self.hub_restarts += o.hub_restarts;
+        self.terminal_kills += o.terminal_kills;
+        self.terminal_failpoints += o.terminal_failpoints;
+        self.terminal_failpoints_fired += o.terminal_failpoints_fired;
+        self.silences += o.silences;
+        self.active_cancels += o.active_cancels;
+        self.refunds += o.refunds;
+        self.rescans += o.rescans;
+        for (k, v) in &o.outcomes {
+            *self.outcomes.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// The estate of one seed.
+struct Estate {
+    db: TestDb,
+    pool: deadpool_postgres::Pool,
+    up: Upstream,
+    proxy: Proxy,
+    hubs: Vec<TestHub>,
+    /// The crash point each instance runs with, if any.
+    hub_fp: Vec<Option<&'static str>>,
+    /// In front of both instances; the terminals reach the hub through it.
+    _lb: Balancer,
+    terminals: Vec<TestDaemon>,
+    term_fp: Vec<Option<&'static str>>,
+    http: reqwest::Client,
+}
+
+impl Estate {
+    async fn new(terminals: usize) -> Estate {
+        let db = TestDb::new().await;
+        let pool = db.pool().await;
+        let up =
+            Upstream::start_with(Duration::from_millis(1200), Duration::from_millis(600)).await;
+        let proxy = Proxy::start(up.base_url()).await;
+        let upstream = format!("http://{}", proxy.addr);
+        for (client_id, key) in &TERMINALS[..terminals] {
+            register(&db, client_id, key).await;
+        }
+        let mut hubs = Vec::new();
+        for name in ["hub-a", "hub-b"] {
+            let mut h = TestHub::new(
+                &db,
+                &upstream,
+                &format!("instance_id = \"{name}\"\n{HUB_EXTRA}"),
+                "",
+            );
+            h.start(None).await;
+            hubs.push(h);
+        }
+        let lb = Balancer::round_robin(&[&hubs[0].base, &hubs[1].base]).await;
+        let mut ts = Vec::new();
+        for (client_id, key) in &TERMINALS[..terminals] {
+            let mut t = terminal(&lb.base, client_id, key, TERMINAL_FLOW);
+            t.start(None).await;
+            ts.push(t);
+        }
+        Estate {
+            db,
+            pool,
+            up,
+            proxy,
+            hubs,
+            hub_fp: vec![None, None],
+            _lb: lb,
+            term_fp: vec![None; terminals],
+            terminals: ts,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn terminal_db(&self, t: usize) -> std::path::PathBuf {
+        self.terminals[t].state().join("posd.sqlite3")
+    }
+
+    /// Starts hub instance `i` with crash point `fp`; one that fires before the instance is
+    /// ready (in its first worker pass) counts as fired, and it is started again without.
+    async fn start_hub(&mut self, i: usize, fp: Option<&'static str>, fig: &mut Figures) {
+        self.hub_fp[i] = fp;
+        fig.hub_restarts += 1;
+        if !self.hubs[i].start_or_killed(fp, &[]).await {
+            fig.hub_failpoints_fired += 1;
+            self.hub_fp[i] = None;
+            fig.hub_restarts += 1;
+            self.hubs[i].start(None).await;
+        }
+    }
+
+    /// Starts terminal `t` with crash point `fp`; one that fires in start-up recovery counts
+    /// as fired, and the terminal is started again without it.
+    async fn start_terminal(&mut self, t: usize, fp: Option<&'static str>, fig: &mut Figures) {
+        self.term_fp[t] = fp;
+        if !self.terminals[t].start(fp).await {
+            fig.terminal_failpoints_fired += 1;
+            self.term_fp[t] = None;
+            self.terminals[t].start(None).await;
+        }
+    }
+
+    /// Restarts the hub instances that were killed or whose crash point fired; one that
+    /// exited by itself without a crash point is a failure.
+    async fn revive_hubs(&mut self, fig: &mut Figures) -> Result<(), String> {
+        for i in 0..self.hubs.len() {
+            if self.hubs[i].pid().is_some() {
+                if !self.hubs[i].exited() {
+                    continue;
+                }
+                if self.hub_fp[i].take().is_none() {
+                    return Err(format!(
+                        "hub instance {i} exited by itself:\n{}",
+                        self.hubs[i].log()
+                    ));
+                }
+                fig.hub_failpoints_fired += 1;
+            }
+            self.start_hub(i, None, fig).await;
+        }
+        Ok(())
+    }
+
+    /// [`Estate::revive_hubs`], and the same for the terminals.
+    async fn revive(&mut self, fig: &mut Figures) -> Result<(), String> {
+        self.revive_hubs(fig).await?;
+        for t in 0..self.terminals.len() {
+            if self.terminals[t].running() {
+                let Some(status) = self.terminals[t].exited() else {
+                    continue;
+                };
+                if self.term_fp[t].take().is_none() {
+                    return Err(format!(
+                        "terminal {t} exited by itself ({status}):\n{}",
+                        self.terminals[t].log()
+                    ));
+                }
+                fig.terminal_failpoints_fired += 1;
+            }
+            self.start_terminal(t, None, fig).await;
+        }
+        Ok(())
+    }
+
+    /// Restarts, without their crash point, the processes still running with one.
+    async fn disarm(&mut self, fig: &mut Figures) {
+        for i in 0..self.hubs.len() {
+            if self.hub_fp[i].take().is_some() {
+                self.hubs[i].kill();
+                self.start_hub(i, None, fig).await;
+            }
+        }
+        for t in 0..self.terminals.len() {
+            if self.term_fp[t].take().is_some() {
+                self.terminals[t].kill();
+                self.start_terminal(t, None, fig).await;
+            }
+        }
+    }
+
+    /// What is still open: terminals' payments and queue items, the hub's payments, refunds
+    /// and queue items. Empty when the round is final.
+    async fn open(&self) -> Vec<String> {
+        let mut open = Vec::new();
+        for t in 0..self.terminals.len() {
+            let db = self.terminal_db(t);
+            for p in payments(&db) {
+                if !p.is_final() {
+                    open.push(format!("terminal {t}: {} {}", p.state, p.id));
+                }
+            }
+            open.extend(
+                terminal_queue(&db)
+                    .into_iter()
+                    .map(|(id, kind)| format!("terminal {t}: queued {kind} {id}")),
+            );
+        }
+        let c = self.pool.get().await.unwrap();
+        for r in c
+            .query(
+                "SELECT payment_request_id, state FROM hub_payments \
+                 WHERE state IN ('RECEIVED', 'CANCELLING', 'REFUNDING') \
+                 UNION ALL SELECT payment_request_id, 'refund ' || refund_request_id || ' ' || state \
+                 FROM hub_refunds \
+                 WHERE state = 'REFUNDING' \
+                 UNION ALL SELECT payment_request_id, 'queued ' || kind FROM hub_queue \
+                 WHERE status = 'PENDING'",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            open.push(format!(
+                "hub: {} {}",
+                r.get::<_, String>(1),
+                r.get::<_, String>(0)
+            ));
+        }
+        open
+    }
+
+    /// Drives the round final: restarts what a crash point took down, replays the
+    /// terminals' queues, restarts a terminal whose payments stay open (its recovery), and
+    /// waits for the hub's payments and queue; anything open after [`SETTLE_WITHIN`] fails.
+    async fn settle(&mut self, fig: &mut Figures) -> Result<(), String> {
+        let started = Instant::now();
+        let mut replayed = Instant::now();
+        let mut recovered = false;
+        loop {
+            self.revive(fig).await?;
+            let open = self.open().await;
+            if open.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > SETTLE_WITHIN {
+                let why = format!("still open after {SETTLE_WITHIN:?}: {open:#?}");
+                return Err(explain(self, why).await);
+            }
+            if replayed.elapsed() > Duration::from_secs(1) {
+                replayed = Instant::now();
+                for t in &self.terminals {
+                    let _ = self.http.post(t.url("/v1/queue/replay")).send().await;
+                }
+            }
+            if !recovered && started.elapsed() > SETTLE_WITHIN / 2 {
+                // Open on a terminal this long: a restart runs its recovery.
+                recovered = true;
+                for t in 0..self.terminals.len() {
+                    if open
+                        .iter()
+                        .any(|l| l.starts_with(&format!("terminal {t}:")))
+                    {
+                        self.terminals[t].kill();
+                        self.start_terminal(t, None, fig).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every log line of every process, for the panic check and failure messages.
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for (i, h) in self.hubs.iter().enumerate() {
+            all.push_str(&format!("=== hub {i}\n{}\n", h.log()));
+        }
+        for (t, d) in self.terminals.iter().enumerate() {
+            all.push_str(&format!("=== terminal {t}\n{}\n", d.log()));
+        }
+        all
+    }
+}
+
+/// Pending items of a terminal's reversal queue: (payment, kind).
+fn terminal_queue(db: &std::path::Path) -> Vec<(String, String)> {
+    let c = open_db(db);
+    let mut st = c
+        .prepare("SELECT payment_request_id, kind FROM reversal_queue WHERE status = 'PENDING'")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The hub's record of one payment.
+#[derive(Debug)]
+struct HubRow {
+    client_id: String,
+    state: String,
+    amount: Option<i64>,
+    refunded: i64,
+    /// Refunded by the hub itself: its active cancel, past the cancel window.
+    refunded_by_hub: bool,
+    /// The hub cancelled it on its own (active cancel).
+    active: bool,
+}
+
+async fn hub_rows(pool: &deadpool_postgres::Pool) -> HashMap<String, HubRow> {
+    let c = pool.get().await.unwrap();
+    c.query(
+        "SELECT payment_request_id, client_id, state, amount_minor, refunded_minor, \
+         EXISTS (SELECT 1 FROM hub_refunds r WHERE r.payment_request_id = p.payment_request_id \
+         AND r.origin = 'hub'), active_cancel_at IS NOT NULL FROM hub_payments p",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get(0),
+            HubRow {
+                client_id: r.get(1),
+                state: r.get(2),
+                amount: r.get(3),
+                refunded: r.get(4),
+                refunded_by_hub: r.get(5),
+                active: r.get(6),
+            },
+        )
+    })
+    .collect()
+}
+
+/// What the merchant keeps of a payment, by a state name both the terminal and the hub use;
+/// `None` for NEEDS_ATTENTION (a human decides).
+fn kept(state: &str, amount: i64, refunded: i64) -> Option<i64> {
+    match state {
+        "SUCCEEDED" | "PARTIALLY_REFUNDED" => Some(amount - refunded),
+        "NEEDS_ATTENTION" => None,
+        _ => Some(0),
+    }
+}
+
+/// The terminals', the hub's and the sandbox's records held together (after [`Estate::settle`]).
+async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> {
+    let upstream = e.up.records();
+    let hub = hub_rows(&e.pool).await;
+    let mut rows: Vec<(usize, Row)> = Vec::new();
+    for t in 0..e.terminals.len() {
+        rows.extend(payments(&e.terminal_db(t)).into_iter().map(|p| (t, p)));
+    }
+    let known: HashMap<&str, &(usize, Row)> = rows.iter().map(|r| (r.1.id.as_str(), r)).collect();
+    for (id, (status, ..)) in &upstream {
+        if !known.contains_key(id.as_str()) {
+            return Err(format!(
+                "the upstream holds {id} ({status}), which no terminal knows of"
+            ));
+        }
+        if !hub.contains_key(id) {
+            return Err(format!(
+                "the upstream holds {id} ({status}), which the hub has no record of"
+            ));
+        }
+    }
+    // A pay reaching the upstream after its cancel was sent could charge a payment everyone
+    // has reported as not charged: the hub must never forward one.
+    {
+        let s = e.proxy.state.lock().unwrap();
+        let mut cancelled: std::collections::HashSet<&str> = Default::default();
+        for (id, op) in &s.trail {
+            match op.as_str() {
+                "cancel" => {
+                    cancelled.insert(id);
+                }
+                "pay" if cancelled.contains(id.as_str()) => {
+                    return Err(format!("the hub forwarded a pay of {id} after its cancel"));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut charged_per_order: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (t, p) in &rows {
+        if !p.is_final() {
+            return Err(format!("terminal {t}: {} is open ({})", p.id, p.state));
+        }
+        let h = hub.get(&p.id);
+        let (status, up_amount, up_refunded) = upstream
+            .get(&p.id)
+            .cloned()
+            .unwrap_or_else(|| ("NONE".into(), 0, 0));
+        let up_kept = if status == "SUCCESS" {
+            up_amount - up_refunded
+        } else {
+            0
+        };
+        if up_kept > 0 {
+            if let Some(o) = &p.order_ref {
+                charged_per_order.entry(o.as_str()).or_default().push(&p.id);
+            }
+        }
+        let hub_state = h.map_or("-", |h| h.state.as_str());
+        if last {
+            *fig.outcomes
+                .entry(format!("{}/{hub_state}", p.state))
+                .or_default() += 1;
+        }
+        let describe = || {
+            format!(
+                "terminal {t} {} ({:?}, {}): terminal {} refunded {}, hub {:?}, upstream {status} \
+                 {up_amount} refunded {up_refunded}",
+                p.id, p.order_ref, p.amount, p.state, p.refunded, h
+            )
+        };
+        if let Some(h) = h {
+            if h.client_id != TERMINALS[*t].0 {
+                return Err(format!(
+                    "{}: the hub holds it for another terminal",
+                    describe()
+                ));
+            }
+            if h.amount.is_some_and(|a| a != p.amount) {
+                return Err(format!("{}: the amounts differ", describe()));
+            }
+        }
+        if kept(&p.state, p.amount, p.refunded).is_some_and(|k| k != up_kept) {
+            return Err(format!(
+                "{}: the terminal's money is not the upstream's",
+                describe()
+            ));
+        }
+        let hub_kept = h.map_or(Some(0), |h| kept(&h.state, p.amount, h.refunded));
+        if hub_kept.is_some_and(|k| k != up_kept) {
+            return Err(format!(
+                "{}: the hub's money is not the upstream's",
+                describe()
+            ));
+        }
+        // The same outcome on both sides, by name. Where the two legitimately differ the
+        // money decides instead (checked above): a pay the terminal gave up on before it
+        // reached the hub has no hub record (FAILED on the terminal, nothing upstream); the
+        // hub's own active cancel of a silent terminal's pay, refused for its window and
+        // turned into a full refund, is REFUNDED on the hub and CANCELLED on the terminal
+        // (its returning cancel is answered S: the payment is reversed); and a pay the hub
+        // cancelled on its own while its terminal was away before any answer (still PAYING)
+        // is CANCELLED on the hub and FAILED on the terminal, whose recovery learns from its
+        // inquiry that the payment was closed without being charged.
+        let agree = match h {
+            Some(h) if h.state == p.state => true,
+            Some(h) if h.refunded_by_hub && p.state == "CANCELLED" => {
+                h.state == "REFUNDED" && p.refunded == 0
+            }
+            Some(h) if h.active && p.state == "FAILED" => h.state == "CANCELLED",
+            Some(_) => false,
+            None => kept(&p.state, p.amount, p.refunded) == Some(0) && status == "NONE",
+        };
+        if !agree {
+            return Err(format!("{}: terminal and hub disagree", describe()));
+        }
+        if h.is_some_and(|h| h.refunded != p.refunded && !h.refunded_by_hub) {
+            return Err(format!("{}: the refunded amounts differ", describe()));
+        }
+    }
+    for (order, ids) in charged_per_order {
+        if ids.len() > 1 {
+            return Err(format!("order {order} charged twice upstream: {ids:?}"));
+        }
+    }
+    let logs = e.logs();
+    if logs.contains("panicked") {
+        return Err(format!("a process panicked:\n{logs}"));
+    }
+    Ok(())
+}
+
+/// A failure with the hub's journal and the log lines of each payment it names.
+async fn explain(e: &Estate, mut why: String) -> String {
+    let ids: Vec<String> = hub_rows(&e.pool)
+        .await
+        .into_keys()
+        .filter(|id| why.contains(id.as_str()))
+        .collect();
+    let logs = e.logs();
+    for id in ids {
+        why.push_str(&format!(
+            "\nthe hub's journal of {id}:\n{}\nlog lines naming it:\n",
+            journal(&e.db, &id).await
+        ));
+        for line in logs.lines().filter(|l| l.contains(id.as_str())).take(60) {
+            why.push_str(line);
+            why.push('\n');
+        }
+    }
+    why
+}
+
+/// What happens to the hub in a round.
+#[derive(Debug, Clone, Copy)]
+enum HubFault {
+    None,
+    /// SIGKILL of instance `.0` this long after the sales started.
+    Kill(usize, u64),
+    /// Instance `.0` runs with this crash point until the round is final.
+    Failpoint(usize, &'static str),
+}
+
+/// What happens to a terminal in a round.
+#[derive(Debug, Clone, Copy)]
+enum TerminalFault {
+    None,
+    /// SIGKILL this long after the sales started, restarted at once.
+    Kill(usize, u64),
+    /// Runs with this crash point until the round is final.
+    Failpoint(usize, &'static str),
+    /// SIGKILL this long after the sales started, kept down until the hub has closed the
+    /// terminal's open payments by itself.
+    Silent(usize, u64),
+}
+
+/// One seed's run: a fresh database, sandbox, proxy, two instances and one or two terminals.
+async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
+    let mut fig = Figures::default();
+    let mut setup = StdRng::seed_from_u64(seed ^ 0x6875_6263_6861_6f73);
+    let n_terminals = if setup.gen_bool(0.5) { 2 } else { 1 };
+    let mut e = Estate::new(n_terminals).await;
+    let mut order = 0u64;
+    for round in 0..rounds {
+        let round_seed = seed.wrapping_mul(1_000_003).wrapping_add(round);
+        let mut rng = StdRng::seed_from_u64(round_seed);
+        let at = |what: &str| format!("hub chaos seed {seed} round {round}: {what}");
+        let rate = if rng.gen_bool(0.4) {
+            0.0
+        } else {
+            rng.gen_range(0.05..0.3)
+        };
+        e.proxy.plan(rate, round_seed);
+        let hub_fault = match rng.gen_range(0..10) {
+            0..=3 => HubFault::Kill(rng.gen_range(0..2), rng.gen_range(0..2000)),
+            4..=6 => HubFault::Failpoint(
+                rng.gen_range(0..2),
+                HUB_FAILPOINTS[rng.gen_range(0..HUB_FAILPOINTS.len())],
+            ),
+            _ => HubFault::None,
+        };
+        let tv = rng.gen_range(0..n_terminals);
+        // Every fifth round from the second a terminal falls silent, so that every run of
+        // two rounds or more has the hub close a silent terminal's payments itself.
+        let terminal_fault = match rng.gen_range(0..10) {
+            _ if round % 5 == 1 => TerminalFault::Silent(tv, rng.gen_range(0..1500)),
+            0..=2 => TerminalFault::Kill(tv, rng.gen_range(0..2000)),
+            3..=4 => TerminalFault::Failpoint(tv, FAILPOINTS[rng.gen_range(0..FAILPOINTS.len())]),
+            5 => TerminalFault::Silent(tv, rng.gen_range(0..1500)),
+            _ => TerminalFault::None,
+        };
+        let n = rng.gen_range(1..=4);
+        let sales: Vec<(usize, String, String, String)> = (0..n)
+            .map(|i| {
+                order += 1;
+                let mut last2 = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
+                let mut t = rng.gen_range(0..n_terminals);
+                if let (0, TerminalFault::Silent(silent, _)) = (i, terminal_fault) {
+                    // The silenced terminal's first sale is a pay the upstream keeps
+                    // PROCESSING (row 83): only a cancel closes it, the hub's own if the
+                    // terminal stays away.
+                    (last2, t) = ("83", silent);
+                }
+                (
+                    t,
+                    format!("H{seed}-{order}"),
+                    code(last2, &mut rng),
+                    decimal(rng.gen_range(1..100_000)),
+                )
+            })
+            .collect();
+        let rescan = rng.gen_bool(0.15);
+        let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
+
+        if let HubFault::Failpoint(i, fp) = hub_fault {
+            e.hubs[i].kill();
+            fig.hub_failpoints += 1;
+            // One that fires in the first worker pass leaves the instance down for the
+            // round; the other carries on.
+            e.start_hub(i, Some(fp), &mut fig).await;
+        }
+        if let TerminalFault::Failpoint(t, fp) = terminal_fault {
+            e.terminals[t].kill();
+            fig.terminal_failpoints += 1;
+            e.start_terminal(t, Some(fp), &mut fig).await;
+        }
+        let started = Instant::now();
+        for (t, order_ref, c, amount) in &sales {
+            let body = json!({"amount": amount, "order_ref": order_ref, "code": c});
+            let url = e.terminals[*t].url("/v1/payments");
+            let _ = e.http.post(&url).json(&body).send().await;
+            if rescan {
+                // The cashier scans again: never a second charge for the order.
+                fig.rescans += 1;
+                let _ = e.http.post(&url).json(&body).send().await;
+            }
+        }
+        // The kills, in the order of their moments.
+        let mut moments: Vec<(u64, bool, usize)> = Vec::new();
+        if let HubFault::Kill(i, ms) = hub_fault {
+            moments.push((ms, true, i));
+        }
+        match terminal_fault {
+            TerminalFault::Kill(t, ms) | TerminalFault::Silent(t, ms) => {
+                moments.push((ms, false, t))
+            }
+            _ => {}
+        }
+        moments.sort();
+        for (ms, is_hub, i) in moments {
+            let elapsed = started.elapsed().as_millis() as u64;
+            if ms > elapsed {
+                tokio::time::sleep(Duration::from_millis(ms - elapsed)).await;
+            }
+            if is_hub {
+                e.hubs[i].kill();
+                fig.instance_kills += 1;
+            } else {
+                e.terminals[i].kill();
+                fig.terminal_kills += 1;
+            }
+        }
+        if let TerminalFault::Silent(t, _) = terminal_fault {
+            // Its terminal gone, each pay the hub still holds open must be closed by the
+            // hub: approved, failed, or cancelled on its own once `active_cancel_after` passed.
+            fig.silences += 1;
+            let client_id = TERMINALS[t].0;
+            let deadline = Instant::now() + ACTIVE_CANCEL_AFTER + Duration::from_secs(15);
+            loop {
+                // A hub instance killed or taken down by its crash point is restarted meanwhile.
+                e.revive_hubs(&mut fig).await.map_err(|w| at(&w))?;
+                let c = e.pool.get().await.unwrap();
+                let open: Vec<String> = c
+                    .query(
+                        "SELECT payment_request_id FROM hub_payments WHERE client_id = $1 \
+                         AND state = 'RECEIVED'",
+                        &[&client_id],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                drop(c);
+                if open.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let mut why = format!(
+                        "terminal {t} silent, the hub still holds {open:?} open (RECEIVED)"
+                    );
+                    for id in &open {
+                        why.push_str(&format!("\njournal of {id}:\n{}", journal(&e.db, id).await));
+                    }
+                    return Err(at(&why));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        // Restart what was killed and drive the round final with the crash points still
+        // armed; then restart without them and drive final again.
+        e.settle(&mut fig).await.map_err(|w| at(&w))?;
+        e.disarm(&mut fig).await;
+        e.settle(&mut fig).await.map_err(|w| at(&w))?;
+        if let Some(full) = refund {
+            let succeeded: Vec<(usize, Row)> = (0..n_terminals)
+                .flat_map(|t| payments(&e.terminal_db(t)).into_iter().map(move |p| (t, p)))
+                .filter(|(_, p)| p.state == "SUCCEEDED")
+                .collect();
+            if !succeeded.is_empty() {
+                let (t, p) = &succeeded[rng.gen_range(0..succeeded.len())];
+                let body = if full {
+                    json!({"reason": "hub chaos"})
+                } else {
+                    json!({"amount": decimal((p.amount / 2).max(1)), "reason": "hub chaos"})
+                };
+                fig.refunds += 1;
+                let _ = e
+                    .http
+                    .post(e.terminals[*t].url(&format!("/v1/payments/{}/refunds", p.id)))
+                    .json(&body)
+                    .send()
+                    .await;
+                e.settle(&mut fig).await.map_err(|w| at(&w))?;
+            }
+        }
+        if let Err(w) = check(&e, &mut fig, round + 1 == rounds).await {
+            return Err(at(&explain(&e, w).await));
+        }
+        fig.rounds += 1;
+    }
+    {
+        let s = e.proxy.state.lock().unwrap();
+        fig.calls = s.calls;
+        for (f, n) in &s.faults {
+            fig.faults.insert(format!("{f:?}"), *n);
+        }
+    }
+    fig.payments = (0..n_terminals)
+        .map(|t| payments(&e.terminal_db(t)).len() as u64)
+        .sum();
+    fig.active_cancels =
+        e.db.count("SELECT count(*) FROM hub_events WHERE kind = 'active_cancel'")
+            .await as u64;
+    Ok(fig)
+}
+
+fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
+    eprintln!(
+        "hub chaos {label}: seeds {seeds}: {} rounds, {} payments, {} upstream calls, faults \
+         {:?}; {} instance SIGKILLs, {} hub crash points ({} fired), {} hub restarts; {} \
+         terminal SIGKILLs ({} of them silences), {} terminal crash points ({} fired); {} \
+         active cancels; {} refunds, {} rescans; terminal/hub outcomes {:?}; {:.1} s",
+        fig.rounds,
+        fig.payments,
+        fig.calls,
+        fig.faults,
+        fig.instance_kills,
+        fig.hub_failpoints,
+        fig.hub_failpoints_fired,
+        fig.hub_restarts,
+        fig.terminal_kills,
+        fig.silences,
+        fig.terminal_failpoints,
+        fig.terminal_failpoints_fired,
+        fig.active_cancels,
+        fig.refunds,
+        fig.rescans,
+        fig.outcomes,
+        elapsed.as_secs_f64()
+    );
+}
+
+/// Two seeds of four rounds at once: the default suite's share of the hub's seeded runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_chaos_smoke() {
+    let t0 = Instant::now();
+    let mut all = Figures::default();
+    let (a, b) = tokio::join!(run_seed(1, 4), run_seed(2, 4));
+    for fig in [a, b] {
+        all.add(&fig.unwrap_or_else(|e| panic!("{e}")));
+    }
+    print("smoke", "1..=2", &all, t0.elapsed());
+    assert_eq!(all.rounds, 8);
+    assert!(all.payments >= 8, "{all:?}");
+    assert!(all.silences >= 2, "{all:?}");
+}
+
+/// Replays one seed: `POSD_HUB_CHAOS_SEED=N [POSD_HUB_CHAOS_ROUNDS=R]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "replays one seed: run with --ignored and POSD_HUB_CHAOS_SEED"]
+async fn hub_chaos_seed() {
+    let seed = std::env::var("POSD_HUB_CHAOS_SEED")
+        .expect("POSD_HUB_CHAOS_SEED=N")
+        .parse()
+        .expect("POSD_HUB_CHAOS_SEED is a number");
+    let rounds = env_u64("POSD_HUB_CHAOS_ROUNDS", 10);
+    let t0 = Instant::now();
+    let fig = run_seed(seed, rounds)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    print("seed", &seed.to_string(), &fig, t0.elapsed());
+}
+
+/// The long run: `POSD_HUB_CHAOS_SEEDS=A..B` (end exclusive), `POSD_HUB_CHAOS_ROUNDS` per
+/// seed [10].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run with --ignored and POSD_HUB_CHAOS_SEEDS"]
+async fn hub_chaos_long() {
+    let (a, b) = seed_range("POSD_HUB_CHAOS_SEEDS", "1..21");
+    let rounds = env_u64("POSD_HUB_CHAOS_ROUNDS", 10);
+    let t0 = Instant::now();
+    let mut all = Figures::default();
+    let mut failures = Vec::new();
+    for seed in a..b {
+        match run_seed(seed, rounds).await {
+            Ok(fig) => all.add(&fig),
+            Err(e) => {
+                eprintln!("FAILED {e}");
+                failures.push(seed);
+            }
+        }
+        print(
+            "progress",
+            &format!("{a}..{}", seed + 1),
+            &all,
+            t0.elapsed(),
+        );
+    }
+    print("total", &format!("{a}..{b}"), &all, t0.elapsed());
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
