@@ -171,12 +171,7 @@ async fn commit_until_recorded(
     let mut attempt: u32 = 0;
     loop {
         match commit(engine, id, event, extras.clone()).await {
-            Ok(next) => {
-                if attempt > 0 {
-                    engine.recorded(id);
-                }
-                return Ok(next);
-            }
+            Ok(next) => return Ok(next),
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 engine.cannot_record(id, &e);
@@ -496,6 +491,9 @@ async fn commit(
             })
         })
         .await?;
+    // Cleared before any waiter is told of the move: a view never shows a final state still
+    // flagged "cannot record".
+    engine.recorded(id);
     if let Some((from, to)) = done.moved {
         engine.changed_payment(id, to);
         engine.slips_written().notify_one();
