@@ -16,8 +16,8 @@
 //! (or with `POSD_CHAOS_NO_MOUNT=1`) the full-disk and read-only faults are skipped.
 //!
 //! The smoke run (`chaos_smoke`, 20 rounds) is part of the default suite. Long runs:
-//! `POSD_CHAOS_SEEDS=1..51 POSD_CHAOS_ROUNDS=20 cargo test --test integration chaos_long --
-//! --ignored --nocapture`. A failure names its seed and round; the same seed replays the same
+//! `POSD_CHAOS_SEEDS=1..51 POSD_CHAOS_ROUNDS=20 cargo test --test integration -- --ignored
+//! --exact chaos::chaos_long --nocapture` (`--exact`, or the hub's runner runs too). A failure names its seed and round; the same seed replays the same
 //! schedule of sales, kills, lock holds, disk faults, back-office actions, proxy faults and
 //! notification faults (the exact interleaving with the daemon's own timers can differ
 //! between runs).
