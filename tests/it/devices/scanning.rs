@@ -1,7 +1,9 @@
 //! The serial scanner end to end over pseudo-terminal pairs: the test holds the master (the
 //! "scanner"), `posd::devices::scanner::spawn` opens the slave by path through a symlink
 //! (as udev's /dev/posd-scanner would be), and the symlink is re-pointed to a new pair to
-//! play an unplug and replug.
+//! play an unplug and replug. An unplug removes the symlink before the pair goes, as udev
+//! does: the kernel reuses a freed pty's number at once, so a link left pointing at it could
+//! name another test's pty.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ const C: &str = "30111122223333444455556666";
 
 /// A plugged-in "scanner": a pty pair whose slave is reachable at a symlink. The test writes
 /// on the master; it keeps its own slave handle open (never read) because writing to a
-/// master whose slave is closed fails. Dropping the pair is the unplug.
+/// master whose slave is closed fails. [`unplug`] takes it away.
 struct Plugged {
     master: TTYPort,
     _slave: TTYPort,
@@ -37,6 +39,12 @@ fn plug(link: &Path) -> Plugged {
         master,
         _slave: slave,
     }
+}
+
+/// The scanner is pulled out: udev removes its link, then the device is gone.
+fn unplug(link: &Path, plugged: Plugged) {
+    std::fs::remove_file(link).unwrap();
+    drop(plugged);
 }
 
 fn config(link: PathBuf) -> ScannerConfig {
@@ -121,7 +129,7 @@ async fn serial_scanner_frames_validates_dedups_and_survives_an_unplug() {
     // Unplug mid-code: the half code is reported, never glued to what follows.
     send(&mut master, b"2899");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    drop(master);
+    unplug(&link, master);
     let (reason, _) = next_rejection(&mut rx).await;
     assert!(reason.starts_with("scan interrupted"), "{reason}");
 
@@ -131,8 +139,12 @@ async fn serial_scanner_frames_validates_dedups_and_survives_an_unplug() {
     assert_eq!(next_code(&mut rx).await, A);
 
     shutdown.cancel();
-    let closed = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
-    assert!(matches!(closed, Ok(None)), "the channel closes at shutdown");
+    // The thread looks at the token every READ_POLL (100 ms); 5 s is for a loaded machine.
+    let closed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "the channel closes at shutdown, with nothing more on it: {closed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
