@@ -97,8 +97,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    /// Jobs waiting for the writer connection (group commit, see [`Store::call`]).
-    pending: Arc<Mutex<Vec<Box<dyn Job>>>>,
+    /// Jobs waiting for the writer connection, and whether a batch runner is at work
+    /// (group commit, see [`Store::call`]).
+    pending: Arc<Mutex<Pending>>,
     /// Transactions committed through this handle (each one fsync): with the jobs committed,
     /// how much group commit shares (metrics, benchmarks).
     commits: Arc<Commits>,
@@ -257,31 +258,33 @@ impl Store {
     /// Runs `f` on the writer connection, inside a transaction, and returns once that
     /// transaction is durably committed.
     ///
-    /// Group commit: every call queues its job; whichever blocking task takes the connection
-    /// runs all queued jobs in one `BEGIN IMMEDIATE … COMMIT`, each inside its own savepoint
-    /// (a job that fails is rolled back alone), and only after the one `COMMIT` (one fsync)
-    /// hands each caller its result. Concurrent sales share fsyncs; a lone call is not delayed.
+    /// Group commit: every call queues its job. When no batch runner is at work, the call
+    /// starts one on a blocking thread; it runs all queued jobs in one `BEGIN IMMEDIATE …
+    /// COMMIT`, each inside its own savepoint (a job that fails is rolled back alone), hands
+    /// each caller its result only after that one `COMMIT` (one fsync), and goes on with the
+    /// jobs queued meanwhile until none are left. So while one fsync is on its way to disk the
+    /// next batch gathers, one thread does all the writing, and a lone call is not delayed.
     pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(BatchJob { f, reply }));
-        let conn = self.conn.clone();
-        let pending = self.pending.clone();
-        let commits = self.commits.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
-            if !batch.is_empty() {
-                run_batch(&mut guard, batch, &commits);
-            }
-        })
-        .await?;
+        let start = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.jobs.push(Box::new(BatchJob { f, reply }));
+            !std::mem::replace(&mut pending.running, true)
+        };
+        if start {
+            let runner = Runner {
+                conn: self.conn.clone(),
+                pending: self.pending.clone(),
+                commits: self.commits.clone(),
+            };
+            // The runner answers every job itself; its handle is not awaited, so that this
+            // caller hears of its own commit without waiting for later batches.
+            drop(tokio::task::spawn_blocking(move || runner.run()));
+        }
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the database job was dropped before it finished"))?
@@ -321,6 +324,16 @@ impl Store {
         out
     }
 
+    /// Jobs queued for the next batch (tests).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .jobs
+            .len()
+    }
+
     /// Transactions committed through this handle and the jobs they carried, since it opened.
     pub fn commit_counts(&self) -> CommitCounts {
         CommitCounts {
@@ -350,6 +363,56 @@ impl Commits {
     fn add(&self, jobs: u64) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.jobs.fetch_add(jobs, Ordering::Relaxed);
+    }
+}
+
+/// The writer's queue (group commit, see [`Store::call`]).
+#[derive(Default)]
+struct Pending {
+    /// Jobs for the next batch.
+    jobs: Vec<Box<dyn Job>>,
+    /// A runner is at work and will take `jobs`: a new call only queues.
+    running: bool,
+}
+
+/// The one batch runner: takes every queued job, commits them as one transaction, and repeats
+/// until the queue is empty.
+struct Runner {
+    conn: Arc<Mutex<Connection>>,
+    pending: Arc<Mutex<Pending>>,
+    commits: Arc<Commits>,
+}
+
+impl Runner {
+    fn run(self) {
+        // Should anything below unwind, the guard lets the next call start a new runner and
+        // answers what is left with an error, so no caller waits for ever.
+        let guard = RunnerGuard(&self.pending);
+        loop {
+            let batch = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.jobs.is_empty() {
+                    pending.running = false;
+                    break;
+                }
+                std::mem::take(&mut pending.jobs)
+            };
+            let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            run_batch(&mut conn, batch, &self.commits);
+        }
+        std::mem::forget(guard);
+    }
+}
+
+struct RunnerGuard<'a>(&'a Mutex<Pending>);
+
+impl Drop for RunnerGuard<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pending.running = false;
+        for job in std::mem::take(&mut pending.jobs) {
+            job.fail("the database writer stopped unexpectedly; try again");
+        }
     }
 }
 
@@ -424,8 +487,8 @@ impl<R: Send + 'static> Deliver for Held<R> {
     }
 }
 
-/// Runs queued jobs in one transaction and answers them after its commit.
-/// Runs `batch` in one transaction, counted in `commits` when it commits.
+/// Runs `batch` in one transaction and answers its jobs after the commit, counted in
+/// `commits` when it commits.
 fn run_batch(conn: &mut Connection, batch: Vec<Box<dyn Job>>, commits: &Commits) {
     let jobs = batch.len() as u64;
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -578,5 +641,179 @@ mod tests {
         assert!(err.contains("newer than this posd knows"), "{err}");
         // Reopening again still refuses: nothing was changed.
         assert!(Store::open(&path).is_err());
+    }
+
+    /// Starts a call running `sql` that holds the writer, inside its batch, until the sender
+    /// is used; returns once it holds it.
+    async fn hold_the_writer(
+        store: &Store,
+        sql: &'static str,
+    ) -> (
+        tokio::task::JoinHandle<anyhow::Result<usize>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let call = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(move |c| {
+                        started_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        Ok(c.execute(sql, [])?)
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        (call, release_tx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_queued_behind_a_commit_share_the_next_one_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posd.sqlite3")).unwrap();
+        store
+            .call_blocking(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")?))
+            .unwrap();
+        let before = store.commit_counts();
+        let (first, release) = hold_the_writer(&store, "INSERT INTO t VALUES (0)").await;
+        let mut good = Vec::new();
+        for v in 1..=8i64 {
+            let store = store.clone();
+            good.push(tokio::spawn(async move {
+                store
+                    .call(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [v])?))
+                    .await?;
+                // Answered only after the commit: the other connection sees the row.
+                store
+                    .read(move |c| {
+                        Ok(
+                            c.query_row("SELECT count(*) FROM t WHERE v = ?1", [v], |r| {
+                                r.get::<_, i64>(0)
+                            })?,
+                        )
+                    })
+                    .await
+            }));
+        }
+        let failing = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(|c| -> anyhow::Result<()> {
+                        c.execute("INSERT INTO t VALUES (100)", [])?;
+                        anyhow::bail!("refused by the job")
+                    })
+                    .await
+            }
+        });
+        let panicking = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(|c| -> anyhow::Result<()> {
+                        c.execute("INSERT INTO t VALUES (200)", [])?;
+                        panic!("a job that panics")
+                    })
+                    .await
+            }
+        });
+        while store.queued() < 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        for g in good {
+            assert_eq!(
+                g.await.unwrap().unwrap(),
+                1,
+                "the row is committed when the call returns"
+            );
+        }
+        let err = failing.await.unwrap().unwrap_err().to_string();
+        assert_eq!(err, "refused by the job");
+        let err = panicking.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("panicked; it was rolled back"), "{err}");
+        let after = store.commit_counts();
+        assert_eq!(
+            (
+                after.transactions - before.transactions,
+                after.jobs - before.jobs
+            ),
+            (2, 11),
+            "the held job alone, then the ten queued behind it in one transaction"
+        );
+        // The failing and the panicking jobs were rolled back alone.
+        let rows: Vec<i64> = store
+            .read(|c| {
+                let mut st = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, (0..=8).collect::<Vec<_>>());
+        // The runner stopped when the queue was empty; the next call starts another.
+        store
+            .call(|c| Ok(c.execute("INSERT INTO t VALUES (9)", [])?))
+            .await
+            .unwrap();
+        assert_eq!(store.commit_counts().transactions - before.transactions, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_whose_commit_fails_answers_every_job_with_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posd.sqlite3")).unwrap();
+        store
+            .call_blocking(|c| {
+                Ok(c.execute_batch(
+                    "CREATE TABLE p (id INTEGER PRIMARY KEY); \
+                     CREATE TABLE k (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)",
+                )?)
+            })
+            .unwrap();
+        // A deferred foreign key fails at COMMIT, after both jobs succeeded in their savepoints.
+        let (first, release) = hold_the_writer(&store, "INSERT INTO p VALUES (5)").await;
+        let a = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(|c| Ok(c.execute("INSERT INTO k VALUES (7)", [])?))
+                    .await
+            }
+        });
+        let b = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(|c| Ok(c.execute("INSERT INTO p VALUES (1)", [])?))
+                    .await
+            }
+        });
+        while store.queued() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 1, "the batch before is kept");
+        for r in [a.await.unwrap(), b.await.unwrap()] {
+            let err = r.unwrap_err().to_string();
+            assert!(err.contains("could not be committed"), "{err}");
+        }
+        let n: i64 = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM k)",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "nothing of the failed batch is kept");
     }
 }
