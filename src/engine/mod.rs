@@ -171,6 +171,11 @@ struct Inner {
     queue: Arc<worker::QueueSignal>,
     /// The daemon's queue replayer and its worker task, once the worker runs.
     replayer: OnceLock<(worker::Replayer, tokio::task::AbortHandle)>,
+    /// Sequence numbers taken ahead for sales' ids (engine/sale.rs).
+    spare: Mutex<sale::SpareSequences>,
+    /// The sale this engine last started without a code: a hint that lets a scan's pay be
+    /// signed before its transaction finds the waiting sale (engine/sale.rs).
+    awaiting: Mutex<Option<PaymentRecord>>,
 }
 
 impl Engine {
@@ -207,6 +212,8 @@ impl Engine {
                 shutdown: CancellationToken::new(),
                 queue,
                 replayer: OnceLock::new(),
+                spare: Mutex::default(),
+                awaiting: Mutex::default(),
             }),
         }
     }

@@ -2,6 +2,9 @@
 //! the pay signed while that commit is on its way to disk), a scan bound to the sale waiting
 //! for one, and the payment request id they are given.
 
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
+
 use chrono::{DateTime, FixedOffset};
 
 use super::transition::{self, Planned};
@@ -11,7 +14,47 @@ use crate::domain::machine::{self, Event, State};
 use crate::domain::request_id;
 use crate::gateway::{Facts, PayOrder};
 use crate::store::idempotency::Idempotency;
-use crate::store::payments::{self, Change, CreateError, NewPayment, PaymentRecord};
+use crate::store::payments::{self, Change, CreateError, NewPayment, PaymentRecord, Sequence};
+
+/// How many sequence numbers a sale's transaction takes ahead when none are left.
+const SPARE_BATCH: u64 = 8;
+
+/// Sequence numbers a committed transaction took ahead ([`payments::reserve_sequences`]) and
+/// no sale has used yet. With one, a sale's id is known before its transaction begins, so its
+/// pay is signed on this thread while the writer commits the intent; without one the id is
+/// handed out from inside the transaction. Lost at a restart: a gap in the numbers.
+#[derive(Debug, Default)]
+pub(super) struct SpareSequences {
+    seqs: VecDeque<u64>,
+    /// A sale's transaction is taking the next batch.
+    refilling: bool,
+}
+
+impl Engine {
+    /// A spare sequence number, if any, and whether this sale's transaction takes the next
+    /// batch (none left, and no other sale is taking one).
+    fn take_spare(&self) -> (Option<u64>, bool) {
+        let mut s = self.inner.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = s.seqs.pop_front();
+        let refill = s.seqs.is_empty() && !s.refilling;
+        s.refilling |= refill;
+        (seq, refill)
+    }
+
+    /// After a sale's transaction: `unused` goes back (the sale was refused or not
+    /// committed), `taken` joins the spares (it was committed), and a refill this sale
+    /// started is over.
+    fn settle_spare(&self, unused: Option<u64>, taken: Option<RangeInclusive<u64>>, refill: bool) {
+        let mut s = self.inner.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seq) = unused {
+            s.seqs.push_front(seq);
+        }
+        s.seqs.extend(taken.into_iter().flatten());
+        if refill {
+            s.refilling = false;
+        }
+    }
+}
 
 impl Engine {
     /// The `paymentExpiryTime` of a pay requested now: `payment_expiry` later, rounded up to
@@ -60,35 +103,55 @@ impl Engine {
         let terminal = self.inner.settings.terminal_id.clone();
         let local = now_local.naive_local();
         let amount_minor = req.amount.minor();
-        // The id exists as soon as the transaction has taken its sequence number: it is
-        // handed out then, so the pay request is serialized and signed while the intent's
-        // commit is still on its way to disk. Nothing is sent before that commit returns.
+        let make = move |seq| {
+            transition::new_request_id(
+                request_id::payment_request_id,
+                local,
+                &terminal,
+                amount_minor,
+                seq,
+            )
+        };
+        // With a spare sequence number the id is known now, and the pay is signed here while
+        // the writer commits the intent. Without one the id exists as soon as the transaction
+        // has taken its number, and is handed out from there. Either way nothing is sent
+        // before that commit returns.
+        let (spare, refill) = self.take_spare();
+        let known = spare.map(&make);
+        let seq = spare.map_or(Sequence::Next, Sequence::Reserved);
         let (id_tx, id_rx) = tokio::sync::oneshot::channel::<String>();
+        let job_id = known.clone();
         let commit = self.inner.store.call(move |c| {
-            let make_id = |seq| {
-                let id = transition::new_request_id(
-                    request_id::payment_request_id,
-                    local,
-                    &terminal,
-                    amount_minor,
-                    seq,
-                );
-                let _ = id_tx.send(id.clone());
-                id
+            let make_id = move |seq| match job_id {
+                Some(id) => id,
+                None => {
+                    let id = make(seq);
+                    let _ = id_tx.send(id.clone());
+                    id
+                }
             };
             let created = match &key {
-                None => payments::create(c, &new, now, make_id).map(|rec| (rec, false)),
-                Some(k) => payments::create_once(c, &new, now, make_id, k),
+                None => payments::create_with(c, &new, now, seq, make_id).map(|rec| (rec, false)),
+                Some(k) => payments::create_once(c, &new, now, seq, make_id, k),
             };
-            match created {
-                // A database error fails the job, so its savepoint rolls the whole of it back.
-                Err(CreateError::Db(e)) => Err(e.into()),
-                other => Ok(other),
-            }
+            // A database error fails the job, so its savepoint rolls the whole of it back.
+            let created = match created {
+                Err(CreateError::Db(e)) => return Err(e.into()),
+                other => other,
+            };
+            // A new payment's transaction takes the next spare numbers, when it is its turn.
+            let taken = match &created {
+                Ok((_, false)) if refill => Some(payments::reserve_sequences(c, SPARE_BATCH)?),
+                _ => None,
+            };
+            Ok((created, taken))
         });
         let prepare = async {
             let code = req.code.clone()?;
-            let id = id_rx.await.ok()?;
+            let id = match &known {
+                Some(id) => id.clone(),
+                None => id_rx.await.ok()?,
+            };
             Some(self.inner.gateway.prepare_pay(PayOrder {
                 payment_request_id: id,
                 amount: req.amount,
@@ -100,13 +163,29 @@ impl Engine {
             }))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);
-        let (rec, replayed) = committed?.map_err(create_error)?;
+        let (created, taken) = match committed {
+            Ok(done) => done,
+            Err(e) => {
+                self.settle_spare(spare, None, refill);
+                return Err(e.into());
+            }
+        };
+        let used = matches!(created, Ok((_, false)));
+        self.settle_spare(spare.filter(|_| !used), taken, refill);
+        let (rec, replayed) = created.map_err(create_error)?;
         if replayed {
             tracing::info!(payment = %rec.payment_request_id, "sale retried with its Idempotency-Key; nothing new started");
             return Ok((rec, true));
         }
         self.changed();
         tracing::info!(payment = %rec.payment_request_id, amount = %rec.amount, state = %rec.state, "sale started");
+        if rec.state == State::AwaitingCode {
+            *self
+                .inner
+                .awaiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(rec.clone());
+        }
         if let Some(prepared) = prepared {
             failpoint::hit("intent_committed");
             debug_assert_eq!(prepared.order.payment_request_id, rec.payment_request_id);
@@ -129,15 +208,26 @@ impl Engine {
         let now_local = clock::local_at(self.inner.settings.timezone, now);
         let terminal_time = now_local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
         let (expires_ms, expires_at) = self.pay_expiry(now);
-        // As in `start_sale`: the waiting sale is handed out from inside the transaction, so
-        // the pay request is signed while the commit is on its way to disk.
+        // As in `start_sale`: the pay is signed while the commit is on its way to disk, for
+        // the sale this engine last started without a code when there is one (a hint: the
+        // transaction finds the waiting sale itself), else for the waiting sale the
+        // transaction hands out.
+        let hint = self
+            .inner
+            .awaiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let hinted = hint.is_some();
         let (found_tx, found_rx) = tokio::sync::oneshot::channel::<PaymentRecord>();
         let engine = self.clone();
         let commit = self.inner.store.call(move |c| {
             let Some(waiting) = payments::awaiting_code(c)? else {
                 return Ok(None);
             };
-            let _ = found_tx.send(waiting.clone());
+            if !hinted {
+                let _ = found_tx.send(waiting.clone());
+            }
             let env = engine.env();
             let Planned::Move(p) = transition::plan(
                 &env,
@@ -166,17 +256,22 @@ impl Engine {
                 env.now_ms,
             )?)
         });
+        let order = |waiting: PaymentRecord, code: PaymentCode| PayOrder {
+            payment_request_id: waiting.payment_request_id,
+            amount: waiting.amount,
+            code,
+            order_ref: waiting.order_ref,
+            description: self.inner.settings.description.clone(),
+            terminal_time: now_local,
+            expires_at: Some(expires_at),
+        };
+        let resign = code.clone();
         let prepare = async {
-            let waiting = found_rx.await.ok()?;
-            Some(self.inner.gateway.prepare_pay(PayOrder {
-                payment_request_id: waiting.payment_request_id,
-                amount: waiting.amount,
-                code,
-                order_ref: waiting.order_ref,
-                description: self.inner.settings.description.clone(),
-                terminal_time: now_local,
-                expires_at: Some(expires_at),
-            }))
+            let waiting = match hint {
+                Some(w) => w,
+                None => found_rx.await.ok()?,
+            };
+            Some(self.inner.gateway.prepare_pay(order(waiting, code)))
         };
         let (committed, prepared) = tokio::join!(commit, prepare);
         let rec = committed?.ok_or_else(|| {
@@ -187,12 +282,16 @@ impl Engine {
         })?;
         self.changed();
         failpoint::hit("intent_committed");
-        // The compare-and-set moved exactly the sale that was handed out.
-        let prepared = prepared.filter(|p| p.order.payment_request_id == rec.payment_request_id);
+        // The hint named another sale than the one bound (it was aborted or expired, and
+        // another started elsewhere): sign the pay again, for the sale that was bound.
+        let prepared = match prepared {
+            Some(p) if p.order.payment_request_id == rec.payment_request_id => p,
+            _ => self.inner.gateway.prepare_pay(order(rec.clone(), resign)),
+        };
         self.spawn_driver(
             rec.payment_request_id.clone(),
             machine::Effect::SendPay,
-            prepared,
+            Some(prepared),
         );
         Ok(rec)
     }

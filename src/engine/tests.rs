@@ -311,6 +311,44 @@ async fn a_scan_binds_to_the_waiting_sale() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_scan_pays_the_sale_really_waiting_when_the_engine_remembers_another() {
+    let fake = Fake::default();
+    fake.0.lock().unwrap().pay.push_back(ok());
+    let e = engine(&fake);
+    let first = e.start_sale(sale(None, Some("A-4"))).await.unwrap();
+    e.abort(&first.payment_request_id).await.unwrap();
+    // Another sale waits, written past this engine: the engine still remembers the first.
+    let other = e
+        .store()
+        .call(|c| {
+            let new = NewPayment {
+                order_ref: Some("A-5".into()),
+                amount: Amount::parse("5.00", Currency::from_code("CNY").unwrap()).unwrap(),
+                state: State::AwaitingCode,
+                code_masked: None,
+                terminal_time: "2026-11-21T10:00:00+08:00".into(),
+                pay_expires_at: None,
+            };
+            Ok(crate::store::payments::create(c, &new, 0, |seq| {
+                format!("7{seq:035}")
+            })?)
+        })
+        .await
+        .unwrap();
+    let bound = e
+        .bind_code(PaymentCode::parse(CODE, &CodeRules::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(bound.payment_request_id, other.payment_request_id);
+    let v = final_state(&e, &other.payment_request_id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
+    // The pay was signed again, for the sale bound, with its amount.
+    let paid: Vec<String> = fake.calls("pay").into_iter().map(|c| c.1).collect();
+    assert_eq!(paid, std::slice::from_ref(&other.payment_request_id));
+    assert_eq!(v.payment.amount.minor(), 500);
+}
+
+#[tokio::test(start_paused = true)]
 async fn recovery_inquires_a_payment_left_paying_and_never_resends_the_pay() {
     let fake = Fake::default();
     fake.0.lock().unwrap().inquiry.push_back(paid());
@@ -356,6 +394,53 @@ async fn request_ids_are_unique_and_bounded() {
         assert!(ids.insert(r.payment_request_id.clone()));
         e.abort(&r.payment_request_id).await.unwrap();
     }
+}
+
+/// The terminal sequence a 36-digit payment request id carries.
+fn sequence_of(rec: &PaymentRecord) -> u64 {
+    crate::domain::request_id::parse_payment_request_id(&rec.payment_request_id)
+        .expect("a 36-digit paymentRequestId")
+        .sequence
+}
+
+#[tokio::test(start_paused = true)]
+async fn sales_use_numbers_taken_ahead_and_a_restart_never_reuses_one() {
+    let fake = Fake::default();
+    for _ in 0..4 {
+        fake.0.lock().unwrap().pay.push_back(ok());
+    }
+    let store = Store::open_in_memory().unwrap();
+    let e = Engine::new(store.clone(), Arc::new(fake.clone()), settings());
+    // The first sale takes its number in its own transaction, and eight more ahead (2..=9);
+    // the next ones use those, so their ids exist before their transactions begin.
+    let a = e.start_sale(sale(Some(CODE), Some("A-1"))).await.unwrap();
+    let b = e.start_sale(sale(Some(CODE), Some("B-1"))).await.unwrap();
+    assert_eq!((sequence_of(&a), sequence_of(&b)), (1, 2));
+    // A refused sale gives its number back.
+    let refused = e.start_sale(sale(Some(CODE), Some("B-1"))).await;
+    assert!(
+        matches!(refused, Err(EngineError::Conflict(_))),
+        "{refused:?}"
+    );
+    let c = e.start_sale(sale(Some(CODE), Some("C-1"))).await.unwrap();
+    assert_eq!(sequence_of(&c), 3);
+    // Each pay was signed for the id its payment was committed with.
+    for r in [&a, &b, &c] {
+        assert_eq!(
+            final_state(&e, &r.payment_request_id).await.payment.state,
+            State::Succeeded
+        );
+    }
+    let paid: Vec<String> = fake.calls("pay").into_iter().map(|c| c.1).collect();
+    assert_eq!(
+        paid,
+        [&a, &b, &c].map(|r| r.payment_request_id.clone()).to_vec()
+    );
+    // A restart loses the spare numbers 4..=9: the next sale starts after them, never
+    // reusing one.
+    let e2 = Engine::new(store.clone(), Arc::new(fake.clone()), settings());
+    let d = e2.start_sale(sale(Some(CODE), Some("D-1"))).await.unwrap();
+    assert_eq!(sequence_of(&d), 10);
 }
 
 // ---- a pay held in transit (the gateway's `paymentExpiryTime` is the only protection) ----

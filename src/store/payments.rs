@@ -153,12 +153,33 @@ fn blocks_new_attempt(s: State) -> Option<&'static str> {
     }
 }
 
+/// Where a new payment's sequence number comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequence {
+    /// The next one, taken in the payment's own transaction.
+    Next,
+    /// One an earlier committed transaction took with [`reserve_sequences`] and nobody used:
+    /// its id can be built, and the pay signed, before the payment's transaction begins.
+    Reserved(u64),
+}
+
 /// Creates a payment: checks the order, takes the next sequence number, builds the id with
 /// `make_id(sequence)`, inserts the payment and its first event — one transaction.
 pub fn create(
     conn: &mut Connection,
     new: &NewPayment,
     now: i64,
+    make_id: impl FnOnce(u64) -> String,
+) -> Result<PaymentRecord, CreateError> {
+    create_with(conn, new, now, Sequence::Next, make_id)
+}
+
+/// [`create`] with the sequence number from `seq`.
+pub fn create_with(
+    conn: &mut Connection,
+    new: &NewPayment,
+    now: i64,
+    seq: Sequence,
     make_id: impl FnOnce(u64) -> String,
 ) -> Result<PaymentRecord, CreateError> {
     let tx = conn.savepoint()?;
@@ -194,7 +215,10 @@ pub fn create(
             return Err(CreateError::AlreadyAwaiting { existing });
         }
     }
-    let seq = next_sequence(&tx)?;
+    let seq = match seq {
+        Sequence::Next => next_sequence(&tx)?,
+        Sequence::Reserved(seq) => seq,
+    };
     let id = make_id(seq);
     tx.prepare_cached(
         "INSERT INTO payments (payment_request_id, order_ref, amount_minor, currency, state, \
@@ -230,6 +254,7 @@ pub fn create_once(
     conn: &mut Connection,
     new: &NewPayment,
     now: i64,
+    seq: Sequence,
     make_id: impl FnOnce(u64) -> String,
     key: &super::idempotency::Idempotency,
 ) -> Result<(PaymentRecord, bool), CreateError> {
@@ -247,9 +272,25 @@ pub fn create_once(
         }
         Seen::New => {}
     }
-    let rec = create(conn, new, now, make_id)?;
+    let rec = create_with(conn, new, now, seq, make_id)?;
     record(conn, key, &rec.payment_request_id, now)?;
     Ok((rec, false))
+}
+
+/// Takes the next `n` values of the terminal sequence, in the caller's transaction: once it
+/// commits they are this caller's alone (a later take, in any process, starts after them),
+/// used or not; one never used leaves a gap, which the ids allow.
+pub fn reserve_sequences(
+    conn: &Connection,
+    n: u64,
+) -> rusqlite::Result<std::ops::RangeInclusive<u64>> {
+    let n = n.max(1);
+    let last = conn
+        .prepare_cached(
+            "UPDATE terminal_sequence SET value = value + ?1 WHERE name = 'request' RETURNING value",
+        )?
+        .query_row([n as i64], |r| r.get::<_, i64>(0))? as u64;
+    Ok(last + 1 - n..=last)
 }
 
 /// Takes the next value of the terminal sequence in its own transaction (refund ids).
@@ -362,6 +403,29 @@ mod tests {
             terminal_time: "2026-11-21T10:15:30+08:00".into(),
             pay_expires_at: None,
         }
+    }
+
+    #[test]
+    fn reserved_sequences_are_the_callers_alone_and_a_payment_can_use_one() {
+        let s = Store::open_in_memory().unwrap();
+        s.call_blocking(|c| {
+            assert_eq!(next_sequence(c)?, 1);
+            assert_eq!(reserve_sequences(c, 3)?, 2..=4);
+            // A take after the reservation starts past it.
+            assert_eq!(next_sequence(c)?, 5);
+            let rec = create_with(
+                c,
+                &new(None, State::Paying),
+                1,
+                Sequence::Reserved(3),
+                |seq| format!("id{seq}"),
+            )?;
+            assert_eq!(rec.payment_request_id, "id3");
+            assert_eq!(events(c, "id3")?.len(), 1, "journalled like any other");
+            assert_eq!(next_sequence(c)?, 6, "using a reserved number takes none");
+            Ok(())
+        })
+        .unwrap();
     }
 
     #[test]
