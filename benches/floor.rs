@@ -45,6 +45,17 @@ fn test_key(name: &str) -> String {
         .expect("test key")
 }
 
+/// A pay request of `body` to sign, as the floors sign it.
+pub fn pay_message(body: &[u8]) -> Message<'_> {
+    Message {
+        method: "POST",
+        uri: "/ams/api/v1/payments/pay",
+        client_id: "BENCH",
+        time: "2026-11-21T10:00:00+08:00",
+        body,
+    }
+}
+
 /// Median of `n` runs of `f`.
 fn median(n: usize, mut f: impl FnMut()) -> Duration {
     let mut t: Vec<Duration> = (0..n)
@@ -87,14 +98,7 @@ impl Floors {
         let public =
             PublicKey::from_text(&test_key("merchant_public.pem"), "merchant").expect("public");
         let body = vec![b'x'; 800];
-        let msg = Message {
-            method: "POST",
-            uri: "/ams/api/v1/payments/pay",
-            client_id: "BENCH",
-            time: "2026-11-21T10:00:00+08:00",
-            body: &body,
-        };
-        let content = msg.content();
+        let content = pay_message(&body).content();
         let sig = key.sign(&content);
         let sign = median(n_rsa, || {
             std::hint::black_box(key.sign(std::hint::black_box(&content)));

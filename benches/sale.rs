@@ -142,35 +142,74 @@ fn engine(base: String, dir: &std::path::Path) -> Engine {
     )
 }
 
-/// Median of `n` intent commits made the cheapest way: `payments::create`'s own statements in
-/// one `BEGIN IMMEDIATE … COMMIT` on a bare connection of this thread, in a database of
-/// posd's schema (no queue, no thread hop). The commit side of (a) can cost no less.
-fn bare_intent_commit(dir: &std::path::Path, n: usize) -> Duration {
-    let path = dir.join(format!("intent-floor-{n}.sqlite3"));
-    drop(Store::open(&path).unwrap());
-    let mut c = rusqlite::Connection::open(&path).unwrap();
-    c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
-        .unwrap();
+/// A bare connection to a new database of posd's schema at `path`: WAL, `synchronous=FULL`,
+/// no queue and no thread of posd's.
+fn bare_db(path: &std::path::Path) -> rusqlite::Connection {
+    drop(Store::open(path).unwrap());
+    let c = rusqlite::Connection::open(path).unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();
-    let cny = Currency::from_code("CNY").unwrap();
+    c
+}
+
+/// Commits one pay intent with `payments::create`'s own statements in one `BEGIN IMMEDIATE …
+/// COMMIT` on `c`.
+fn commit_bare_intent(c: &mut rusqlite::Connection, tag: &str) {
+    let new = posd::store::payments::NewPayment {
+        order_ref: None,
+        amount: Amount::parse("12.34", Currency::from_code("CNY").unwrap()).unwrap(),
+        state: posd::domain::machine::State::Paying,
+        code_masked: Some("2812**********3456".into()),
+        terminal_time: "2026-11-21T10:00:00+08:00".into(),
+        pay_expires_at: Some(180_000),
+    };
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    posd::store::payments::create(c, &new, 0, |seq| format!("{tag}-{seq}")).unwrap();
+    c.execute_batch("COMMIT").unwrap();
+}
+
+/// Median of `n` intent commits made the cheapest way ([`commit_bare_intent`] on this
+/// thread). The commit side of (a) can cost no less.
+fn bare_intent_commit(dir: &std::path::Path, n: usize) -> Duration {
+    let mut c = bare_db(&dir.join(format!("intent-floor-{n}.sqlite3")));
     let mut took: Vec<Duration> = (0..n)
         .map(|i| {
-            let new = posd::store::payments::NewPayment {
-                order_ref: None,
-                amount: Amount::parse("12.34", cny).unwrap(),
-                state: posd::domain::machine::State::Paying,
-                code_masked: Some("2812**********3456".into()),
-                terminal_time: "2026-11-21T10:00:00+08:00".into(),
-                pay_expires_at: Some(180_000),
-            };
             let t0 = Instant::now();
-            c.execute_batch("BEGIN IMMEDIATE").unwrap();
-            posd::store::payments::create(&mut c, &new, 0, |seq| format!("FLOOR{i}-{seq}"))
-                .unwrap();
-            c.execute_batch("COMMIT").unwrap();
+            commit_bare_intent(&mut c, &format!("FLOOR{i}"));
             t0.elapsed()
         })
         .collect();
+    took.sort();
+    took[took.len() / 2]
+}
+
+/// Median of `n` overlaps done the cheapest way: this thread wakes a parked thread that
+/// commits an intent bare ([`commit_bare_intent`]), signs a pay-sized message meanwhile, and
+/// waits for the commit. What two threads of this machine take to do the two at once,
+/// wake-up included: (a)'s floor if the overlap were perfect here.
+fn bare_overlap(dir: &std::path::Path, n: usize) -> Duration {
+    let mut c = bare_db(&dir.join(format!("overlap-floor-{n}.sqlite3")));
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<usize>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let committer = std::thread::spawn(move || {
+        for i in go_rx {
+            commit_bare_intent(&mut c, &format!("OVER{i}"));
+            done_tx.send(()).unwrap();
+        }
+    });
+    let key = PrivateKey::from_text(&key("merchant_private_pkcs8.pem"), "merchant").unwrap();
+    let body = vec![b'x'; 800];
+    let content = floor::pay_message(&body).content();
+    let mut took: Vec<Duration> = (0..n)
+        .map(|i| {
+            let t0 = Instant::now();
+            go_tx.send(i).unwrap();
+            std::hint::black_box(key.sign(std::hint::black_box(&content)));
+            done_rx.recv().unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    drop(go_tx);
+    committer.join().unwrap();
     took.sort();
     took[took.len() / 2]
 }
@@ -193,6 +232,7 @@ fn main() {
     let n_rsa = if quick { 5 } else { 300 };
     let floors_before = floor::Floors::measure(&dir.path().join("floor"), n_commit, n_rsa);
     let intent_before = bare_intent_commit(dir.path(), n_commit as usize);
+    let overlap_before = bare_overlap(dir.path(), n_commit as usize);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -330,6 +370,7 @@ fn main() {
         // work on a shared machine only ever makes one slower).
         let floors = floors_before.min(floor::Floors::measure(&dir.path().join("floor-after"), n_commit, n_rsa));
         let intent_floor = intent_before.min(bare_intent_commit(dir.path(), n_commit as usize + 1));
+        let overlap_floor = overlap_before.min(bare_overlap(dir.path(), n_commit as usize + 1));
         println!("(a) sale with its code -> pay on the wire: median {}  p95 {}  ({} sales, one at a time)", ms(median), ms(p95), n_lat);
         println!("    of which start_sale returned (intent committed, pay signed): median {}", ms(returned[returned.len() / 2]));
         println!("(a') scan binds a waiting sale -> pay on the wire: median {}  p95 {}", ms(scan_median), ms(scan_lat[scan_lat.len() * 95 / 100]));
@@ -353,6 +394,14 @@ fn main() {
             floor::ms(strict),
             median.as_secs_f64() / strict.as_secs_f64(),
             scan_median.as_secs_f64() / strict.as_secs_f64()
+        );
+        println!(
+            "    the two at once on two threads of this machine (wake a committer, sign, wait): {} ms \
+             = {:.2} x the larger; (a) is {:.2} x it, (a') {:.2} x",
+            floor::ms(overlap_floor),
+            overlap_floor.as_secs_f64() / larger.as_secs_f64(),
+            median.as_secs_f64() / overlap_floor.as_secs_f64(),
+            scan_median.as_secs_f64() / overlap_floor.as_secs_f64()
         );
         println!(
             "(b) full sales: {done} in {:.2} s, {IN_FLIGHT} in flight; a sale start -> final: p50 {}  p99 {}  max {}",
