@@ -280,6 +280,7 @@ impl Store {
                 conn: self.conn.clone(),
                 pending: self.pending.clone(),
                 commits: self.commits.clone(),
+                done: false,
             };
             // The runner answers every job itself; its handle is not awaited, so that this
             // caller hears of its own commit without waiting for later batches.
@@ -381,37 +382,42 @@ struct Runner {
     conn: Arc<Mutex<Connection>>,
     pending: Arc<Mutex<Pending>>,
     commits: Arc<Commits>,
+    /// Set when [`Runner::run`] left the queue empty and gave up its turn.
+    done: bool,
 }
 
 impl Runner {
-    fn run(self) {
-        // Should anything below unwind, the guard lets the next call start a new runner and
-        // answers what is left with an error, so no caller waits for ever.
-        let guard = RunnerGuard(&self.pending);
+    fn run(mut self) {
         loop {
             let batch = {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 if pending.jobs.is_empty() {
                     pending.running = false;
-                    break;
+                    self.done = true;
+                    return;
                 }
                 std::mem::take(&mut pending.jobs)
             };
             let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             run_batch(&mut conn, batch, &self.commits);
         }
-        std::mem::forget(guard);
     }
 }
 
-struct RunnerGuard<'a>(&'a Mutex<Pending>);
-
-impl Drop for RunnerGuard<'_> {
+/// A runner dropped before it finished (it unwound, or its blocking task never ran because
+/// the runtime was shutting down) gives up its turn, so the next call starts another, and
+/// answers what is queued with an error, so that no caller waits for ever.
+impl Drop for Runner {
     fn drop(&mut self) {
-        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if self.done {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.running = false;
         for job in std::mem::take(&mut pending.jobs) {
-            job.fail("the database writer stopped unexpectedly; try again");
+            job.fail(
+                "the database writer stopped before this write ran; nothing was written, try again",
+            );
         }
     }
 }
@@ -763,6 +769,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.commit_counts().transactions - before.transactions, 3);
+    }
+
+    #[tokio::test]
+    async fn a_runner_that_never_ran_answers_the_queued_jobs_and_gives_up_its_turn() {
+        let store = Store::open_in_memory().unwrap();
+        // A call queued while a runner holds the turn, as when the runtime shuts down before
+        // the runner's blocking task starts.
+        let (reply, answer) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        {
+            let mut pending = store.pending.lock().unwrap();
+            pending.running = true;
+            pending.jobs.push(Box::new(BatchJob {
+                f: |_: &mut Connection| Ok(()),
+                reply,
+            }));
+        }
+        drop(Runner {
+            conn: store.conn.clone(),
+            pending: store.pending.clone(),
+            commits: store.commits.clone(),
+            done: false,
+        });
+        let err = answer.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("nothing was written, try again"), "{err}");
+        // The turn is free: the next call starts a runner and commits.
+        store.call(|_| Ok(())).await.unwrap();
+        assert_eq!(store.commit_counts().transactions, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
