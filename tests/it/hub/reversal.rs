@@ -13,14 +13,34 @@ use super::harness::{
 };
 use super::pg::TestDb;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_inquiry_does_not_relay_success_while_the_hub_owes_a_cancel() {
+/// A hub (with `hub_extra` in its config) in front of an upstream whose cancels fail for a
+/// minute, terminal `T_A` registered, and that terminal's signer.
+struct Setup {
+    db: TestDb,
+    up: Upstream,
+    hub: TestHub,
+    t: Signer,
+}
+
+async fn setup(hub_extra: &str) -> Setup {
     let db = TestDb::new().await;
     let up = Upstream::start(Duration::from_secs(60)).await;
     register(&db, "T_A", "terminal_a").await;
-    let mut hub = TestHub::new(&db, &up.base_url(), "", "");
+    let mut hub = TestHub::new(&db, &up.base_url(), hub_extra, "");
     hub.start(None).await;
     let t = Signer::new("T_A", "terminal_a");
+    Setup { db, up, hub, t }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inquiry_does_not_relay_success_while_the_hub_owes_a_cancel() {
+    // The upstream and the hub live to the end of the test.
+    let Setup {
+        db,
+        up: _up,
+        hub,
+        t,
+    } = setup("").await;
     let r = t
         .send(&hub.base, "pay", &pay_body("REV-1", &code("00")), 0)
         .await;
@@ -55,13 +75,8 @@ async fn an_inquiry_does_not_relay_success_while_the_hub_owes_a_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_after_the_hubs_own_cancel_became_a_full_refund_is_answered_s() {
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(60)).await;
-    register(&db, "T_A", "terminal_a").await;
-    let hub_extra = "active_cancel_after = \"2s\"\nterminal_decision_time = \"1s\"";
-    let mut hub = TestHub::new(&db, &up.base_url(), hub_extra, "");
-    hub.start(None).await;
-    let t = Signer::new("T_A", "terminal_a");
+    let Setup { db, up, hub, t } =
+        setup("active_cancel_after = \"2s\"\nterminal_decision_time = \"1s\"").await;
     // Row 87: the pay stays PROCESSING and its cancel window has passed. The terminal goes
     // silent; the hub cancels on its own, is refused for the window, and refunds in full.
     let r = t
@@ -99,12 +114,7 @@ async fn a_cancel_after_the_hubs_own_cancel_became_a_full_refund_is_answered_s()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_delivered_through_the_hubs_own_and_refused_for_its_window_is_not_relayed() {
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(60)).await;
-    register(&db, "T_A", "terminal_a").await;
-    let mut hub = TestHub::new(&db, &up.base_url(), "", "");
-    hub.start(None).await;
-    let t = Signer::new("T_A", "terminal_a");
+    let Setup { db, up, hub, t } = setup("").await;
     let r = t
         .send(&hub.base, "pay", &pay_body("REV-W", &code("87")), 0)
         .await;
