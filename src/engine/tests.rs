@@ -443,6 +443,58 @@ async fn sales_use_numbers_taken_ahead_and_a_restart_never_reuses_one() {
     assert_eq!(sequence_of(&d), 10);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_whose_id_is_known_before_its_intent_is_sent_only_after_the_intent_commits() {
+    let fake = Fake::default();
+    for _ in 0..2 {
+        fake.0.lock().unwrap().pay.push_back(ok());
+    }
+    let e = engine(&fake);
+    // The first sale takes numbers ahead, so the next one's id (and its pay) exist at once.
+    let a = e.start_sale(sale(Some(CODE), Some("W-1"))).await.unwrap();
+    final_state(&e, &a.payment_request_id).await;
+    // Another write holds the writer, so the next intent cannot commit.
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let store = e.store().clone();
+    let hold = tokio::spawn(async move {
+        store
+            .call(move |_| {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok(())
+            })
+            .await
+    });
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let e = e.clone();
+        async move { e.start_sale(sale(Some(CODE), Some("W-2"))).await }
+    });
+    while e.store().queued() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Its pay is prepared; it must not leave before the intent is on disk.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        fake.calls("pay").len(),
+        1,
+        "a pay left before its intent was committed"
+    );
+    assert!(!second.is_finished());
+    release_tx.send(()).unwrap();
+    hold.await.unwrap().unwrap();
+    let b = second.await.unwrap().unwrap();
+    assert_eq!(
+        final_state(&e, &b.payment_request_id).await.payment.state,
+        State::Succeeded
+    );
+    let paid: Vec<String> = fake.calls("pay").into_iter().map(|c| c.1).collect();
+    assert_eq!(paid, [a.payment_request_id, b.payment_request_id]);
+}
+
 // ---- a pay held in transit (the gateway's `paymentExpiryTime` is the only protection) ----
 
 /// An engine and the held-pay gateway on one tokio-driven wall clock.

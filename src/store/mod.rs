@@ -327,7 +327,7 @@ impl Store {
 
     /// Jobs queued for the next batch (tests).
     #[cfg(test)]
-    fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
