@@ -21,11 +21,12 @@ const B: &str = "25987654321098765432";
 const C: &str = "30111122223333444455556666";
 
 /// A plugged-in "scanner": a pty pair whose slave is reachable at a symlink. The test writes
-/// on the master; it keeps its own slave handle open (never read) because writing to a
+/// on the master; it keeps its own slave handle open (never read from; it tells how much input
+/// waits) because writing to a
 /// master whose slave is closed fails. [`unplug`] takes it away.
 struct Plugged {
     master: TTYPort,
-    _slave: TTYPort,
+    slave: TTYPort,
 }
 
 fn plug(link: &Path) -> Plugged {
@@ -35,10 +36,7 @@ fn plug(link: &Path) -> Plugged {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&name, &tmp).unwrap();
     std::fs::rename(&tmp, link).unwrap();
-    Plugged {
-        master,
-        _slave: slave,
-    }
+    Plugged { master, slave }
 }
 
 /// The scanner is pulled out: udev removes its link, then the device is gone.
@@ -128,7 +126,15 @@ async fn serial_scanner_frames_validates_dedups_and_survives_an_unplug() {
 
     // Unplug mid-code: the half code is reported, never glued to what follows.
     send(&mut master, b"2899");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A hangup discards input not yet read: unplug only once the scanner has read it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while master.slave.bytes_to_read().unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scanner never read the half code"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     unplug(&link, master);
     let (reason, _) = next_rejection(&mut rx).await;
     assert!(reason.starts_with("scan interrupted"), "{reason}");
