@@ -3,16 +3,21 @@
 //! (as udev's /dev/posd-scanner would be), and the symlink is re-pointed to a new pair to
 //! play an unplug and replug. An unplug removes the symlink before the pair goes, as udev
 //! does: the kernel reuses a freed pty's number at once, so a link left pointing at it could
-//! name another test's pty.
+//! name another test's pty. Both ends are opened close-on-exec: a master inherited by a
+//! process another test spawns meanwhile (a daemon, `pg_ctl`) would outlive the unplug, and
+//! the scanner would never see the hangup.
 
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use posd::devices::config::{ScannerConfig, ScannerKind};
 use posd::devices::scanner::{spawn, ScanEvent};
 use posd::domain::code::CodeRules;
-use serialport::{SerialPort, TTYPort};
+use rustix::pty::OpenptFlags;
+use rustix::termios::OptionalActions;
 use tokio::sync::mpsc::Receiver;
 use tokio_util::sync::CancellationToken;
 
@@ -22,16 +27,50 @@ const C: &str = "30111122223333444455556666";
 
 /// A plugged-in "scanner": a pty pair whose slave is reachable at a symlink. The test writes
 /// on the master; it keeps its own slave handle open (never read from; it tells how much input
-/// waits) because writing to a
-/// master whose slave is closed fails. [`unplug`] takes it away.
+/// waits) because writing to a master whose slave is closed fails. [`unplug`] takes it away.
 struct Plugged {
-    master: TTYPort,
-    slave: TTYPort,
+    master: File,
+    slave: File,
+}
+
+/// A raw pty pair, both ends close-on-exec from the moment they exist (serialport's own
+/// `TTYPort::pair` opens them inheritable).
+fn pty_pair() -> (File, File, PathBuf) {
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .expect("pseudo-terminal master");
+    rustix::pty::grantpt(&master).expect("grantpt");
+    rustix::pty::unlockpt(&master).expect("unlockpt");
+    let name = rustix::pty::ptsname(&master, Vec::new()).expect("the slave has a path");
+    let name = PathBuf::from(name.into_string().expect("a UTF-8 pty path"));
+    // std opens with O_CLOEXEC; O_NOCTTY keeps it from becoming the test's terminal.
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(&name)
+        .expect("pseudo-terminal slave");
+    let mut raw = rustix::termios::tcgetattr(&slave).expect("tcgetattr");
+    raw.make_raw();
+    rustix::termios::tcsetattr(&slave, OptionalActions::Now, &raw).expect("tcsetattr");
+    (File::from(master), slave, name)
+}
+
+/// Bytes written on the master that the slave's reader has not taken yet. What the master
+/// writes reaches the slave's input queue through the kernel's flip buffer, in a work item of
+/// its own; a poll of the slave runs that work first, so a count of 0 after it means read, not
+/// "still on its way".
+fn waiting_input(slave: &File) -> u64 {
+    let mut fds = [rustix::event::PollFd::new(
+        slave,
+        rustix::event::PollFlags::IN,
+    )];
+    rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())).expect("poll");
+    rustix::io::ioctl_fionread(slave).expect("FIONREAD")
 }
 
 fn plug(link: &Path) -> Plugged {
-    let (master, slave) = TTYPort::pair().expect("pseudo-terminal pair");
-    let name = slave.name().expect("the slave has a path");
+    let (master, slave, name) = pty_pair();
     let tmp = link.with_extension("new");
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&name, &tmp).unwrap();
@@ -124,11 +163,18 @@ async fn serial_scanner_frames_validates_dedups_and_survives_an_unplug() {
     assert_eq!(next_code(&mut rx).await, B);
     assert_eq!(next_code(&mut rx).await, C, "the second B was a duplicate");
 
+    // A process started meanwhile (as other tests start daemons) must not hold the pty open
+    // past the unplug.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("10")
+        .spawn()
+        .expect("sleep");
+
     // Unplug mid-code: the half code is reported, never glued to what follows.
     send(&mut master, b"2899");
     // A hangup discards input not yet read: unplug only once the scanner has read it.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while master.slave.bytes_to_read().unwrap() > 0 {
+    while waiting_input(&master.slave) > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the scanner never read the half code"
@@ -138,6 +184,8 @@ async fn serial_scanner_frames_validates_dedups_and_survives_an_unplug() {
     unplug(&link, master);
     let (reason, _) = next_rejection(&mut rx).await;
     assert!(reason.starts_with("scan interrupted"), "{reason}");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 
     // Replug (a new pty behind the same name): scanning goes on.
     let mut master = plug(&link);
