@@ -5,7 +5,12 @@
 //! (b) pays per second and p50/p99 latency with 200 simulated terminals on one instance and on
 //!     two (one database);
 //! (c) the hub's CPU-ms per pay (its process, from /proc) and PostgreSQL commits per pay
-//!     (`pg_stat_database.xact_commit`), so an estate can be sized from them.
+//!     (`pg_stat_database.xact_commit`), so an estate can be sized from them;
+//! each beside its floor: (a) against the RSA work and the commits of one pay one after the
+//! other, (b) against the fsync ceiling (the commits a pay needs, each shared at most by the
+//! pays in flight) and the CPU ceiling (cores ÷ the RSA-2048 signs and verifies of one pay on
+//! every side: the terminal signs, the hub verifies it, signs upstream, verifies the answer and
+//! signs its own, the upstream signs, the terminal verifies), with the ratio to the lower.
 //!
 //! Needs PostgreSQL at `POSD_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432`; a
 //! fresh database is created and dropped). Run: `cargo bench --bench hub`.
@@ -24,6 +29,9 @@ use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
 use posd::gateway::sign::{Message, PrivateKey, PublicKey};
 use posd::gateway::{Answer, Gateway, PayOrder};
 use posd::hub::registry::{self, NewTerminal};
+
+#[path = "floor.rs"]
+mod floor;
 
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
 const TERMINALS: usize = 200;
@@ -228,6 +236,52 @@ async fn start_hub(db_url: &str, upstream: &str, name: &str) -> HubProc {
     }
 }
 
+/// The floors of a pay through the hub, measured in this run.
+#[derive(Clone, Copy)]
+struct Floors {
+    /// One PostgreSQL commit of a small row (mean).
+    commit_ms: f64,
+    /// One RSA-2048 sign (aws-lc), mean, alone.
+    sign_ms: f64,
+    /// What a sign costs a core while every core signs (`floor.rs`).
+    sign_all_cores_ms: f64,
+    /// One verify of the same, mean.
+    verify_ms: f64,
+    cores: usize,
+}
+
+/// Per pay, on every side of the loopback (terminal, hub, upstream): see the module's doc.
+const SIGNS_PER_PAY: f64 = 4.0;
+const VERIFIES_PER_PAY: f64 = 3.0;
+
+impl Floors {
+    /// One pay's RSA work, one step after another (the sign alone).
+    fn rsa_ms(&self) -> f64 {
+        SIGNS_PER_PAY * self.sign_ms + VERIFIES_PER_PAY * self.verify_ms
+    }
+
+    /// One pay's RSA work with every core signing.
+    fn rsa_loaded_ms(&self) -> f64 {
+        SIGNS_PER_PAY * self.sign_all_cores_ms.max(self.sign_ms) + VERIFIES_PER_PAY * self.verify_ms
+    }
+
+    /// Prints `rate`'s ceilings and its ratio to the lower one.
+    fn report(&self, what: &str, rate: f64, commits_per_pay: f64, in_flight: usize) {
+        let fsync = in_flight as f64 / (commits_per_pay * self.commit_ms / 1000.0);
+        let cpu = self.cores as f64 / (self.rsa_loaded_ms() / 1000.0);
+        let lower = fsync.min(cpu);
+        println!(
+            "      {what}: {rate:.0} pays/s; fsync ceiling {fsync:.0}/s ({commits_per_pay:.2} commits/pay of \
+             {:.3} ms, shared by at most {in_flight} in flight), CPU ceiling {cpu:.0}/s \
+             ({SIGNS_PER_PAY} signs + {VERIFIES_PER_PAY} verifies/pay over {} cores, all signing) -> {:.0} % of the lower ({})",
+            self.commit_ms,
+            self.cores,
+            100.0 * rate / lower,
+            if fsync <= cpu { "fsync" } else { "CPU" }
+        );
+    }
+}
+
 async fn xact_commits(pool: &deadpool_postgres::Pool) -> i64 {
     pool.get()
         .await
@@ -242,7 +296,7 @@ async fn xact_commits(pool: &deadpool_postgres::Pool) -> i64 {
 }
 
 /// 200 terminals (clients) spread over `hubs`, each paying in a loop for `LOAD_FOR`.
-async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str) {
+async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str, floors: Floors) {
     let clients: Vec<Arc<AmsClient>> = (0..TERMINALS)
         .map(|i| {
             let hub = hubs[i % hubs.len()];
@@ -287,6 +341,12 @@ async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str) {
         pct(&all, 0.99),
         cpu / n,
         commits as f64 / n
+    );
+    floors.report(
+        &format!("{} instance(s)", hubs.len()),
+        n / elapsed.as_secs_f64(),
+        commits as f64 / n,
+        TERMINALS,
     );
 }
 
@@ -335,6 +395,7 @@ fn main() {
         }
         drop(c);
         let signer = PrivateKey::from_text(&key("hub/hub_private.pem"), "hub").unwrap();
+        let public = PublicKey::from_text(&key("hub/hub_public.pem"), "hub").unwrap();
         let content = vec![b'x'; 900];
         let mut sign = Vec::new();
         for _ in 0..SEQUENTIAL {
@@ -342,6 +403,22 @@ fn main() {
             std::hint::black_box(signer.sign(&content));
             sign.push(t.elapsed());
         }
+        let signature = signer.sign(&content);
+        let mut verify = Vec::new();
+        for _ in 0..SEQUENTIAL {
+            let t = Instant::now();
+            assert!(public.verify(std::hint::black_box(&content), &signature));
+            verify.push(t.elapsed());
+        }
+        let floor_dir = tempfile::tempdir().unwrap();
+        let machine = floor::Floors::measure(floor_dir.path(), 10, 300);
+        let floors = Floors {
+            commit_ms: mean_ms(&commit),
+            sign_ms: mean_ms(&sign),
+            sign_all_cores_ms: machine.sign_all_cores.as_secs_f64() * 1000.0,
+            verify_ms: mean_ms(&verify),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
 
         let upstream = zero_delay_upstream().await;
         let hub_a = start_hub(&db_url, &upstream, "bench-a").await;
@@ -355,20 +432,24 @@ fn main() {
         }
         let mut d = Vec::new();
         let mut h = Vec::new();
+        let commits0 = xact_commits(&pool).await;
         for i in 0..SEQUENTIAL {
             d.push(pay_ok(&direct, format!("SD{i:05}")).await);
             h.push(pay_ok(&via, format!("SH{i:05}")).await);
         }
+        let seq_commits = (xact_commits(&pool).await - commits0) as f64 / SEQUENTIAL as f64;
         d.sort();
         h.sort();
         println!(
-            "floor one PostgreSQL commit: mean {:.3} ms, p50 {:.3} ms; one RSA-2048 sign (aws-lc): mean {:.3} ms",
+            "floor one PostgreSQL commit: mean {:.3} ms, p50 {:.3} ms; one RSA-2048 sign (aws-lc): mean {:.3} ms alone, {:.3} ms per core with all cores signing; verify {:.3} ms",
             mean_ms(&commit),
             {
                 commit.sort();
                 pct(&commit, 0.5)
             },
-            mean_ms(&sign)
+            mean_ms(&sign),
+            floors.sign_all_cores_ms,
+            floors.verify_ms
         );
         println!(
             "pay   direct to the zero-delay upstream: mean {:.3} ms, p50 {:.3} ms",
@@ -382,11 +463,20 @@ fn main() {
             mean_ms(&h) - mean_ms(&d),
             mean_ms(&h) / mean_ms(&d)
         );
+        let seq_floor = floors.rsa_ms() + seq_commits * floors.commit_ms;
+        println!(
+            "      floor of one pay through the hub, one step after another: {SIGNS_PER_PAY} signs + \
+             {VERIFIES_PER_PAY} verifies ({:.3} ms) + {seq_commits:.2} commits ({:.3} ms) = {seq_floor:.3} ms; \
+             the pay is {:.2} x it",
+            floors.rsa_ms(),
+            seq_commits * floors.commit_ms,
+            mean_ms(&h) / seq_floor
+        );
 
         // (b), (c) 200 terminals on one instance, then on two.
-        load(&[&hub_a], &pool, "A").await;
+        load(&[&hub_a], &pool, "A", floors).await;
         let hub_b = start_hub(&db_url, &upstream, "bench-b").await;
-        load(&[&hub_a, &hub_b], &pool, "B").await;
+        load(&[&hub_a, &hub_b], &pool, "B", floors).await;
         drop(hub_a);
         drop(hub_b);
         pool.close();

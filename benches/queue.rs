@@ -2,7 +2,8 @@
 //! `synchronous=FULL`) drained by the real `Replayer` through the real `AmsClient` against a
 //! zero-delay loopback gateway that answers every cancel with a signed S. Prints items/s
 //! (each acknowledgement durable before its payment is reported moved) next to the cost of one
-//! `synchronous=FULL` commit measured on the same disk. Run: `cargo bench --bench queue`.
+//! `synchronous=FULL` commit measured on the same disk. Run: `cargo bench --bench queue`;
+//! `POSD_BENCH_QUEUE_BATCH` and `POSD_BENCH_QUEUE_CONCURRENCY` change the daemon's sizes (64, 16).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,14 @@ use posd::store::Store;
 mod floor;
 
 const ITEMS: usize = 10_000;
+
+/// A size from the environment, else the daemon's own (`QueueSettings::from_config`).
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn key(name: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR")))
@@ -166,8 +175,8 @@ fn main() {
             backoff_max: Duration::from_secs(600),
             call_timeout: Duration::from_secs(3),
             inquiry_timeout: Duration::from_secs(3),
-            batch: 64,
-            concurrency: 16,
+            batch: env_usize("POSD_BENCH_QUEUE_BATCH", 64),
+            concurrency: env_usize("POSD_BENCH_QUEUE_CONCURRENCY", 16),
             terminal_id: "T1".into(),
             timezone: None,
             merchant_name: "Bench".into(),
@@ -184,9 +193,11 @@ fn main() {
             "bench",
         );
         let commits_before = store.commit_counts();
+        let cpu0 = floor::process_cpu();
         let t = Instant::now();
         let reports = replayer.drain().await.unwrap();
         let took = t.elapsed();
+        let cpu = floor::process_cpu() - cpu0;
         let commits = store.commit_counts();
         let fsyncs = (commits.transactions - commits_before.transactions) as f64;
         let jobs = (commits.jobs - commits_before.jobs) as f64;
@@ -215,6 +226,7 @@ fn main() {
             fsyncs / ITEMS as f64,
             jobs / fsyncs.max(1.0)
         );
+        floor::report_cpu("queue drain", ITEMS, cpu, took, floors_before.cores);
         // Per item: the lease (one commit per batch) and the settle (shared by at most the
         // items in flight), the cancel signed here and its answer verified, the answer signed
         // by the loopback gateway.

@@ -336,6 +336,7 @@ fn main() {
         // (b) full sales per second, 32 sales in flight.
         const IN_FLIGHT: usize = 32;
         let commits_before = e.store().commit_counts();
+        let cpu0 = floor::process_cpu();
         let start = Instant::now();
         let mut tasks = Vec::new();
         for w in 0..IN_FLIGHT {
@@ -359,6 +360,7 @@ fn main() {
             sale_lat.extend(t.await.unwrap());
         }
         let elapsed = start.elapsed();
+        let cpu = floor::process_cpu() - cpu0;
         let commits = e.store().commit_counts();
         while rx.try_recv().is_ok() {}
         sale_lat.sort();
@@ -415,6 +417,7 @@ fn main() {
             fsyncs / done as f64,
             jobs / fsyncs.max(1.0)
         );
+        floor::report_cpu("(b) full sales", done, cpu, elapsed, floors.cores);
         // Per sale: two commits in sequence (the intent, the answer); the terminal signs the
         // pay and verifies the answer, the gateway verifies the pay and signs the answer.
         floors.report(
