@@ -236,51 +236,9 @@ async fn start_hub(db_url: &str, upstream: &str, name: &str) -> HubProc {
     }
 }
 
-/// The floors of a pay through the hub, measured in this run.
-#[derive(Clone, Copy)]
-struct Floors {
-    /// One PostgreSQL commit of a small row (mean).
-    commit_ms: f64,
-    /// One RSA-2048 sign (aws-lc), mean, alone.
-    sign_ms: f64,
-    /// What a sign costs a core while every core signs (`floor.rs`).
-    sign_all_cores_ms: f64,
-    /// One verify of the same, mean.
-    verify_ms: f64,
-    cores: usize,
-}
-
 /// Per pay, on every side of the loopback (terminal, hub, upstream): see the module's doc.
 const SIGNS_PER_PAY: f64 = 4.0;
 const VERIFIES_PER_PAY: f64 = 3.0;
-
-impl Floors {
-    /// One pay's RSA work, one step after another (the sign alone).
-    fn rsa_ms(&self) -> f64 {
-        SIGNS_PER_PAY * self.sign_ms + VERIFIES_PER_PAY * self.verify_ms
-    }
-
-    /// One pay's RSA work with every core signing.
-    fn rsa_loaded_ms(&self) -> f64 {
-        SIGNS_PER_PAY * self.sign_all_cores_ms.max(self.sign_ms) + VERIFIES_PER_PAY * self.verify_ms
-    }
-
-    /// Prints `rate`'s ceilings and its ratio to the lower one.
-    fn report(&self, what: &str, rate: f64, commits_per_pay: f64, in_flight: usize) {
-        let fsync = in_flight as f64 / (commits_per_pay * self.commit_ms / 1000.0);
-        let cpu = self.cores as f64 / (self.rsa_loaded_ms() / 1000.0);
-        let lower = fsync.min(cpu);
-        println!(
-            "      {what}: {rate:.0} pays/s; fsync ceiling {fsync:.0}/s ({commits_per_pay:.2} commits/pay of \
-             {:.3} ms, shared by at most {in_flight} in flight), CPU ceiling {cpu:.0}/s \
-             ({SIGNS_PER_PAY} signs + {VERIFIES_PER_PAY} verifies/pay over {} cores, all signing) -> {:.0} % of the lower ({})",
-            self.commit_ms,
-            self.cores,
-            100.0 * rate / lower,
-            if fsync <= cpu { "fsync" } else { "CPU" }
-        );
-    }
-}
 
 async fn xact_commits(pool: &deadpool_postgres::Pool) -> i64 {
     pool.get()
@@ -296,7 +254,7 @@ async fn xact_commits(pool: &deadpool_postgres::Pool) -> i64 {
 }
 
 /// 200 terminals (clients) spread over `hubs`, each paying in a loop for `LOAD_FOR`.
-async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str, floors: Floors) {
+async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str, floors: floor::Floors) {
     let clients: Vec<Arc<AmsClient>> = (0..TERMINALS)
         .map(|i| {
             let hub = hubs[i % hubs.len()];
@@ -343,10 +301,15 @@ async fn load(hubs: &[&HubProc], pool: &deadpool_postgres::Pool, tag: &str, floo
         commits as f64 / n
     );
     floors.report(
-        &format!("{} instance(s)", hubs.len()),
+        &format!("load  {} instance(s)", hubs.len()),
         n / elapsed.as_secs_f64(),
-        commits as f64 / n,
-        TERMINALS,
+        floor::PerItem {
+            fsyncs: commits as f64 / n / TERMINALS as f64,
+            fsyncs_are:
+                "a pay's PostgreSQL commits, each shared by at most the terminals in flight",
+            signs: SIGNS_PER_PAY,
+            verifies: VERIFIES_PER_PAY,
+        },
     );
 }
 
@@ -394,31 +357,12 @@ fn main() {
             commit.push(t.elapsed());
         }
         drop(c);
-        let signer = PrivateKey::from_text(&key("hub/hub_private.pem"), "hub").unwrap();
-        let public = PublicKey::from_text(&key("hub/hub_public.pem"), "hub").unwrap();
-        let content = vec![b'x'; 900];
-        let mut sign = Vec::new();
-        for _ in 0..SEQUENTIAL {
-            let t = Instant::now();
-            std::hint::black_box(signer.sign(&content));
-            sign.push(t.elapsed());
-        }
-        let signature = signer.sign(&content);
-        let mut verify = Vec::new();
-        for _ in 0..SEQUENTIAL {
-            let t = Instant::now();
-            assert!(public.verify(std::hint::black_box(&content), &signature));
-            verify.push(t.elapsed());
-        }
+        // The machine's signs and verifies (the same RSA-2048 work whatever the key), with
+        // the hub's commit in place of SQLite's.
         let floor_dir = tempfile::tempdir().unwrap();
-        let machine = floor::Floors::measure(floor_dir.path(), 10, 300);
-        let floors = Floors {
-            commit_ms: mean_ms(&commit),
-            sign_ms: mean_ms(&sign),
-            sign_all_cores_ms: machine.sign_all_cores.as_secs_f64() * 1000.0,
-            verify_ms: mean_ms(&verify),
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let mut floors = floor::Floors::measure(floor_dir.path(), 10, SEQUENTIAL);
+        floors.commit = commit.iter().sum::<Duration>() / commit.len() as u32;
+        floors.commit_is = "PostgreSQL commit (mean)";
 
         let upstream = zero_delay_upstream().await;
         let hub_a = start_hub(&db_url, &upstream, "bench-a").await;
@@ -441,15 +385,15 @@ fn main() {
         d.sort();
         h.sort();
         println!(
-            "floor one PostgreSQL commit: mean {:.3} ms, p50 {:.3} ms; one RSA-2048 sign (aws-lc): mean {:.3} ms alone, {:.3} ms per core with all cores signing; verify {:.3} ms",
+            "floor one PostgreSQL commit: mean {:.3} ms, p50 {:.3} ms; one RSA-2048 sign (aws-lc): {} ms alone, {} ms per core with all cores signing; verify {} ms",
             mean_ms(&commit),
             {
                 commit.sort();
                 pct(&commit, 0.5)
             },
-            mean_ms(&sign),
-            floors.sign_all_cores_ms,
-            floors.verify_ms
+            floor::ms(floors.sign),
+            floor::ms(floors.sign_all_cores),
+            floor::ms(floors.verify)
         );
         println!(
             "pay   direct to the zero-delay upstream: mean {:.3} ms, p50 {:.3} ms",
@@ -463,13 +407,15 @@ fn main() {
             mean_ms(&h) - mean_ms(&d),
             mean_ms(&h) / mean_ms(&d)
         );
-        let seq_floor = floors.rsa_ms() + seq_commits * floors.commit_ms;
+        let rsa_ms = (SIGNS_PER_PAY * floors.sign.as_secs_f64()
+            + VERIFIES_PER_PAY * floors.verify.as_secs_f64())
+            * 1000.0;
+        let commits_ms = seq_commits * floors.commit.as_secs_f64() * 1000.0;
+        let seq_floor = rsa_ms + commits_ms;
         println!(
             "      floor of one pay through the hub, one step after another: {SIGNS_PER_PAY} signs + \
-             {VERIFIES_PER_PAY} verifies ({:.3} ms) + {seq_commits:.2} commits ({:.3} ms) = {seq_floor:.3} ms; \
+             {VERIFIES_PER_PAY} verifies ({rsa_ms:.3} ms) + {seq_commits:.2} commits ({commits_ms:.3} ms) = {seq_floor:.3} ms; \
              the pay is {:.2} x it",
-            floors.rsa_ms(),
-            seq_commits * floors.commit_ms,
             mean_ms(&h) / seq_floor
         );
 
