@@ -11,6 +11,8 @@
 //! journal events commit in ONE transaction, guarded by the lease owner, so a replayer whose
 //! lease expired and was retaken writes nothing. A batch of answers settles in one commit
 //! (group commit): every acknowledgement is durable before any payment is reported moved.
+//! Batches overlap: the next is leased once every item of the one before holds a send slot,
+//! so the sends never wait for a settle and `concurrency` stays in flight across batches.
 //!
 //! | answer | item | payment |
 //! | --- | --- | --- |
@@ -34,6 +36,7 @@
 //! replayer could take it over. A replayer killed mid-send leaves its lease to expire; the item
 //! is then retaken and resent (the gateway's idempotency makes the resend harmless).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,7 @@ use tracing::Instrument as _;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::clock::{local_at, Clock};
 use super::driver::{in_flight, with_deadline, DEADLINE_MARGIN};
@@ -67,6 +71,8 @@ pub(crate) use task::run;
 const LEASE_CALLS: u32 = 4;
 /// How many worst-case calls of its lease an item must have left to be sent.
 const SEND_MARGIN_CALLS: u32 = 2;
+/// How many leased batches a drain holds at once: one settling while the next sends.
+const BATCHES_IN_FLIGHT: usize = 2;
 /// The longest the worker sleeps without looking at the queue (a missed wake-up, another
 /// process's write). Every enqueue in the daemon, a replay on demand and the gateway
 /// answering again wake it at once, and a pending item sets the timer to its due time, so
@@ -365,32 +371,94 @@ impl Replayer {
     }
 
     /// Replays every item due now, batch after batch, until none is left (or shutdown).
+    ///
+    /// The batches overlap: the next lease is taken as soon as every item of the newest batch
+    /// holds a send slot, so its items start sending the moment a slot frees, while the
+    /// batch before it settles. At most [`BATCHES_IN_FLIGHT`] batches are leased and
+    /// unsettled at once; `concurrency` bounds the sends across all of them. A lease that
+    /// finds nothing is tried again after the next settle (a cancel past its window makes a
+    /// refund item due then). The drain stops leasing once a settled batch moved nothing
+    /// (every item released or its lease lost) or a settle failed, and finishes the batches
+    /// it already holds.
     pub async fn drain(&self) -> anyhow::Result<Vec<ItemReport>> {
-        let mut reports = Vec::new();
         let limit = self.inner.settings.batch.max(1);
-        while !self.inner.shutdown.is_cancelled() {
-            let (owner, now, until) = self.new_lease();
-            let o = owner.clone();
-            let items = self
-                .inner
-                .store
-                .call(move |c| Ok(q::lease_due(c, &o, now, until, limit)?))
-                .await?;
-            if items.is_empty() {
-                break;
+        let permits = Arc::new(Semaphore::new(self.inner.settings.concurrency.max(1)));
+        let mut in_flight: VecDeque<AbortOnDropHandle<anyhow::Result<Vec<ItemReport>>>> =
+            VecDeque::new();
+        let mut reports = Vec::new();
+        let mut failed: Option<anyhow::Error> = None;
+        let mut leasing = true;
+        // The last lease found nothing; no new one until a batch settles.
+        let mut dry = false;
+        loop {
+            if leasing && !dry && in_flight.len() < BATCHES_IN_FLIGHT {
+                if self.inner.shutdown.is_cancelled() {
+                    leasing = false;
+                    continue;
+                }
+                let (owner, now, until) = self.new_lease();
+                let o = owner.clone();
+                let leased = self
+                    .inner
+                    .store
+                    .call(move |c| Ok(q::lease_due(c, &o, now, until, limit)?))
+                    .await;
+                let items = match leased {
+                    Ok(items) => items,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        leasing = false;
+                        continue;
+                    }
+                };
+                if items.is_empty() {
+                    dry = true;
+                    continue;
+                }
+                failpoint::hit("replay_leased");
+                let (started, all_started) = tokio::sync::oneshot::channel();
+                let me = self.clone();
+                let slots = permits.clone();
+                let batch = async move {
+                    let verdicts = me.verdicts(items, until, &slots, Some(started)).await;
+                    me.settle(&owner, verdicts).await
+                };
+                in_flight.push_back(AbortOnDropHandle::new(tokio::spawn(
+                    batch.instrument(tracing::Span::current()),
+                )));
+                // Every item of this batch holds a slot (or the batch ended early: the
+                // sender is dropped with it): time to lease the next.
+                let _ = all_started.await;
+                continue;
             }
-            failpoint::hit("replay_leased");
-            let verdicts = self.verdicts(items, until).await;
-            let settled = self.settle(&owner, verdicts).await?;
-            let progressed = settled
-                .iter()
-                .any(|r| r.outcome != ItemOutcome::Released && r.outcome != ItemOutcome::LeaseLost);
-            reports.extend(settled);
-            if !progressed {
+            let Some(oldest) = in_flight.pop_front() else {
                 break;
+            };
+            match oldest.await {
+                Ok(Ok(settled)) => {
+                    let progressed = settled.iter().any(|r| {
+                        r.outcome != ItemOutcome::Released && r.outcome != ItemOutcome::LeaseLost
+                    });
+                    leasing &= progressed;
+                    dry = false;
+                    reports.extend(settled);
+                }
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                    leasing = false;
+                }
+                // A panicked batch leaves its leases to expire; its items are retried then.
+                Err(e) => {
+                    tracing::error!(error = %e, "queue batch task failed");
+                    failed.get_or_insert(anyhow::anyhow!("a queue batch task failed: {e}"));
+                    leasing = false;
+                }
             }
         }
-        Ok(reports)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
     }
 
     /// Makes every pending item due, then drains (`posd queue replay` without an ID).
@@ -407,7 +475,8 @@ impl Replayer {
     pub async fn replay_item(&self, id: i64) -> Result<ItemReport, ReplayError> {
         let (owner, item, until) = self.lease_by_id(id).await?;
         failpoint::hit("replay_leased");
-        let verdicts = self.verdicts(vec![item], until).await;
+        let slots = Arc::new(Semaphore::new(1));
+        let verdicts = self.verdicts(vec![item], until, &slots, None).await;
         let mut settled = self.settle(&owner, verdicts).await?;
         Ok(settled.remove(0))
     }
@@ -447,24 +516,40 @@ impl Replayer {
         self.inner.store.call(|c| Ok(q::next_wakeup(c)?)).await
     }
 
-    /// Sends the items of one lease, at most `concurrency` at once.
-    async fn verdicts(&self, items: Vec<QueueItem>, until: i64) -> Vec<(QueueItem, Verdict)> {
+    /// Sends the items of one lease, in order, each once it holds one of `slots`; tells
+    /// `started` when every item holds one.
+    async fn verdicts(
+        &self,
+        items: Vec<QueueItem>,
+        until: i64,
+        slots: &Arc<Semaphore>,
+        started: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Vec<(QueueItem, Verdict)> {
         if items.len() == 1 {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _slot = slots.acquire().await.ok();
+            if let Some(tx) = started {
+                let _ = tx.send(());
+            }
             let v = self.verdict(&items[0], until).await;
             return items.into_iter().map(|i| (i, v.clone())).collect();
         }
-        let permits = Arc::new(Semaphore::new(self.inner.settings.concurrency.max(1)));
         let mut set = tokio::task::JoinSet::new();
         let n = items.len();
         for (idx, item) in items.into_iter().enumerate() {
+            let slot = slots.clone().acquire_owned().await.ok();
             let me = self.clone();
-            let permits = permits.clone();
-            set.spawn(async move {
-                // The semaphore is never closed, so acquiring cannot fail.
-                let _permit = permits.acquire_owned().await.ok();
-                let v = me.verdict(&item, until).await;
-                (idx, item, v)
-            });
+            set.spawn(
+                async move {
+                    let _slot = slot;
+                    let v = me.verdict(&item, until).await;
+                    (idx, item, v)
+                }
+                .in_current_span(),
+            );
+        }
+        if let Some(tx) = started {
+            let _ = tx.send(());
         }
         let mut out: Vec<Option<(QueueItem, Verdict)>> = (0..n).map(|_| None).collect();
         while let Some(joined) = set.join_next().await {

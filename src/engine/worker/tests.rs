@@ -919,3 +919,156 @@ async fn an_unanswered_refund_is_queued_and_the_queue_delivers_it() {
     );
     assert!(engine.shutdown(Duration::from_secs(5)).await);
 }
+
+/// Settings for the overlap tests: batches of two, `concurrency` sends at once.
+fn small_batches(concurrency: usize) -> QueueSettings {
+    QueueSettings {
+        batch: 2,
+        concurrency,
+        ..settings()
+    }
+}
+
+/// When each cancel reached the gateway, counted per instant, in order.
+fn sends_per_instant(fake: &Fake) -> Vec<usize> {
+    let mut at: Vec<(Instant, usize)> = Vec::new();
+    for (t, _) in fake.calls("cancel") {
+        match at.iter_mut().find(|(u, _)| *u == t) {
+            Some((_, n)) => *n += 1,
+            None => at.push((t, 1)),
+        }
+    }
+    at.sort_by_key(|(t, _)| *t);
+    at.into_iter().map(|(_, n)| n).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_sends_while_the_one_before_is_still_in_flight() {
+    let store = Store::open_in_memory().unwrap();
+    let fake = Fake::default();
+    {
+        let mut s = fake.script();
+        s.cancel_default = Some(cancel_ok());
+        s.delay = Duration::from_millis(500);
+    }
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let now = clock.now_ms();
+    for i in 0..4 {
+        queued_cancel(&store, &format!("P{i}"), None, now);
+    }
+    let r = Replayer::new(
+        store.clone(),
+        Arc::new(fake.clone()),
+        clock,
+        small_batches(4),
+        "test",
+    );
+    let rep = r.drain().await.unwrap();
+    // Two leases of two, all four sent at once: the second lease did not wait for the
+    // first batch's answers or its settle.
+    assert_eq!(sends_per_instant(&fake), vec![4]);
+    assert_eq!(rep.len(), 4);
+    assert!(
+        rep.iter().all(|x| x.outcome == ItemOutcome::Done),
+        "{rep:?}"
+    );
+    // Reports come batch by batch, in queue order.
+    let ids: Vec<_> = rep.iter().map(|x| x.payment_request_id.clone()).collect();
+    assert_eq!(ids, ["P0", "P1", "P2", "P3"]);
+    for i in 0..4 {
+        assert_eq!(payment(&store, &format!("P{i}")).state, State::Cancelled);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn overlapping_batches_never_send_more_than_the_concurrency_at_once() {
+    let store = Store::open_in_memory().unwrap();
+    let fake = Fake::default();
+    {
+        let mut s = fake.script();
+        s.cancel_default = Some(cancel_ok());
+        s.delay = Duration::from_millis(500);
+    }
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let now = clock.now_ms();
+    for i in 0..7 {
+        queued_cancel(&store, &format!("P{i}"), None, now);
+    }
+    let r = Replayer::new(
+        store.clone(),
+        Arc::new(fake.clone()),
+        clock,
+        small_batches(3),
+        "test",
+    );
+    let rep = r.drain().await.unwrap();
+    let waves = sends_per_instant(&fake);
+    assert!(waves.iter().all(|n| *n <= 3), "{waves:?}");
+    assert_eq!(
+        waves.iter().sum::<usize>(),
+        7,
+        "each item sent once: {waves:?}"
+    );
+    assert_eq!(rep.len(), 7);
+    assert!(
+        rep.iter().all(|x| x.outcome == ItemOutcome::Done),
+        "{rep:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_settle_that_cannot_write_stops_the_drain_after_the_batches_it_holds() {
+    let store = Store::open_in_memory().unwrap();
+    let fake = Fake::default();
+    {
+        let mut s = fake.script();
+        s.cancel_default = Some(cancel_ok());
+        s.delay = Duration::from_millis(500);
+    }
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let now = clock.now_ms();
+    for i in 0..8 {
+        queued_cancel(&store, &format!("P{i}"), None, now);
+    }
+    let r = Replayer::new(
+        store.clone(),
+        Arc::new(fake.clone()),
+        clock,
+        small_batches(4),
+        "test",
+    );
+    // Once the first two leases are out, the database refuses every write to the queue:
+    // their settles record nothing (item by item, each refused), and no third lease is
+    // taken.
+    let drain = r.drain();
+    tokio::pin!(drain);
+    let broke = async {
+        while fake.calls("cancel").len() < 4 {
+            tokio::task::yield_now().await;
+        }
+        store
+            .call(|c| {
+                c.execute_batch(
+                    "CREATE TEMP TRIGGER no_settle BEFORE UPDATE ON reversal_queue \
+                     BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    };
+    let (result, ()) = tokio::join!(&mut drain, broke);
+    assert!(
+        result.unwrap().is_empty(),
+        "nothing settled, nothing reported"
+    );
+    assert_eq!(
+        fake.calls("cancel").len(),
+        4,
+        "no lease after a failed settle"
+    );
+    for i in 0..8 {
+        let state = payment(&store, &format!("P{i}")).state;
+        assert_eq!(state, State::CancelQueued, "P{i}: nothing settled");
+    }
+}
