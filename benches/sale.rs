@@ -237,7 +237,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    let bench = async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let base = fake_gateway(tx).await;
         let e = engine(base, dir.path());
@@ -245,8 +245,17 @@ fn main() {
         let cny = Currency::from_code("CNY").unwrap();
         // Warm up the connection pool and caches.
         for _ in 0..3 {
-            let r = e.start_sale(SaleRequest { amount: Amount::parse("1", cny).unwrap(), order_ref: None, code: Some(code.clone()) }).await.unwrap();
-            e.wait_final(&r.payment_request_id, Duration::from_secs(10)).await.unwrap();
+            let r = e
+                .start_sale(SaleRequest {
+                    amount: Amount::parse("1", cny).unwrap(),
+                    order_ref: None,
+                    code: Some(code.clone()),
+                })
+                .await
+                .unwrap();
+            e.wait_final(&r.payment_request_id, Duration::from_secs(10))
+                .await
+                .unwrap();
             rx.recv().await.unwrap();
         }
         // The intent's transaction alone (what the commit side of (a) costs).
@@ -262,11 +271,23 @@ fn main() {
             };
             let t0 = Instant::now();
             e.store()
-                .call(move |c| Ok(posd::store::payments::create(c, &new, 0, |seq| format!("BENCH{i}-{seq}"))?))
+                .call(move |c| {
+                    Ok(posd::store::payments::create(c, &new, 0, |seq| {
+                        format!("BENCH{i}-{seq}")
+                    })?)
+                })
                 .await
                 .unwrap();
             intents.push(t0.elapsed());
-            let id = e.store().call(|c| Ok(posd::store::payments::awaiting_code(c)?.unwrap().payment_request_id)).await.unwrap();
+            let id = e
+                .store()
+                .call(|c| {
+                    Ok(posd::store::payments::awaiting_code(c)?
+                        .unwrap()
+                        .payment_request_id)
+                })
+                .await
+                .unwrap();
             e.abort(&id).await.unwrap();
         }
         intents.sort();
@@ -295,7 +316,15 @@ fn main() {
             let prepare = async move {
                 let id = id_rx.await.unwrap();
                 let t_id = t0.elapsed();
-                let _p = gw.prepare_pay(posd::gateway::PayOrder { payment_request_id: id, amount: Amount::parse("12.34", cny).unwrap(), code, order_ref: None, description: "x".into(), terminal_time: chrono::Utc::now().fixed_offset(), expires_at: None });
+                let _p = gw.prepare_pay(posd::gateway::PayOrder {
+                    payment_request_id: id,
+                    amount: Amount::parse("12.34", cny).unwrap(),
+                    code,
+                    order_ref: None,
+                    description: "x".into(),
+                    terminal_time: chrono::Utc::now().fixed_offset(),
+                    expires_at: None,
+                });
                 (t_id, t0.elapsed())
             };
             let (r, (t_id, t_signed)) = tokio::join!(commit, prepare);
@@ -304,18 +333,35 @@ fn main() {
         }
         parts.sort_by_key(|p| p.2);
         let m = parts[parts.len() / 2];
-        println!("overlap: id handed out at {}, signed at {}, both done at {}", ms(m.0), ms(m.1), ms(m.2));
-        println!("the intent's transaction alone (create, through Store::call): median {}", ms(intents[intents.len() / 2]));
+        println!(
+            "overlap: id handed out at {}, signed at {}, both done at {}",
+            ms(m.0),
+            ms(m.1),
+            ms(m.2)
+        );
+        println!(
+            "the intent's transaction alone (create, through Store::call): median {}",
+            ms(intents[intents.len() / 2])
+        );
         // (a) scan accepted -> pay on the wire, one sale at a time.
         let mut lat = Vec::new();
         let mut returned = Vec::new();
         for _ in 0..n_lat {
             let t0 = Instant::now();
-            let r = e.start_sale(SaleRequest { amount: Amount::parse("12.34", cny).unwrap(), order_ref: None, code: Some(code.clone()) }).await.unwrap();
+            let r = e
+                .start_sale(SaleRequest {
+                    amount: Amount::parse("12.34", cny).unwrap(),
+                    order_ref: None,
+                    code: Some(code.clone()),
+                })
+                .await
+                .unwrap();
             returned.push(t0.elapsed());
             let t1 = rx.recv().await.unwrap();
             lat.push(t1 - t0);
-            e.wait_final(&r.payment_request_id, Duration::from_secs(10)).await.unwrap();
+            e.wait_final(&r.payment_request_id, Duration::from_secs(10))
+                .await
+                .unwrap();
         }
         lat.sort();
         returned.sort();
@@ -324,12 +370,21 @@ fn main() {
         // (a') the same from a scan: the sale waits for its code, the scan binds it.
         let mut scan_lat = Vec::new();
         for _ in 0..n_lat {
-            let r = e.start_sale(SaleRequest { amount: Amount::parse("12.34", cny).unwrap(), order_ref: None, code: None }).await.unwrap();
+            let r = e
+                .start_sale(SaleRequest {
+                    amount: Amount::parse("12.34", cny).unwrap(),
+                    order_ref: None,
+                    code: None,
+                })
+                .await
+                .unwrap();
             let t0 = Instant::now();
             e.bind_code(code.clone()).await.unwrap();
             let t1 = rx.recv().await.unwrap();
             scan_lat.push(t1 - t0);
-            e.wait_final(&r.payment_request_id, Duration::from_secs(10)).await.unwrap();
+            e.wait_final(&r.payment_request_id, Duration::from_secs(10))
+                .await
+                .unwrap();
         }
         scan_lat.sort();
         let scan_median = scan_lat[scan_lat.len() / 2];
@@ -347,9 +402,23 @@ fn main() {
                 let mut took = Vec::with_capacity(per);
                 for _ in 0..per {
                     let t0 = Instant::now();
-                    let r = e.start_sale(SaleRequest { amount: Amount::parse("1.00", cny).unwrap(), order_ref: None, code: Some(code.clone()) }).await.unwrap();
-                    let v = e.wait_final(&r.payment_request_id, Duration::from_secs(30)).await.unwrap();
-                    assert_eq!(v.payment.state, posd::domain::machine::State::Succeeded, "worker {w}");
+                    let r = e
+                        .start_sale(SaleRequest {
+                            amount: Amount::parse("1.00", cny).unwrap(),
+                            order_ref: None,
+                            code: Some(code.clone()),
+                        })
+                        .await
+                        .unwrap();
+                    let v = e
+                        .wait_final(&r.payment_request_id, Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        v.payment.state,
+                        posd::domain::machine::State::Succeeded,
+                        "worker {w}"
+                    );
                     took.push(t0.elapsed());
                 }
                 took
@@ -370,12 +439,23 @@ fn main() {
         let jobs = (commits.jobs - commits_before.jobs) as f64;
         // Floors measured in this run, before and after the load (the lower of each: other
         // work on a shared machine only ever makes one slower).
-        let floors = floors_before.min(floor::Floors::measure(&dir.path().join("floor-after"), n_commit, n_rsa));
+        let floors = floors_before.min(floor::Floors::measure(
+            &dir.path().join("floor-after"),
+            n_commit,
+            n_rsa,
+        ));
         let intent_floor = intent_before.min(bare_intent_commit(dir.path(), n_commit as usize + 1));
         let overlap_floor = overlap_before.min(bare_overlap(dir.path(), n_commit as usize + 1));
         println!("(a) sale with its code -> pay on the wire: median {}  p95 {}  ({} sales, one at a time)", ms(median), ms(p95), n_lat);
-        println!("    of which start_sale returned (intent committed, pay signed): median {}", ms(returned[returned.len() / 2]));
-        println!("(a') scan binds a waiting sale -> pay on the wire: median {}  p95 {}", ms(scan_median), ms(scan_lat[scan_lat.len() * 95 / 100]));
+        println!(
+            "    of which start_sale returned (intent committed, pay signed): median {}",
+            ms(returned[returned.len() / 2])
+        );
+        println!(
+            "(a') scan binds a waiting sale -> pay on the wire: median {}  p95 {}",
+            ms(scan_median),
+            ms(scan_lat[scan_lat.len() * 95 / 100])
+        );
         // (a): the sign overlaps the intent's commit, so the floor is the larger of the two.
         // The intent's commit is bounded below by the intent's own statements committed on a
         // bare connection, and further below by a one-row commit: both ratios are printed.
@@ -430,5 +510,8 @@ fn main() {
                 verifies: 2.0,
             },
         );
-    });
+    };
+    // On a worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
+    // blocks on the runtime).
+    rt.block_on(rt.spawn(bench)).unwrap();
 }
