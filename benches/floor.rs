@@ -159,6 +159,11 @@ impl Floors {
         self.cores as f64 / cpu
     }
 
+    /// `rate`'s ratio to the lower ceiling.
+    pub fn ratio(&self, rate: f64, per: PerItem) -> f64 {
+        rate / self.fsync_ceiling(per).min(self.cpu_ceiling(per))
+    }
+
     /// Prints the floors and `rate`'s ratio to the lower ceiling; returns that ratio.
     pub fn report(&self, what: &str, rate: f64, per: PerItem) -> f64 {
         let fsync = self.fsync_ceiling(per);

@@ -2,8 +2,12 @@
 //! `synchronous=FULL`) drained by the real `Replayer` through the real `AmsClient` against a
 //! zero-delay loopback gateway that answers every cancel with a signed S. Prints items/s
 //! (each acknowledgement durable before its payment is reported moved) next to the cost of one
-//! `synchronous=FULL` commit measured on the same disk. Run: `cargo bench --bench queue`;
-//! `POSD_BENCH_QUEUE_BATCH` and `POSD_BENCH_QUEUE_CONCURRENCY` change the daemon's sizes (64, 16).
+//! `synchronous=FULL` commit measured on the same disk. The items are drained in stretches,
+//! each between two short floor measurements, and each stretch's ratio to its own floors is
+//! printed too: on a shared virtual machine the cost of a sign can move by a third from one
+//! minute to the next, and a ratio whose two sides were measured seconds apart moves with
+//! it. Run: `cargo bench --bench queue`; `POSD_BENCH_QUEUE_BATCH` and
+//! `POSD_BENCH_QUEUE_CONCURRENCY` change the daemon's sizes (64, 16).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +27,10 @@ use posd::store::Store;
 mod floor;
 
 const ITEMS: usize = 10_000;
+/// The drain is timed in this many stretches of `ITEMS / STRETCHES` items.
+const STRETCHES: usize = 5;
+/// Not due until a stretch makes it so.
+const LATER: i64 = i64::MAX / 2;
 
 /// A size from the environment, else the daemon's own (`QueueSettings::from_config`).
 fn env_usize(name: &str, default: usize) -> usize {
@@ -83,7 +91,22 @@ async fn loopback_gateway(count: Arc<AtomicU64>) -> std::net::SocketAddr {
     addr
 }
 
-/// 10,000 payments in CANCEL_QUEUED, each with a due cancel item (one fill transaction).
+/// Makes the next `n` items (in id order) of those not due yet due now.
+fn make_due(store: &Store, n: usize) {
+    store
+        .call_blocking(move |c| {
+            c.execute(
+                "UPDATE reversal_queue SET next_attempt_at = 0 WHERE id IN (SELECT id FROM \
+                 reversal_queue WHERE next_attempt_at = ?1 ORDER BY id LIMIT ?2)",
+                rusqlite::params![LATER, n as i64],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// 10,000 payments in CANCEL_QUEUED, each with a cancel item, none due yet (one fill
+/// transaction).
 fn fill(store: &Store) {
     store
         .call_blocking(|c| {
@@ -96,7 +119,7 @@ fn fill(store: &Store) {
                 )?;
                 let mut q = tx.prepare(
                     "INSERT INTO reversal_queue (kind, payment_request_id, payload_version, payload, \
-                     status, next_attempt_at, created_at, updated_at) VALUES ('CANCEL', ?1, ?2, ?3, 'PENDING', 0, 0, 0)",
+                     status, next_attempt_at, created_at, updated_at) VALUES ('CANCEL', ?1, ?2, ?3, 'PENDING', ?4, 0, 0)",
                 )?;
                 for i in 0..ITEMS {
                     let id = format!("BENCH{i:08}");
@@ -105,7 +128,7 @@ fn fill(store: &Store) {
                         payment_request_id: id.clone(),
                     }
                     .encode();
-                    q.execute(rusqlite::params![id, PAYLOAD_VERSION, payload])?;
+                    q.execute(rusqlite::params![id, PAYLOAD_VERSION, payload, LATER])?;
                 }
             }
             tx.commit()?;
@@ -192,12 +215,35 @@ fn main() {
             settings,
             "bench",
         );
+        // Per item: the lease (one commit per batch) and the settle (shared by at most the
+        // items in flight), the cancel signed here and its answer verified, the answer signed
+        // by the loopback gateway.
+        let per = floor::PerItem {
+            fsyncs: 1.0 / batch as f64 + 1.0 / concurrency as f64,
+            fsyncs_are: "a lease shared by its batch, a settle shared by the items in flight",
+            signs: 2.0,
+            verifies: 1.0,
+        };
+        let stretch = ITEMS / STRETCHES;
+        let short_floors = |i: usize| floor::Floors::measure(&dir.path().join(format!("floor-{i}")), 50, 100);
+        let mut floors_between = vec![short_floors(0)];
+        let mut stretch_ratios = Vec::new();
+        let mut reports = Vec::new();
+        let (mut took, mut cpu) = (Duration::ZERO, Duration::ZERO);
         let commits_before = store.commit_counts();
-        let cpu0 = floor::process_cpu();
-        let t = Instant::now();
-        let reports = replayer.drain().await.unwrap();
-        let took = t.elapsed();
-        let cpu = floor::process_cpu() - cpu0;
+        for i in 0..STRETCHES {
+            make_due(&store, stretch);
+            let cpu0 = floor::process_cpu();
+            let t = Instant::now();
+            reports.extend(replayer.drain().await.unwrap());
+            let took_here = t.elapsed();
+            cpu += floor::process_cpu() - cpu0;
+            took += took_here;
+            floors_between.push(short_floors(i + 1));
+            // The lower of the floors on either side: the dearer ceiling, never flattering.
+            let around = floors_between[i].min(floors_between[i + 1]);
+            stretch_ratios.push(around.ratio(stretch as f64 / took_here.as_secs_f64(), per));
+        }
         let commits = store.commit_counts();
         let fsyncs = (commits.transactions - commits_before.transactions) as f64;
         let jobs = (commits.jobs - commits_before.jobs) as f64;
@@ -227,19 +273,22 @@ fn main() {
             jobs / fsyncs.max(1.0)
         );
         floor::report_cpu("queue drain", ITEMS, cpu, took, floors_before.cores);
-        // Per item: the lease (one commit per batch) and the settle (shared by at most the
-        // items in flight), the cancel signed here and its answer verified, the answer signed
-        // by the loopback gateway.
-        let floors = floors_before.min(floor::Floors::measure(&dir.path().join("floor-after"), 200, 300));
-        floors.report(
-            "queue drain",
-            ITEMS as f64 / took.as_secs_f64(),
-            floor::PerItem {
-                fsyncs: 1.0 / batch as f64 + 1.0 / concurrency as f64,
-                fsyncs_are: "a lease shared by its batch, a settle shared by the items in flight",
-                signs: 2.0,
-                verifies: 1.0,
-            },
+        let floors = floors_between
+            .iter()
+            .fold(floors_before, |a, b| a.min(*b))
+            .min(floor::Floors::measure(&dir.path().join("floor-after"), 200, 300));
+        floors.report("queue drain", ITEMS as f64 / took.as_secs_f64(), per);
+        let mut sorted = stretch_ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "    in {STRETCHES} stretches of {stretch} items, each against the floors measured just \
+             before and after it: {} of the lower ceiling (median {:.0} %)",
+            stretch_ratios
+                .iter()
+                .map(|r| format!("{:.0} %", 100.0 * r))
+                .collect::<Vec<_>>()
+                .join(", "),
+            100.0 * sorted[sorted.len() / 2]
         );
     });
 }
