@@ -5,7 +5,8 @@
 //!     (the sign overlaps the commit), and against a one-row `synchronous=FULL` commit;
 //! (b) full sales per second, 32 in flight, against a loopback gateway that verifies every
 //!     pay and signs every answer on the same cores, against the fsync and CPU ceilings, with
-//!     the sales' latencies and how many sales one fsync served.
+//!     the sales' latencies and how many sales one fsync served; timed in three stretches,
+//!     each also held against the floors measured just before and after it.
 //! Run: `cargo bench --bench sale`.
 
 use std::sync::Arc;
@@ -390,46 +391,73 @@ fn main() {
         let scan_median = scan_lat[scan_lat.len() / 2];
         // (b) full sales per second, 32 sales in flight.
         const IN_FLIGHT: usize = 32;
-        let commits_before = e.store().commit_counts();
-        let cpu0 = floor::process_cpu();
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..IN_FLIGHT {
-            let e = e.clone();
-            let code = code.clone();
-            let per = n_sales / IN_FLIGHT;
-            tasks.push(tokio::spawn(async move {
-                let mut took = Vec::with_capacity(per);
-                for _ in 0..per {
-                    let t0 = Instant::now();
-                    let r = e
-                        .start_sale(SaleRequest {
-                            amount: Amount::parse("1.00", cny).unwrap(),
-                            order_ref: None,
-                            code: Some(code.clone()),
-                        })
-                        .await
-                        .unwrap();
-                    let v = e
-                        .wait_final(&r.payment_request_id, Duration::from_secs(30))
-                        .await
-                        .unwrap();
-                    assert_eq!(
-                        v.payment.state,
-                        posd::domain::machine::State::Succeeded,
-                        "worker {w}"
-                    );
-                    took.push(t0.elapsed());
-                }
-                took
-            }));
-        }
+        // Per sale: two commits in sequence (the intent, the answer); the terminal signs the
+        // pay and verifies the answer, the gateway verifies the pay and signs the answer.
+        let per_sale = floor::PerItem {
+            fsyncs: 2.0 / IN_FLIGHT as f64,
+            fsyncs_are:
+                "the intent and the answer, one after the other, each shared by the sales in flight",
+            signs: 2.0,
+            verifies: 2.0,
+        };
+        // Timed in stretches, each between two short floor measurements (a sign's cost moves
+        // from one minute to the next on a shared virtual machine).
+        const STRETCHES: usize = 3;
+        let short_floors =
+            |i: usize| floor::Floors::measure(&dir.path().join(format!("floor-b{i}")), 50, 100);
+        let mut floors_between = vec![short_floors(0)];
+        let mut stretch_ratios = Vec::new();
         let mut sale_lat = Vec::new();
-        for t in tasks {
-            sale_lat.extend(t.await.unwrap());
+        let (mut elapsed, mut cpu) = (Duration::ZERO, Duration::ZERO);
+        let commits_before = e.store().commit_counts();
+        for stretch in 0..STRETCHES {
+            let cpu0 = floor::process_cpu();
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..IN_FLIGHT {
+                let e = e.clone();
+                let code = code.clone();
+                let per = (n_sales / IN_FLIGHT / STRETCHES).max(1);
+                tasks.push(tokio::spawn(async move {
+                    let mut took = Vec::with_capacity(per);
+                    for _ in 0..per {
+                        let t0 = Instant::now();
+                        let r = e
+                            .start_sale(SaleRequest {
+                                amount: Amount::parse("1.00", cny).unwrap(),
+                                order_ref: None,
+                                code: Some(code.clone()),
+                            })
+                            .await
+                            .unwrap();
+                        let v = e
+                            .wait_final(&r.payment_request_id, Duration::from_secs(30))
+                            .await
+                            .unwrap();
+                        assert_eq!(
+                            v.payment.state,
+                            posd::domain::machine::State::Succeeded,
+                            "worker {w}"
+                        );
+                        took.push(t0.elapsed());
+                    }
+                    took
+                }));
+            }
+            let mut done_here = 0;
+            for t in tasks {
+                let took = t.await.unwrap();
+                done_here += took.len();
+                sale_lat.extend(took);
+            }
+            let took_here = start.elapsed();
+            elapsed += took_here;
+            cpu += floor::process_cpu() - cpu0;
+            floors_between.push(short_floors(stretch + 1));
+            // The lower of the floors on either side: the dearer ceiling, never flattering.
+            let around = floors_between[stretch].min(floors_between[stretch + 1]);
+            stretch_ratios.push(around.ratio(done_here as f64 / took_here.as_secs_f64(), per_sale));
         }
-        let elapsed = start.elapsed();
-        let cpu = floor::process_cpu() - cpu0;
         let commits = e.store().commit_counts();
         while rx.try_recv().is_ok() {}
         sale_lat.sort();
@@ -439,11 +467,14 @@ fn main() {
         let jobs = (commits.jobs - commits_before.jobs) as f64;
         // Floors measured in this run, before and after the load (the lower of each: other
         // work on a shared machine only ever makes one slower).
-        let floors = floors_before.min(floor::Floors::measure(
-            &dir.path().join("floor-after"),
-            n_commit,
-            n_rsa,
-        ));
+        let floors = floors_between
+            .iter()
+            .fold(floors_before, |a, b| a.min(*b))
+            .min(floor::Floors::measure(
+                &dir.path().join("floor-after"),
+                n_commit,
+                n_rsa,
+            ));
         let intent_floor = intent_before.min(bare_intent_commit(dir.path(), n_commit as usize + 1));
         let overlap_floor = overlap_before.min(bare_overlap(dir.path(), n_commit as usize + 1));
         println!("(a) sale with its code -> pay on the wire: median {}  p95 {}  ({} sales, one at a time)", ms(median), ms(p95), n_lat);
@@ -498,17 +529,19 @@ fn main() {
             jobs / fsyncs.max(1.0)
         );
         floor::report_cpu("(b) full sales", done, cpu, elapsed, floors.cores);
-        // Per sale: two commits in sequence (the intent, the answer); the terminal signs the
-        // pay and verifies the answer, the gateway verifies the pay and signs the answer.
-        floors.report(
-            "(b) full sales",
-            rate,
-            floor::PerItem {
-                fsyncs: 2.0 / IN_FLIGHT as f64,
-                fsyncs_are: "the intent and the answer, one after the other, each shared by the sales in flight",
-                signs: 2.0,
-                verifies: 2.0,
-            },
+        floors.report("(b) full sales", rate, per_sale);
+        let mut sorted = stretch_ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "    in {STRETCHES} stretches of {} sales, each against the floors measured just before \
+             and after it: {} of the lower ceiling (median {:.0} %)",
+            done / STRETCHES,
+            stretch_ratios
+                .iter()
+                .map(|r| format!("{:.0} %", 100.0 * r))
+                .collect::<Vec<_>>()
+                .join(", "),
+            100.0 * sorted[sorted.len() / 2]
         );
     };
     // On a worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
