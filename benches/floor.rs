@@ -197,6 +197,24 @@ impl Floors {
     }
 }
 
+/// Prints the ratio of each stretch of a run to the floors measured around it, and their
+/// median: `size` is how many `items` a stretch held.
+pub fn report_stretches(ratios: &[f64], size: usize, items: &str) {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let each: Vec<String> = ratios
+        .iter()
+        .map(|r| format!("{:.0} %", 100.0 * r))
+        .collect();
+    println!(
+        "    in {} stretches of {size} {items}, each against the floors measured just before and \
+         after it: {} of the lower ceiling (median {:.0} %)",
+        ratios.len(),
+        each.join(", "),
+        100.0 * sorted[sorted.len() / 2]
+    );
+}
+
 /// Median over `n` rounds of the wall time in which each of `cores` threads signs `content`
 /// once, the threads started together: what one sign costs a core when every core signs.
 fn sign_on_every_core(key: &PrivateKey, content: &[u8], cores: usize, n: usize) -> Duration {

@@ -278,17 +278,6 @@ fn main() {
             .fold(floors_before, |a, b| a.min(*b))
             .min(floor::Floors::measure(&dir.path().join("floor-after"), 200, 300));
         floors.report("queue drain", ITEMS as f64 / took.as_secs_f64(), per);
-        let mut sorted = stretch_ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        println!(
-            "    in {STRETCHES} stretches of {stretch} items, each against the floors measured just \
-             before and after it: {} of the lower ceiling (median {:.0} %)",
-            stretch_ratios
-                .iter()
-                .map(|r| format!("{:.0} %", 100.0 * r))
-                .collect::<Vec<_>>()
-                .join(", "),
-            100.0 * sorted[sorted.len() / 2]
-        );
+        floor::report_stretches(&stretch_ratios, stretch, "items");
     });
 }

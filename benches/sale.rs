@@ -530,19 +530,7 @@ fn main() {
         );
         floor::report_cpu("(b) full sales", done, cpu, elapsed, floors.cores);
         floors.report("(b) full sales", rate, per_sale);
-        let mut sorted = stretch_ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        println!(
-            "    in {STRETCHES} stretches of {} sales, each against the floors measured just before \
-             and after it: {} of the lower ceiling (median {:.0} %)",
-            done / STRETCHES,
-            stretch_ratios
-                .iter()
-                .map(|r| format!("{:.0} %", 100.0 * r))
-                .collect::<Vec<_>>()
-                .join(", "),
-            100.0 * sorted[sorted.len() / 2]
-        );
+        floor::report_stretches(&stretch_ratios, done / STRETCHES, "sales");
     };
     // On a worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
     // blocks on the runtime).

@@ -920,13 +920,34 @@ async fn an_unanswered_refund_is_queued_and_the_queue_delivers_it() {
     assert!(engine.shutdown(Duration::from_secs(5)).await);
 }
 
-/// Settings for the overlap tests: batches of two, `concurrency` sends at once.
-fn small_batches(concurrency: usize) -> QueueSettings {
-    QueueSettings {
+/// For the overlap tests: `items` due cancels (P0, P1, ...), a gateway that confirms each
+/// after 500 ms, and a replayer leasing batches of two with `concurrency` sends at once.
+fn overlap_setup(items: usize, concurrency: usize) -> (Store, Fake, Replayer) {
+    let store = Store::open_in_memory().unwrap();
+    let fake = Fake::default();
+    {
+        let mut s = fake.script();
+        s.cancel_default = Some(cancel_ok());
+        s.delay = Duration::from_millis(500);
+    }
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let now = clock.now_ms();
+    for i in 0..items {
+        queued_cancel(&store, &format!("P{i}"), None, now);
+    }
+    let settings = QueueSettings {
         batch: 2,
         concurrency,
         ..settings()
-    }
+    };
+    let r = Replayer::new(
+        store.clone(),
+        Arc::new(fake.clone()),
+        clock,
+        settings,
+        "test",
+    );
+    (store, fake, r)
 }
 
 /// When each cancel reached the gateway, counted per instant, in order.
@@ -944,25 +965,7 @@ fn sends_per_instant(fake: &Fake) -> Vec<usize> {
 
 #[tokio::test(start_paused = true)]
 async fn the_next_batch_sends_while_the_one_before_is_still_in_flight() {
-    let store = Store::open_in_memory().unwrap();
-    let fake = Fake::default();
-    {
-        let mut s = fake.script();
-        s.cancel_default = Some(cancel_ok());
-        s.delay = Duration::from_millis(500);
-    }
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let now = clock.now_ms();
-    for i in 0..4 {
-        queued_cancel(&store, &format!("P{i}"), None, now);
-    }
-    let r = Replayer::new(
-        store.clone(),
-        Arc::new(fake.clone()),
-        clock,
-        small_batches(4),
-        "test",
-    );
+    let (store, fake, r) = overlap_setup(4, 4);
     let rep = r.drain().await.unwrap();
     // Two leases of two, all four sent at once: the second lease did not wait for the
     // first batch's answers or its settle.
@@ -982,25 +985,7 @@ async fn the_next_batch_sends_while_the_one_before_is_still_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn overlapping_batches_never_send_more_than_the_concurrency_at_once() {
-    let store = Store::open_in_memory().unwrap();
-    let fake = Fake::default();
-    {
-        let mut s = fake.script();
-        s.cancel_default = Some(cancel_ok());
-        s.delay = Duration::from_millis(500);
-    }
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let now = clock.now_ms();
-    for i in 0..7 {
-        queued_cancel(&store, &format!("P{i}"), None, now);
-    }
-    let r = Replayer::new(
-        store.clone(),
-        Arc::new(fake.clone()),
-        clock,
-        small_batches(3),
-        "test",
-    );
+    let (_store, fake, r) = overlap_setup(7, 3);
     let rep = r.drain().await.unwrap();
     let waves = sends_per_instant(&fake);
     assert!(waves.iter().all(|n| *n <= 3), "{waves:?}");
@@ -1018,25 +1003,7 @@ async fn overlapping_batches_never_send_more_than_the_concurrency_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_settle_that_cannot_write_stops_the_drain_after_the_batches_it_holds() {
-    let store = Store::open_in_memory().unwrap();
-    let fake = Fake::default();
-    {
-        let mut s = fake.script();
-        s.cancel_default = Some(cancel_ok());
-        s.delay = Duration::from_millis(500);
-    }
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let now = clock.now_ms();
-    for i in 0..8 {
-        queued_cancel(&store, &format!("P{i}"), None, now);
-    }
-    let r = Replayer::new(
-        store.clone(),
-        Arc::new(fake.clone()),
-        clock,
-        small_batches(4),
-        "test",
-    );
+    let (store, fake, r) = overlap_setup(8, 4);
     // Once the first two leases are out, the database refuses every write to the queue:
     // their settles record nothing (item by item, each refused), and no third lease is
     // taken.
