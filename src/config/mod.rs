@@ -251,6 +251,12 @@ pub struct FlowConfig {
     /// Backoff cap of a queued reversal.
     #[serde(default = "d_10m")]
     pub queue_backoff_max: Dur,
+    /// Queued reversals leased and settled together in one replay batch (1..=1000).
+    #[serde(default = "d_queue_batch")]
+    pub queue_batch: u32,
+    /// Queued reversals in flight at once while replaying (1..=256).
+    #[serde(default = "d_queue_concurrency")]
+    pub queue_concurrency: u32,
     /// Sent with every pay as `paymentExpiryTime` (request time plus this): the gateway does
     /// not process a pay that reaches it later. Until then (plus the margin) a gateway with no
     /// record of the payment may still receive it.
@@ -296,6 +302,12 @@ fn d_10m() -> Dur {
 }
 fn d_inquiry_max() -> u32 {
     10
+}
+fn d_queue_batch() -> u32 {
+    64
+}
+fn d_queue_concurrency() -> u32 {
+    16
 }
 
 impl Default for FlowConfig {
@@ -666,6 +678,27 @@ store_mcc = "5812"
         assert_eq!(c.currency().code(), "CNY");
         assert_eq!(c.sandbox.cancel_outage.0, Duration::from_secs(90));
         assert_eq!(c.resolve(Path::new("var/a")), PathBuf::from("/x/var/a"));
+    }
+
+    #[test]
+    fn the_replay_batch_and_concurrency_default_and_are_bounded() {
+        let c = parse("").unwrap();
+        assert_eq!((c.flow.queue_batch, c.flow.queue_concurrency), (64, 16));
+        let c = parse("[flow]\nqueue_batch = 1\nqueue_concurrency = 256").unwrap();
+        assert_eq!((c.flow.queue_batch, c.flow.queue_concurrency), (1, 256));
+        for (text, key, fix) in [
+            ("queue_batch = 0", "flow.queue_batch", "1..=1000"),
+            ("queue_batch = 1001", "flow.queue_batch", "1..=1000"),
+            ("queue_concurrency = 0", "flow.queue_concurrency", "1..=256"),
+            (
+                "queue_concurrency = 257",
+                "flow.queue_concurrency",
+                "1..=256",
+            ),
+        ] {
+            let e = parse(&format!("[flow]\n{text}")).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(fix), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -247,6 +247,24 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Typed, (&'static str, String)>
             ),
         ));
     }
+    if !(1..=1000).contains(&f.queue_batch) {
+        return Err((
+            "flow.queue_batch",
+            format!(
+                "{} is outside 1..=1000; the default 64 suits a terminal",
+                f.queue_batch
+            ),
+        ));
+    }
+    if !(1..=256).contains(&f.queue_concurrency) {
+        return Err((
+            "flow.queue_concurrency",
+            format!(
+                "{} is outside 1..=256; the default 16 suits a terminal",
+                f.queue_concurrency
+            ),
+        ));
+    }
     if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
         return Err((
             "flow.queue_backoff_initial",

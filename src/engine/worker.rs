@@ -122,8 +122,8 @@ impl QueueSettings {
             backoff_max: f.queue_backoff_max.0,
             call_timeout: f.cancel_timeout.0,
             inquiry_timeout: f.inquiry_timeout.0,
-            batch: 64,
-            concurrency: 16,
+            batch: f.queue_batch as usize,
+            concurrency: f.queue_concurrency as usize,
             terminal_id: cfg.terminal.id.clone(),
             timezone: cfg.timezone(),
             merchant_name: cfg.terminal.merchant_name.clone(),
@@ -416,6 +416,10 @@ impl Replayer {
                     continue;
                 }
                 failpoint::hit("replay_leased");
+                if !in_flight.is_empty() {
+                    // Two leases out at once: the crash a replay restart must also survive.
+                    failpoint::hit("replay_leased_beside");
+                }
                 let (started, all_started) = tokio::sync::oneshot::channel();
                 let me = self.clone();
                 let slots = permits.clone();

@@ -265,6 +265,83 @@ async fn sigkill_right_after_the_settle_commits() {
     replay_crash("replay_settled", "3s", true).await;
 }
 
+/// Kills the daemon right after it leased a second batch while the first was still in flight
+/// (batches of one, three queued cancels), restarts it, and checks that every item is
+/// delivered once and every payment moves once: both stale leases expire and are retaken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_two_overlapping_batches_leased() {
+    let mut d = TestDaemon::new(&format!(
+        "{QUEUE_FLOW}queue_batch = 1\nqueue_concurrency = 4\n\n[sandbox]\ncancel_outage = \"3s\"\n"
+    ));
+    d.start(Some("replay_leased_beside")).await;
+    let (a, b, c) = tokio::join!(
+        d.pay("281234567890120186", "12.31"),
+        d.pay("281234567890120286", "12.32"),
+        d.pay("281234567890120386", "12.33"),
+    );
+    let ids = [a, b, c];
+    let status = d.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success(), "killed");
+    assert!(
+        d.log().contains("failpoint reached"),
+        "replay_leased_beside never fired:\n{}",
+        d.log()
+    );
+    // At the kill, two items were leased by the dying process and none was settled twice.
+    let leased: Vec<String> = db(&d)
+        .prepare(
+            "SELECT lease_owner FROM reversal_queue \
+             WHERE status = 'PENDING' AND lease_owner IS NOT NULL ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(leased.len(), 2, "two leases out at the kill: {leased:?}");
+    assert_ne!(leased[0], leased[1], "each batch its own lease");
+    assert_eq!(
+        leased[0].split('#').next(),
+        leased[1].split('#').next(),
+        "both held by the killed process: {leased:?}"
+    );
+    let dead = leased[0].split('#').next().unwrap().to_string();
+    d.start(None).await;
+    for id in &ids {
+        let p = wait_state(&d, id, "CANCELLED", Duration::from_secs(40)).await;
+        let t = transitions(&p);
+        assert_eq!(
+            t.iter().filter(|(_, to)| to == "CANCELLED").count(),
+            1,
+            "{id}: applied once: {t:?}"
+        );
+        assert_eq!(d.sandbox_record(id).unwrap().0, "CANCELLED", "{id}");
+    }
+    let done: Vec<(String, String)> = db(&d)
+        .prepare(
+            "SELECT q.payment_request_id, e.actor FROM reversal_queue q \
+             JOIN queue_events e ON e.item_id = q.id WHERE e.what = 'DONE' ORDER BY q.id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(done.len(), 3, "one DONE per item: {done:?}");
+    for (id, _) in &done {
+        assert!(ids.contains(id), "{id}");
+    }
+    // The two items the killed process held were settled by the restarted one.
+    let retaken = done
+        .iter()
+        .filter(|(_, actor)| actor.split('#').next() != Some(dead.as_str()))
+        .count();
+    assert_eq!(
+        retaken, 3,
+        "settled by the new process: {done:?} (dead: {dead})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_over_http_full_partial_concurrent_and_refused() {
     let mut d = TestDaemon::new(QUEUE_FLOW);
