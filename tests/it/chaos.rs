@@ -38,7 +38,8 @@ use super::chaos_kit::{
 };
 use super::daemon::TestDaemon;
 
-/// Short flow timings; the queue retries quickly so scenario 86 settles within a round.
+/// Short flow timings; the queue retries quickly so scenario 86 settles within a round, in
+/// batches of one, so that two queued items make two overlapping batches.
 const FLOW: &str = r#"
 [flow]
 pay_timeout = "600ms"
@@ -51,6 +52,8 @@ cancel_retry_min = "20ms"
 cancel_retry_max = "50ms"
 queue_backoff_initial = "200ms"
 queue_backoff_max = "1s"
+queue_batch = 1
+queue_concurrency = 2
 "#;
 
 const CLIENT_ID: &str = "SANDBOX_CHAOS";

@@ -32,6 +32,7 @@ pub const FAILPOINTS: &[&str] = &[
     "refund_in_flight",
     "queue_written",
     "replay_leased",
+    "replay_leased_beside",
     "replay_sent",
     "replay_answered",
     "replay_settled",
