@@ -247,23 +247,26 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Typed, (&'static str, String)>
             ),
         ));
     }
-    if !(1..=1000).contains(&f.queue_batch) {
-        return Err((
+    for (key, v, hi, default) in [
+        (
             "flow.queue_batch",
-            format!(
-                "{} is outside 1..=1000; the default 64 suits a terminal",
-                f.queue_batch
-            ),
-        ));
-    }
-    if !(1..=256).contains(&f.queue_concurrency) {
-        return Err((
+            f.queue_batch,
+            1000,
+            super::d_queue_batch(),
+        ),
+        (
             "flow.queue_concurrency",
-            format!(
-                "{} is outside 1..=256; the default 16 suits a terminal",
-                f.queue_concurrency
-            ),
-        ));
+            f.queue_concurrency,
+            256,
+            super::d_queue_concurrency(),
+        ),
+    ] {
+        if !(1..=hi).contains(&v) {
+            return Err((
+                key,
+                format!("{v} is outside 1..={hi}; the default {default} suits a terminal"),
+            ));
+        }
     }
     if f.queue_backoff_initial.0 > f.queue_backoff_max.0 {
         return Err((
