@@ -1039,3 +1039,48 @@ async fn a_settle_that_cannot_write_stops_the_drain_after_the_batches_it_holds()
         assert_eq!(state, State::CancelQueued, "P{i}: nothing settled");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_cannot_write_stops_the_drain_and_the_batch_it_holds_still_settles() {
+    let (store, fake, r) = overlap_setup(6, 4);
+    // The database refuses a second lease while the first batch holds its items: the first
+    // batch is sent and settled, no other item is sent or left leased, and the drain says why.
+    store
+        .call(|c| {
+            c.execute_batch(
+                "CREATE TEMP TRIGGER no_second_lease BEFORE UPDATE OF lease_owner ON reversal_queue \
+                 WHEN NEW.lease_owner IS NOT NULL AND EXISTS (SELECT 1 FROM reversal_queue \
+                   WHERE lease_owner IS NOT NULL AND lease_owner != NEW.lease_owner) \
+                 BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let err = r.drain().await.unwrap_err();
+    assert!(err.to_string().contains("disk trouble"), "{err:#}");
+    assert_eq!(
+        fake.calls("cancel").len(),
+        2,
+        "only the batch leased before the refusal is sent"
+    );
+    for i in 0..6 {
+        let want = if i < 2 {
+            State::Cancelled
+        } else {
+            State::CancelQueued
+        };
+        assert_eq!(payment(&store, &format!("P{i}")).state, want, "P{i}");
+    }
+    let leased: i64 = store
+        .call(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM reversal_queue WHERE lease_owner IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased, 0, "the refused lease left nothing behind");
+}
