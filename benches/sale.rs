@@ -4,9 +4,11 @@
 //!     of one RSA-2048 sign and the intent's own statements committed on a bare connection
 //!     (the sign overlaps the commit), and against a one-row `synchronous=FULL` commit;
 //! (b) full sales per second, 32 in flight, against a loopback gateway that verifies every
-//!     pay and signs every answer on the same cores, against the fsync and CPU ceilings, with
+//!     pay and signs every answer on the same cores (on a runtime of its own, as a remote
+//!     gateway's threads would be), against the fsync and CPU ceilings, with
 //!     the sales' latencies and how many sales one fsync served; timed in three stretches,
 //!     each also held against the floors measured just before and after it.
+//! The engine runs on the daemon's own runtime (`posd::cli::daemon_runtime`: one worker).
 //! Run: `cargo bench --bench sale`.
 
 use std::sync::Arc;
@@ -234,13 +236,17 @@ fn main() {
     let floors_before = floor::Floors::measure(&dir.path().join("floor"), n_commit, n_rsa);
     let intent_before = bare_intent_commit(dir.path(), n_commit as usize);
     let overlap_before = bare_overlap(dir.path(), n_commit as usize);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The gateway on a runtime of its own, as a remote one would be on its own threads; the
+    // engine and the sales on the daemon's runtime (one worker), as `posd run` has them.
+    let gateway_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let base = gateway_rt.block_on(fake_gateway(tx));
+    let rt = posd::cli::daemon_runtime();
     let bench = async move {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let base = fake_gateway(tx).await;
         let e = engine(base, dir.path());
         let code = PaymentCode::parse("281234567890123456", &CodeRules::default()).unwrap();
         let cny = Currency::from_code("CNY").unwrap();
@@ -539,7 +545,7 @@ fn main() {
         floors.report("(b) full sales", rate, per_sale);
         floor::report_stretches(&stretch_ratios, done / STRETCHES, "sales");
     };
-    // On a worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
+    // On the worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
     // blocks on the runtime).
     rt.block_on(rt.spawn(bench)).unwrap();
 }

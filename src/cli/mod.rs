@@ -180,8 +180,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// own future). A terminal serves one cashier: its CPU is an RSA sign or verify per call
 /// (about a millisecond) and JSON; the database runs on the blocking pool and the devices on
 /// their own threads. Each further worker would only add an idle thread and its allocator
-/// arena to the resident set.
-fn daemon_runtime() -> tokio::runtime::Runtime {
+/// arena to the resident set. The benches run the engine on it too.
+pub fn daemon_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
