@@ -12,7 +12,7 @@
 
 #![allow(dead_code, reason = "each bench uses the part it needs")]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use posd::gateway::sign::{Message, PrivateKey, PublicKey};
@@ -197,22 +197,65 @@ impl Floors {
     }
 }
 
-/// Prints the ratio of each stretch of a run to the floors measured around it, and their
-/// median: `size` is how many `items` a stretch held.
-pub fn report_stretches(ratios: &[f64], size: usize, items: &str) {
-    let mut sorted = ratios.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let each: Vec<String> = ratios
-        .iter()
-        .map(|r| format!("{:.0} %", 100.0 * r))
-        .collect();
-    println!(
-        "    in {} stretches of {size} {items}, each against the floors measured just before and \
-         after it: {} of the lower ceiling (median {:.0} %)",
-        ratios.len(),
-        each.join(", "),
-        100.0 * sorted[sorted.len() / 2]
-    );
+/// A run timed in stretches, each held against short floor measurements taken just before
+/// and just after it: a sign's cost moves by a third from one minute to the next on a shared
+/// virtual machine, and a ratio whose two sides were measured seconds apart moves with it.
+pub struct Stretches {
+    dir: PathBuf,
+    /// `floors[i]` was measured before stretch `i`, `floors[i + 1]` after it.
+    floors: Vec<Floors>,
+    ratios: Vec<f64>,
+}
+
+impl Stretches {
+    /// Measures the floors before the first stretch (their files in `dir`).
+    pub fn start(dir: &Path) -> Stretches {
+        let dir = dir.to_path_buf();
+        let floors = vec![Self::short(&dir, 0)];
+        Stretches {
+            dir,
+            floors,
+            ratios: Vec::new(),
+        }
+    }
+
+    fn short(dir: &Path, i: usize) -> Floors {
+        Floors::measure(&dir.join(format!("stretch-floor-{i}")), 50, 100)
+    }
+
+    /// Records a stretch that ran at `rate` items/s: measures the floors after it and holds
+    /// the rate against the cheaper of the floors on either side (the dearer ceiling, so the
+    /// ratio never flatters).
+    pub fn after(&mut self, rate: f64, per: PerItem) {
+        let i = self.floors.len();
+        self.floors.push(Self::short(&self.dir, i));
+        let around = self.floors[i - 1].min(self.floors[i]);
+        self.ratios.push(around.ratio(rate, per));
+    }
+
+    /// The cheapest of `base` and every floor measured between the stretches.
+    pub fn cheapest(&self, base: Floors) -> Floors {
+        self.floors.iter().fold(base, |a, b| a.min(*b))
+    }
+
+    /// Prints each stretch's ratio and their median: `size` is how many `items` a stretch
+    /// held.
+    pub fn report(&self, size: usize, items: &str) {
+        let mut sorted = self.ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let each: Vec<String> = self
+            .ratios
+            .iter()
+            .map(|r| format!("{:.0} %", 100.0 * r))
+            .collect();
+        println!(
+            "    in {} stretches of {size} {items}, each against the floors measured just before \
+             and after it: {} of the lower ceiling (median {:.0} %)",
+            self.ratios.len(),
+            each.join(", "),
+            100.0 * sorted[sorted.len() / 2]
+        );
+    }
 }
 
 /// Median over `n` rounds of the wall time in which each of `cores` threads signs `content`

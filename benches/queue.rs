@@ -230,14 +230,11 @@ fn main() {
             verifies: 1.0,
         };
         let stretch = ITEMS / STRETCHES;
-        let short_floors =
-            |i: usize| floor::Floors::measure(&dir.path().join(format!("floor-{i}")), 50, 100);
-        let mut floors_between = vec![short_floors(0)];
-        let mut stretch_ratios = Vec::new();
+        let mut stretches = floor::Stretches::start(dir.path());
         let mut reports = Vec::new();
         let (mut took, mut cpu) = (Duration::ZERO, Duration::ZERO);
         let commits_before = store.commit_counts();
-        for i in 0..STRETCHES {
+        for _ in 0..STRETCHES {
             make_due(&store, stretch);
             let cpu0 = floor::process_cpu();
             let t = Instant::now();
@@ -245,10 +242,7 @@ fn main() {
             let took_here = t.elapsed();
             cpu += floor::process_cpu() - cpu0;
             took += took_here;
-            floors_between.push(short_floors(i + 1));
-            // The lower of the floors on either side: the dearer ceiling, never flattering.
-            let around = floors_between[i].min(floors_between[i + 1]);
-            stretch_ratios.push(around.ratio(stretch as f64 / took_here.as_secs_f64(), per));
+            stretches.after(stretch as f64 / took_here.as_secs_f64(), per);
         }
         let commits = store.commit_counts();
         let fsyncs = (commits.transactions - commits_before.transactions) as f64;
@@ -286,16 +280,15 @@ fn main() {
             jobs / fsyncs.max(1.0)
         );
         floor::report_cpu("queue drain", ITEMS, cpu, took, floors_before.cores);
-        let floors = floors_between
-            .iter()
-            .fold(floors_before, |a, b| a.min(*b))
+        let floors = stretches
+            .cheapest(floors_before)
             .min(floor::Floors::measure(
                 &dir.path().join("floor-after"),
                 200,
                 300,
             ));
         floors.report("queue drain", ITEMS as f64 / took.as_secs_f64(), per);
-        floor::report_stretches(&stretch_ratios, stretch, "items");
+        stretches.report(stretch, "items");
     };
     // On the worker thread, as the daemon's queue task runs (not on the thread that blocks
     // on the runtime).

@@ -415,14 +415,11 @@ fn main() {
         // Timed in stretches, each between two short floor measurements (a sign's cost moves
         // from one minute to the next on a shared virtual machine).
         const STRETCHES: usize = 3;
-        let short_floors =
-            |i: usize| floor::Floors::measure(&dir.path().join(format!("floor-b{i}")), 50, 100);
-        let mut floors_between = vec![short_floors(0)];
-        let mut stretch_ratios = Vec::new();
+        let mut stretches = floor::Stretches::start(dir.path());
         let mut sale_lat = Vec::new();
         let (mut elapsed, mut cpu) = (Duration::ZERO, Duration::ZERO);
         let commits_before = e.store().commit_counts();
-        for stretch in 0..STRETCHES {
+        for _ in 0..STRETCHES {
             let cpu0 = floor::process_cpu();
             let start = Instant::now();
             let mut tasks = Vec::new();
@@ -465,10 +462,7 @@ fn main() {
             let took_here = start.elapsed();
             elapsed += took_here;
             cpu += floor::process_cpu() - cpu0;
-            floors_between.push(short_floors(stretch + 1));
-            // The lower of the floors on either side: the dearer ceiling, never flattering.
-            let around = floors_between[stretch].min(floors_between[stretch + 1]);
-            stretch_ratios.push(around.ratio(done_here as f64 / took_here.as_secs_f64(), per_sale));
+            stretches.after(done_here as f64 / took_here.as_secs_f64(), per_sale);
         }
         let commits = e.store().commit_counts();
         while rx.try_recv().is_ok() {}
@@ -479,9 +473,8 @@ fn main() {
         let jobs = (commits.jobs - commits_before.jobs) as f64;
         // Floors measured in this run, before and after the load (the lower of each: other
         // work on a shared machine only ever makes one slower).
-        let floors = floors_between
-            .iter()
-            .fold(floors_before, |a, b| a.min(*b))
+        let floors = stretches
+            .cheapest(floors_before)
             .min(floor::Floors::measure(
                 &dir.path().join("floor-after"),
                 n_commit,
@@ -543,7 +536,7 @@ fn main() {
         );
         floor::report_cpu("(b) full sales", done, cpu, elapsed, floors.cores);
         floors.report("(b) full sales", rate, per_sale);
-        floor::report_stretches(&stretch_ratios, done / STRETCHES, "sales");
+        stretches.report(done / STRETCHES, "sales");
     };
     // On the worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
     // blocks on the runtime).
