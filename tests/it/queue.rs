@@ -287,7 +287,7 @@ async fn sigkill_with_two_overlapping_batches_leased() {
         "replay_leased_beside never fired:\n{}",
         d.log()
     );
-    // At the kill, two items were leased by the dying process and none was settled twice.
+    // At the kill, two items were leased, each under its own lease of the dying process.
     let leased: Vec<String> = db(&d)
         .prepare(
             "SELECT lease_owner FROM reversal_queue \
@@ -331,7 +331,7 @@ async fn sigkill_with_two_overlapping_batches_leased() {
     for (id, _) in &done {
         assert!(ids.contains(id), "{id}");
     }
-    // The two items the killed process held were settled by the restarted one.
+    // All three, the two the killed process held among them, were settled by the restarted one.
     let retaken = done
         .iter()
         .filter(|(_, actor)| actor.split('#').next() != Some(dead.as_str()))
