@@ -5,6 +5,10 @@
 //! sides of the loopback, aws-lc-rs, measured here), and the figure's ratio to the lower of
 //! the two. Included by each bench with `#[path]`; not a bench of its own.
 //!
+//! The CPU a run used is split by thread ([`CpuSplit`]): the ratio to the CPU ceiling is the
+//! share of the cores kept busy times the share of the CPU the signs and verifies take, and
+//! the split says on which thread the rest runs.
+//!
 //! A sign is timed twice: alone (one thread, the other cores idle) and with every core
 //! signing at once. On a virtual machine whose cores share a physical core's units or its
 //! caches, the second is dearer, and only it says what the cores can sign together: the CPU
@@ -295,14 +299,143 @@ pub fn process_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-/// Prints what `items` cost this process in CPU over `wall`, and how many cores that kept
-/// busy: a figure below its CPU ceiling with cores idle waits on something, not on the CPU.
-pub fn report_cpu(what: &str, items: usize, cpu: Duration, wall: Duration, cores: usize) {
-    println!(
-        "    {what}: {:.3} ms of CPU per item (both sides of the loopback), {:.2} of {cores} cores busy",
-        cpu.as_secs_f64() * 1000.0 / items as f64,
-        cpu.as_secs_f64() / wall.as_secs_f64()
-    );
+/// CPU time the calling thread has used so far.
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The signs and verifies one side of the loopback does per item.
+#[derive(Debug, Clone, Copy)]
+pub struct Side {
+    pub signs: f64,
+    pub verifies: f64,
+}
+
+/// The CPU a timed run used, by thread: posd's worker (the one thread of the daemon's
+/// runtime, which the bench runs on), the loopback gateway's worker (the one thread of its
+/// runtime), and the rest of the process: posd's database threads, the writer and the
+/// reader (the thread blocked on the runtime does nothing meanwhile).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSplit {
+    pub process: Duration,
+    pub posd: Duration,
+    pub gateway: Duration,
+}
+
+impl CpuSplit {
+    /// The CPU used so far; called on posd's worker, `gateway` the gateway runtime's handle.
+    pub async fn now(gateway: &tokio::runtime::Handle) -> CpuSplit {
+        let on_gateway = gateway.spawn(async { thread_cpu() }).await.unwrap();
+        CpuSplit {
+            process: process_cpu(),
+            posd: thread_cpu(),
+            gateway: on_gateway,
+        }
+    }
+
+    /// What was used between `before` and `self`.
+    pub fn since(self, before: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            process: self.process - before.process,
+            posd: self.posd - before.posd,
+            gateway: self.gateway - before.gateway,
+        }
+    }
+
+    /// The two added.
+    pub fn plus(self, other: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            process: self.process + other.process,
+            posd: self.posd + other.posd,
+            gateway: self.gateway + other.gateway,
+        }
+    }
+}
+
+impl Floors {
+    /// What one side's signs and verifies cost per item at the floor (a sign priced as in the
+    /// CPU ceiling).
+    fn rsa(&self, side: Side) -> f64 {
+        side.signs * self.sign_all_cores.max(self.sign).as_secs_f64()
+            + side.verifies * self.verify.as_secs_f64()
+    }
+
+    /// Prints where `items`' CPU went over `wall`, by thread, beside each side's signs and
+    /// verifies at the floor. The ratio to the CPU ceiling is exactly the share of the cores
+    /// kept busy times the share of that CPU the signs and verifies are: so the first says
+    /// whether the run waited, the second what the work beside the RSA costs, and the
+    /// threads where that work runs.
+    pub fn report_cpu(
+        &self,
+        what: &str,
+        items: usize,
+        wall: Duration,
+        cpu: CpuSplit,
+        posd: Side,
+        gateway: Side,
+    ) -> CpuShares {
+        let per = |d: Duration| d.as_secs_f64() / items as f64;
+        let ms = |s: f64| format!("{:.3} ms", s * 1000.0);
+        let (p, g) = (per(cpu.posd), per(cpu.gateway));
+        let rest = per(cpu.process) - p - g;
+        let (p_rsa, g_rsa) = (self.rsa(posd), self.rsa(gateway));
+        let busy = cpu.process.as_secs_f64() / wall.as_secs_f64() / self.cores as f64;
+        let share = (p_rsa + g_rsa) / per(cpu.process);
+        println!(
+            "    {what}: {} of CPU per item (both sides of the loopback), {:.2} of {} cores busy",
+            ms(per(cpu.process)),
+            busy * self.cores as f64,
+            self.cores
+        );
+        let rsa = |side: Side| {
+            let n = |k: f64, one: &str, more: &str| {
+                format!("{k} {}", if k == 1.0 { one } else { more })
+            };
+            format!(
+                "{} + {}",
+                n(side.signs, "sign", "signs"),
+                n(side.verifies, "verify", "verifies")
+            )
+        };
+        println!(
+            "      by thread, per item: posd's worker {} (its {} at the floor {}, the rest {}); \
+             the gateway's worker {} (its {} at the floor {}, the rest {}); posd's database \
+             threads (writer, reader) {}",
+            ms(p),
+            rsa(posd),
+            ms(p_rsa),
+            ms(p - p_rsa),
+            ms(g),
+            rsa(gateway),
+            ms(g_rsa),
+            ms(g - g_rsa),
+            ms(rest)
+        );
+        println!(
+            "      the signs and verifies are {:.0} % of that CPU, and {:.0} % of the cores were \
+             busy: {:.0} % x {:.0} % = {:.0} % of the CPU ceiling",
+            100.0 * share,
+            100.0 * busy,
+            100.0 * share,
+            100.0 * busy,
+            100.0 * share * busy
+        );
+        CpuShares {
+            rsa: p_rsa + g_rsa,
+            busy,
+        }
+    }
+}
+
+/// From [`Floors::report_cpu`]: what an item's signs and verifies cost at the floor, and the
+/// share of the cores the run kept busy.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuShares {
+    /// Seconds of CPU per item.
+    pub rsa: f64,
+    /// 0 to 1.
+    pub busy: f64,
 }
 
 /// Milliseconds with three decimals.

@@ -6,7 +6,8 @@
 //! each between two short floor measurements, and each stretch's ratio to its own floors is
 //! printed too: on a shared virtual machine the cost of a sign can move by a third from one
 //! minute to the next, and a ratio whose two sides were measured seconds apart moves with
-//! it. The replayer runs on the daemon's own runtime (`posd::cli::daemon_runtime`: one
+//! it. The CPU per item is split by thread (posd's worker, the gateway's, posd's database
+//! threads). The replayer runs on the daemon's own runtime (`posd::cli::daemon_runtime`: one
 //! worker), the gateway on a runtime of its own. Run: `cargo bench --bench queue`;
 //! `POSD_BENCH_QUEUE_BATCH` and `POSD_BENCH_QUEUE_CONCURRENCY` change the daemon's sizes (64,
 //! 16).
@@ -166,6 +167,7 @@ fn main() {
     let count = Arc::new(AtomicU64::new(0));
     let addr = gateway_rt.block_on(loopback_gateway(count.clone()));
     let rt = posd::cli::daemon_runtime();
+    let gateway = gateway_rt.handle().clone();
     let bench = async move {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("posd.sqlite3")).unwrap();
@@ -232,15 +234,15 @@ fn main() {
         let stretch = ITEMS / STRETCHES;
         let mut stretches = floor::Stretches::start(dir.path());
         let mut reports = Vec::new();
-        let (mut took, mut cpu) = (Duration::ZERO, Duration::ZERO);
+        let (mut took, mut cpu) = (Duration::ZERO, floor::CpuSplit::default());
         let commits_before = store.commit_counts();
         for _ in 0..STRETCHES {
             make_due(&store, stretch);
-            let cpu0 = floor::process_cpu();
+            let cpu0 = floor::CpuSplit::now(&gateway).await;
             let t = Instant::now();
             reports.extend(replayer.drain().await.unwrap());
             let took_here = t.elapsed();
-            cpu += floor::process_cpu() - cpu0;
+            cpu = cpu.plus(floor::CpuSplit::now(&gateway).await.since(cpu0));
             took += took_here;
             stretches.after(stretch as f64 / took_here.as_secs_f64(), per);
         }
@@ -279,7 +281,6 @@ fn main() {
             fsyncs / ITEMS as f64,
             jobs / fsyncs.max(1.0)
         );
-        floor::report_cpu("queue drain", ITEMS, cpu, took, floors_before.cores);
         let floors = stretches
             .cheapest(floors_before)
             .min(floor::Floors::measure(
@@ -288,6 +289,21 @@ fn main() {
                 300,
             ));
         floors.report("queue drain", ITEMS as f64 / took.as_secs_f64(), per);
+        // posd signs the cancel and verifies the answer; the gateway signs the answer.
+        floors.report_cpu(
+            "queue drain",
+            ITEMS,
+            took,
+            cpu,
+            floor::Side {
+                signs: 1.0,
+                verifies: 1.0,
+            },
+            floor::Side {
+                signs: 1.0,
+                verifies: 0.0,
+            },
+        );
         stretches.report(stretch, "items");
     };
     // On the worker thread, as the daemon's queue task runs (not on the thread that blocks

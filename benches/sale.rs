@@ -7,7 +7,9 @@
 //!     pay and signs every answer on the same cores (on a runtime of its own, as a remote
 //!     gateway's threads would be), against the fsync and CPU ceilings, with
 //!     the sales' latencies and how many sales one fsync served; timed in three stretches,
-//!     each also held against the floors measured just before and after it.
+//!     each also held against the floors measured just before and after it; with the CPU per
+//!     sale by thread (posd's worker, the gateway's, posd's database threads), and the
+//!     store's work for a sale done bare on one thread as the floor of the last.
 //! The engine runs on the daemon's own runtime (`posd::cli::daemon_runtime`: one worker).
 //! Run: `cargo bench --bench sale`.
 
@@ -217,6 +219,87 @@ fn bare_overlap(dir: &std::path::Path, n: usize) -> Duration {
     took[took.len() / 2]
 }
 
+/// CPU per sale of the store's own work for a sale done the cheapest way: on this thread,
+/// on bare connections (a writer and a reader, as posd has), `group` sales to a commit. The
+/// intents committed together (`payments::create`); then their answers (the payment read,
+/// moved to SUCCEEDED with its journal event, the gateway's time and its slip, by
+/// `transition::apply`), each job in its savepoint as posd's writer runs them; then each
+/// sale's two reads of a long-poll (the payment and its journal, at the wait's start and
+/// end). What posd's database threads could cost at best, with no hand-off between threads.
+fn bare_store_cpu(dir: &std::path::Path, group: usize, n: usize) -> Duration {
+    use posd::domain::machine::State;
+    use posd::store::transition::{apply, Change};
+    let path = dir.join(format!("store-floor-{group}-{n}.sqlite3"));
+    let mut w = bare_db(&path);
+    let r = rusqlite::Connection::open(&path).unwrap();
+    let cny = Currency::from_code("CNY").unwrap();
+    let local = chrono::NaiveDate::from_ymd_opt(2026, 11, 21)
+        .and_then(|d| d.and_hms_opt(10, 0, 0))
+        .unwrap();
+    let rounds = n.div_ceil(group);
+    let start = floor::thread_cpu();
+    for round in 0..rounds {
+        w.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut ids = Vec::with_capacity(group);
+        for i in 0..group {
+            let new = posd::store::payments::NewPayment {
+                order_ref: None,
+                amount: Amount::parse("1.00", cny).unwrap(),
+                state: State::Paying,
+                code_masked: Some("2812**********3456".into()),
+                terminal_time: "2026-11-21T10:00:00+08:00".into(),
+                pay_expires_at: Some(180_000),
+            };
+            w.execute_batch("SAVEPOINT job").unwrap();
+            let rec = posd::store::payments::create(&mut w, &new, 0, |seq| {
+                format!("20261121100000T0001{seq:08}{round}x{i}")
+            })
+            .unwrap();
+            w.execute_batch("RELEASE job").unwrap();
+            ids.push(rec.payment_request_id);
+        }
+        w.execute_batch("COMMIT").unwrap();
+        w.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for id in &ids {
+            w.execute_batch("SAVEPOINT job").unwrap();
+            let rec = posd::store::payments::get(&w, id).unwrap().unwrap();
+            let change = Change {
+                to: Some(State::Succeeded),
+                cause: "pay answered S".into(),
+                result_code: Some("SUCCESS".into()),
+                result_message: Some("success".into()),
+                payment_id: Some("GBENCH".into()),
+                gateway_time: Some("2026-11-21T10:00:01+08:00".into()),
+                slip: Some(posd::domain::slip::SlipData {
+                    kind: posd::domain::slip::SlipKind::Sale,
+                    merchant_name: "Bench".into(),
+                    store_name: "Bench Store".into(),
+                    terminal_id: "T0001".into(),
+                    amount: rec.amount,
+                    payment_request_id: id.clone(),
+                    payment_id: Some("GBENCH".into()),
+                    refund_request_id: None,
+                    local_time: local,
+                    copy: false,
+                }),
+                ..Change::default()
+            };
+            assert!(apply(&mut w, id, State::Paying, &change, 1)
+                .unwrap()
+                .is_some());
+            w.execute_batch("RELEASE job").unwrap();
+        }
+        w.execute_batch("COMMIT").unwrap();
+        for id in &ids {
+            for _ in 0..2 {
+                let payment = posd::store::payments::get(&r, id).unwrap().unwrap();
+                std::hint::black_box((payment, posd::store::payments::events(&r, id).unwrap()));
+            }
+        }
+    }
+    (floor::thread_cpu() - start) / (rounds * group) as u32
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
@@ -246,6 +329,7 @@ fn main() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let base = gateway_rt.block_on(fake_gateway(tx));
     let rt = posd::cli::daemon_runtime();
+    let gateway = gateway_rt.handle().clone();
     let bench = async move {
         let e = engine(base, dir.path());
         let code = PaymentCode::parse("281234567890123456", &CodeRules::default()).unwrap();
@@ -417,10 +501,10 @@ fn main() {
         const STRETCHES: usize = 3;
         let mut stretches = floor::Stretches::start(dir.path());
         let mut sale_lat = Vec::new();
-        let (mut elapsed, mut cpu) = (Duration::ZERO, Duration::ZERO);
+        let (mut elapsed, mut cpu) = (Duration::ZERO, floor::CpuSplit::default());
         let commits_before = e.store().commit_counts();
         for _ in 0..STRETCHES {
-            let cpu0 = floor::process_cpu();
+            let cpu0 = floor::CpuSplit::now(&gateway).await;
             let start = Instant::now();
             let mut tasks = Vec::new();
             for w in 0..IN_FLIGHT {
@@ -461,7 +545,7 @@ fn main() {
             }
             let took_here = start.elapsed();
             elapsed += took_here;
-            cpu += floor::process_cpu() - cpu0;
+            cpu = cpu.plus(floor::CpuSplit::now(&gateway).await.since(cpu0));
             stretches.after(done_here as f64 / took_here.as_secs_f64(), per_sale);
         }
         let commits = e.store().commit_counts();
@@ -534,8 +618,28 @@ fn main() {
             fsyncs / done as f64,
             jobs / fsyncs.max(1.0)
         );
-        floor::report_cpu("(b) full sales", done, cpu, elapsed, floors.cores);
         floors.report("(b) full sales", rate, per_sale);
+        // Each side signs once and verifies once.
+        let side = floor::Side {
+            signs: 1.0,
+            verifies: 1.0,
+        };
+        let shares = floors.report_cpu("(b) full sales", done, elapsed, cpu, side, side);
+        // The database threads against the same work done bare, in groups as large as this
+        // run's; and what the ratio could reach if that were all that ran beside the RSA.
+        let group = (jobs / fsyncs.max(1.0)).round().max(1.0) as usize;
+        let store_floor = bare_store_cpu(dir.path(), group, n_lat * 3);
+        let at_floor = shares.rsa / (shares.rsa + store_floor.as_secs_f64());
+        println!(
+            "      the store's work for a sale done bare on one thread, {group} sales to a commit \
+             as in this run: {} ms of CPU; were that all beside the signs and verifies (no HTTP, \
+             no runtime, no hand-off), they would be {:.0} % of the CPU, and at this run's {:.0} % \
+             busy cores the run would reach {:.0} % of the CPU ceiling",
+            floor::ms(store_floor),
+            100.0 * at_floor,
+            100.0 * shares.busy,
+            100.0 * at_floor * shares.busy
+        );
         stretches.report(done / STRETCHES, "sales");
     };
     // On the worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
