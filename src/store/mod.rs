@@ -8,8 +8,9 @@
 //!
 //! # Concurrency
 //! A writer connection (group commit, see [`Store::call`]) and a reader connection per
-//! process, each behind a mutex and used from `spawn_blocking`; other processes (a back-office
-//! command while the daemon runs) wait on the busy timeout.
+//! process (reads batched the same way, each batch one snapshot, see [`Store::read`]), each
+//! behind a mutex and used from `spawn_blocking`; other processes (a back-office command while
+//! the daemon runs) wait on the busy timeout.
 //!
 //! # Time
 //! The store reads no clock: every time it writes (epoch ms) comes from its caller, who takes
@@ -106,6 +107,9 @@ pub struct Store {
     /// A second connection for reads, so that a status query never waits behind a commit's
     /// fsync (WAL lets readers run beside the writer). In memory it is the same connection.
     reader: Arc<Mutex<Connection>>,
+    /// Reads waiting for the reader connection, and whether a read runner is at work (see
+    /// [`Store::read`]).
+    reads: Arc<Mutex<Queue<dyn ReadJob>>>,
     path: PathBuf,
 }
 
@@ -213,6 +217,7 @@ impl Store {
             pending: Arc::default(),
             commits: Arc::default(),
             reader: Arc::new(Mutex::new(reader)),
+            reads: Arc::default(),
             path: path.to_path_buf(),
         })
     }
@@ -233,6 +238,7 @@ impl Store {
             conn,
             pending: Arc::default(),
             commits: Arc::default(),
+            reads: Arc::default(),
             path,
         })
     }
@@ -291,18 +297,38 @@ impl Store {
             .map_err(|_| anyhow::anyhow!("the database job was dropped before it finished"))?
     }
 
-    /// Runs a read-only `f` on the read connection on a blocking thread.
+    /// Runs a read-only `f` on the reader connection, and sees every commit that returned
+    /// before the call.
+    ///
+    /// Reads queue like the writer's jobs: when no read runner is at work, the call starts one
+    /// on a blocking thread; it takes every queued read and runs them in one read transaction,
+    /// answering each as soon as it has run, and goes on with the reads queued meanwhile until
+    /// none are left. So a read sees one snapshot from its first statement to its last (a
+    /// payment and its journal agree), a burst of reads (the long-polls of many sales) takes
+    /// one thread and one snapshot's locks instead of a thread each waiting on the
+    /// connection, and a read that fails or panics is answered alone.
     pub async fn read<R, F>(&self, f: F) -> anyhow::Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> anyhow::Result<R> + Send + 'static,
     {
-        let conn = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&guard)
-        })
-        .await?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            reads.jobs.push(Box::new(Read { f, reply }));
+            !std::mem::replace(&mut reads.running, true)
+        };
+        if start {
+            let runner = ReadRunner {
+                conn: self.reader.clone(),
+                reads: self.reads.clone(),
+                done: false,
+            };
+            drop(tokio::task::spawn_blocking(move || runner.run()));
+        }
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the database read was dropped before it finished"))?
     }
 
     /// Runs `f` on the writer connection on this thread, in its own transaction (CLI
@@ -368,12 +394,23 @@ impl Commits {
 }
 
 /// The writer's queue (group commit, see [`Store::call`]).
-#[derive(Default)]
-struct Pending {
+type Pending = Queue<dyn Job>;
+
+/// Jobs waiting for a connection, taken in batches by one runner at a time.
+struct Queue<J: ?Sized> {
     /// Jobs for the next batch.
-    jobs: Vec<Box<dyn Job>>,
+    jobs: Vec<Box<J>>,
     /// A runner is at work and will take `jobs`: a new call only queues.
     running: bool,
+}
+
+impl<J: ?Sized> Default for Queue<J> {
+    fn default() -> Self {
+        Queue {
+            jobs: Vec::new(),
+            running: false,
+        }
+    }
 }
 
 /// The one batch runner: takes every queued job, commits them as one transaction, and repeats
@@ -490,6 +527,96 @@ impl<R: Send + 'static> Deliver for Held<R> {
             )),
         };
         let _ = self.reply.send(out);
+    }
+}
+
+/// The one read runner: takes every queued read, runs them in one read transaction, and
+/// repeats until the queue is empty (see [`Store::read`]).
+struct ReadRunner {
+    conn: Arc<Mutex<Connection>>,
+    reads: Arc<Mutex<Queue<dyn ReadJob>>>,
+    /// Set when [`ReadRunner::run`] left the queue empty and gave up its turn.
+    done: bool,
+}
+
+impl ReadRunner {
+    fn run(mut self) {
+        loop {
+            let batch = {
+                let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+                if reads.jobs.is_empty() {
+                    reads.running = false;
+                    self.done = true;
+                    return;
+                }
+                std::mem::take(&mut reads.jobs)
+            };
+            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            read_batch(&conn, batch);
+        }
+    }
+}
+
+/// As the writer's [`Runner`]: a read runner dropped before it finished gives up its turn
+/// and answers what is queued with an error.
+impl Drop for ReadRunner {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        reads.running = false;
+        for job in std::mem::take(&mut reads.jobs) {
+            job.fail("the database reader stopped before this read ran; try again");
+        }
+    }
+}
+
+/// A queued read: runs on the reader connection and answers at once.
+trait ReadJob: Send {
+    fn run(self: Box<Self>, conn: &Connection);
+    /// The batch could not start: answer with the error.
+    fn fail(self: Box<Self>, why: &str);
+}
+
+struct Read<F, R> {
+    f: F,
+    reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
+}
+
+impl<F, R> ReadJob for Read<F, R>
+where
+    F: FnOnce(&Connection) -> anyhow::Result<R> + Send,
+    R: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) {
+        let Read { f, reply } = *self;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a database read panicked")));
+        let _ = reply.send(out);
+    }
+
+    fn fail(self: Box<Self>, why: &str) {
+        let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
+    }
+}
+
+/// Runs `batch` in one read transaction: one snapshot for all of it, taken after every read
+/// in it was queued.
+fn read_batch(conn: &Connection, batch: Vec<Box<dyn ReadJob>>) {
+    if let Err(e) = conn.execute_batch("BEGIN") {
+        let why = format!("cannot begin a read: {e}");
+        for job in batch {
+            job.fail(&why);
+        }
+        return;
+    }
+    for job in batch {
+        job.run(conn);
+    }
+    // Nothing was written: ending the transaction only lets the snapshot go.
+    if conn.execute_batch("COMMIT").is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
 }
 
@@ -796,6 +923,100 @@ mod tests {
         // The turn is free: the next call starts a runner and commits.
         store.call(|_| Ok(())).await.unwrap();
         assert_eq!(store.commit_counts().transactions, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_keeps_one_snapshot_and_the_reads_queued_behind_it_see_every_commit_before_them()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posd.sqlite3")).unwrap();
+        store
+            .call_blocking(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")?))
+            .unwrap();
+        let count = |c: &Connection| -> rusqlite::Result<i64> {
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        };
+        // A read that counts, waits while a row is committed, and counts again.
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let held = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .read(move |c| {
+                        let before = count(c)?;
+                        started_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        Ok((before, count(c)?))
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        store
+            .call(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+            .await
+            .unwrap();
+        // Reads queued behind it, after that commit: a good one, one that panics, one whose
+        // SQL fails, and a good one again.
+        let queued = |f: fn(&Connection) -> anyhow::Result<i64>| {
+            let store = store.clone();
+            tokio::spawn(async move { store.read(f).await })
+        };
+        let first = queued(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?));
+        let panics = queued(|_| panic!("a read that panics"));
+        let fails = queued(|c| Ok(c.query_row("SELECT nope FROM t", [], |r| r.get(0))?));
+        let last = queued(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?));
+        while store.reads.lock().unwrap().jobs.len() < 4 {
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(()).unwrap();
+        assert_eq!(
+            held.await.unwrap().unwrap(),
+            (0, 0),
+            "one snapshot from the read's first statement to its last"
+        );
+        assert_eq!(
+            first.await.unwrap().unwrap(),
+            1,
+            "sees the commit before it"
+        );
+        let err = panics.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("panicked"), "{err}");
+        let err = fails.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        assert_eq!(
+            last.await.unwrap().unwrap(),
+            1,
+            "answered alone, the others too"
+        );
+        // The runner gave up its turn with the queue empty; the next read starts another.
+        assert!(!store.reads.lock().unwrap().running);
+        assert_eq!(store.read(move |c| Ok(count(c)?)).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_runner_that_never_ran_answers_the_queued_reads_and_gives_up_its_turn() {
+        let store = Store::open_in_memory().unwrap();
+        let (reply, answer) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        {
+            let mut reads = store.reads.lock().unwrap();
+            reads.running = true;
+            reads.jobs.push(Box::new(Read {
+                f: |_: &Connection| Ok(()),
+                reply,
+            }));
+        }
+        drop(ReadRunner {
+            conn: store.reader.clone(),
+            reads: store.reads.clone(),
+            done: false,
+        });
+        let err = answer.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("try again"), "{err}");
+        store.read(|_| Ok(())).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
