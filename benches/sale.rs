@@ -2,7 +2,8 @@
 //! (a) a sale with its code accepted → pay request on the wire (id, intent commit, JSON,
 //!     sign, send) and (a') the same from a scan bound to a waiting sale, against the larger
 //!     of one RSA-2048 sign and the intent's own statements committed on a bare connection
-//!     (the sign overlaps the commit), and against a one-row `synchronous=FULL` commit;
+//!     (the sign overlaps the commit), and against a one-row `synchronous=FULL` commit; with
+//!     the two done at once on bare threads, and a bare hop of the request over loopback;
 //! (b) full sales per second, 32 in flight, against a loopback gateway that verifies every
 //!     pay and signs every answer on the same cores (on a runtime of its own, as a remote
 //!     gateway's threads would be), against the fsync and CPU ceilings, with
@@ -215,6 +216,42 @@ fn bare_overlap(dir: &std::path::Path, n: usize) -> Duration {
         .collect();
     drop(go_tx);
     committer.join().unwrap();
+    took.sort();
+    took[took.len() / 2]
+}
+
+/// Median of `n` hops of a pay-sized request over loopback done the cheapest way: written
+/// by the calling task (on posd's runtime) to a socket whose reader is a task on the
+/// gateway's runtime, timed until that task has read it all. No HTTP on either side: the
+/// part of (a) past `start_sale`'s return can cost no less.
+async fn bare_hop(gateway: &tokio::runtime::Handle, n: usize) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 1200;
+    let listener = gateway
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<Instant>();
+    gateway.spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; SIZE];
+        while socket.read_exact(&mut buf).await.is_ok() {
+            if arrived_tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    let request = vec![b'x'; SIZE];
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        socket.write_all(&request).await.unwrap();
+        took.push(arrived.recv().await.unwrap() - t0);
+    }
     took.sort();
     took[took.len() / 2]
 }
@@ -434,6 +471,7 @@ fn main() {
             "the intent's transaction alone (create, through Store::call): median {}",
             ms(intents[intents.len() / 2])
         );
+        let hop_before = bare_hop(&gateway, n_lat).await;
         // (a) scan accepted -> pay on the wire, one sale at a time.
         let mut lat = Vec::new();
         let mut returned = Vec::new();
@@ -564,6 +602,7 @@ fn main() {
                 n_commit,
                 n_rsa,
             ));
+        let hop_floor = hop_before.min(bare_hop(&gateway, n_lat).await);
         let intent_floor = intent_before.min(bare_intent_commit(dir.path(), n_commit as usize + 1));
         let overlap_floor = overlap_before.min(bare_overlap(dir.path(), n_commit as usize + 1));
         println!("(a) sale with its code -> pay on the wire: median {}  p95 {}  ({} sales, one at a time)", ms(median), ms(p95), n_lat);
@@ -605,6 +644,18 @@ fn main() {
             overlap_floor.as_secs_f64() / larger.as_secs_f64(),
             median.as_secs_f64() / overlap_floor.as_secs_f64(),
             scan_median.as_secs_f64() / overlap_floor.as_secs_f64()
+        );
+        let with_hop = overlap_floor + hop_floor;
+        println!(
+            "    the pay's hop done bare (a pay-sized request from a task on posd's runtime to one \
+             on the gateway's, over loopback, no HTTP): {} ms, so the part past start_sale's \
+             return is {:.2} x it; the two at once and then the hop: {} ms, (a) is {:.2} x it, \
+             (a') {:.2} x",
+            floor::ms(hop_floor),
+            wire[wire.len() / 2].as_secs_f64() / hop_floor.as_secs_f64(),
+            floor::ms(with_hop),
+            median.as_secs_f64() / with_hop.as_secs_f64(),
+            scan_median.as_secs_f64() / with_hop.as_secs_f64()
         );
         println!(
             "(b) full sales: {done} in {:.2} s, {IN_FLIGHT} in flight; a sale start -> final: p50 {}  p99 {}  max {}",
