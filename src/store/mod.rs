@@ -276,22 +276,16 @@ impl Store {
         F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.jobs.push(Box::new(BatchJob { f, reply }));
-            !std::mem::replace(&mut pending.running, true)
-        };
-        if start {
-            let runner = Runner {
+        submit(&self.pending, Box::new(BatchJob { f, reply }), || {
+            let commits = self.commits.clone();
+            Runner {
                 conn: self.conn.clone(),
-                pending: self.pending.clone(),
-                commits: self.commits.clone(),
+                queue: self.pending.clone(),
+                batch: move |c: &mut Connection, jobs| run_batch(c, jobs, &commits),
+                stopped: WRITER_STOPPED,
                 done: false,
-            };
-            // The runner answers every job itself; its handle is not awaited, so that this
-            // caller hears of its own commit without waiting for later batches.
-            drop(tokio::task::spawn_blocking(move || runner.run()));
-        }
+            }
+        });
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the database job was dropped before it finished"))?
@@ -313,19 +307,13 @@ impl Store {
         F: FnOnce(&Connection) -> anyhow::Result<R> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-            reads.jobs.push(Box::new(Read { f, reply }));
-            !std::mem::replace(&mut reads.running, true)
-        };
-        if start {
-            let runner = ReadRunner {
-                conn: self.reader.clone(),
-                reads: self.reads.clone(),
-                done: false,
-            };
-            drop(tokio::task::spawn_blocking(move || runner.run()));
-        }
+        submit(&self.reads, Box::new(Read { f, reply }), || Runner {
+            conn: self.reader.clone(),
+            queue: self.reads.clone(),
+            batch: |c: &mut Connection, jobs| read_batch(c, jobs),
+            stopped: READER_STOPPED,
+            done: false,
+        });
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the database read was dropped before it finished"))?
@@ -413,30 +401,65 @@ impl<J: ?Sized> Default for Queue<J> {
     }
 }
 
-/// The one batch runner: takes every queued job, commits them as one transaction, and repeats
-/// until the queue is empty.
-struct Runner {
+/// What a queue asks of its jobs: how to answer one that will never run.
+trait Queued: Send {
+    /// The job will not run (its batch could not start, or its runner stopped): answer with
+    /// `why`.
+    fn fail(self: Box<Self>, why: &str);
+}
+
+/// Queues `job`; when no runner is at work, takes the turn and starts the runner `runner`
+/// makes on a blocking thread. The runner answers every job itself; its handle is not
+/// awaited, so that a caller hears of its own job without waiting for later batches.
+fn submit<J, B>(queue: &Mutex<Queue<J>>, job: Box<J>, runner: impl FnOnce() -> Runner<J, B>)
+where
+    J: ?Sized + Queued + 'static,
+    B: FnMut(&mut Connection, Vec<Box<J>>) + Send + 'static,
+{
+    let start = {
+        let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.jobs.push(job);
+        !std::mem::replace(&mut queue.running, true)
+    };
+    if start {
+        let mut runner = runner();
+        drop(tokio::task::spawn_blocking(move || runner.run()));
+    }
+}
+
+/// The one runner of a queue: takes every queued job, runs them as one batch on its
+/// connection, and repeats until the queue is empty.
+struct Runner<J: ?Sized + Queued, B> {
     conn: Arc<Mutex<Connection>>,
-    pending: Arc<Mutex<Pending>>,
-    commits: Arc<Commits>,
-    /// Set when [`Runner::run`] left the queue empty and gave up its turn.
+    queue: Arc<Mutex<Queue<J>>>,
+    /// Runs one batch (the writer's transaction, or the reader's snapshot).
+    batch: B,
+    /// What the jobs left queued are told if the runner stops early.
+    stopped: &'static str,
+    /// Set when the runner left the queue empty and gave up its turn.
     done: bool,
 }
 
-impl Runner {
-    fn run(mut self) {
+/// What a job queued for the writer is told when its runner stopped before running it.
+const WRITER_STOPPED: &str =
+    "the database writer stopped before this write ran; nothing was written, try again";
+/// The same for a read.
+const READER_STOPPED: &str = "the database reader stopped before this read ran; try again";
+
+impl<J: ?Sized + Queued, B: FnMut(&mut Connection, Vec<Box<J>>)> Runner<J, B> {
+    fn run(&mut self) {
         loop {
             let batch = {
-                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                if pending.jobs.is_empty() {
-                    pending.running = false;
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.jobs.is_empty() {
+                    queue.running = false;
                     self.done = true;
                     return;
                 }
-                std::mem::take(&mut pending.jobs)
+                std::mem::take(&mut queue.jobs)
             };
             let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            run_batch(&mut conn, batch, &self.commits);
+            (self.batch)(&mut conn, batch);
         }
     }
 }
@@ -444,27 +467,23 @@ impl Runner {
 /// A runner dropped before it finished (it unwound, or its blocking task never ran because
 /// the runtime was shutting down) gives up its turn, so the next call starts another, and
 /// answers what is queued with an error, so that no caller waits for ever.
-impl Drop for Runner {
+impl<J: ?Sized + Queued, B> Drop for Runner<J, B> {
     fn drop(&mut self) {
         if self.done {
             return;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.running = false;
-        for job in std::mem::take(&mut pending.jobs) {
-            job.fail(
-                "the database writer stopped before this write ran; nothing was written, try again",
-            );
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.running = false;
+        for job in std::mem::take(&mut queue.jobs) {
+            job.fail(self.stopped);
         }
     }
 }
 
 /// A queued writer job: runs inside the batch's transaction and answers after the commit.
-trait Job: Send {
+trait Job: Queued {
     /// Runs the job inside its own savepoint; returns what to deliver after the commit.
     fn run(self: Box<Self>, conn: &mut Connection) -> Box<dyn Deliver>;
-    /// The batch could not start: answer with the error.
-    fn fail(self: Box<Self>, why: &str);
 }
 
 /// A job's result, held until the batch's commit.
@@ -476,6 +495,12 @@ trait Deliver: Send {
 struct BatchJob<F, R> {
     f: F,
     reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
+}
+
+impl<F: Send, R: Send> Queued for BatchJob<F, R> {
+    fn fail(self: Box<Self>, why: &str) {
+        let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
+    }
 }
 
 struct Held<R> {
@@ -512,10 +537,6 @@ where
         };
         Box::new(Held { result, reply })
     }
-
-    fn fail(self: Box<Self>, why: &str) {
-        let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
-    }
 }
 
 impl<R: Send + 'static> Deliver for Held<R> {
@@ -530,58 +551,20 @@ impl<R: Send + 'static> Deliver for Held<R> {
     }
 }
 
-/// The one read runner: takes every queued read, runs them in one read transaction, and
-/// repeats until the queue is empty (see [`Store::read`]).
-struct ReadRunner {
-    conn: Arc<Mutex<Connection>>,
-    reads: Arc<Mutex<Queue<dyn ReadJob>>>,
-    /// Set when [`ReadRunner::run`] left the queue empty and gave up its turn.
-    done: bool,
-}
-
-impl ReadRunner {
-    fn run(mut self) {
-        loop {
-            let batch = {
-                let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-                if reads.jobs.is_empty() {
-                    reads.running = false;
-                    self.done = true;
-                    return;
-                }
-                std::mem::take(&mut reads.jobs)
-            };
-            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            read_batch(&conn, batch);
-        }
-    }
-}
-
-/// As the writer's [`Runner`]: a read runner dropped before it finished gives up its turn
-/// and answers what is queued with an error.
-impl Drop for ReadRunner {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-        reads.running = false;
-        for job in std::mem::take(&mut reads.jobs) {
-            job.fail("the database reader stopped before this read ran; try again");
-        }
-    }
-}
-
 /// A queued read: runs on the reader connection and answers at once.
-trait ReadJob: Send {
+trait ReadJob: Queued {
     fn run(self: Box<Self>, conn: &Connection);
-    /// The batch could not start: answer with the error.
-    fn fail(self: Box<Self>, why: &str);
 }
 
 struct Read<F, R> {
     f: F,
     reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
+}
+
+impl<F: Send, R: Send> Queued for Read<F, R> {
+    fn fail(self: Box<Self>, why: &str) {
+        let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
+    }
 }
 
 impl<F, R> ReadJob for Read<F, R>
@@ -594,10 +577,6 @@ where
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("a database read panicked")));
         let _ = reply.send(out);
-    }
-
-    fn fail(self: Box<Self>, why: &str) {
-        let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
     }
 }
 
@@ -914,8 +893,9 @@ mod tests {
         }
         drop(Runner {
             conn: store.conn.clone(),
-            pending: store.pending.clone(),
-            commits: store.commits.clone(),
+            queue: store.pending.clone(),
+            batch: |_: &mut Connection, _: Vec<Box<dyn Job>>| unreachable!("never runs"),
+            stopped: WRITER_STOPPED,
             done: false,
         });
         let err = answer.await.unwrap().unwrap_err().to_string();
@@ -1009,9 +989,11 @@ mod tests {
                 reply,
             }));
         }
-        drop(ReadRunner {
+        drop(Runner {
             conn: store.reader.clone(),
-            reads: store.reads.clone(),
+            queue: store.reads.clone(),
+            batch: |_: &mut Connection, _: Vec<Box<dyn ReadJob>>| unreachable!("never runs"),
+            stopped: READER_STOPPED,
             done: false,
         });
         let err = answer.await.unwrap().unwrap_err().to_string();
