@@ -276,7 +276,7 @@ impl Store {
         F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        submit(&self.pending, Box::new(BatchJob { f, reply }), || {
+        submit(&self.pending, Box::new(Work { f, reply }), || {
             let commits = self.commits.clone();
             Runner {
                 conn: self.conn.clone(),
@@ -307,7 +307,7 @@ impl Store {
         F: FnOnce(&Connection) -> anyhow::Result<R> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        submit(&self.reads, Box::new(Read { f, reply }), || Runner {
+        submit(&self.reads, Box::new(Work { f, reply }), || Runner {
             conn: self.reader.clone(),
             queue: self.reads.clone(),
             batch: |c: &mut Connection, jobs| read_batch(c, jobs),
@@ -492,12 +492,14 @@ trait Deliver: Send {
     fn deliver(self: Box<Self>, commit: Result<(), &str>);
 }
 
-struct BatchJob<F, R> {
+/// A caller's closure and where its answer goes: a [`Job`] when it takes the writer, a
+/// [`ReadJob`] when it takes the reader.
+struct Work<F, R> {
     f: F,
     reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
 }
 
-impl<F: Send, R: Send> Queued for BatchJob<F, R> {
+impl<F: Send, R: Send> Queued for Work<F, R> {
     fn fail(self: Box<Self>, why: &str) {
         let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
     }
@@ -508,13 +510,13 @@ struct Held<R> {
     reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
 }
 
-impl<F, R> Job for BatchJob<F, R>
+impl<F, R> Job for Work<F, R>
 where
     F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send,
     R: Send + 'static,
 {
     fn run(self: Box<Self>, conn: &mut Connection) -> Box<dyn Deliver> {
-        let BatchJob { f, reply } = *self;
+        let Work { f, reply } = *self;
         let result = match conn.execute_batch("SAVEPOINT posd_job") {
             Err(e) => Err(e.into()),
             Ok(()) => {
@@ -556,24 +558,13 @@ trait ReadJob: Queued {
     fn run(self: Box<Self>, conn: &Connection);
 }
 
-struct Read<F, R> {
-    f: F,
-    reply: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
-}
-
-impl<F: Send, R: Send> Queued for Read<F, R> {
-    fn fail(self: Box<Self>, why: &str) {
-        let _ = self.reply.send(Err(anyhow::anyhow!("{why}")));
-    }
-}
-
-impl<F, R> ReadJob for Read<F, R>
+impl<F, R> ReadJob for Work<F, R>
 where
     F: FnOnce(&Connection) -> anyhow::Result<R> + Send,
     R: Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) {
-        let Read { f, reply } = *self;
+        let Work { f, reply } = *self;
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("a database read panicked")));
         let _ = reply.send(out);
@@ -880,15 +871,22 @@ mod tests {
     #[tokio::test]
     async fn a_runner_that_never_ran_answers_the_queued_jobs_and_gives_up_its_turn() {
         let store = Store::open_in_memory().unwrap();
-        // A call queued while a runner holds the turn, as when the runtime shuts down before
-        // the runner's blocking task starts.
-        let (reply, answer) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        // A write and a read queued while their runners hold the turn, as when the runtime
+        // shuts down before a runner's blocking task starts.
+        let (write_reply, write) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let (read_reply, read) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         {
             let mut pending = store.pending.lock().unwrap();
             pending.running = true;
-            pending.jobs.push(Box::new(BatchJob {
+            pending.jobs.push(Box::new(Work {
                 f: |_: &mut Connection| Ok(()),
-                reply,
+                reply: write_reply,
+            }));
+            let mut reads = store.reads.lock().unwrap();
+            reads.running = true;
+            reads.jobs.push(Box::new(Work {
+                f: |_: &Connection| Ok(()),
+                reply: read_reply,
             }));
         }
         drop(Runner {
@@ -898,11 +896,21 @@ mod tests {
             stopped: WRITER_STOPPED,
             done: false,
         });
-        let err = answer.await.unwrap().unwrap_err().to_string();
+        drop(Runner {
+            conn: store.reader.clone(),
+            queue: store.reads.clone(),
+            batch: |_: &mut Connection, _: Vec<Box<dyn ReadJob>>| unreachable!("never runs"),
+            stopped: READER_STOPPED,
+            done: false,
+        });
+        let err = write.await.unwrap().unwrap_err().to_string();
         assert!(err.contains("nothing was written, try again"), "{err}");
-        // The turn is free: the next call starts a runner and commits.
+        let err = read.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("reader stopped before this read ran"), "{err}");
+        // The turns are free: the next call starts a runner and commits, the next read runs.
         store.call(|_| Ok(())).await.unwrap();
         assert_eq!(store.commit_counts().transactions, 1);
+        store.read(|_| Ok(())).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -975,30 +983,6 @@ mod tests {
         // The runner gave up its turn with the queue empty; the next read starts another.
         assert!(!store.reads.lock().unwrap().running);
         assert_eq!(store.read(move |c| Ok(count(c)?)).await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_read_runner_that_never_ran_answers_the_queued_reads_and_gives_up_its_turn() {
-        let store = Store::open_in_memory().unwrap();
-        let (reply, answer) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-        {
-            let mut reads = store.reads.lock().unwrap();
-            reads.running = true;
-            reads.jobs.push(Box::new(Read {
-                f: |_: &Connection| Ok(()),
-                reply,
-            }));
-        }
-        drop(Runner {
-            conn: store.reader.clone(),
-            queue: store.reads.clone(),
-            batch: |_: &mut Connection, _: Vec<Box<dyn ReadJob>>| unreachable!("never runs"),
-            stopped: READER_STOPPED,
-            done: false,
-        });
-        let err = answer.await.unwrap().unwrap_err().to_string();
-        assert!(err.contains("try again"), "{err}");
-        store.read(|_| Ok(())).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
