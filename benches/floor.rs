@@ -150,7 +150,12 @@ impl Floors {
 
     /// Items/s if the cores did nothing but the item's signs and verifies, every core at once.
     pub fn cpu_ceiling(&self, per: PerItem) -> f64 {
-        self.cpu_ceiling_with(per, self.sign_all_cores.max(self.sign))
+        self.cpu_ceiling_with(per, self.sign_priced())
+    }
+
+    /// What the CPU ceiling prices a sign at: the dearer of alone and with every core signing.
+    fn sign_priced(&self) -> Duration {
+        self.sign_all_cores.max(self.sign)
     }
 
     /// The same from the sign timed alone, as if the cores scaled perfectly.
@@ -357,8 +362,7 @@ impl Floors {
     /// What one side's signs and verifies cost per item at the floor (a sign priced as in the
     /// CPU ceiling).
     fn rsa(&self, side: Side) -> f64 {
-        side.signs * self.sign_all_cores.max(self.sign).as_secs_f64()
-            + side.verifies * self.verify.as_secs_f64()
+        side.signs * self.sign_priced().as_secs_f64() + side.verifies * self.verify.as_secs_f64()
     }
 
     /// Prints where `items`' CPU went over `wall`, by thread, beside each side's signs and

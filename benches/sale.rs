@@ -157,19 +157,23 @@ fn bare_db(path: &std::path::Path) -> rusqlite::Connection {
     c
 }
 
-/// Commits one pay intent with `payments::create`'s own statements in one `BEGIN IMMEDIATE …
-/// COMMIT` on `c`.
-fn commit_bare_intent(c: &mut rusqlite::Connection, tag: &str) {
-    let new = posd::store::payments::NewPayment {
+/// A sale's pay intent with its code, as the bare floors commit it.
+fn paying_intent() -> posd::store::payments::NewPayment {
+    posd::store::payments::NewPayment {
         order_ref: None,
         amount: Amount::parse("12.34", Currency::from_code("CNY").unwrap()).unwrap(),
         state: posd::domain::machine::State::Paying,
         code_masked: Some("2812**********3456".into()),
         terminal_time: "2026-11-21T10:00:00+08:00".into(),
         pay_expires_at: Some(180_000),
-    };
+    }
+}
+
+/// Commits one pay intent with `payments::create`'s own statements in one `BEGIN IMMEDIATE …
+/// COMMIT` on `c`.
+fn commit_bare_intent(c: &mut rusqlite::Connection, tag: &str) {
     c.execute_batch("BEGIN IMMEDIATE").unwrap();
-    posd::store::payments::create(c, &new, 0, |seq| format!("{tag}-{seq}")).unwrap();
+    posd::store::payments::create(c, &paying_intent(), 0, |seq| format!("{tag}-{seq}")).unwrap();
     c.execute_batch("COMMIT").unwrap();
 }
 
@@ -269,7 +273,6 @@ fn bare_store_cpu(dir: &std::path::Path, group: usize, n: usize) -> Duration {
     let path = dir.join(format!("store-floor-{group}-{n}.sqlite3"));
     let mut w = bare_db(&path);
     let r = rusqlite::Connection::open(&path).unwrap();
-    let cny = Currency::from_code("CNY").unwrap();
     let local = chrono::NaiveDate::from_ymd_opt(2026, 11, 21)
         .and_then(|d| d.and_hms_opt(10, 0, 0))
         .unwrap();
@@ -279,16 +282,8 @@ fn bare_store_cpu(dir: &std::path::Path, group: usize, n: usize) -> Duration {
         w.execute_batch("BEGIN IMMEDIATE").unwrap();
         let mut ids = Vec::with_capacity(group);
         for i in 0..group {
-            let new = posd::store::payments::NewPayment {
-                order_ref: None,
-                amount: Amount::parse("1.00", cny).unwrap(),
-                state: State::Paying,
-                code_masked: Some("2812**********3456".into()),
-                terminal_time: "2026-11-21T10:00:00+08:00".into(),
-                pay_expires_at: Some(180_000),
-            };
             w.execute_batch("SAVEPOINT job").unwrap();
-            let rec = posd::store::payments::create(&mut w, &new, 0, |seq| {
+            let rec = posd::store::payments::create(&mut w, &paying_intent(), 0, |seq| {
                 format!("20261121100000T0001{seq:08}{round}x{i}")
             })
             .unwrap();
