@@ -985,6 +985,30 @@ mod tests {
         assert_eq!(store.read(move |c| Ok(count(c)?)).await.unwrap(), 1);
     }
 
+    #[tokio::test]
+    async fn a_read_batch_that_cannot_begin_answers_every_read_with_the_error() {
+        // A connection that cannot start the batch's read transaction (one is already open).
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        let (first_reply, first) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let (second_reply, second) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let batch: Vec<Box<dyn ReadJob>> = vec![
+            Box::new(Work {
+                f: |_: &Connection| Ok(()),
+                reply: first_reply,
+            }),
+            Box::new(Work {
+                f: |_: &Connection| Ok(()),
+                reply: second_reply,
+            }),
+        ];
+        read_batch(&conn, batch);
+        for answer in [first, second] {
+            let err = answer.await.unwrap().unwrap_err().to_string();
+            assert!(err.contains("cannot begin a read"), "{err}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_whose_commit_fails_answers_every_job_with_the_error() {
         let dir = tempfile::tempdir().unwrap();
