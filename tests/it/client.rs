@@ -687,6 +687,33 @@ async fn a_sandbox_client_id_uses_and_signs_the_sandbox_path() {
 }
 
 #[tokio::test]
+async fn a_base_url_under_a_path_puts_every_call_under_it_and_signs_the_whole_path() {
+    let fake = FakeAms::start(Reply::Signed(PAY_S)).await;
+    let client = AmsClient::new(settings(&format!("{}/gateway/v2/", fake.base_url))).unwrap();
+    assert_eq!(
+        client.request_path(Operation::InquiryPayment),
+        "/gateway/v2/ams/api/v1/payments/inquiryPayment"
+    );
+    client.pay(&support::pay_order("PR-1")).await;
+    client.inquiry_payment("PR-1").await;
+    client.cancel("PR-1").await;
+    let seen = fake.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/gateway/v2/ams/api/v1/payments/pay",
+            "/gateway/v2/ams/api/v1/payments/inquiryPayment",
+            "/gateway/v2/ams/api/v1/payments/cancel",
+        ]
+    );
+    assert!(
+        seen.iter().all(|s| s.signature_ok),
+        "each call is signed over its whole path, the base's included"
+    );
+}
+
+#[tokio::test]
 async fn agent_token_is_sent_when_configured() {
     let fake = FakeAms::start(Reply::Signed(PAY_S)).await;
     let mut s = settings(&fake.base_url);

@@ -99,6 +99,8 @@ impl std::fmt::Debug for SignedForm {
 /// The mainland client. Cheap to share behind an `Arc`.
 pub struct CnClient {
     http: reqwest::Client,
+    /// The gateway's URL, parsed once (not on every call).
+    url: reqwest::Url,
     settings: CnSettings,
     observer: Option<CallObserver>,
 }
@@ -150,6 +152,7 @@ impl CnClient {
         }
         Ok(CnClient {
             http: builder.build()?,
+            url,
             settings,
             observer: None,
         })
@@ -320,7 +323,7 @@ impl CnClient {
         let method = form.method;
         let req = self
             .http
-            .post(&self.settings.base_url)
+            .post(self.url.clone())
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded; charset=utf-8",
