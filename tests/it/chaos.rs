@@ -684,8 +684,10 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
     let rows = payments(db);
     let posd = open_db(db);
     let gw = open_db(sandbox_db);
-    // The gateway's record: request id -> (status, refunded).
-    let mut record: HashMap<String, (String, i64)> = HashMap::new();
+    // The gateway's record: request id -> (status, refunded, whether it took the money). The
+    // last is the sandbox's own rule (`scenario::charged`): scenario 87's charge goes through
+    // while its status stays PROCESSING.
+    let mut record: HashMap<String, (String, i64, bool)> = HashMap::new();
     {
         let mut st = gw
             .prepare(
@@ -695,16 +697,22 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
             )
             .unwrap();
         let it = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            })
             .unwrap();
         for x in it {
-            let (id, v) = x.unwrap();
-            record.insert(id, v);
+            let (id, status, refunded) = x.unwrap();
+            let row = posd::gateway::sandbox::store::payment_by_request_id(&gw, &id)
+                .unwrap()
+                .expect("the row just listed");
+            let took = posd::gateway::sandbox::scenario::charged(&row.facts);
+            record.insert(id, (status, refunded, took));
         }
     }
     let known: HashMap<&str, &Row> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
-    for (id, (status, _)) in &record {
-        if status == "SUCCESS" && !known.contains_key(id.as_str()) {
+    for (id, (_, _, took)) in &record {
+        if *took && !known.contains_key(id.as_str()) {
             return Err(format!(
                 "the gateway charged {id}, which posd has no record of"
             ));
@@ -717,11 +725,11 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
         if !p.is_final() && !queued(db, &p.id) {
             return Err(format!("{} is open ({})", p.id, p.state));
         }
-        let (status, gw_refunded) = record
+        let (status, gw_refunded, took) = record
             .get(&p.id)
             .cloned()
-            .unwrap_or_else(|| ("NONE".into(), 0));
-        let charged = status == "SUCCESS" && gw_refunded < p.amount;
+            .unwrap_or_else(|| ("NONE".into(), 0, false));
+        let charged = took && gw_refunded < p.amount;
         let pending_reversal: i64 = posd
             .query_row(
                 "SELECT count(*) FROM reversal_queue WHERE payment_request_id = ?1 AND status = 'PENDING'",
@@ -738,13 +746,13 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
         // refund still in the queue accounts for a difference.
         let wrong = match p.state.as_str() {
             "SUCCEEDED" | "PARTIALLY_REFUNDED" => {
-                status != "SUCCESS" || (gw_refunded != p.refunded && pending_reversal == 0)
+                !took || (gw_refunded != p.refunded && pending_reversal == 0)
             }
             "FAILED" | "CANCELLED" | "CANCEL_QUEUED" | "REFUNDED" => {
                 charged && pending_reversal == 0
             }
             "NEEDS_ATTENTION" => false,
-            "REFUNDING" => status != "SUCCESS",
+            "REFUNDING" => !took,
             _ => true,
         };
         if wrong {

@@ -475,15 +475,11 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
             return Err(format!("terminal {t}: {} is open ({})", p.id, p.state));
         }
         let h = hub.get(&p.id);
-        let (status, up_amount, up_refunded) = upstream
+        let (status, up_amount, up_refunded, took) = upstream
             .get(&p.id)
             .cloned()
-            .unwrap_or_else(|| ("NONE".into(), 0, 0));
-        let up_kept = if status == "SUCCESS" {
-            up_amount - up_refunded
-        } else {
-            0
-        };
+            .unwrap_or_else(|| ("NONE".into(), 0, 0, false));
+        let up_kept = if took { up_amount - up_refunded } else { 0 };
         if up_kept > 0 {
             if let Some(o) = &p.order_ref {
                 charged_per_order.entry(o.as_str()).or_default().push(&p.id);

@@ -93,8 +93,10 @@ impl Upstream {
         .unwrap()
     }
 
-    /// The sandbox's whole record: request id -> (status, amount, refunded minor units).
-    pub fn records(&self) -> std::collections::HashMap<String, (String, i64, i64)> {
+    /// The sandbox's whole record: request id -> (status, amount, refunded minor units,
+    /// whether it took the money by its own rule, `scenario::charged`: scenario 87's charge
+    /// goes through while its status stays PROCESSING).
+    pub fn records(&self) -> std::collections::HashMap<String, (String, i64, i64, bool)> {
         let c = rusqlite::Connection::open(self.dir.path().join("sandbox.sqlite3")).unwrap();
         c.busy_timeout(Duration::from_secs(5)).unwrap();
         let mut st = c
@@ -104,10 +106,20 @@ impl Upstream {
                  FROM payments p",
             )
             .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+        let rows: Vec<(String, (String, i64, i64))> = st
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
             .unwrap()
             .collect::<Result<_, _>>()
-            .unwrap()
+            .unwrap();
+        rows.into_iter()
+            .map(|(id, (status, amount, refunded))| {
+                let row = posd::gateway::sandbox::store::payment_by_request_id(&c, &id)
+                    .unwrap()
+                    .expect("the row just listed");
+                let took = posd::gateway::sandbox::scenario::charged(&row.facts);
+                (id, (status, amount, refunded, took))
+            })
+            .collect()
     }
 
     /// Who the sandbox says sent the pay: the AMS `client-id` or the mainland `app_id`.
