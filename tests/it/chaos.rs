@@ -647,8 +647,25 @@ async fn read_only_start(
     ))
 }
 
-/// Waits until every payment is final; if some stay open, restarts the daemon (recovery) and
-/// waits again. Open after that is a failure.
+/// Whether the queue's worker holds an item or is about to take one (a lease not yet run
+/// out, or an item due now): its answer can still move a payment, e.g. a queued cancel
+/// refused for its window turns CANCEL_QUEUED into REFUNDING with the refund in flight.
+fn queue_busy(db: &std::path::Path) -> bool {
+    let now = chrono::Utc::now().timestamp_millis();
+    open_db(db)
+        .query_row(
+            "SELECT count(*) FROM reversal_queue WHERE status = 'PENDING' \
+             AND (lease_until > ?1 OR next_attempt_at <= ?1)",
+            [now],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        > 0
+}
+
+/// Waits until every payment is final (or its reversal waits in the queue) and the queue's
+/// worker is between attempts; if some stay open, restarts the daemon (recovery) and waits
+/// again. Open after that is a failure.
 async fn settle(d: &mut TestDaemon, db: &std::path::Path, fig: &mut Figures) -> Result<(), String> {
     for attempt in 0..2 {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -657,10 +674,17 @@ async fn settle(d: &mut TestDaemon, db: &std::path::Path, fig: &mut Figures) -> 
                 .into_iter()
                 .filter(|p| !p.is_final() && !queued(db, &p.id))
                 .collect();
-            if open.is_empty() {
+            if open.is_empty() && !queue_busy(db) {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                if attempt == 1 && open.is_empty() {
+                    return Err(format!(
+                        "the queue's worker never fell quiet after recovery (an item leased or \
+                         due for 20 s)\n{}",
+                        d.log()
+                    ));
+                }
                 if attempt == 1 {
                     return Err(format!(
                         "payments left open after recovery: {:?}\n{}",
