@@ -225,7 +225,7 @@ pub fn ams_response(data: &[u8]) {
         let path = k.client.request_path(op);
         let msg = Message {
             method: "POST",
-            uri: &path,
+            uri: path,
             client_id: client_id.as_deref().unwrap_or(CLIENT_ID),
             time: response_time.as_deref().unwrap_or(""),
             body: d,

@@ -225,10 +225,9 @@ pub struct AmsClient {
     http: reqwest::Client,
     /// Base URL without a trailing slash.
     base: String,
-    /// Each operation's URL (base and path), parsed once: at [`Operation`]`as usize`.
+    /// Each operation's URL (base and path), parsed once: at [`Operation`]`as usize`. The
+    /// path signed is this URL's, so it is the path sent.
     urls: Vec<reqwest::Url>,
-    /// Path of the base URL (usually empty) that precedes every AMS path.
-    base_path: String,
     settings: ClientSettings,
     observer: Option<CallObserver>,
 }
@@ -278,7 +277,6 @@ impl AmsClient {
             )));
         }
         let base = settings.base_url.trim_end_matches('/').to_string();
-        let base_path = url.path().trim_end_matches('/').to_string();
         let loopback = url.scheme() == "http";
         let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
@@ -308,7 +306,6 @@ impl AmsClient {
             http: builder.build()?,
             base,
             urls,
-            base_path,
             settings,
             observer: None,
         })
@@ -326,8 +323,8 @@ impl AmsClient {
     }
 
     /// The path requested (and signed) for an operation, base-URL path included.
-    pub fn request_path(&self, op: Operation) -> String {
-        format!("{}{}", self.base_path, op.path(&self.settings.client_id))
+    pub fn request_path(&self, op: Operation) -> &str {
+        self.urls[op as usize].path()
     }
 
     /// The pay request body for an order (docs/protocol.md, "pay"). Contains the clear code: never
@@ -386,7 +383,7 @@ impl AmsClient {
         let path = self.request_path(op);
         let msg = Message {
             method: "POST",
-            uri: &path,
+            uri: path,
             client_id: &self.settings.client_id,
             time: request_time,
             body,
@@ -521,7 +518,7 @@ impl AmsClient {
         let req = self.http_request(op, &request_time, signature, deadline, body);
         debug!(
             operation = op.label(),
-            path = path.as_str(),
+            path,
             deadline_ms = deadline.as_millis() as u64,
             "sending gateway request"
         );
@@ -539,7 +536,7 @@ impl AmsClient {
                 )
             }
         };
-        self.interpret(&path, raw)
+        self.interpret(path, raw)
     }
 
     /// Maps a raw answer to an outcome (the rules in the module doc).
@@ -759,7 +756,7 @@ impl AmsClient {
             Ok(Err(why)) => return Err(why),
             Err(_) => return Err(format!("timed out after {} ms", deadline.as_millis())),
         };
-        let signature = match self.verify(&path, &raw) {
+        let signature = match self.verify(path, &raw) {
             Verification::Verified => AnswerSignature::Verified,
             Verification::Unsigned => AnswerSignature::Unsigned,
             Verification::Invalid(why) => AnswerSignature::Invalid(why),
@@ -801,14 +798,14 @@ pub mod fuzz_entry {
             (o.label(), code)
         }
         match op {
-            Operation::Pay => label(client.interpret::<wire::PayResponse>(&path, raw)),
+            Operation::Pay => label(client.interpret::<wire::PayResponse>(path, raw)),
             Operation::InquiryPayment => {
-                label(client.interpret::<wire::InquiryPaymentResponse>(&path, raw))
+                label(client.interpret::<wire::InquiryPaymentResponse>(path, raw))
             }
-            Operation::Cancel => label(client.interpret::<wire::CancelResponse>(&path, raw)),
-            Operation::Refund => label(client.interpret::<wire::RefundResponse>(&path, raw)),
+            Operation::Cancel => label(client.interpret::<wire::CancelResponse>(path, raw)),
+            Operation::Refund => label(client.interpret::<wire::RefundResponse>(path, raw)),
             Operation::InquiryRefund => {
-                label(client.interpret::<wire::InquiryRefundResponse>(&path, raw))
+                label(client.interpret::<wire::InquiryRefundResponse>(path, raw))
             }
         }
     }
