@@ -86,11 +86,11 @@ impl tokio::io::AsyncRead for StampedIo {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let at = Instant::now();
-            if std::mem::take(&mut self.between_requests) {
-                let _ = self.wire.send(at);
-            }
+        if matches!(polled, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && std::mem::take(&mut self.between_requests)
+        {
+            let _ = self.wire.send(Instant::now());
         }
         polled
     }

@@ -33,8 +33,8 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::chaos_kit::{
-    code, decimal, env_u64, forward, open_db, payments, queued, read_request, seed_range,
-    write_answer, Answer, Proxy, Request, Row, FAILPOINTS, SCENARIOS,
+    code, decimal, env_u64, forward, open_db, payments, queued, read_request, sandbox_took,
+    seed_range, write_answer, Answer, Proxy, Request, Row, FAILPOINTS, SCENARIOS,
 };
 use super::daemon::TestDaemon;
 
@@ -727,10 +727,7 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
             .unwrap();
         for x in it {
             let (id, status, refunded) = x.unwrap();
-            let row = posd::gateway::sandbox::store::payment_by_request_id(&gw, &id)
-                .unwrap()
-                .expect("the row just listed");
-            let took = posd::gateway::sandbox::scenario::charged(&row.facts);
+            let took = sandbox_took(&gw, &id);
             record.insert(id, (status, refunded, took));
         }
     }

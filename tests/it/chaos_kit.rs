@@ -392,6 +392,15 @@ pub fn open_db(path: &std::path::Path) -> rusqlite::Connection {
     c
 }
 
+/// Whether the sandbox took the money for request `id`, by its own rule
+/// (`scenario::charged`: scenario 87's charge goes through while its status stays PROCESSING).
+pub fn sandbox_took(sandbox: &rusqlite::Connection, id: &str) -> bool {
+    let row = posd::gateway::sandbox::store::payment_by_request_id(sandbox, id)
+        .unwrap()
+        .expect("a payment the sandbox listed");
+    posd::gateway::sandbox::scenario::charged(&row.facts)
+}
+
 /// Whether the payment has a reversal or refund waiting in the queue.
 pub fn queued(db: &std::path::Path, id: &str) -> bool {
     open_db(db)

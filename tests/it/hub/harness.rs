@@ -113,10 +113,7 @@ impl Upstream {
             .unwrap();
         rows.into_iter()
             .map(|(id, (status, amount, refunded))| {
-                let row = posd::gateway::sandbox::store::payment_by_request_id(&c, &id)
-                    .unwrap()
-                    .expect("the row just listed");
-                let took = posd::gateway::sandbox::scenario::charged(&row.facts);
+                let took = super::super::chaos_kit::sandbox_took(&c, &id);
                 (id, (status, amount, refunded, took))
             })
             .collect()
