@@ -714,6 +714,26 @@ async fn a_base_url_under_a_path_puts_every_call_under_it_and_signs_the_whole_pa
 }
 
 #[tokio::test]
+async fn a_forwarded_call_under_a_base_path_is_sent_and_signed_and_verified_at_the_whole_path() {
+    // The hub's forwarding path: a terminal's body, signed and sent as given.
+    let fake = FakeAms::start(Reply::Signed(PAY_S)).await;
+    let client = AmsClient::new(settings(&format!("{}/gateway/v2", fake.base_url))).unwrap();
+    let answer = client
+        .forward(Operation::Pay, br#"{"paymentRequestId":"PR-1"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.signature,
+        posd::gateway::client::AnswerSignature::Verified,
+        "the answer, signed over the whole path, verifies"
+    );
+    let seen = fake.only_request();
+    assert_eq!(seen.path, "/gateway/v2/ams/api/v1/payments/pay");
+    assert!(seen.signature_ok, "signed over the whole path");
+}
+
+#[tokio::test]
 async fn agent_token_is_sent_when_configured() {
     let fake = FakeAms::start(Reply::Signed(PAY_S)).await;
     let mut s = settings(&fake.base_url);
