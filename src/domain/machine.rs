@@ -514,7 +514,6 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 None,
                 Effect::None,
             ),
-            // A refund needs the gateway's paymentId: without one, a human refunds it.
             Answer::Failed {
                 refusal: Refusal::CancelWindowPassed,
                 code,
@@ -525,16 +524,17 @@ pub fn decide(state: State, ctx: &Context, event: &Event) -> Decision {
                 Some(code),
                 Effect::Refund,
             ),
+            // The refund owed needs the gateway's paymentId, and neither an answer nor the
+            // inquiries made on this refusal gave it: the reversal is not settled, so it stays
+            // owed as a cancel (resent, each refusal asking again, then queued, where the queue
+            // asks again), as the queue treats the same answer.
             Answer::Failed {
                 refusal: Refusal::CancelWindowPassed,
-                code,
                 ..
-            } => go(
-                S::NeedsAttention,
-                "cancel window passed and a refund is owed, but the gateway never gave the paymentId; refund it from the merchant portal",
-                Some(code),
-                Effect::None,
-            ),
+            } => Decision::Ignore {
+                why: "cancel window passed; the gateway has not given the paymentId the refund needs yet, so the cancel stays owed",
+                effect: Effect::Cancel,
+            },
             Answer::Failed { code, message, .. } => go(
                 S::NeedsAttention,
                 format!("cancel refused: {code} {message}"),

@@ -206,6 +206,60 @@ async fn cancel_window_exceeded_becomes_a_full_refund() {
     assert!(refunds[0].1.starts_with('R'));
 }
 
+/// The cashier aborts before any answer carried the gateway's paymentId; the cancel comes back
+/// "too late to cancel". The refund owed needs that id: the inquiries made on the refusal go
+/// unanswered, so the cancel stays owed and is resent; on the next refusal an inquiry gives the
+/// id and the full amount is refunded. Never a human's task.
+#[tokio::test(start_paused = true)]
+async fn a_closed_cancel_window_before_any_payment_id_learns_it_and_refunds() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.script();
+        s.cancel.extend([window_passed(), window_passed()]);
+        s.inquiry.extend([
+            inquiry_unknown(),
+            inquiry_unknown(),
+            inquiry_unknown(),
+            processing(),
+        ]);
+        s.refund.push_back(refunded("RF1"));
+    }
+    let e = engine(&fake);
+    let rec = e.start_sale(sale(Some(CODE), None)).await.unwrap();
+    let id = rec.payment_request_id.clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        fake.calls("inquiry").is_empty(),
+        "aborted before any inquiry"
+    );
+    assert_eq!(e.abort(&id).await.unwrap().state, State::Cancelling);
+    let v = final_state(&e, &id).await;
+    assert_eq!(v.payment.state, State::Refunded);
+    assert_eq!(v.payment.payment_id.as_deref(), Some("G1"));
+    assert_eq!(v.payment.refunded, v.payment.amount);
+    let cancels = fake.calls("cancel");
+    assert_eq!(cancels.len(), 2);
+    assert_eq!(cancels[0].1, cancels[1].1, "the identical cancel");
+    let gap = cancels[1].0.duration_since(cancels[0].0);
+    assert!(
+        gap >= Duration::from_secs(5) && gap <= Duration::from_secs(10),
+        "resent at the cancel pace: {gap:?}"
+    );
+    assert_eq!(fake.calls("inquiry").len(), 4, "three on the first refusal, one on the second");
+    assert_eq!(fake.calls("refund").len(), 1);
+    let states: Vec<_> = v.events.iter().map(|e| e.to).collect();
+    assert_eq!(
+        states,
+        vec![
+            State::Paying,
+            State::Inquiring,
+            State::Cancelling,
+            State::Refunding,
+            State::Refunded
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_refused_for_another_reason_needs_attention() {
     let fake = Fake::default();

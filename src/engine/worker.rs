@@ -19,6 +19,7 @@
 //! | verified S | DONE | CANCEL_QUEUED → CANCELLED; → REFUNDED / PARTIALLY_REFUNDED |
 //! | verified S of a cancel that refunded a charge | DONE | CANCEL_QUEUED → REFUNDED, the reversal refund recorded |
 //! | cancel F `CANCEL_WINDOW_EXCEED` | DONE; a REFUND item for the full amount | stays CANCEL_QUEUED |
+//! | the same, and no inquiry gives the paymentId the refund needs | as unknown | unchanged |
 //! | other verified F, unreadable payload | DEAD | → NEEDS_ATTENTION with the reason |
 //! | unknown | attempts + 1, next try after backoff | unchanged |
 //! | payload from a newer posd | held, retried at the backoff cap | unchanged |

@@ -324,14 +324,18 @@ fn cancel_outcomes() {
         )),
         Some(State::Cancelled)
     );
-    // Too late to cancel: a refund, which needs the paymentId; without it a human refunds.
+    // Too late to cancel: a refund, which needs the paymentId. Until an answer gives it, the
+    // reversal stays owed as a cancel (resent, then queued), never a human's task.
     assert_eq!(
-        target(&decide(
+        decide(
             State::Cancelling,
             &ctx,
             &Event::CancelAnswered(window_passed())
-        )),
-        Some(State::NeedsAttention)
+        ),
+        Decision::Ignore {
+            why: "cancel window passed; the gateway has not given the paymentId the refund needs yet, so the cancel stays owed",
+            effect: Effect::Cancel
+        }
     );
     let d = decide(
         State::Cancelling,

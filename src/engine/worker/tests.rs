@@ -662,6 +662,73 @@ async fn the_worker_delivers_a_cancel_the_payment_task_queued_exactly_once() {
     assert!(engine.shutdown(Duration::from_secs(5)).await);
 }
 
+/// The cancel window closed and no inquiry gives the paymentId the refund needs for the whole
+/// cancel retry window: the payment is CANCEL_QUEUED with its cancel in the queue (the cashier
+/// may tell the customer "not charged"), not left to a human. The queue's replay learns the id
+/// and the full amount is refunded.
+#[tokio::test(start_paused = true)]
+async fn a_closed_cancel_window_whose_payment_id_never_comes_is_queued_and_the_queue_refunds() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.script();
+        s.cancel_default = Some(window_passed());
+        s.inquiry.extend((0..200).map(|_| inquiry_unknown()));
+        s.refund_default = Some(refund_ok());
+    }
+    let engine = Engine::new(
+        Store::open_in_memory().unwrap(),
+        Arc::new(fake.clone()),
+        engine_settings(),
+    );
+    let sale = engine
+        .start_sale(SaleRequest {
+            amount: cny(1234),
+            order_ref: None,
+            code: Some(PaymentCode::parse("281234567890123456", &CodeRules::default()).unwrap()),
+        })
+        .await
+        .unwrap();
+    let id = sale.payment_request_id.clone();
+    let v = engine
+        .wait_final(&id, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(v.payment.state, State::CancelQueued);
+    assert_eq!(v.payment.payment_id, None);
+    assert!(v.events.iter().all(|e| e.to != State::NeedsAttention));
+    let resent = fake.calls("cancel").len();
+    assert!(resent >= 2, "the cancel was resent, {resent} sent");
+    let queued = engine
+        .store()
+        .read({
+            let id = id.clone();
+            move |c| Ok(q::of_payment(c, &id)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        (queued[0].kind, queued[0].status),
+        (ItemKind::Cancel, ItemStatus::Pending)
+    );
+    // The gateway answers inquiries again: the queue learns the id and refunds.
+    fake.script().inquiry.clear();
+    engine.start_queue_worker_with(settings(), Arc::new(TokioClock::new()));
+    let mut ticks = engine.subscribe();
+    tokio::time::timeout(Duration::from_secs(3600), async {
+        while engine.view(&id).await.unwrap().payment.state != State::Refunded {
+            ticks.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the queue refunds the charge");
+    let p = engine.view(&id).await.unwrap().payment;
+    assert_eq!(p.payment_id.as_deref(), Some("G1"));
+    assert_eq!(p.refunded, p.amount);
+    assert_eq!(fake.calls("refund").len(), 1);
+    assert!(engine.shutdown(Duration::from_secs(5)).await);
+}
+
 // ---- refunds through the engine ----
 
 async fn paid_sale(engine: &Engine, fake: &Fake) -> String {
