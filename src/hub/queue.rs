@@ -325,18 +325,28 @@ async fn settle(
                 Some(id) => Some(id.clone()),
                 None => hub.upstream.inquiry_payment(pid).await.facts.payment_id,
             };
-            let (Some(payment_id), Some(amount), Some(currency)) =
-                (payment_id, payment.amount_minor, &payment.currency)
-            else {
+            let (Some(amount), Some(currency)) = (payment.amount_minor, &payment.currency) else {
                 finish(tx, item, "DEAD", None, Some(code)).await?;
                 mark_attention(
                     tx,
                     inst,
                     payment,
-                    "cancel window passed and the paymentId is unknown: refund by hand",
+                    "cancel window passed and the hub holds no amount for this payment: refund by hand",
                 )
                 .await?;
                 return Ok(());
+            };
+            // Not learnt yet (the upstream did not answer the inquiry): the reversal is not
+            // settled, so the cancel stays owed and asks again on its next attempt.
+            let Some(payment_id) = payment_id else {
+                return retry_later(
+                    hub,
+                    tx,
+                    item,
+                    payment,
+                    "cancel window passed; the upstream has not given the paymentId the refund needs yet",
+                )
+                .await;
             };
             let rid = window_refund_id(pid);
             let due = amount - payment.refunded_minor;
@@ -499,39 +509,42 @@ async fn settle(
                 .await?;
             }
         }
-        (_, Answer::Unknown { why, .. }) => {
-            let attempts = item.attempts as u32 + 1;
-            if attempts >= hub.rules.queue.max_attempts {
-                finish(tx, item, "DEAD", None, Some(why)).await?;
-                mark_attention(
-                    tx,
-                    inst,
-                    payment,
-                    &format!(
-                        "{} not confirmed after {attempts} attempts: {why}",
-                        item.kind
-                    ),
-                )
-                .await?;
-                return Ok(());
-            }
-            let late = item.age >= hub.rules.queue.retry_window;
-            let delay = next_delay(
-                &hub.rules.queue,
-                item.age,
-                item.late_attempts as u32,
-                &mut rand::thread_rng(),
-            );
-            tx.execute(
-                "UPDATE hub_queue SET attempts = attempts + 1, late_attempts = late_attempts + $2, \
-                 next_at = now() + make_interval(secs => $3), last_error = $4, lease_owner = NULL, \
-                 lease_until = NULL, updated_at = now() WHERE id = $1",
-                &[&item.id, &i32::from(late), &delay.as_secs_f64(), &why],
-            )
-            .await?;
-        }
+        (_, Answer::Unknown { why, .. }) => retry_later(hub, tx, item, payment, why).await?,
         (kind, _) => anyhow::bail!("unknown queue item kind {kind:?}"),
     }
+    Ok(())
+}
+
+/// Reschedules an item whose answer settled nothing, with the queue's backoff; after
+/// `max_attempts` it is a dead letter and its payment needs a human.
+async fn retry_later(
+    hub: &Hub,
+    tx: &Transaction<'_>,
+    item: &QueueItem,
+    payment: &PaymentRow,
+    why: &str,
+) -> anyhow::Result<()> {
+    let attempts = item.attempts as u32 + 1;
+    if attempts >= hub.rules.queue.max_attempts {
+        finish(tx, item, "DEAD", None, Some(why)).await?;
+        let reason = format!("{} not confirmed after {attempts} attempts: {why}", item.kind);
+        mark_attention(tx, hub.instance.as_str(), payment, &reason).await?;
+        return Ok(());
+    }
+    let late = item.age >= hub.rules.queue.retry_window;
+    let delay = next_delay(
+        &hub.rules.queue,
+        item.age,
+        item.late_attempts as u32,
+        &mut rand::thread_rng(),
+    );
+    tx.execute(
+        "UPDATE hub_queue SET attempts = attempts + 1, late_attempts = late_attempts + $2, \
+         next_at = now() + make_interval(secs => $3), last_error = $4, lease_owner = NULL, \
+         lease_until = NULL, updated_at = now() WHERE id = $1",
+        &[&item.id, &i32::from(late), &delay.as_secs_f64(), &why],
+    )
+    .await?;
     Ok(())
 }
 

@@ -87,6 +87,9 @@ pub struct ProxyState {
     pub faults: BTreeMap<Fault, u64>,
     /// (paymentRequestId, operation) of every call, in the order they reached the proxy.
     pub trail: Vec<(String, String)>,
+    /// Operations (the last path segment, e.g. `inquiryPayment`) answered 5xx without being
+    /// forwarded, whatever the plan: a test's outage of one operation.
+    pub down: Vec<String>,
 }
 
 /// A fault-injecting HTTP/1.1 proxy in front of the sandbox.
@@ -299,7 +302,10 @@ async fn serve(
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await? {
+        let op = req.path.rsplit('/').next().unwrap_or("");
+        let down = state.lock().unwrap().down.iter().any(|d| d == op);
         let (fault, hold) = match choose(&state, &req.path, &req.body) {
+            _ if down => (Some(Fault::Error5xxBefore), Duration::ZERO),
             Some((f, d)) => (Some(f), d),
             None => (None, Duration::ZERO),
         };
