@@ -245,7 +245,11 @@ async fn a_closed_cancel_window_before_any_payment_id_learns_it_and_refunds() {
         gap >= Duration::from_secs(5) && gap <= Duration::from_secs(10),
         "resent at the cancel pace: {gap:?}"
     );
-    assert_eq!(fake.calls("inquiry").len(), 4, "three on the first refusal, one on the second");
+    assert_eq!(
+        fake.calls("inquiry").len(),
+        4,
+        "three on the first refusal, one on the second"
+    );
     assert_eq!(fake.calls("refund").len(), 1);
     let states: Vec<_> = v.events.iter().map(|e| e.to).collect();
     assert_eq!(

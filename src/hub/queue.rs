@@ -527,7 +527,10 @@ async fn retry_later(
     let attempts = item.attempts as u32 + 1;
     if attempts >= hub.rules.queue.max_attempts {
         finish(tx, item, "DEAD", None, Some(why)).await?;
-        let reason = format!("{} not confirmed after {attempts} attempts: {why}", item.kind);
+        let reason = format!(
+            "{} not confirmed after {attempts} attempts: {why}",
+            item.kind
+        );
         mark_attention(tx, hub.instance.as_str(), payment, &reason).await?;
         return Ok(());
     }

@@ -10,7 +10,8 @@
 //! round every payment is driven final (a restart runs recovery; a refund still unconfirmed
 //! may wait in the queue) and posd's database is held against the sandbox's own record: no
 //! order charged twice, no charge the terminal does not know of, no charge reported as not
-//! charged without a queued reversal, nothing open, no panic.
+//! charged without a queued reversal, nothing open, nothing left for a human (no sandbox
+//! answer calls for one), no panic.
 //!
 //! The database sits on its own 32 MB tmpfs when the test may mount one (root); otherwise
 //! (or with `POSD_CHAOS_NO_MOUNT=1`) the full-disk and read-only faults are skipped.
@@ -772,7 +773,25 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
             "FAILED" | "CANCELLED" | "CANCEL_QUEUED" | "REFUNDED" => {
                 charged && pending_reversal == 0
             }
-            "NEEDS_ATTENTION" => false,
+            // Nothing the sandbox answers, however faulty the way there, leaves a payment for a
+            // human: its refusals all have a rule (cancel window passed: refund; no such
+            // payment: the expiry rule), and every answer can be waited for or asked again.
+            "NEEDS_ATTENTION" => {
+                let reason: Option<String> = posd
+                    .query_row(
+                        "SELECT attention_reason FROM payments WHERE payment_request_id = ?1",
+                        [&p.id],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                return Err(format!(
+                    "{} ({:?}) was left for a human: {}; the gateway has {status} refunded {gw_refunded}\n{}",
+                    p.id,
+                    p.order_ref,
+                    reason.unwrap_or_default(),
+                    d.log()
+                ));
+            }
             "REFUNDING" => !took,
             _ => true,
         };
