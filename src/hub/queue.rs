@@ -391,16 +391,12 @@ async fn settle(
         {
             // No record upstream yet, but the forwarded pay may still arrive (a killed
             // instance's request in the network): the cancel stays owed until it cannot.
-            let delay = next_delay(
-                &hub.rules.queue,
-                item.age,
-                item.late_attempts as u32,
-                &mut rand::thread_rng(),
-            );
-            tx.execute(
-                "UPDATE hub_queue SET attempts = attempts + 1, next_at = now() + make_interval(secs => $2), \
-                 last_error = $3, lease_owner = NULL, lease_until = NULL, updated_at = now() WHERE id = $1",
-                &[&item.id, &delay.as_secs_f64(), &"ORDER_NOT_EXIST: the pay may still arrive"],
+            retry_later(
+                hub,
+                tx,
+                item,
+                payment,
+                "ORDER_NOT_EXIST: the pay may still arrive",
             )
             .await?;
         }
