@@ -613,14 +613,9 @@ async fn the_worker_replays_when_due_and_at_once_when_the_gateway_answers_again(
     assert!(engine.shutdown(Duration::from_secs(5)).await);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_worker_delivers_a_cancel_the_payment_task_queued_exactly_once() {
-    let fake = Fake::default();
-    {
-        let mut s = fake.script();
-        // Pay unanswered, inquiries PROCESSING, cancels unanswered for the window.
-        s.cancel_default = Some(unknown());
-    }
+/// A sale of 12.34 through an engine on `fake`, driven by its payment task until it is
+/// CANCEL_QUEUED (asserted): the engine, the payment's id and its view then.
+async fn queued_by_its_task(fake: &Fake) -> (Engine, String, crate::engine::PaymentView) {
     let engine = Engine::new(
         Store::open_in_memory().unwrap(),
         Arc::new(fake.clone()),
@@ -640,6 +635,18 @@ async fn the_worker_delivers_a_cancel_the_payment_task_queued_exactly_once() {
         .await
         .unwrap();
     assert_eq!(v.payment.state, State::CancelQueued);
+    (engine, id, v)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_worker_delivers_a_cancel_the_payment_task_queued_exactly_once() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.script();
+        // Pay unanswered, inquiries PROCESSING, cancels unanswered for the window.
+        s.cancel_default = Some(unknown());
+    }
+    let (engine, id, _) = queued_by_its_task(&fake).await;
     // Then the gateway confirms the queued cancel. (The gateway answered inquiries after
     // the worker's start-up state of "down", so the worker replays at once when it starts.)
     fake.script().cancel_default = Some(cancel_ok());
@@ -675,25 +682,7 @@ async fn a_closed_cancel_window_whose_payment_id_never_comes_is_queued_and_the_q
         s.inquiry.extend((0..200).map(|_| inquiry_unknown()));
         s.refund_default = Some(refund_ok());
     }
-    let engine = Engine::new(
-        Store::open_in_memory().unwrap(),
-        Arc::new(fake.clone()),
-        engine_settings(),
-    );
-    let sale = engine
-        .start_sale(SaleRequest {
-            amount: cny(1234),
-            order_ref: None,
-            code: Some(PaymentCode::parse("281234567890123456", &CodeRules::default()).unwrap()),
-        })
-        .await
-        .unwrap();
-    let id = sale.payment_request_id.clone();
-    let v = engine
-        .wait_final(&id, Duration::from_secs(600))
-        .await
-        .unwrap();
-    assert_eq!(v.payment.state, State::CancelQueued);
+    let (engine, id, v) = queued_by_its_task(&fake).await;
     assert_eq!(v.payment.payment_id, None);
     assert!(v.events.iter().all(|e| e.to != State::NeedsAttention));
     let resent = fake.calls("cancel").len();

@@ -116,16 +116,10 @@ async fn a_window_refusal_before_the_payment_id_is_known_waits_for_it_then_refun
         .await;
     assert_eq!(r.status(), "U", "{:?}", r.body);
     // As if the pay's answer had been lost: no answer carried the upstream's paymentId.
-    let pool = db.pool().await;
-    pool.get()
-        .await
-        .unwrap()
-        .execute(
-            "UPDATE hub_payments SET payment_id = NULL WHERE payment_request_id = 'ADV-87N'",
-            &[],
-        )
-        .await
-        .unwrap();
+    let n = db
+        .execute("UPDATE hub_payments SET payment_id = NULL WHERE payment_request_id = 'ADV-87N'")
+        .await;
+    assert_eq!(n, 1);
     proxy
         .state
         .lock()

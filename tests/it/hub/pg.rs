@@ -276,6 +276,15 @@ impl TestDb {
         posd::hub::db::connect(&self.url, 4).await.expect("pool")
     }
 
+    /// Runs one statement (a test putting a row in the state it needs); the rows it changed.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        let pool = self.pool().await;
+        let c = pool.get().await.unwrap();
+        c.execute(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// One query result as i64 (counts in assertions).
     pub async fn count(&self, sql: &str) -> i64 {
         let pool = self.pool().await;

@@ -51,17 +51,11 @@ async fn an_inquiry_does_not_relay_success_while_the_hub_owes_a_cancel() {
     // The moment between the hub's active-cancel decision (its last inquiry had no answer)
     // and the cancel's delivery, with the upstream approving meanwhile: the hub's record
     // says CANCELLING, the upstream SUCCESS — and the cancel will reverse it.
-    let pool = db.pool().await;
-    pool.get()
-        .await
-        .unwrap()
-        .execute(
-            "UPDATE hub_payments SET state = 'CANCELLING', active_cancel_at = now() \
-             WHERE payment_request_id = 'REV-1'",
-            &[],
-        )
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE hub_payments SET state = 'CANCELLING', active_cancel_at = now() \
+         WHERE payment_request_id = 'REV-1'",
+    )
+    .await;
     let r = t.send(&hub.base, "inquiryPayment", &ask, 0).await;
     assert!(r.signed);
     assert_eq!(
