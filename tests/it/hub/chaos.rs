@@ -11,8 +11,8 @@
 //! through the hub, both queues drain within a bound — and the terminals' SQLite, the hub's
 //! PostgreSQL and the sandbox's own record are held together: no order charged twice, no
 //! upstream payment that no terminal or the hub knows of, no pay forwarded after its cancel,
-//! money the same on all three, terminal and hub agreeing on each outcome, nothing open, no
-//! panic in any log.
+//! money the same on all three, terminal and hub agreeing on each outcome, nothing open,
+//! nothing left for a human on either side, no panic in any log.
 //!
 //! The smoke run (`hub_chaos_smoke`) is part of the default suite. Long runs:
 //! `POSD_HUB_CHAOS_SEEDS=1..21 POSD_HUB_CHAOS_ROUNDS=10 cargo test --test integration
@@ -498,6 +498,10 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
                 p.id, p.order_ref, p.amount, p.state, p.refunded, h
             )
         };
+        // No upstream answer, however faulty the way there, calls for a human.
+        if p.state == "NEEDS_ATTENTION" || hub_state == "NEEDS_ATTENTION" {
+            return Err(format!("{}: left for a human", describe()));
+        }
         if let Some(h) = h {
             if h.client_id != TERMINALS[*t].0 {
                 return Err(format!(
