@@ -664,6 +664,77 @@ fn queue_busy(db: &std::path::Path) -> bool {
         > 0
 }
 
+/// The settle's "queue quiet" condition against a real database written by posd's own queue
+/// functions: an item leased (by the daemon's worker or `posd queue replay`) or due now keeps
+/// the round waiting; one waiting for its backoff, or closed, does not.
+#[test]
+fn the_settle_waits_for_a_leased_or_due_item_only() {
+    use posd::engine::queue::{Payload, PAYLOAD_VERSION};
+    use posd::store::payments::{self as pay, Change, NewPayment, NewQueueItem};
+    use posd::store::queue::{self as q, ItemKind, ItemStatus};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("posd.sqlite3");
+    let store = posd::store::Store::open(&db).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let later = now + 3_600_000;
+    let item = store
+        .call_blocking(move |c| {
+            let new = NewPayment {
+                order_ref: None,
+                amount: posd::domain::money::Amount::parse("12.34", super::support::cny()).unwrap(),
+                state: posd::domain::machine::State::Cancelling,
+                code_masked: None,
+                terminal_time: "2026-11-21T10:15:30+08:00".into(),
+                pay_expires_at: None,
+            };
+            pay::create(c, &new, 1, |_| "P1".into())?;
+            let ch = Change {
+                to: Some(posd::domain::machine::State::CancelQueued),
+                cause: "queued".into(),
+                enqueue: Some(NewQueueItem {
+                    kind: ItemKind::Cancel,
+                    refund_request_id: None,
+                    payload_version: PAYLOAD_VERSION,
+                    payload: Payload::Cancel {
+                        payment_request_id: "P1".into(),
+                    }
+                    .encode(),
+                    next_attempt_at: later,
+                }),
+                ..Default::default()
+            };
+            pay::apply(c, "P1", posd::domain::machine::State::Cancelling, &ch, now)?.unwrap();
+            Ok(q::of_payment(c, "P1")?[0].id)
+        })
+        .unwrap();
+    assert!(!queue_busy(&db), "an item waiting for its backoff");
+    // Leased by a replay on demand, not yet due: busy until the lease ends or the item moves.
+    let leased = store
+        .call_blocking(move |c| Ok(q::lease_one(c, item, "replay", now, later)?))
+        .unwrap();
+    assert!(leased.is_ok(), "{leased:?}");
+    assert!(queue_busy(&db), "a leased item");
+    store
+        .call_blocking(move |c| Ok(q::reschedule(c, item, "replay", now - 1, "U", now)?))
+        .unwrap();
+    assert!(queue_busy(&db), "an item due now");
+    store
+        .call_blocking(move |c| {
+            q::lease_one(c, item, "worker", now, later)?.unwrap();
+            Ok(q::close(
+                c,
+                item,
+                "worker",
+                ItemStatus::Done,
+                "confirmed",
+                now,
+            )?)
+        })
+        .unwrap();
+    assert!(!queue_busy(&db), "a closed item");
+}
+
 /// Waits until every payment is final (or its reversal waits in the queue) and the queue's
 /// worker is between attempts; if some stay open, restarts the daemon (recovery) and waits
 /// again. Open after that is a failure.
