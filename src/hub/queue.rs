@@ -237,6 +237,17 @@ pub async fn deliver(hub: &Hub, item_id: i64, caller: Caller) -> anyhow::Result<
     if caller == Caller::Terminal {
         failpoint::hit("hub_answer_recorded");
     }
+    // The hub's own cancel, refused for its window, is the hub's full refund to make (now, or
+    // once the upstream gives the paymentId): a terminal told of the refusal would refund as
+    // well, so it hears "unknown" and asks again.
+    if let Answer::Failed { code, .. } = &answer {
+        if item.kind == "cancel" && item.hub_owned() && code == "CANCEL_WINDOW_EXCEED" {
+            return Ok(Delivery::Sent(Answer::Unknown {
+                why: "the cancel window has passed; the hub refunds this payment in full".into(),
+                code: None,
+            }));
+        }
+    }
     Ok(Delivery::Sent(answer))
 }
 
