@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::harness::{
-    code, hub_state, pay_body, register, wait_hub_state, Signer, TestHub, Upstream,
+    code, hub_state, pay_body, register, wait_hub_state, LostPaymentId, Signer, TestHub, Upstream,
 };
 use super::pg::TestDb;
 
@@ -102,30 +102,8 @@ async fn the_switch_answers_at_once_and_delivers_what_it_owes() {
 /// is retried (never a dead letter for a human), and once an inquiry answers, the hub refunds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_refusal_before_the_payment_id_is_known_waits_for_it_then_refunds() {
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(3)).await;
-    let proxy = super::super::chaos_kit::Proxy::start(up.base_url()).await;
-    register(&db, "T_A", "terminal_a").await;
-    let base = format!("http://{}", proxy.addr);
-    let mut hub = TestHub::new(&db, &base, "reversal_advice = true", "");
-    hub.start(None).await;
-    let t = Signer::new("T_A", "terminal_a");
-
-    let r = t
-        .send(&hub.base, "pay", &pay_body("ADV-87N", &code("87")), 0)
-        .await;
-    assert_eq!(r.status(), "U", "{:?}", r.body);
-    // As if the pay's answer had been lost: no answer carried the upstream's paymentId.
-    let n = db
-        .execute("UPDATE hub_payments SET payment_id = NULL WHERE payment_request_id = 'ADV-87N'")
-        .await;
-    assert_eq!(n, 1);
-    proxy
-        .state
-        .lock()
-        .unwrap()
-        .down
-        .push("inquiryPayment".into());
+    let lost = LostPaymentId::start("reversal_advice = true", "ADV-87N").await;
+    let LostPaymentId { db, up, hub, t, .. } = &lost;
     let r = t
         .send(
             &hub.base,
@@ -151,18 +129,18 @@ async fn a_window_refusal_before_the_payment_id_is_known_waits_for_it_then_refun
         assert!(
             std::time::Instant::now() < deadline,
             "the cancel was not retried: {:?}",
-            hub_state(&db, "ADV-87N").await
+            hub_state(db, "ADV-87N").await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        hub_state(&db, "ADV-87N").await.as_deref(),
+        hub_state(db, "ADV-87N").await.as_deref(),
         Some("CANCELLING")
     );
     assert_eq!(up.counts().refund, 0);
     // The inquiries answer again: the next attempt learns the id and refunds in full.
-    proxy.state.lock().unwrap().down.clear();
-    wait_hub_state(&db, "ADV-87N", "REFUNDED", Duration::from_secs(30)).await;
+    lost.inquiries_back();
+    wait_hub_state(db, "ADV-87N", "REFUNDED", Duration::from_secs(30)).await;
     assert_eq!(up.record("ADV-87N").unwrap().1, 1234, "refunded in full");
     assert_eq!(up.counts().refund, 1);
 }

@@ -657,6 +657,60 @@ impl Drop for Balancer {
     }
 }
 
+/// A hub whose upstream, the sandbox, is reached through the fault proxy of `chaos_kit`, with
+/// a scenario-87 pay (charged, too late to cancel) that lost the upstream's paymentId.
+pub struct LostPaymentId {
+    pub db: TestDb,
+    pub up: Upstream,
+    pub proxy: super::super::chaos_kit::Proxy,
+    pub hub: TestHub,
+    /// Terminal `T_A`'s signer.
+    pub t: Signer,
+}
+
+impl LostPaymentId {
+    /// Starts the hub (`hub_extra` in `[hub]`), pays `id` through it from `T_A` (answered U),
+    /// forgets the paymentId that answer carried, as if it had been lost, and takes the
+    /// upstream's `inquiryPayment` down, so the hub cannot learn the id yet.
+    pub async fn start(hub_extra: &str, id: &str) -> LostPaymentId {
+        let db = TestDb::new().await;
+        let up = Upstream::start(Duration::from_secs(60)).await;
+        let proxy = super::super::chaos_kit::Proxy::start(up.base_url()).await;
+        register(&db, "T_A", "terminal_a").await;
+        let mut hub = TestHub::new(&db, &format!("http://{}", proxy.addr), hub_extra, "");
+        hub.start(None).await;
+        let t = Signer::new("T_A", "terminal_a");
+        let r = t
+            .send(&hub.base, "pay", &pay_body(id, &code("87")), 0)
+            .await;
+        assert_eq!(r.status(), "U", "{:?}", r.body);
+        let n = db
+            .execute(&format!(
+                "UPDATE hub_payments SET payment_id = NULL WHERE payment_request_id = '{id}'"
+            ))
+            .await;
+        assert_eq!(n, 1);
+        proxy
+            .state
+            .lock()
+            .unwrap()
+            .down
+            .push("inquiryPayment".into());
+        LostPaymentId {
+            db,
+            up,
+            proxy,
+            hub,
+            t,
+        }
+    }
+
+    /// The upstream's inquiries answer again.
+    pub fn inquiries_back(&self) {
+        self.proxy.state.lock().unwrap().down.clear();
+    }
+}
+
 /// Waits until the hub's record of `id` is `want` (panics with the journal after `within`).
 pub async fn wait_hub_state(db: &TestDb, id: &str, want: &str, within: Duration) {
     let deadline = Instant::now() + within;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::harness::{
-    code, hub_state, pay_body, register, wait_hub_state, Signer, TestHub, Upstream,
+    code, hub_state, pay_body, register, wait_hub_state, LostPaymentId, Signer, TestHub, Upstream,
 };
 use super::pg::TestDb;
 
@@ -144,23 +144,14 @@ async fn a_cancel_delivered_through_the_hubs_own_and_refused_for_its_window_is_n
 /// refusal; the hub refunds once an inquiry answers, and only the hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_refusal_of_the_hubs_own_cancel_is_not_relayed_while_the_payment_id_is_unknown() {
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(60)).await;
-    let proxy = super::super::chaos_kit::Proxy::start(up.base_url()).await;
-    register(&db, "T_A", "terminal_a").await;
-    let mut hub = TestHub::new(&db, &format!("http://{}", proxy.addr), "", "");
-    hub.start(None).await;
-    let t = Signer::new("T_A", "terminal_a");
-    let r = t
-        .send(&hub.base, "pay", &pay_body("REV-WN", &code("87")), 0)
-        .await;
-    assert_eq!(r.status(), "U", "{:?}", r.body);
+    let lost = LostPaymentId::start("", "REV-WN").await;
+    let LostPaymentId { db, up, hub, t, .. } = &lost;
     // The hub has decided to cancel on its own (its cancel queued, not yet due) and no answer
     // carried the paymentId, when the terminal's own cancel arrives.
     let n = db
         .execute(
-            "UPDATE hub_payments SET state = 'CANCELLING', active_cancel_at = now(), \
-             payment_id = NULL WHERE payment_request_id = 'REV-WN'",
+            "UPDATE hub_payments SET state = 'CANCELLING', active_cancel_at = now() \
+             WHERE payment_request_id = 'REV-WN'",
         )
         .await;
     assert_eq!(n, 1);
@@ -170,20 +161,11 @@ async fn a_window_refusal_of_the_hubs_own_cancel_is_not_relayed_while_the_paymen
          'active', now() + interval '1 hour')",
     )
     .await;
-    proxy
-        .state
-        .lock()
-        .unwrap()
-        .down
-        .push("inquiryPayment".into());
     let ask = json!({"paymentRequestId": "REV-WN"});
     let r = t.send(&hub.base, "cancel", &ask, 0).await;
     assert!(r.signed);
     assert_eq!(r.status(), "U", "{:?}", r.body);
-    assert_eq!(
-        hub_state(&db, "REV-WN").await.as_deref(),
-        Some("CANCELLING")
-    );
+    assert_eq!(hub_state(db, "REV-WN").await.as_deref(), Some("CANCELLING"));
     assert_eq!(
         db.count(
             "SELECT count(*) FROM hub_queue WHERE payment_request_id = 'REV-WN' \
@@ -193,8 +175,8 @@ async fn a_window_refusal_of_the_hubs_own_cancel_is_not_relayed_while_the_paymen
         1,
         "the cancel stays owed"
     );
-    proxy.state.lock().unwrap().down.clear();
-    wait_hub_state(&db, "REV-WN", "REFUNDED", Duration::from_secs(30)).await;
+    lost.inquiries_back();
+    wait_hub_state(db, "REV-WN", "REFUNDED", Duration::from_secs(30)).await;
     let r = t.send(&hub.base, "cancel", &ask, 0).await;
     assert_eq!(r.status(), "S", "{:?}", r.body);
     assert_eq!(up.counts().refund, 1, "the hub's refund, once");
