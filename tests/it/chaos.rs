@@ -34,8 +34,8 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::chaos_kit::{
-    code, decimal, env_u64, forward, open_db, payments, queued, read_request, sandbox_took,
-    seed_range, write_answer, Answer, Proxy, Request, Row, FAILPOINTS, SCENARIOS,
+    code, decimal, env_u64, forward, journal, open_db, payments, queued, read_request,
+    sandbox_took, seed_range, write_answer, Answer, Proxy, Request, Row, FAILPOINTS, SCENARIOS,
 };
 use super::daemon::TestDaemon;
 
@@ -758,8 +758,12 @@ async fn settle(d: &mut TestDaemon, db: &std::path::Path, fig: &mut Figures) -> 
                     ));
                 }
                 if attempt == 1 {
+                    let journals: String = open
+                        .iter()
+                        .map(|p| format!("{}:\n{}", p.id, journal(db, &p.id)))
+                        .collect();
                     return Err(format!(
-                        "payments left open after recovery: {:?}\n{}",
+                        "payments left open after recovery: {:?}\n{journals}{}",
                         open.iter().map(|p| (&p.id, &p.state)).collect::<Vec<_>>(),
                         d.log()
                     ));
@@ -816,7 +820,12 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
         // A refund that could not be confirmed waits in the queue with its payment in
         // REFUNDING: that is the queue's to finish, not an open payment.
         if !p.is_final() && !queued(db, &p.id) {
-            return Err(format!("{} is open ({})", p.id, p.state));
+            return Err(format!(
+                "{} is open ({})\nits journal:\n{}",
+                p.id,
+                p.state,
+                journal(db, &p.id)
+            ));
         }
         let (status, gw_refunded, took) = record
             .get(&p.id)
@@ -856,10 +865,12 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
                     )
                     .unwrap();
                 return Err(format!(
-                    "{} ({:?}) was left for a human: {}; the gateway has {status} refunded {gw_refunded}\n{}",
+                    "{} ({:?}) was left for a human: {}; the gateway has {status} refunded {gw_refunded}\n\
+                     its journal:\n{}{}",
                     p.id,
                     p.order_ref,
                     reason.unwrap_or_default(),
+                    journal(db, &p.id),
                     d.log()
                 ));
             }
@@ -869,19 +880,24 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
         if wrong {
             return Err(format!(
                 "{} ({:?}, {}): posd says {} (refunded {}), the gateway has {status} refunded {gw_refunded}, \
-                 pending reversals {pending_reversal}\n{}",
+                 pending reversals {pending_reversal}\nits journal:\n{}{}",
                 p.id,
                 p.order_ref,
                 p.amount,
                 p.state,
                 p.refunded,
+                journal(db, &p.id),
                 d.log()
             ));
         }
     }
     for (order, ids) in charged_per_order {
         if ids.len() > 1 {
-            return Err(format!("order {order} charged twice: {ids:?}"));
+            let journals: String = ids
+                .iter()
+                .map(|id| format!("{id}:\n{}", journal(db, id)))
+                .collect();
+            return Err(format!("order {order} charged twice: {ids:?}\n{journals}"));
         }
     }
     Ok(())

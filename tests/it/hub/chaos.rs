@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::super::chaos_kit::{
-    code, decimal, env_u64, open_db, payments, seed_range, Proxy, Row, FAILPOINTS, SCENARIOS,
+    self, code, decimal, env_u64, open_db, payments, seed_range, Proxy, Row, FAILPOINTS, SCENARIOS,
 };
 use super::super::daemon::TestDaemon;
 use super::harness::{journal, register, terminal, Balancer, TestHub, Upstream};
@@ -563,7 +563,8 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
     Ok(())
 }
 
-/// A failure with the hub's journal and the log lines of each payment it names.
+/// A failure with the hub's and the terminal's journals and the log lines of each payment it
+/// names.
 async fn explain(e: &Estate, mut why: String) -> String {
     let ids: Vec<String> = hub_rows(&e.pool)
         .await
@@ -573,9 +574,16 @@ async fn explain(e: &Estate, mut why: String) -> String {
     let logs = e.logs();
     for id in ids {
         why.push_str(&format!(
-            "\nthe hub's journal of {id}:\n{}\nlog lines naming it:\n",
+            "\nthe hub's journal of {id}:\n{}\n",
             journal(&e.db, &id).await
         ));
+        for t in 0..e.terminals.len() {
+            let theirs = chaos_kit::journal(&e.terminal_db(t), &id);
+            if !theirs.is_empty() {
+                why.push_str(&format!("terminal {t}'s journal of {id}:\n{theirs}"));
+            }
+        }
+        why.push_str("log lines naming it:\n");
         for line in logs.lines().filter(|l| l.contains(id.as_str())).take(60) {
             why.push_str(line);
             why.push('\n');
