@@ -669,45 +669,14 @@ fn queue_busy(db: &std::path::Path) -> bool {
 /// the round waiting; one waiting for its backoff, or closed, does not.
 #[test]
 fn the_settle_waits_for_a_leased_or_due_item_only() {
-    use posd::engine::queue::{Payload, PAYLOAD_VERSION};
-    use posd::store::payments::{self as pay, Change, NewPayment, NewQueueItem};
-    use posd::store::queue::{self as q, ItemKind, ItemStatus};
+    use posd::store::queue::{self as q, ItemStatus};
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("posd.sqlite3");
-    let store = posd::store::Store::open(&db).unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let later = now + 3_600_000;
-    let item = store
-        .call_blocking(move |c| {
-            let new = NewPayment {
-                order_ref: None,
-                amount: posd::domain::money::Amount::parse("12.34", super::support::cny()).unwrap(),
-                state: posd::domain::machine::State::Cancelling,
-                code_masked: None,
-                terminal_time: "2026-11-21T10:15:30+08:00".into(),
-                pay_expires_at: None,
-            };
-            pay::create(c, &new, 1, |_| "P1".into())?;
-            let ch = Change {
-                to: Some(posd::domain::machine::State::CancelQueued),
-                cause: "queued".into(),
-                enqueue: Some(NewQueueItem {
-                    kind: ItemKind::Cancel,
-                    refund_request_id: None,
-                    payload_version: PAYLOAD_VERSION,
-                    payload: Payload::Cancel {
-                        payment_request_id: "P1".into(),
-                    }
-                    .encode(),
-                    next_attempt_at: later,
-                }),
-                ..Default::default()
-            };
-            pay::apply(c, "P1", posd::domain::machine::State::Cancelling, &ch, now)?.unwrap();
-            Ok(q::of_payment(c, "P1")?[0].id)
-        })
-        .unwrap();
+    let item = super::support::queue_cancel(&db, "P1", later);
+    let store = posd::store::Store::open(&db).unwrap();
     assert!(!queue_busy(&db), "an item waiting for its backoff");
     // Leased by a replay on demand, not yet due: busy until the lease ends or the item moves.
     let leased = store

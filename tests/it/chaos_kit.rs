@@ -439,56 +439,33 @@ pub fn payments(db: &std::path::Path) -> Vec<Row> {
     .unwrap()
 }
 
-/// A terminal's journal of one payment, for a failure message: its transitions, then its
-/// reversal queue items' events, oldest first (times in ms since the epoch).
+/// A terminal's journal of one payment, for a failure message: its transitions and its
+/// reversal queue items' events, in the order they happened (times in ms since the epoch).
 pub fn journal(db: &std::path::Path, id: &str) -> String {
     let c = open_db(db);
-    let mut out = String::new();
     let mut st = c
         .prepare(
-            "SELECT at, ifnull(from_state, '-'), to_state, cause, ifnull(result_code, '') \
-             FROM payment_events WHERE payment_request_id = ?1 ORDER BY id",
-        )
-        .unwrap();
-    let events = st
-        .query_map([id], |r| {
-            Ok(format!(
-                "  {} {} -> {}: {} {}\n",
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?
-            ))
-        })
-        .unwrap();
-    for e in events {
-        out.push_str(&e.unwrap());
-    }
-    let mut st = c
-        .prepare(
-            "SELECT e.at, q.id, q.kind, e.actor, e.what, ifnull(e.detail, '') \
+            "SELECT at, 0 AS side, id, ifnull(from_state, '-') || ' -> ' || to_state || ': ' \
+             || cause || ifnull(' ' || result_code, '') \
+             FROM payment_events WHERE payment_request_id = ?1 \
+             UNION ALL \
+             SELECT e.at, 1, e.id, 'queue item ' || q.id || ' (' || q.kind || ') by ' \
+             || e.actor || ': ' || e.what || ifnull(' ' || e.detail, '') \
              FROM queue_events e JOIN reversal_queue q ON q.id = e.item_id \
-             WHERE q.payment_request_id = ?1 ORDER BY e.id",
+             WHERE q.payment_request_id = ?1 \
+             ORDER BY 1, 2, 3",
         )
         .unwrap();
-    let events = st
-        .query_map([id], |r| {
-            Ok(format!(
-                "  {} queue item {} ({}) by {}: {} {}\n",
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?
-            ))
-        })
-        .unwrap();
-    for e in events {
-        out.push_str(&e.unwrap());
-    }
-    out
+    st.query_map([id], |r| {
+        Ok(format!(
+            "  {} {}\n",
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(3)?
+        ))
+    })
+    .unwrap()
+    .collect::<Result<String, _>>()
+    .unwrap()
 }
 
 /// A seed range from `var` (`A..B`, end exclusive), `default` when unset.

@@ -5,22 +5,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use posd::domain::code::{CodeRules, PaymentCode};
-use posd::domain::machine::State;
-use posd::domain::money::Amount;
 use posd::engine::clock::SystemClock;
-use posd::engine::queue::{Payload, PAYLOAD_VERSION};
 use posd::engine::worker::{QueueSettings, Replayer};
 use posd::gateway::client::{AmsClient, ClientSettings, MerchantIdentity};
 use posd::gateway::sandbox::{Sandbox, SandboxHandle, SandboxSettings};
 use posd::gateway::{Outcome, PayOrder};
-use posd::store::payments::{self, Change, NewPayment, NewQueueItem};
-use posd::store::queue::ItemKind;
 use posd::store::Store;
 use serde_json::Value;
 
@@ -622,42 +616,6 @@ fn client_settings(sandbox: &SandboxHandle) -> ClientSettings {
     }
 }
 
-/// Writes a CANCEL_QUEUED payment with its queued cancel into the store at `path`.
-fn queue_cancel(path: &Path, id: &str) {
-    let store = Store::open(path).unwrap();
-    let id = id.to_string();
-    store
-        .call_blocking(move |c| {
-            let new = NewPayment {
-                order_ref: None,
-                amount: Amount::parse("12.34", support::cny()).unwrap(),
-                state: State::Cancelling,
-                code_masked: None,
-                terminal_time: "2026-11-21T10:15:30+08:00".into(),
-                pay_expires_at: None,
-            };
-            payments::create(c, &new, 1, |_| id.clone())?;
-            let ch = Change {
-                to: Some(State::CancelQueued),
-                cause: "queued".into(),
-                enqueue: Some(NewQueueItem {
-                    kind: ItemKind::Cancel,
-                    refund_request_id: None,
-                    payload_version: PAYLOAD_VERSION,
-                    payload: Payload::Cancel {
-                        payment_request_id: id.clone(),
-                    }
-                    .encode(),
-                    next_attempt_at: 0,
-                }),
-                ..Default::default()
-            };
-            payments::apply(c, &id, State::Cancelling, &ch, 2)?.unwrap();
-            Ok(())
-        })
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replayers_on_one_database_send_each_item_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -680,7 +638,7 @@ async fn two_replayers_on_one_database_send_each_item_exactly_once() {
             ..support::pay_order(&id)
         };
         assert!(matches!(client.pay(&order).await, Outcome::Unknown { .. }));
-        queue_cancel(&db_path, &id);
+        support::queue_cancel(&db_path, &id, 0);
     }
     let before = sandbox.counts();
     let queue = |role: &str| {

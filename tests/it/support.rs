@@ -1,5 +1,6 @@
 //! Shared test helpers: the test keys in `tests/keys/`, private key files with mode 0600,
-//! and sample orders. Other test modules may reuse these.
+//! sample orders, and a payment whose cancel waits in a store's queue. Other test modules
+//! may reuse these.
 
 #![allow(
     dead_code,
@@ -151,4 +152,46 @@ pub fn capture_logs() -> LogBuf {
         buf
     })
     .clone()
+}
+
+/// Writes a CANCEL_QUEUED payment `id` with its cancel queued (due at `next_attempt_at`, ms
+/// since the epoch) into the store at `path`; returns the queue item's id.
+pub fn queue_cancel(path: &Path, id: &str, next_attempt_at: i64) -> i64 {
+    use posd::domain::machine::State;
+    use posd::engine::queue::{Payload, PAYLOAD_VERSION};
+    use posd::store::payments::{self, Change, NewPayment, NewQueueItem};
+    use posd::store::queue::{self, ItemKind};
+
+    let store = posd::store::Store::open(path).unwrap();
+    let id = id.to_string();
+    store
+        .call_blocking(move |c| {
+            let new = NewPayment {
+                order_ref: None,
+                amount: Amount::parse("12.34", cny()).unwrap(),
+                state: State::Cancelling,
+                code_masked: None,
+                terminal_time: "2026-11-21T10:15:30+08:00".into(),
+                pay_expires_at: None,
+            };
+            payments::create(c, &new, 1, |_| id.clone())?;
+            let ch = Change {
+                to: Some(State::CancelQueued),
+                cause: "queued".into(),
+                enqueue: Some(NewQueueItem {
+                    kind: ItemKind::Cancel,
+                    refund_request_id: None,
+                    payload_version: PAYLOAD_VERSION,
+                    payload: Payload::Cancel {
+                        payment_request_id: id.clone(),
+                    }
+                    .encode(),
+                    next_attempt_at,
+                }),
+                ..Default::default()
+            };
+            payments::apply(c, &id, State::Cancelling, &ch, 2)?.unwrap();
+            Ok(queue::of_payment(c, &id)?[0].id)
+        })
+        .unwrap()
 }
