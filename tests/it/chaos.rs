@@ -21,7 +21,7 @@
 //! --exact chaos::chaos_long --nocapture` (`--exact`, or the hub's runner runs too). A failure names its seed and round; the same seed replays the same
 //! schedule of sales, kills, lock holds, disk faults, back-office actions, proxy faults and
 //! notification faults (the exact interleaving with the daemon's own timers can differ
-//! between runs).
+//! between runs, so the failure also prints the payment's journal and the daemon's log).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
