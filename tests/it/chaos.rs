@@ -704,6 +704,43 @@ fn the_settle_waits_for_a_leased_or_due_item_only() {
     assert!(!queue_busy(&db), "a closed item");
 }
 
+/// The journal a failure prints: the payment's transitions and its queue items' events, read
+/// through posd's own store functions, in time order.
+#[test]
+fn a_failure_prints_the_journal_in_time_order() {
+    use posd::store::queue as q;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("posd.sqlite3");
+    let now = chrono::Utc::now().timestamp_millis();
+    let item = super::support::queue_cancel(&db, "P1", now);
+    let store = posd::store::Store::open(&db).unwrap();
+    // The set-up's two transitions are at 1 and 2 ms; an event at 1 ms goes after the
+    // transition of the same time.
+    store
+        .call_blocking(move |c| {
+            q::record_event(c, item, now, "worker", "DONE", "confirmed")?;
+            Ok(q::record_event(
+                c,
+                item,
+                1,
+                "replay",
+                "HELD",
+                "newer payload",
+            )?)
+        })
+        .unwrap();
+    assert_eq!(
+        journal(&db, "P1"),
+        format!(
+            "  1 - -> CANCELLING: sale started; waiting for a code\n  \
+             1 queue item {item} (CANCEL) by replay: HELD newer payload\n  \
+             2 CANCELLING -> CANCEL_QUEUED: queued\n  \
+             {now} queue item {item} (CANCEL) by worker: DONE confirmed\n"
+        )
+    );
+}
+
 /// Waits until every payment is final (or its reversal waits in the queue) and the queue's
 /// worker is between attempts; if some stay open, restarts the daemon (recovery) and waits
 /// again. Open after that is a failure.

@@ -442,30 +442,36 @@ pub fn payments(db: &std::path::Path) -> Vec<Row> {
 /// A terminal's journal of one payment, for a failure message: its transitions and its
 /// reversal queue items' events, in the order they happened (times in ms since the epoch).
 pub fn journal(db: &std::path::Path, id: &str) -> String {
+    use posd::store::{payments, queue};
     let c = open_db(db);
-    let mut st = c
-        .prepare(
-            "SELECT at, 0 AS side, id, ifnull(from_state, '-') || ' -> ' || to_state || ': ' \
-             || cause || ifnull(' ' || result_code, '') \
-             FROM payment_events WHERE payment_request_id = ?1 \
-             UNION ALL \
-             SELECT e.at, 1, e.id, 'queue item ' || q.id || ' (' || q.kind || ') by ' \
-             || e.actor || ': ' || e.what || ifnull(' ' || e.detail, '') \
-             FROM queue_events e JOIN reversal_queue q ON q.id = e.item_id \
-             WHERE q.payment_request_id = ?1 \
-             ORDER BY 1, 2, 3",
-        )
-        .unwrap();
-    st.query_map([id], |r| {
-        Ok(format!(
-            "  {} {}\n",
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(3)?
-        ))
-    })
-    .unwrap()
-    .collect::<Result<String, _>>()
-    .unwrap()
+    let mut lines: Vec<(i64, String)> = payments::events(&c, id)
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let from = e.from.map_or("-", |s| s.as_str());
+            let code = e.result_code.map(|c| format!(" {c}")).unwrap_or_default();
+            (e.at, format!("{from} -> {}: {}{code}", e.to, e.cause))
+        })
+        .collect();
+    for item in queue::of_payment(&c, id).unwrap() {
+        for e in queue::events(&c, item.id).unwrap() {
+            let detail = e.detail.map(|d| format!(" {d}")).unwrap_or_default();
+            let line = format!(
+                "queue item {} ({}) by {}: {}{detail}",
+                item.id,
+                item.kind.as_str(),
+                e.actor,
+                e.what
+            );
+            lines.push((e.at, line));
+        }
+    }
+    // Stable: within one time, transitions before queue events, each in its own order.
+    lines.sort_by_key(|(at, _)| *at);
+    lines
+        .into_iter()
+        .map(|(at, line)| format!("  {at} {line}\n"))
+        .collect()
 }
 
 /// A seed range from `var` (`A..B`, end exclusive), `default` when unset.
