@@ -10,6 +10,7 @@
 //! - [`console`] — the estate console on the `[api]` listener, and `posd hub queue`.
 //! - [`db`] — pool and migrations (advisory lock).
 //! - [`registry`] — the terminals.
+//! - [`intake`] — what a terminal's body says, read before anything is recorded.
 //! - [`service`] — verify, own, record, forward, answer.
 //! - [`upstream`] — the AMS relay (the outcome rules on raw answers) or the mainland client.
 //! - [`convert`] — protocol conversion: terminals' AMS bodies ↔ the gateway trait's orders and answers.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod console;
 pub mod convert;
 pub mod db;
+pub mod intake;
 pub mod metrics;
 pub mod notify;
 pub mod queue;

@@ -10,14 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio_postgres::Transaction;
 
+use super::intake::{self, str_at, valid_id};
 use super::metrics::HubMetrics;
 use super::queue::{self, QueueItem};
 use super::registry::{self, Terminal};
 use super::upstream::{Answer, AnswerFields, Upstream};
-use crate::domain::money::Amount;
 use crate::engine::failpoint;
 use crate::gateway::client::Operation;
 use crate::gateway::sign::{Message, PrivateKey};
@@ -124,11 +123,6 @@ pub fn parse_request_time(s: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.timestamp_millis())
-}
-
-/// The canonical hash of a JSON body (key order and whitespace do not matter).
-pub fn body_hash(v: &Value) -> Vec<u8> {
-    Sha256::digest(serde_json::to_vec(v).expect("json")).to_vec()
 }
 
 /// The row of a payment, as read under its lock.
@@ -320,18 +314,6 @@ pub async fn apply_status(
     Ok(to)
 }
 
-fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(p)?;
-    }
-    cur.as_str()
-}
-
-fn valid_id(s: Option<&str>) -> Option<&str> {
-    s.filter(|s| !s.is_empty() && s.len() <= 64)
-}
-
 impl Hub {
     fn signed(&self, t: &Terminal, body: Vec<u8>) -> Reply {
         Reply {
@@ -516,83 +498,16 @@ impl Hub {
 
     async fn pay(&self, t: &Terminal, v: Value) -> anyhow::Result<Reply> {
         let op = Operation::Pay;
-        let Some(id) = valid_id(str_at(&v, &["paymentRequestId"])).map(str::to_string) else {
-            return Ok(self.signed_refusal(
-                t,
-                op,
-                "PARAM_ILLEGAL",
-                "paymentRequestId must be 1–64 characters",
-            ));
+        let intake::PayIntake {
+            id,
+            amount,
+            hash,
+            forward_body,
+            recorded_body,
+        } = match intake::pay(&v, t, self.rules.notify_url.as_deref()) {
+            Ok(p) => p,
+            Err(r) => return Ok(self.signed_refusal(t, op, r.code, &r.message)),
         };
-        let amount = match (
-            str_at(&v, &["paymentAmount", "value"]),
-            str_at(&v, &["paymentAmount", "currency"]),
-        ) {
-            (Some(value), Some(cur)) => Amount::from_wire(value, cur).ok(),
-            _ => None,
-        };
-        let Some(amount) = amount else {
-            return Ok(self.signed_refusal(
-                t,
-                op,
-                "PARAM_ILLEGAL",
-                "paymentAmount is missing or not valid",
-            ));
-        };
-        for (path, want, what) in [
-            (
-                &["order", "merchant", "referenceMerchantId"][..],
-                &t.merchant_id,
-                "merchant",
-            ),
-            (
-                &["order", "merchant", "store", "referenceStoreId"][..],
-                &t.store_id,
-                "store",
-            ),
-            (
-                &["order", "env", "storeTerminalId"][..],
-                &t.terminal_id,
-                "terminal",
-            ),
-        ] {
-            if str_at(&v, path) != Some(want.as_str()) {
-                return Ok(self.signed_refusal(
-                    t,
-                    op,
-                    "ACCESS_DENIED",
-                    &format!("the {what} id is not the one registered for this terminal"),
-                ));
-            }
-        }
-        if t.max_amount_minor.is_some_and(|max| amount.minor() > max) {
-            return Ok(self.signed_refusal(
-                t,
-                op,
-                "PAYMENT_AMOUNT_EXCEED_LIMIT",
-                "the amount is above this terminal's limit",
-            ));
-        }
-        let hash = body_hash(&v);
-        let mut forward = v.clone();
-        match &self.rules.notify_url {
-            Some(url) => forward["paymentNotifyUrl"] = Value::String(url.clone()),
-            None => {
-                if let Some(o) = forward.as_object_mut() {
-                    o.remove("paymentNotifyUrl");
-                }
-            }
-        }
-        let forward_body = serde_json::to_vec(&forward)?;
-        // The record keeps the body with the payment code masked (rule 9: never stored in
-        // clear); a repeat carries the code again, and only a repeat is ever re-forwarded.
-        let mut recorded = forward;
-        if let Some(m) = recorded.pointer_mut("/paymentMethod/paymentMethodId") {
-            if let Some(code) = m.as_str() {
-                *m = Value::String(crate::domain::code::mask(code));
-            }
-        }
-        let recorded_body = serde_json::to_vec(&recorded)?;
 
         // Write ahead: the pay is committed before it is forwarded.
         let mut client = self.pool.get().await?;
@@ -1002,46 +917,16 @@ impl Hub {
 
     async fn refund(&self, t: &Terminal, v: Value) -> anyhow::Result<Reply> {
         let op = Operation::Refund;
-        let Some(rid) = valid_id(str_at(&v, &["refundRequestId"])).map(str::to_string) else {
-            return Ok(self.signed_refusal(
-                t,
-                op,
-                "PARAM_ILLEGAL",
-                "refundRequestId must be 1–64 characters",
-            ));
+        let intake::RefundIntake {
+            refund_request_id: rid,
+            payment_id: pid,
+            amount,
+            hash,
+            forward_body,
+        } = match intake::refund(&v) {
+            Ok(r) => r,
+            Err(r) => return Ok(self.signed_refusal(t, op, r.code, &r.message)),
         };
-        let Some(pid) = valid_id(str_at(&v, &["paymentId"])).map(str::to_string) else {
-            return Ok(self.signed_refusal(t, op, "PARAM_ILLEGAL", "paymentId is required"));
-        };
-        let amount = match (
-            str_at(&v, &["refundAmount", "value"]),
-            str_at(&v, &["refundAmount", "currency"]),
-        ) {
-            (Some(value), Some(cur)) => Amount::from_wire(value, cur).ok(),
-            _ => None,
-        };
-        let Some(amount) = amount else {
-            return Ok(self.signed_refusal(
-                t,
-                op,
-                "PARAM_ILLEGAL",
-                "refundAmount is missing or not valid",
-            ));
-        };
-        let hash = body_hash(&v);
-        let mut forward = serde_json::Map::new();
-        for k in [
-            "refundRequestId",
-            "paymentId",
-            "refundAmount",
-            "refundReason",
-            "refundRequestTime",
-        ] {
-            if let Some(x) = v.get(k) {
-                forward.insert(k.to_string(), x.clone());
-            }
-        }
-        let forward_body = serde_json::to_vec(&Value::Object(forward))?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         set_lock_timeout(&tx, self.rules.lock_timeout).await?;
@@ -1246,14 +1131,5 @@ mod tests {
         assert_eq!(status_transition("CANCELLING", "SUCCESS"), None);
         assert_eq!(status_transition("FAILED", "SUCCESS"), None);
         assert_eq!(status_transition("SUCCEEDED", "FAIL"), None);
-    }
-
-    #[test]
-    fn the_body_hash_ignores_key_order_and_spacing() {
-        let a: Value = serde_json::from_str(r#"{"a":"1","b":{"c":"2"}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{ "b": {"c":"2"}, "a": "1" }"#).unwrap();
-        let c: Value = serde_json::from_str(r#"{"a":"1","b":{"c":"3"}}"#).unwrap();
-        assert_eq!(body_hash(&a), body_hash(&b));
-        assert_ne!(body_hash(&a), body_hash(&c));
     }
 }

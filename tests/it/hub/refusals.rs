@@ -1,8 +1,9 @@
 //! Every refusal at the hub, with nothing forwarded: unknown and forged terminals, a replay
 //! outside the window, a disabled terminal, a merchant not registered for the terminal, a
-//! body that differs under a known id, one terminal's cancel / inquiry / refund of another's
-//! payment. And the positive side: the identical repeat is answered from the record, a
-//! cancel's too when the upstream never saw the pay (the payment stays FAILED).
+//! payment code the record could not mask, a body that differs under a known id, one
+//! terminal's cancel / inquiry / refund of another's payment. And the positive side: the
+//! identical repeat is answered from the record, a cancel's too when the upstream never saw
+//! the pay (the payment stays FAILED).
 
 use std::time::Duration;
 
@@ -79,6 +80,19 @@ async fn refusals_forward_nothing_and_repeats_come_from_the_record() {
         );
         assert!(r.signed, "an authenticated terminal gets a signed refusal");
     }
+
+    // A code the record could not mask (a number, not the string AMS sends) would be kept
+    // in clear: refused before anything is recorded.
+    let mut numeric = pay_body("R-numeric", &code("00"));
+    numeric["paymentMethod"]["paymentMethodId"] = json!(code("00").parse::<u64>().unwrap());
+    let r = a.send(&base, "pay", &numeric, 0).await;
+    assert_eq!(
+        (r.status(), r.code()),
+        ("F", "PARAM_ILLEGAL"),
+        "{:?}",
+        r.body
+    );
+    assert!(r.signed);
 
     // Above the registered limit (1,000,000 minor units).
     let mut big = pay_body("R-big", &code("00"));
