@@ -321,6 +321,33 @@ fn default_api_listen() -> SocketAddr {
     "127.0.0.1:8427".parse().expect("valid")
 }
 
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The inclusive bounds of every duration key of `hub.toml`. The lower bounds let tests run
+/// the hub with timings of 10 ms to 2 s; the upper bounds refuse values that would wedge a
+/// payment (an upstream deadline of an hour, a lease of a day) or overflow what is derived
+/// from them.
+pub const HUB_DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
+    ("hub.replay_window", secs(1), secs(3600)),
+    ("hub.active_cancel_after", ms(100), secs(3600)),
+    ("hub.terminal_decision_time", ms(50), secs(600)),
+    ("upstream.pay_timeout", ms(50), secs(60)),
+    ("upstream.call_timeout", ms(50), secs(60)),
+    ("flow.inquiry_interval", ms(10), secs(60)),
+    ("flow.cancel_retry_window", ms(100), secs(600)),
+    ("flow.cancel_retry_min", ms(10), secs(300)),
+    ("flow.cancel_retry_max", ms(10), secs(600)),
+    ("flow.queue_backoff_initial", ms(50), secs(3600)),
+    ("flow.queue_backoff_max", ms(100), secs(86_400)),
+    ("flow.lease", ms(100), secs(3600)),
+    ("flow.payment_expiry_margin", ms(0), secs(600)),
+];
+
 /// Why `hub.toml` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum HubConfigError {
@@ -382,8 +409,45 @@ impl HubConfig {
         }
     }
 
+    /// Every duration key with its value, by the names of [`HUB_DURATION_BOUNDS`].
+    fn durations(&self) -> [(&'static str, Duration); 13] {
+        let (h, u, f) = (&self.hub, &self.upstream, &self.flow);
+        [
+            ("hub.replay_window", h.replay_window.0),
+            ("hub.active_cancel_after", h.active_cancel_after.0),
+            ("hub.terminal_decision_time", h.terminal_decision_time.0),
+            ("upstream.pay_timeout", u.pay_timeout()),
+            ("upstream.call_timeout", u.call_timeout()),
+            ("flow.inquiry_interval", f.inquiry_interval.0),
+            ("flow.cancel_retry_window", f.cancel_retry_window.0),
+            ("flow.cancel_retry_min", f.cancel_retry_min.0),
+            ("flow.cancel_retry_max", f.cancel_retry_max.0),
+            ("flow.queue_backoff_initial", f.queue_backoff_initial.0),
+            ("flow.queue_backoff_max", f.queue_backoff_max.0),
+            ("flow.lease", f.lease.0),
+            ("flow.payment_expiry_margin", f.payment_expiry_margin.0),
+        ]
+    }
+
     /// The rules a config must meet; each error names the key and what would be valid.
     pub fn validate(&self) -> Result<(), String> {
+        for (key, d) in self.durations() {
+            let (lo, hi) = HUB_DURATION_BOUNDS
+                .iter()
+                .find(|(k, _, _)| *k == key)
+                .map(|&(_, lo, hi)| (lo, hi))
+                .ok_or_else(|| {
+                    format!("{key} has no bounds (a bug: add it to HUB_DURATION_BOUNDS)")
+                })?;
+            if d < lo || d > hi {
+                return Err(format!(
+                    "{key} = \"{}\" is outside {}..={}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(lo),
+                    humantime::format_duration(hi)
+                ));
+            }
+        }
         let h = &self.hub;
         if h.active_cancel_after.0 <= h.terminal_decision_time.0 {
             return Err(format!(
@@ -417,8 +481,15 @@ impl HubConfig {
             }
             _ => return Err("hub.tls_cert and hub.tls_key must be set together".into()),
         }
-        if self.database.pool_size == 0 {
-            return Err("database.pool_size must be at least 1 (default 16)".into());
+        if !(1..=1000).contains(&self.database.pool_size) {
+            return Err(format!(
+                "database.pool_size = {} is outside 1..=1000 (default 16; PostgreSQL's own \
+                 max_connections is 100 unless raised)",
+                self.database.pool_size
+            ));
+        }
+        if self.flow.queue_max_attempts == 0 {
+            return Err("flow.queue_max_attempts must be at least 1 (default 200)".into());
         }
         let u = &self.upstream;
         let base = match (u.kind, u.base_url.as_deref()) {
@@ -627,6 +698,51 @@ gateway_public_key = "keys/gateway_public.pem"
             "[upstream]\nbase_url = \"http://gw.example.com/gateway.do\"\n",
         ));
         assert!(e.contains("upstream.base_url"), "{e}");
+    }
+
+    #[test]
+    fn every_duration_has_bounds_and_a_value_outside_them_is_refused() {
+        let c = HubConfig::parse(MIN).unwrap();
+        let keys: Vec<&str> = c.durations().iter().map(|(k, _)| *k).collect();
+        let bounded: Vec<&str> = HUB_DURATION_BOUNDS.iter().map(|(k, _, _)| *k).collect();
+        assert_eq!(keys, bounded, "one list, in the same order");
+        for (key, lo, hi) in HUB_DURATION_BOUNDS {
+            let with = |d: Duration| {
+                let (section, name) = key.split_once('.').unwrap();
+                let line = format!("{name} = \"{}\"\n", humantime::format_duration(d));
+                let header = format!("[{section}]\n");
+                let text = if MIN.contains(&header) {
+                    MIN.replacen(&header, &format!("{header}{line}"), 1)
+                } else {
+                    format!("{MIN}\n{header}{line}")
+                };
+                HubConfig::parse(&text).unwrap().validate()
+            };
+            let e = with(*hi + Duration::from_millis(1)).unwrap_err();
+            assert!(e.starts_with(key) && e.contains("outside"), "{key}: {e}");
+            if let Some(below) = lo.checked_sub(Duration::from_millis(1)) {
+                let e = with(below).unwrap_err();
+                assert!(e.starts_with(key) && e.contains("outside"), "{key}: {e}");
+            }
+        }
+        // An overflowing value is refused the same way, not wrapped or panicking later.
+        let huge = MIN.replacen("[hub]\n", "[hub]\nreplay_window = \"500000000years\"\n", 1);
+        let e = HubConfig::parse(&huge).unwrap().validate().unwrap_err();
+        assert!(e.starts_with("hub.replay_window"), "{e}");
+    }
+
+    #[test]
+    fn pool_size_and_max_attempts_are_bounded() {
+        let e = HubConfig::parse(&format!("{MIN}\n[database]\npool_size = 5000\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("database.pool_size"), "{e}");
+        let e = HubConfig::parse(&format!("{MIN}\n[flow]\nqueue_max_attempts = 0\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("flow.queue_max_attempts"), "{e}");
     }
 
     #[test]

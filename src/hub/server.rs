@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::HubConfig;
 use super::metrics::HubMetrics;
-use super::queue::QueueRules;
 use super::service::{Hub, HubRules, Reply, RequestHeaders};
 use super::upstream::Upstream;
 use super::worker::{self, WorkerRules};
@@ -300,24 +299,7 @@ pub async fn build(config: &HubConfig) -> anyhow::Result<Arc<Hub>> {
     let hub_key = PrivateKey::load(&config.hub.hub_private_key).context("hub.hub_private_key")?;
     let metrics = Arc::new(HubMetrics::new());
     let upstream = Upstream::from_config(config, metrics.clone())?;
-    let f = &config.flow;
-    let call = config.upstream.call_timeout();
-    let rules = HubRules {
-        replay_window: config.hub.replay_window.0,
-        reversal_advice: config.hub.reversal_advice,
-        lock_timeout: config.upstream.pay_timeout().max(call) + Duration::from_secs(1),
-        notify_url: config.upstream.notify_url.clone(),
-        expiry_margin: f.payment_expiry_margin.0,
-        queue: QueueRules {
-            retry_window: f.cancel_retry_window.0,
-            retry_min: f.cancel_retry_min.0,
-            retry_max: f.cancel_retry_max.0,
-            backoff_initial: f.queue_backoff_initial.0,
-            backoff_max: f.queue_backoff_max.0,
-            max_attempts: f.queue_max_attempts,
-            lease: f.lease.0,
-        },
-    };
+    let rules = HubRules::from_config(config);
     Ok(Arc::new(Hub {
         pool,
         upstream,
@@ -334,12 +316,8 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
     let hub = build(&config).await?;
     let stop = CancellationToken::new();
     let alive = Arc::new(AtomicI64::new(super::service::now_ms()));
-    let rules = WorkerRules {
-        poll: config.flow.inquiry_interval.0,
-        active_cancel_after: config.hub.active_cancel_after.0,
-        lease: config.flow.lease.0,
-    };
-    let worker_stale_ms = (rules.poll.as_millis() as i64) * 3 + 30_000;
+    let rules = WorkerRules::from_config(&config);
+    let worker_stale_ms = rules.stale_after().as_millis() as i64;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(worker::run(hub.clone(), rules, stop.clone(), alive.clone()));
 

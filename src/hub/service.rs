@@ -39,6 +39,34 @@ pub struct HubRules {
     pub expiry_margin: Duration,
 }
 
+impl HubRules {
+    /// The rules of a validated `hub.toml`. A request waits for a payment's row lock one
+    /// second longer than the longest upstream call made under it.
+    pub fn from_config(config: &super::config::HubConfig) -> HubRules {
+        let f = &config.flow;
+        let longest = config
+            .upstream
+            .pay_timeout()
+            .max(config.upstream.call_timeout());
+        HubRules {
+            replay_window: config.hub.replay_window.0,
+            reversal_advice: config.hub.reversal_advice,
+            lock_timeout: longest.saturating_add(Duration::from_secs(1)),
+            notify_url: config.upstream.notify_url.clone(),
+            expiry_margin: f.payment_expiry_margin.0,
+            queue: queue::QueueRules {
+                retry_window: f.cancel_retry_window.0,
+                retry_min: f.cancel_retry_min.0,
+                retry_max: f.cancel_retry_max.0,
+                backoff_initial: f.queue_backoff_initial.0,
+                backoff_max: f.queue_backoff_max.0,
+                max_attempts: f.queue_max_attempts,
+                lease: f.lease.0,
+            },
+        }
+    }
+}
+
 /// One instance's state.
 pub struct Hub {
     /// The database.

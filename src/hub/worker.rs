@@ -28,6 +28,25 @@ pub struct WorkerRules {
     pub lease: Duration,
 }
 
+impl WorkerRules {
+    /// The rules of a validated `hub.toml`.
+    pub fn from_config(config: &super::config::HubConfig) -> WorkerRules {
+        WorkerRules {
+            poll: config.flow.inquiry_interval.0,
+            active_cancel_after: config.hub.active_cancel_after.0,
+            lease: config.flow.lease.0,
+        }
+    }
+
+    /// How long the worker may go without a pass before `/healthz` says it is stuck: three
+    /// polls and 30 s for a slow pass.
+    pub fn stale_after(&self) -> Duration {
+        self.poll
+            .saturating_mul(3)
+            .saturating_add(Duration::from_secs(30))
+    }
+}
+
 /// What one active-cancel decision was (metrics, tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
