@@ -33,6 +33,8 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("mainland_response", mainland_response),
     ("mainland_notify", mainland_notify),
     ("statement", statement),
+    ("hub_request", hub_request),
+    ("hub_config", hub_config),
 ];
 
 /// Splits off the first `n` bytes (fewer if the input is shorter).
@@ -460,4 +462,142 @@ pub fn statement(data: &[u8]) {
             let _ = row.amount.as_decimal(row.currency);
         }
     }
+}
+
+/// A terminal's request at the hub, after its signature verified (a registered terminal may
+/// still send anything): the `Request-Time` header, then the body through what the hub reads
+/// before it records anything (`hub::intake`) and through the protocol conversion's readers
+/// (`hub::convert`). Layout: flags byte (bit 0: the hub has a notify URL of its own), the
+/// `Request-Time` line, then the body. An accepted pay is recorded with its code masked and
+/// differs from the forwarded body nowhere else; a forwarded refund carries only its own
+/// fields; the two readers of one body agree on its ids and amount.
+pub fn hub_request(data: &[u8]) {
+    use crate::hub::{convert, intake, registry::Terminal, service::parse_request_time};
+    use serde_json::Value;
+    let mut d = data;
+    let flags = take(&mut d, 1).first().copied().unwrap_or(0);
+    let time = field(&mut d);
+    let _ = parse_request_time(&time);
+    let terminal = Terminal {
+        client_id: "T_FUZZ".into(),
+        name: None,
+        public_key: String::new(),
+        merchant_id: "M1".into(),
+        store_id: "S1".into(),
+        terminal_id: "T1".into(),
+        max_amount_minor: Some(1_000_000),
+        enabled: true,
+    };
+    let notify_url = (flags & 1 == 1).then_some("https://hub.example/notify");
+    let body = d;
+    let from_convert = convert::pay_order(body);
+    let _ = convert::payment_request_id(body);
+    let _ = convert::refund_inquiry(body);
+    let refund_read = convert::refund_order(body);
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        assert!(from_convert.is_err() && refund_read.is_err());
+        return;
+    };
+    // Spacing and key order never make another body: the same body written out again (keys
+    // sorted, indented) reads back to the same value and the same hash.
+    let pretty = serde_json::to_vec_pretty(&v).expect("a Value serializes");
+    let again: Value = serde_json::from_slice(&pretty).expect("what serde_json wrote reads back");
+    assert_eq!(again, v);
+    assert_eq!(intake::body_hash(&again), intake::body_hash(&v));
+    if let Ok(p) = intake::pay(&v, &terminal, notify_url) {
+        assert!((1..=64).contains(&p.id.len()));
+        assert!(p.amount.minor() <= 1_000_000, "above the terminal's limit");
+        assert_eq!(p.hash, intake::body_hash(&v));
+        let code = intake::str_at(&v, &["paymentMethod", "paymentMethodId"])
+            .expect("an accepted pay has its code as a string");
+        let forward: Value = serde_json::from_slice(&p.forward_body).expect("forward is JSON");
+        let mut recorded: Value = serde_json::from_slice(&p.recorded_body).expect("record is JSON");
+        assert_eq!(
+            forward
+                .pointer(intake::CODE_POINTER)
+                .and_then(Value::as_str),
+            Some(code)
+        );
+        assert_eq!(
+            forward.get("paymentNotifyUrl").and_then(Value::as_str),
+            notify_url
+        );
+        let kept = recorded
+            .pointer_mut(intake::CODE_POINTER)
+            .expect("the record keeps the code's place");
+        assert_eq!(
+            kept.as_str(),
+            Some(crate::domain::code::mask(code).as_str())
+        );
+        *kept = Value::String(code.to_string());
+        assert_eq!(
+            recorded, forward,
+            "the record differs from the forward beyond the code"
+        );
+        if let Ok((order, _)) = &from_convert {
+            assert_eq!(order.payment_request_id, p.id);
+            assert_eq!(order.amount, p.amount);
+            // The conversion trims what a scanner adds around a code, as a scan is trimmed.
+            assert_eq!(
+                order.code.expose(),
+                code.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+            );
+        }
+    }
+    if let Ok(r) = intake::refund(&v) {
+        let forward: Value = serde_json::from_slice(&r.forward_body).expect("forward is JSON");
+        let keys = forward.as_object().expect("an object");
+        assert!(keys.keys().all(|k| [
+            "refundRequestId",
+            "paymentId",
+            "refundAmount",
+            "refundReason",
+            "refundRequestTime"
+        ]
+        .contains(&k.as_str())));
+        if let Ok(order) = &refund_read {
+            assert_eq!(order.refund_request_id, r.refund_request_id);
+            assert_eq!(order.payment_id, r.payment_id);
+            assert_eq!(order.amount, r.amount);
+        }
+    }
+}
+
+/// `hub.toml` text through the hub's loader (parse and validate), and a valid config through
+/// what the hub derives from it at start-up: every duration within its bounds, a request's
+/// lock wait longer than any upstream call made under the lock, a lease longer than any
+/// call, a worker's staleness longer than its poll.
+pub fn hub_config(data: &[u8]) {
+    use crate::hub::config::{HubConfig, HUB_DURATION_BOUNDS};
+    use crate::hub::{service::HubRules, worker::WorkerRules};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(cfg) = HubConfig::parse(text) else {
+        return;
+    };
+    if cfg.validate().is_err() {
+        return;
+    }
+    let rules = HubRules::from_config(&cfg);
+    let worker = WorkerRules::from_config(&cfg);
+    let longest = cfg.upstream.pay_timeout().max(cfg.upstream.call_timeout());
+    assert!(rules.lock_timeout > longest);
+    assert!(rules.queue.lease > longest);
+    assert!(worker.stale_after() > worker.poll);
+    assert!(worker.active_cancel_after > cfg.hub.terminal_decision_time.0);
+    let widest = HUB_DURATION_BOUNDS
+        .iter()
+        .map(|&(_, _, hi)| hi)
+        .max()
+        .expect("bounds");
+    for d in [
+        rules.replay_window,
+        rules.queue.backoff_max,
+        rules.expiry_margin,
+        worker.lease,
+    ] {
+        assert!(d <= widest);
+    }
+    assert!(i64::try_from(worker.stale_after().as_millis()).is_ok());
 }
