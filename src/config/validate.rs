@@ -18,17 +18,22 @@ pub(super) struct Typed {
     pub(super) timezone: Option<super::tz::Tz>,
 }
 
-const fn ms(n: u64) -> Duration {
+/// `n` milliseconds, for bounds tables.
+pub(crate) const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
-const fn secs(n: u64) -> Duration {
+/// `n` seconds, for bounds tables.
+pub(crate) const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+/// A table of duration keys with their inclusive bounds.
+pub type Bounds = [(&'static str, Duration, Duration)];
 
 /// The inclusive bounds of every duration key. The lower bounds let tests run the whole flow
 /// with timings of 10–250 ms; the upper bounds refuse values that would wedge a sale or the
 /// queue (a pay deadline of a day, an inquiry every hour).
-pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
+pub const DURATION_BOUNDS: &Bounds = &[
     ("gateway.connect_timeout", ms(50), secs(30)),
     ("flow.pay_timeout", ms(50), secs(60)),
     ("flow.inquiry_interval", ms(10), secs(30)),
@@ -48,21 +53,20 @@ pub const DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
 
 /// Checks `d` against its key's [`DURATION_BOUNDS`].
 pub(super) fn check_bounds(key: &'static str, d: Dur) -> Result<(), (&'static str, String)> {
-    let Some((_, lo, hi)) = DURATION_BOUNDS.iter().find(|(k, _, _)| *k == key) else {
-        return Err((
-            key,
-            "has no bounds (a bug: add it to DURATION_BOUNDS)".into(),
-        ));
+    within(DURATION_BOUNDS, key, d.0).map_err(|e| (key, e))
+}
+
+/// Checks `d` against `key`'s bounds in `table`; the error says the value and the range.
+pub(crate) fn within(table: &Bounds, key: &str, d: Duration) -> Result<(), String> {
+    let Some((_, lo, hi)) = table.iter().find(|(k, _, _)| *k == key) else {
+        return Err("has no bounds (a bug: add it to its bounds table)".into());
     };
-    if d.0 < *lo || d.0 > *hi {
-        return Err((
-            key,
-            format!(
-                "{} is outside {}..={}",
-                humantime::format_duration(d.0),
-                humantime::format_duration(*lo),
-                humantime::format_duration(*hi)
-            ),
+    if d < *lo || d > *hi {
+        return Err(format!(
+            "{} is outside {}..={}",
+            humantime::format_duration(d),
+            humantime::format_duration(*lo),
+            humantime::format_duration(*hi)
         ));
     }
     Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::validate::{ms, secs, within, Bounds};
 use crate::config::{check_base_url, Dur, Secret};
 
 /// The whole `hub.toml`.
@@ -321,18 +322,11 @@ fn default_api_listen() -> SocketAddr {
     "127.0.0.1:8427".parse().expect("valid")
 }
 
-const fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 /// The inclusive bounds of every duration key of `hub.toml`. The lower bounds let tests run
 /// the hub with timings of 10 ms to 2 s; the upper bounds refuse values that would wedge a
 /// payment (an upstream deadline of an hour, a lease of a day) or overflow what is derived
 /// from them.
-pub const HUB_DURATION_BOUNDS: &[(&str, Duration, Duration)] = &[
+pub const HUB_DURATION_BOUNDS: &Bounds = &[
     ("hub.replay_window", secs(1), secs(3600)),
     ("hub.active_cancel_after", ms(100), secs(3600)),
     ("hub.terminal_decision_time", ms(50), secs(600)),
@@ -432,21 +426,7 @@ impl HubConfig {
     /// The rules a config must meet; each error names the key and what would be valid.
     pub fn validate(&self) -> Result<(), String> {
         for (key, d) in self.durations() {
-            let (lo, hi) = HUB_DURATION_BOUNDS
-                .iter()
-                .find(|(k, _, _)| *k == key)
-                .map(|&(_, lo, hi)| (lo, hi))
-                .ok_or_else(|| {
-                    format!("{key} has no bounds (a bug: add it to HUB_DURATION_BOUNDS)")
-                })?;
-            if d < lo || d > hi {
-                return Err(format!(
-                    "{key} = \"{}\" is outside {}..={}",
-                    humantime::format_duration(d),
-                    humantime::format_duration(lo),
-                    humantime::format_duration(hi)
-                ));
-            }
+            within(HUB_DURATION_BOUNDS, key, d).map_err(|e| format!("{key}: {e}"))?;
         }
         let h = &self.hub;
         if h.active_cancel_after.0 <= h.terminal_decision_time.0 {
