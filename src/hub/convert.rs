@@ -9,6 +9,7 @@
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
 
+use super::intake::{amount_at, str_at};
 use super::upstream::Answer;
 use crate::domain::code::{CodeRules, PaymentCode};
 use crate::domain::money::Amount;
@@ -16,24 +17,8 @@ use crate::gateway::ams::answer::SUCCESS;
 use crate::gateway::wire::WireAmount;
 use crate::gateway::{self, Facts, Inquiry, PayOrder, RefundOrder, Refusal, Reply};
 
-fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(p)?;
-    }
-    cur.as_str()
-}
-
 fn time_at(v: &Value, path: &[&str]) -> Option<DateTime<FixedOffset>> {
     str_at(v, path).and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-}
-
-fn amount_at(v: &Value, key: &str) -> Result<Amount, String> {
-    match (str_at(v, &[key, "value"]), str_at(v, &[key, "currency"])) {
-        (Some(value), Some(currency)) => Amount::from_wire(value, currency)
-            .map_err(|e| format!("{key} is not a valid amount: {e}")),
-        _ => Err(format!("{key} needs a value and a currency")),
-    }
 }
 
 /// What a pay body names besides the order: the store and terminal the registry fixed.

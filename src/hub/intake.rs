@@ -41,11 +41,13 @@ pub fn valid_id(s: Option<&str>) -> Option<&str> {
     s.filter(|s| !s.is_empty() && s.len() <= 64)
 }
 
-/// The amount at `key` (`{"value": minor units, "currency": ISO 4217}`), if valid.
-fn amount_at(v: &Value, key: &str) -> Option<Amount> {
+/// The amount at `key` (`{"value": minor units, "currency": ISO 4217}`); `Err` says why it
+/// is not one.
+pub fn amount_at(v: &Value, key: &str) -> Result<Amount, String> {
     match (str_at(v, &[key, "value"]), str_at(v, &[key, "currency"])) {
-        (Some(value), Some(cur)) => Amount::from_wire(value, cur).ok(),
-        _ => None,
+        (Some(value), Some(currency)) => Amount::from_wire(value, currency)
+            .map_err(|e| format!("{key} is not a valid amount: {e}")),
+        _ => Err(format!("{key} needs a value and a currency")),
     }
 }
 
@@ -78,7 +80,7 @@ pub fn pay(v: &Value, t: &Terminal, notify_url: Option<&str>) -> Result<PayIntak
     let id = valid_id(str_at(v, &["paymentRequestId"]))
         .ok_or_else(|| refuse("PARAM_ILLEGAL", "paymentRequestId must be 1–64 characters"))?;
     let amount = amount_at(v, "paymentAmount")
-        .ok_or_else(|| refuse("PARAM_ILLEGAL", "paymentAmount is missing or not valid"))?;
+        .map_err(|_| refuse("PARAM_ILLEGAL", "paymentAmount is missing or not valid"))?;
     // The code must be where the record masks it: a code sent as a number, an object or
     // inside an array would be recorded in clear (rule 9) and cannot be charged anyway.
     if str_at(v, &["paymentMethod", "paymentMethodId"]).is_none() {
@@ -166,7 +168,7 @@ pub fn refund(v: &Value) -> Result<RefundIntake, Refusal> {
     let pid = valid_id(str_at(v, &["paymentId"]))
         .ok_or_else(|| refuse("PARAM_ILLEGAL", "paymentId is required"))?;
     let amount = amount_at(v, "refundAmount")
-        .ok_or_else(|| refuse("PARAM_ILLEGAL", "refundAmount is missing or not valid"))?;
+        .map_err(|_| refuse("PARAM_ILLEGAL", "refundAmount is missing or not valid"))?;
     let mut forward = Map::new();
     for k in [
         "refundRequestId",
