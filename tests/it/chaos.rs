@@ -1,13 +1,15 @@
 //! Seeded crash-and-fault runs: the real `posd run` binary against the sandbox gateway (run
 //! in this process, so it outlives every crash of the daemon, as the real gateway would),
-//! reached through a fault-injecting proxy. For a seed, each round starts random sales over
+//! reached through a fault-injecting proxy, in either dialect (Alipay+ or the mainland
+//! `alipay.trade.*` API; the sandbox plays every scenario row the same way in both). For a seed, each round starts random sales over
 //! every sandbox scenario and then, as the seed decides, SIGKILLs the daemon at a random
 //! moment or at a crash point (one that fires in start-up recovery counts as a kill), holds
 //! the database's writer lock from another process, fills the database's small filesystem,
 //! starts posd on it read-only, aborts open sales, refunds and replays the queue, while the
-//! proxy holds, resets, truncates, answers 5xx or breaks the signature of gateway calls and
-//! a relay duplicates, delays and re-delivers old notifyPayment notifications. After each
-//! round every payment is driven final (a restart runs recovery; a refund still unconfirmed
+//! proxy holds, resets, truncates, answers 5xx or breaks the signature of gateway calls (and,
+//! in about a third of the rounds, holds one sale's pay until after posd gave up on it) and
+//! a relay duplicates, delays and re-delivers old notifications (notifyPayment, or the
+//! mainland `trade_status_sync` form). After each round every payment is driven final (a restart runs recovery; a refund still unconfirmed
 //! may wait in the queue) and posd's database is held against the sandbox's own record: no
 //! order charged twice, no charge the terminal does not know of, no charge reported as not
 //! charged without a queued reversal, nothing open, nothing left for a human (no sandbox
@@ -18,7 +20,9 @@
 //!
 //! The smoke run (`chaos_smoke`, 20 rounds) is part of the default suite. Long runs:
 //! `POSD_CHAOS_SEEDS=1..51 POSD_CHAOS_ROUNDS=20 cargo test --test integration -- --ignored
-//! --exact chaos::chaos_long --nocapture` (`--exact`, or the hub's runner runs too). A failure names its seed and round; the same seed replays the same
+//! --exact chaos::chaos_long --nocapture` (`--exact`, or the hub's runner runs too), with
+//! `POSD_CHAOS_DIALECT=alipay_cn` for the mainland dialect (`chaos_smoke_mainland` is its
+//! smoke run). A failure names its seed and round; the same seed replays the same
 //! schedule of sales, kills, lock holds, disk faults, back-office actions, proxy faults and
 //! notification faults (the exact interleaving with the daemon's own timers can differ
 //! between runs, so the failure also prints the payment's journal and the daemon's log).
@@ -58,8 +62,60 @@ queue_concurrency = 2
 "#;
 
 const CLIENT_ID: &str = "SANDBOX_CHAOS";
+const APP_ID: &str = "2021000000000086";
 
-/// What the notification relay does to one notifyPayment on its way from the sandbox to posd.
+/// The gateway dialect a run's daemon speaks to the sandbox: Alipay+ (AMS) or the mainland
+/// `alipay.trade.*` API. The sandbox plays every scenario row the same way in both, so the
+/// same schedule of sales and faults must end the same way; only the wire differs (the
+/// mainland signature sits in the answer's body, its notifications are signed forms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    AlipayPlus,
+    Mainland,
+}
+
+impl Dialect {
+    /// `POSD_CHAOS_DIALECT`: `alipay_plus` (the default) or `alipay_cn`.
+    fn from_env() -> Dialect {
+        match std::env::var("POSD_CHAOS_DIALECT").as_deref() {
+            Err(_) | Ok("alipay_plus") => Dialect::AlipayPlus,
+            Ok("alipay_cn") => Dialect::Mainland,
+            Ok(other) => panic!("POSD_CHAOS_DIALECT={other}: alipay_plus or alipay_cn"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dialect::AlipayPlus => "alipay_plus",
+            Dialect::Mainland => "alipay_cn",
+        }
+    }
+
+    /// The daemon's `[gateway]` section, through the fault proxy at `proxy`, with
+    /// notifications sent to the relay at `relay`.
+    fn gateway(self, proxy: SocketAddr, relay: SocketAddr) -> String {
+        let public = posd::gateway::sandbox::GATEWAY_PUBLIC_KEY_FILE;
+        match self {
+            Dialect::AlipayPlus => format!(
+                "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://{proxy}\"\n\
+                 insecure_http = true\nclient_id = \"{CLIENT_ID}\"\n\
+                 merchant_private_key = \"var/keys/merchant_private.pem\"\n\
+                 gateway_public_key = \"var/sandbox-keys/{public}\"\n\
+                 notify_url = \"http://{relay}/alipay/notify\"\n"
+            ),
+            Dialect::Mainland => format!(
+                "[gateway]\nkind = \"alipay_cn\"\nbase_url = \"http://{proxy}{}\"\n\
+                 insecure_http = true\napp_id = \"{APP_ID}\"\n\
+                 merchant_private_key = \"var/keys/merchant_private.pem\"\n\
+                 alipay_public_key = \"var/sandbox-keys/{public}\"\n\
+                 notify_url = \"http://{relay}/alipay/notify\"\n",
+                posd::gateway::sandbox::mainland::PATH
+            ),
+        }
+    }
+}
+
+/// What the notification relay does to one notification on its way from the sandbox to posd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Note {
     /// Delivered twice at once.
@@ -83,7 +139,7 @@ struct RelayState {
     delivered: u64,
 }
 
-/// Relays the sandbox's notifyPayment to posd's notification listener, duplicating some,
+/// Relays the sandbox's notifications to posd's notification listener, duplicating some,
 /// holding others back, and delivering old ones again later.
 struct Relay {
     addr: SocketAddr,
@@ -294,6 +350,8 @@ pub struct Figures {
     pub rescans: u64,
     pub restarts: u64,
     pub calls: u64,
+    /// Planned late pays (held past posd's deadline, whatever the round's fault rate).
+    pub late_pays: u64,
     pub faults: BTreeMap<String, u64>,
     pub states: BTreeMap<String, u64>,
 }
@@ -319,6 +377,7 @@ impl Figures {
         self.rescans += o.rescans;
         self.restarts += o.restarts;
         self.calls += o.calls;
+        self.late_pays += o.late_pays;
         for (k, v) in &o.faults {
             *self.faults.entry(k.clone()).or_default() += v;
         }
@@ -328,8 +387,9 @@ impl Figures {
     }
 }
 
-/// One seed's run: a fresh daemon, state directory and sandbox; `rounds` rounds.
-pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
+/// One seed's run: a fresh daemon speaking `dialect`, state directory and sandbox; `rounds`
+/// rounds.
+pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, String> {
     let mut fig = Figures::default();
     let dir = tempfile::tempdir().unwrap();
     let sandbox_db = dir.path().join("sandbox.sqlite3");
@@ -357,15 +417,10 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     let relay = Relay::start(format!("http://127.0.0.1:{notify_port}")).await;
     let disk = Disk::new(dir.path().join("db"));
     let mut d = TestDaemon::new(&format!(
-        "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://{}\"\ninsecure_http = true\n\
-         client_id = \"{CLIENT_ID}\"\nmerchant_private_key = \"var/keys/merchant_private.pem\"\n\
-         gateway_public_key = \"var/sandbox-keys/{}\"\n\
-         notify_url = \"http://{}/alipay/notify\"\n{FLOW}\n\
+        "{}{FLOW}\n\
          [notify]\nenabled = true\nlisten = \"127.0.0.1:{notify_port}\"\npath = \"/alipay/notify\"\n\
          [store]\npath = \"{}/posd.sqlite3\"\n",
-        proxy.addr,
-        posd::gateway::sandbox::GATEWAY_PUBLIC_KEY_FILE,
-        relay.addr,
+        dialect.gateway(proxy.addr, relay.addr),
         disk.dir.display()
     ));
     let db = disk.dir.join("posd.sqlite3");
@@ -379,7 +434,7 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     for round in 0..rounds {
         let round_seed = seed.wrapping_mul(1_000_003).wrapping_add(round);
         let mut rng = StdRng::seed_from_u64(round_seed);
-        let at = |what: &str| format!("seed {seed} round {round}: {what}");
+        let at = |what: &str| format!("{} seed {seed} round {round}: {what}", dialect.name());
         // The plan of this round.
         let rate = if rng.gen_bool(0.4) {
             0.0
@@ -452,6 +507,16 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
         let rescan = rng.gen_bool(0.15);
         let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
         let replay = rng.gen_bool(0.2);
+        // The ambiguity the inquiry flow exists for, planned beside the random faults: one
+        // sale's pay reaches the gateway only after posd gave up waiting for its answer (and
+        // after its first inquiries, or its cancel, found no such payment).
+        if let Some(i) = rng.gen_bool(0.35).then(|| rng.gen_range(0..sales.len())) {
+            let (order_ref, code, _) = &sales[i];
+            proxy.hold_first_pay(match dialect {
+                Dialect::AlipayPlus => order_ref.clone(),
+                Dialect::Mainland => code.clone(),
+            });
+        }
 
         // Disk trouble: another process holds the writer lock for a while.
         let locker = lock.map(|(delay, hold)| {
@@ -575,7 +640,20 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     // The round's own figures.
     {
         let s = proxy.state.lock().unwrap();
+        // Every call the proxy saw was of the run's dialect (the config really chose it).
+        let mainland = dialect == Dialect::Mainland;
+        if let Some((id, op)) = s
+            .trail
+            .iter()
+            .find(|(_, op)| op.starts_with("alipay.") != mainland)
+        {
+            return Err(format!(
+                "seed {seed}: a {} run sent {op} for {id}",
+                dialect.name()
+            ));
+        }
         fig.calls = s.calls;
+        fig.late_pays = s.late_held;
         for (f, n) in &s.faults {
             fig.faults.insert(format!("{f:?}"), *n);
         }
@@ -592,7 +670,10 @@ pub async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     fig.payments = payments(&db).len() as u64;
     let log = d.log();
     if log.contains("panicked") {
-        return Err(format!("seed {seed}: the daemon panicked:\n{log}"));
+        return Err(format!(
+            "{} seed {seed}: the daemon panicked:\n{log}",
+            dialect.name()
+        ));
     }
     d.kill();
     sandbox.shutdown().await;
@@ -909,13 +990,14 @@ fn check(d: &TestDaemon, db: &std::path::Path, sandbox_db: &std::path::Path) -> 
     Ok(())
 }
 
-fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
+fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
     eprintln!(
-        "chaos {label}: seeds {seeds}: {} rounds, {} payments, {} SIGKILLs + {} crash points \
+        "chaos {label} ({}): seeds {seeds}: {} rounds, {} payments, {} SIGKILLs + {} crash points \
          ({} fired in start-up recovery), {} restarts, {} writer-lock holds, {} full-disk \
          spells, {} read-only starts, {} aborts, {} rescans, {} refunds, {} queue replays; \
-         {} gateway calls, faults {:?}; {} notifications relayed, {:?}, {} old ones again; \
+         {} gateway calls ({} pays held late as planned), faults {:?}; {} notifications relayed, {:?}, {} old ones again; \
          final states {:?}; {:.1} s",
+        dialect.name(),
         fig.rounds,
         fig.payments,
         fig.kills,
@@ -930,6 +1012,7 @@ fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
         fig.refunds,
         fig.replays,
         fig.calls,
+        fig.late_pays,
         fig.faults,
         fig.notifications,
         fig.notes,
@@ -942,19 +1025,29 @@ fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
 /// 20 rounds over two seeds: the default suite's share of the seeded runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_smoke() {
+    smoke(Dialect::AlipayPlus).await;
+}
+
+/// The same 20 rounds with the daemon speaking the mainland dialect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_smoke_mainland() {
+    smoke(Dialect::Mainland).await;
+}
+
+async fn smoke(dialect: Dialect) {
     let t0 = Instant::now();
     let mut all = Figures::default();
     // Two seeds at once, each with its own daemon, sandbox and proxy.
-    let (a, b) = tokio::join!(run_seed(1, 10), run_seed(2, 10));
+    let (a, b) = tokio::join!(run_seed(dialect, 1, 10), run_seed(dialect, 2, 10));
     for fig in [a, b] {
         all.add(&fig.unwrap_or_else(|e| panic!("{e}")));
     }
-    print("smoke", "1..=2", &all, t0.elapsed());
+    print(dialect, "smoke", "1..=2", &all, t0.elapsed());
     assert_eq!(all.rounds, 20);
     assert!(all.payments >= 20, "{all:?}");
 }
 
-/// Replays one seed: `POSD_CHAOS_SEED=N [POSD_CHAOS_ROUNDS=R]`.
+/// Replays one seed: `POSD_CHAOS_SEED=N [POSD_CHAOS_ROUNDS=R] [POSD_CHAOS_DIALECT=alipay_cn]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "replays one seed: run with --ignored and POSD_CHAOS_SEED"]
 async fn chaos_seed() {
@@ -963,24 +1056,27 @@ async fn chaos_seed() {
         .parse()
         .unwrap();
     let rounds = env_u64("POSD_CHAOS_ROUNDS", 10);
+    let dialect = Dialect::from_env();
     let t0 = Instant::now();
-    let fig = run_seed(seed, rounds)
+    let fig = run_seed(dialect, seed, rounds)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    print("seed", &seed.to_string(), &fig, t0.elapsed());
+    print(dialect, "seed", &seed.to_string(), &fig, t0.elapsed());
 }
 
-/// The long run: `POSD_CHAOS_SEEDS=A..B` (end exclusive), `POSD_CHAOS_ROUNDS` per seed [20].
+/// The long run: `POSD_CHAOS_SEEDS=A..B` (end exclusive), `POSD_CHAOS_ROUNDS` per seed [20],
+/// `POSD_CHAOS_DIALECT` [alipay_plus].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run with --ignored and POSD_CHAOS_SEEDS"]
 async fn chaos_long() {
     let (a, b) = seed_range("POSD_CHAOS_SEEDS", "1..51");
     let rounds = env_u64("POSD_CHAOS_ROUNDS", 20);
+    let dialect = Dialect::from_env();
     let t0 = Instant::now();
     let mut all = Figures::default();
     let mut failures = Vec::new();
     for seed in a..b {
-        match run_seed(seed, rounds).await {
+        match run_seed(dialect, seed, rounds).await {
             Ok(fig) => all.add(&fig),
             Err(e) => {
                 eprintln!("FAILED {e}");
@@ -988,12 +1084,13 @@ async fn chaos_long() {
             }
         }
         print(
+            dialect,
             "progress",
             &format!("{a}..{}", seed + 1),
             &all,
             t0.elapsed(),
         );
     }
-    print("total", &format!("{a}..{b}"), &all, t0.elapsed());
+    print(dialect, "total", &format!("{a}..{b}"), &all, t0.elapsed());
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
 }

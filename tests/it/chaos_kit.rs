@@ -85,11 +85,16 @@ pub struct ProxyState {
     /// fault in every run of the seed, whatever the interleaving with other sales.
     pub seen: HashMap<String, u64>,
     pub faults: BTreeMap<Fault, u64>,
-    /// (paymentRequestId, operation) of every call, in the order they reached the proxy.
+    /// (request id, operation) of every call, in the order they reached the proxy.
     pub trail: Vec<(String, String)>,
     /// Operations (the last path segment, e.g. `inquiryPayment`) answered 5xx without being
     /// forwarded, whatever the plan: a test's outage of one operation.
     pub down: Vec<String>,
+    /// Sales (by the name [`Call::sale`] reads) whose first pay is held past the client's
+    /// deadline whatever the rate: a late pay planned by the runner.
+    pub late: std::collections::HashSet<String>,
+    /// Planned late pays that reached the proxy and were held.
+    pub late_held: u64,
 }
 
 /// A fault-injecting HTTP/1.1 proxy in front of the sandbox.
@@ -127,6 +132,12 @@ impl Proxy {
         s.rate = rate;
         s.round_seed = round_seed;
     }
+
+    /// Holds the first pay of the sale named `sale` (its AMS `referenceOrderId`, or its
+    /// mainland `auth_code`) past the client's deadline, whatever this round's rate.
+    pub fn hold_first_pay(&self, sale: String) {
+        self.state.lock().unwrap().late.insert(sale);
+    }
 }
 
 impl Drop for Proxy {
@@ -135,25 +146,68 @@ impl Drop for Proxy {
     }
 }
 
+/// What one gateway call concerns, in either dialect.
+#[derive(Debug, PartialEq, Eq)]
+struct Call {
+    /// The payment (or, for an AMS refund, the refund) request id.
+    id: String,
+    /// A name of the sale that is the same in every run of a seed, where the call carries
+    /// one: the AMS pay's `referenceOrderId`, the mainland pay's `auth_code` (the seeded
+    /// code; the mainland wire carries no order reference).
+    sale: Option<String>,
+    /// The AMS path's last segment (`pay`, `inquiryPayment`, …) or the mainland `method`.
+    op: String,
+    pay: bool,
+}
+
+/// Reads a gateway call: an AMS JSON body, or the mainland signed form (`POST /gateway.do`,
+/// its `biz_content` JSON inside).
+fn call_of(path: &str, body: &[u8]) -> Call {
+    if path.ends_with(posd::gateway::sandbox::mainland::PATH) {
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(body).into_owned().collect();
+        let op = form.get("method").cloned().unwrap_or_default();
+        let biz: Value = form
+            .get("biz_content")
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default();
+        let pay = op == "alipay.trade.pay";
+        return Call {
+            id: biz["out_trade_no"].as_str().unwrap_or("").to_string(),
+            sale: pay
+                .then(|| biz["auth_code"].as_str().map(str::to_string))
+                .flatten(),
+            op,
+            pay,
+        };
+    }
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    let op = path.rsplit('/').next().unwrap_or("").to_string();
+    Call {
+        id: v["paymentRequestId"]
+            .as_str()
+            .or(v["refundRequestId"].as_str())
+            .unwrap_or("")
+            .to_string(),
+        sale: v["order"]["referenceOrderId"].as_str().map(str::to_string),
+        pay: op == "pay",
+        op,
+    }
+}
+
 /// Picks this call's fault (or none) from the round's seed and the call's number.
 fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, Duration)> {
     let mut s = state.lock().unwrap();
     s.calls += 1;
-    let v: Value = serde_json::from_slice(body).unwrap_or_default();
-    let id = v["paymentRequestId"]
-        .as_str()
-        .or(v["refundRequestId"].as_str())
-        .unwrap_or("")
-        .to_string();
-    if let Some(o) = v["order"]["referenceOrderId"].as_str() {
-        s.orders.insert(id.clone(), o.to_string());
+    let call = call_of(path, body);
+    if let Some(sale) = &call.sale {
+        s.orders.insert(call.id.clone(), sale.clone());
     }
-    let sale = s.orders.get(&id).cloned().unwrap_or(id);
-    let op = path.rsplit('/').next().unwrap_or("");
-    if let Some(p) = v["paymentRequestId"].as_str() {
-        s.trail.push((p.to_string(), op.to_string()));
+    if !call.id.is_empty() {
+        s.trail.push((call.id.clone(), call.op.clone()));
     }
-    let key = format!("{sale}/{op}");
+    let sale = s.orders.get(&call.id).cloned().unwrap_or(call.id);
+    let key = format!("{sale}/{}", call.op);
     let nth = {
         let n = s.seen.entry(key.clone()).or_default();
         *n += 1;
@@ -162,18 +216,24 @@ fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, 
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&(s.round_seed, &key, nth), &mut h);
     let mut rng = StdRng::seed_from_u64(std::hash::Hasher::finish(&h));
+    let hold = Duration::from_millis(rng.gen_range(650..1500));
+    if call.pay && call.sale.as_ref().is_some_and(|name| s.late.remove(name)) {
+        s.late_held += 1;
+        *s.faults.entry(Fault::Hold).or_default() += 1;
+        return Some((Fault::Hold, hold));
+    }
     if !rng.gen_bool(s.rate) {
         return None;
     }
     // A pay that reaches the gateway after the terminal gave up on it is the case the whole
     // inquiry flow exists for: pays that get a fault are mostly held.
-    let f = if path.ends_with("/pay") && rng.gen_bool(0.7) {
+    let f = if call.pay && rng.gen_bool(0.7) {
         Fault::Hold
     } else {
         FAULTS[rng.gen_range(0..FAULTS.len())]
     };
     *s.faults.entry(f).or_default() += 1;
-    Some((f, Duration::from_millis(rng.gen_range(650..1500))))
+    Some((f, hold))
 }
 
 /// One HTTP request as the proxy read it.
@@ -342,15 +402,25 @@ async fn serve(
                 return Ok(());
             }
             Some(Fault::BadSignature) => {
+                // Flip one Base64 character of the signature: the AMS `Signature` header's
+                // value, or the mainland body's `"sign"` field.
+                let flip = |b: &mut u8| *b = if *b == b'A' { b'B' } else { b'A' };
                 for (k, v) in &mut answer.headers {
                     if k == "signature" {
-                        // Flip one Base64 character of the signature value.
                         if let Some(i) = v.rfind("signature=").map(|i| i + 12) {
                             if i < v.len() {
-                                let c = if v.as_bytes()[i] == b'A' { "B" } else { "A" };
-                                v.replace_range(i..i + 1, c);
+                                let mut bytes = std::mem::take(v).into_bytes();
+                                flip(&mut bytes[i]);
+                                *v = String::from_utf8(bytes).expect("Base64 is ASCII");
                             }
                         }
+                    }
+                }
+                const SIGN: &[u8] = br#""sign":""#;
+                if let Some(i) = answer.body.windows(SIGN.len()).rposition(|w| w == SIGN) {
+                    let i = i + SIGN.len() + 2;
+                    if i < answer.body.len() && answer.body[i] != b'"' {
+                        flip(&mut answer.body[i]);
                     }
                 }
             }
@@ -492,4 +562,74 @@ pub fn env_u64(var: &str, default: u64) -> u64 {
                 .unwrap_or_else(|_| panic!("{var}={v} is not a number"))
         })
         .unwrap_or(default)
+}
+
+/// The proxy names a call by its sale and operation in both dialects, so that the n-th query
+/// of a sale gets the same fault in every run of a seed: the mainland pay's seeded code names
+/// its sale, and the sale's later calls (which carry only `out_trade_no`) follow it.
+#[test]
+fn the_proxy_reads_both_dialects_calls() {
+    use posd::gateway::alipay_cn::wire::Params;
+
+    let form = |method: &str, biz: &str| {
+        let mut p = Params::default();
+        p.push("app_id", "2021000000000086");
+        p.push("method", method);
+        p.push("biz_content", biz);
+        p.push("sign", "c2lnbg==");
+        p.form_body()
+    };
+    let pay = form(
+        "alipay.trade.pay",
+        r#"{"out_trade_no":"PR1","auth_code":"281234567890123407","total_amount":"1.00"}"#,
+    );
+    assert_eq!(
+        call_of("/gateway.do", pay.as_bytes()),
+        Call {
+            id: "PR1".into(),
+            sale: Some("281234567890123407".into()),
+            op: "alipay.trade.pay".into(),
+            pay: true,
+        }
+    );
+    let query = form("alipay.trade.query", r#"{"out_trade_no":"PR1"}"#);
+    assert_eq!(
+        call_of("/gateway.do", query.as_bytes()),
+        Call {
+            id: "PR1".into(),
+            sale: None,
+            op: "alipay.trade.query".into(),
+            pay: false,
+        }
+    );
+    let ams = br#"{"paymentRequestId":"PR2","order":{"referenceOrderId":"S1-1"}}"#;
+    assert_eq!(
+        call_of("/ams/sandbox/api/v1/payments/pay", ams),
+        Call {
+            id: "PR2".into(),
+            sale: Some("S1-1".into()),
+            op: "pay".into(),
+            pay: true,
+        }
+    );
+    // At a fault rate of 0, only a planned late pay is held, and only the sale's first pay.
+    let state = Mutex::new(ProxyState::default());
+    state
+        .lock()
+        .unwrap()
+        .late
+        .insert("281234567890123407".into());
+    let held = choose(&state, "/gateway.do", pay.as_bytes());
+    assert!(
+        matches!(held, Some((Fault::Hold, d)) if d >= Duration::from_millis(650)),
+        "{held:?}"
+    );
+    assert_eq!(choose(&state, "/gateway.do", pay.as_bytes()), None);
+    assert_eq!(choose(&state, "/gateway.do", query.as_bytes()), None);
+    let s = state.lock().unwrap();
+    assert_eq!(
+        s.seen.get("281234567890123407/alipay.trade.query"),
+        Some(&1)
+    );
+    assert_eq!((s.calls, s.late_held), (3, 1));
 }
