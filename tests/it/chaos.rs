@@ -39,7 +39,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::chaos_kit::{
     code, decimal, env_u64, forward, journal, open_db, payments, queued, read_request,
-    sandbox_took, seed_range, write_answer, Answer, Proxy, Request, Row, FAILPOINTS, SCENARIOS,
+    sandbox_took, seed_range, write_answer, Answer, Dialect, Proxy, Request, Row, FAILPOINTS,
+    SCENARIOS,
 };
 use super::daemon::TestDaemon;
 
@@ -64,54 +65,26 @@ queue_concurrency = 2
 const CLIENT_ID: &str = "SANDBOX_CHAOS";
 const APP_ID: &str = "2021000000000086";
 
-/// The gateway dialect a run's daemon speaks to the sandbox: Alipay+ (AMS) or the mainland
-/// `alipay.trade.*` API. The sandbox plays every scenario row the same way in both, so the
-/// same schedule of sales and faults must end the same way; only the wire differs (the
-/// mainland signature sits in the answer's body, its notifications are signed forms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    AlipayPlus,
-    Mainland,
-}
-
-impl Dialect {
-    /// `POSD_CHAOS_DIALECT`: `alipay_plus` (the default) or `alipay_cn`.
-    fn from_env() -> Dialect {
-        match std::env::var("POSD_CHAOS_DIALECT").as_deref() {
-            Err(_) | Ok("alipay_plus") => Dialect::AlipayPlus,
-            Ok("alipay_cn") => Dialect::Mainland,
-            Ok(other) => panic!("POSD_CHAOS_DIALECT={other}: alipay_plus or alipay_cn"),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Dialect::AlipayPlus => "alipay_plus",
-            Dialect::Mainland => "alipay_cn",
-        }
-    }
-
-    /// The daemon's `[gateway]` section, through the fault proxy at `proxy`, with
-    /// notifications sent to the relay at `relay`.
-    fn gateway(self, proxy: SocketAddr, relay: SocketAddr) -> String {
-        let public = posd::gateway::sandbox::GATEWAY_PUBLIC_KEY_FILE;
-        match self {
-            Dialect::AlipayPlus => format!(
-                "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://{proxy}\"\n\
+/// The daemon's `[gateway]` section for `dialect`, through the fault proxy at `proxy`, with
+/// notifications sent to the relay at `relay`.
+fn gateway_section(dialect: Dialect, proxy: SocketAddr, relay: SocketAddr) -> String {
+    let public = posd::gateway::sandbox::GATEWAY_PUBLIC_KEY_FILE;
+    match dialect {
+        Dialect::AlipayPlus => format!(
+            "[gateway]\nkind = \"alipay_plus\"\nbase_url = \"http://{proxy}\"\n\
                  insecure_http = true\nclient_id = \"{CLIENT_ID}\"\n\
                  merchant_private_key = \"var/keys/merchant_private.pem\"\n\
                  gateway_public_key = \"var/sandbox-keys/{public}\"\n\
                  notify_url = \"http://{relay}/alipay/notify\"\n"
-            ),
-            Dialect::Mainland => format!(
-                "[gateway]\nkind = \"alipay_cn\"\nbase_url = \"http://{proxy}{}\"\n\
+        ),
+        Dialect::Mainland => format!(
+            "[gateway]\nkind = \"alipay_cn\"\nbase_url = \"http://{proxy}{}\"\n\
                  insecure_http = true\napp_id = \"{APP_ID}\"\n\
                  merchant_private_key = \"var/keys/merchant_private.pem\"\n\
                  alipay_public_key = \"var/sandbox-keys/{public}\"\n\
                  notify_url = \"http://{relay}/alipay/notify\"\n",
-                posd::gateway::sandbox::mainland::PATH
-            ),
-        }
+            posd::gateway::sandbox::mainland::PATH
+        ),
     }
 }
 
@@ -420,7 +393,7 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
         "{}{FLOW}\n\
          [notify]\nenabled = true\nlisten = \"127.0.0.1:{notify_port}\"\npath = \"/alipay/notify\"\n\
          [store]\npath = \"{}/posd.sqlite3\"\n",
-        dialect.gateway(proxy.addr, relay.addr),
+        gateway_section(dialect, proxy.addr, relay.addr),
         disk.dir.display()
     ));
     let db = disk.dir.join("posd.sqlite3");
@@ -512,10 +485,7 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
         // after its first inquiries, or its cancel, found no such payment).
         if let Some(i) = rng.gen_bool(0.35).then(|| rng.gen_range(0..sales.len())) {
             let (order_ref, code, _) = &sales[i];
-            proxy.hold_first_pay(match dialect {
-                Dialect::AlipayPlus => order_ref.clone(),
-                Dialect::Mainland => code.clone(),
-            });
+            proxy.hold_first_pay(dialect.sale_name(order_ref, code));
         }
 
         // Disk trouble: another process holds the writer lock for a while.
@@ -641,12 +611,7 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
     {
         let s = proxy.state.lock().unwrap();
         // Every call the proxy saw was of the run's dialect (the config really chose it).
-        let mainland = dialect == Dialect::Mainland;
-        if let Some((id, op)) = s
-            .trail
-            .iter()
-            .find(|(_, op)| op.starts_with("alipay.") != mainland)
-        {
+        if let Some((id, op)) = s.trail.iter().find(|(_, op)| !dialect.speaks(op)) {
             return Err(format!(
                 "seed {seed}: a {} run sent {op} for {id}",
                 dialect.name()
@@ -1056,7 +1021,7 @@ async fn chaos_seed() {
         .parse()
         .unwrap();
     let rounds = env_u64("POSD_CHAOS_ROUNDS", 10);
-    let dialect = Dialect::from_env();
+    let dialect = Dialect::from_env("POSD_CHAOS_DIALECT");
     let t0 = Instant::now();
     let fig = run_seed(dialect, seed, rounds)
         .await
@@ -1071,7 +1036,7 @@ async fn chaos_seed() {
 async fn chaos_long() {
     let (a, b) = seed_range("POSD_CHAOS_SEEDS", "1..51");
     let rounds = env_u64("POSD_CHAOS_ROUNDS", 20);
-    let dialect = Dialect::from_env();
+    let dialect = Dialect::from_env("POSD_CHAOS_DIALECT");
     let t0 = Instant::now();
     let mut all = Figures::default();
     let mut failures = Vec::new();

@@ -38,6 +38,54 @@ pub const FAILPOINTS: &[&str] = &[
     "replay_settled",
 ];
 
+/// The gateway dialect a run speaks to the sandbox: Alipay+ (AMS) or the mainland
+/// `alipay.trade.*` API. The sandbox plays every scenario row the same way in both, so the
+/// same schedule of sales and faults must end the same way; only the wire differs (the
+/// mainland signature sits in the answer's body, its notifications are signed forms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    AlipayPlus,
+    Mainland,
+}
+
+impl Dialect {
+    /// From `var`: `alipay_plus` (the default) or `alipay_cn`.
+    pub fn from_env(var: &str) -> Dialect {
+        match std::env::var(var).as_deref() {
+            Err(_) | Ok("alipay_plus") => Dialect::AlipayPlus,
+            Ok("alipay_cn") => Dialect::Mainland,
+            Ok(other) => panic!("{var}={other}: alipay_plus or alipay_cn"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::AlipayPlus => "alipay_plus",
+            Dialect::Mainland => "alipay_cn",
+        }
+    }
+
+    /// The name the proxy knows a sale by ([`Call::sale`]): its order reference on the AMS
+    /// wire, its payment code on the mainland one.
+    pub fn sale_name(self, order_ref: &str, code: &str) -> String {
+        match self {
+            Dialect::AlipayPlus => order_ref.to_string(),
+            Dialect::Mainland => code.to_string(),
+        }
+    }
+
+    /// Whether the proxy's operation name `op` is of this dialect.
+    pub fn speaks(self, op: &str) -> bool {
+        op.starts_with("alipay.") == (self == Dialect::Mainland)
+    }
+}
+
+/// The dialect-free name of a proxied operation: `pay`, `cancel`, … for both the AMS path
+/// segment and the mainland `method` (`alipay.trade.pay` → `pay`).
+pub fn operation(op: &str) -> &str {
+    op.strip_prefix("alipay.trade.").unwrap_or(op)
+}
+
 /// What the proxy does to one gateway call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Fault {
@@ -95,7 +143,15 @@ pub struct ProxyState {
     pub late: std::collections::HashSet<String>,
     /// Planned late pays that reached the proxy and were held.
     pub late_held: u64,
+    /// How long a held pay is held, in ms ([`HOLD`] unless a runner sets it past its own
+    /// client's pay deadline).
+    pub pay_hold: std::ops::Range<u64>,
 }
+
+/// How long a held call is held, in ms: past the terminal runner's call deadlines (a 600 ms
+/// pay, 400 ms inquiries and cancels), so that the answer, or the request itself, arrives
+/// after the client gave up.
+pub const HOLD: std::ops::Range<u64> = 650..1500;
 
 /// A fault-injecting HTTP/1.1 proxy in front of the sandbox.
 pub struct Proxy {
@@ -109,7 +165,10 @@ impl Proxy {
     pub async fn start(upstream: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let state = Arc::new(Mutex::new(ProxyState {
+            pay_hold: HOLD,
+            ..ProxyState::default()
+        }));
         let http = reqwest::Client::new();
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -131,6 +190,12 @@ impl Proxy {
         let mut s = self.state.lock().unwrap();
         s.rate = rate;
         s.round_seed = round_seed;
+    }
+
+    /// Holds pays (when their fault is a hold) for a time in `ms`, e.g. past a client's pay
+    /// deadline longer than the terminal runner's.
+    pub fn hold_pays(&self, ms: std::ops::Range<u64>) {
+        self.state.lock().unwrap().pay_hold = ms;
     }
 
     /// Holds the first pay of the sale named `sale` (its AMS `referenceOrderId`, or its
@@ -216,7 +281,11 @@ fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, 
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&(s.round_seed, &key, nth), &mut h);
     let mut rng = StdRng::seed_from_u64(std::hash::Hasher::finish(&h));
-    let hold = Duration::from_millis(rng.gen_range(650..1500));
+    let hold = Duration::from_millis(if call.pay {
+        rng.gen_range(s.pay_hold.clone())
+    } else {
+        rng.gen_range(HOLD)
+    });
     if call.pay && call.sale.as_ref().is_some_and(|name| s.late.remove(name)) {
         s.late_held += 1;
         *s.faults.entry(Fault::Hold).or_default() += 1;
@@ -613,7 +682,10 @@ fn the_proxy_reads_both_dialects_calls() {
         }
     );
     // At a fault rate of 0, only a planned late pay is held, and only the sale's first pay.
-    let state = Mutex::new(ProxyState::default());
+    let state = Mutex::new(ProxyState {
+        pay_hold: HOLD,
+        ..ProxyState::default()
+    });
     state
         .lock()
         .unwrap()

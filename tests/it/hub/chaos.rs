@@ -1,7 +1,10 @@
 //! Seeded crash-and-fault runs of the hub: two real `posd hub run` instances on one
 //! PostgreSQL database behind a balancer, one or two real terminals (`posd run`) paying
 //! through it, and the sandbox (in this process) behind the fault-injecting proxy of
-//! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls). For
+//! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls, a
+//! held pay reaching the upstream after the hub's pay deadline; in about a third of the
+//! rounds one sale's pay is held so by plan), the upstream speaking Alipay+ or, with
+//! `POSD_HUB_CHAOS_DIALECT=alipay_cn`, the mainland dialect (`hub_chaos_smoke_mainland`). For
 //! a seed, each round starts random sales over every sandbox scenario (and sometimes scans
 //! an order again) and, as the seed decides, SIGKILLs one instance at a random moment or
 //! starts it with a hub crash point (`POSD_FAILPOINT`), SIGKILLs a terminal or starts it with
@@ -29,7 +32,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::super::chaos_kit::{
-    self, code, decimal, env_u64, open_db, payments, seed_range, Proxy, Row, FAILPOINTS, SCENARIOS,
+    self, code, decimal, env_u64, open_db, operation, payments, seed_range, Dialect, Proxy, Row,
+    FAILPOINTS, SCENARIOS,
 };
 use super::super::daemon::TestDaemon;
 use super::harness::{journal, register, terminal, Balancer, TestHub, Upstream};
@@ -80,6 +84,8 @@ struct Figures {
     payments: u64,
     /// Upstream calls that reached the proxy.
     calls: u64,
+    /// Planned late pays (held past the hub's pay deadline, whatever the round's fault rate).
+    late_pays: u64,
     faults: BTreeMap<String, u64>,
     /// Hub instances SIGKILLed at a random moment.
     instance_kills: u64,
@@ -107,6 +113,7 @@ impl Figures {
         self.rounds += o.rounds;
         self.payments += o.payments;
         self.calls += o.calls;
+        self.late_pays += o.late_pays;
         for (k, v) in &o.faults {
             *self.faults.entry(k.clone()).or_default() += v;
         }
@@ -144,24 +151,26 @@ struct Estate {
 }
 
 impl Estate {
-    async fn new(terminals: usize) -> Estate {
+    async fn new(terminals: usize, dialect: Dialect) -> Estate {
         let db = TestDb::new().await;
         let pool = db.pool().await;
         let up =
             Upstream::start_with(Duration::from_millis(1200), Duration::from_millis(600)).await;
         let proxy = Proxy::start(up.base_url()).await;
+        // A held pay reaches the upstream after the hub's own pay deadline (1.5 s) has passed,
+        // and sometimes after the terminal's (2 s).
+        proxy.hold_pays(1550..2400);
         let upstream = format!("http://{}", proxy.addr);
         for (client_id, key) in &TERMINALS[..terminals] {
             register(&db, client_id, key).await;
         }
         let mut hubs = Vec::new();
         for name in ["hub-a", "hub-b"] {
-            let mut h = TestHub::new(
-                &db,
-                &upstream,
-                &format!("instance_id = \"{name}\"\n{HUB_EXTRA}"),
-                "",
-            );
+            let hub_extra = format!("instance_id = \"{name}\"\n{HUB_EXTRA}");
+            let mut h = match dialect {
+                Dialect::AlipayPlus => TestHub::new(&db, &upstream, &hub_extra, ""),
+                Dialect::Mainland => TestHub::mainland(&db, &upstream, &hub_extra, ""),
+            };
             h.start(None).await;
             hubs.push(h);
         }
@@ -458,7 +467,7 @@ async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> 
         let s = e.proxy.state.lock().unwrap();
         let mut cancelled: std::collections::HashSet<&str> = Default::default();
         for (id, op) in &s.trail {
-            match op.as_str() {
+            match operation(op) {
                 "cancel" => {
                     cancelled.insert(id);
                 }
@@ -616,16 +625,21 @@ enum TerminalFault {
 }
 
 /// One seed's run: a fresh database, sandbox, proxy, two instances and one or two terminals.
-async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
+async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, String> {
     let mut fig = Figures::default();
     let mut setup = StdRng::seed_from_u64(seed ^ 0x6875_6263_6861_6f73);
     let n_terminals = if setup.gen_bool(0.5) { 2 } else { 1 };
-    let mut e = Estate::new(n_terminals).await;
+    let mut e = Estate::new(n_terminals, dialect).await;
     let mut order = 0u64;
     for round in 0..rounds {
         let round_seed = seed.wrapping_mul(1_000_003).wrapping_add(round);
         let mut rng = StdRng::seed_from_u64(round_seed);
-        let at = |what: &str| format!("hub chaos seed {seed} round {round}: {what}");
+        let at = |what: &str| {
+            format!(
+                "hub chaos ({} upstream) seed {seed} round {round}: {what}",
+                dialect.name()
+            )
+        };
         let rate = if rng.gen_bool(0.4) {
             0.0
         } else {
@@ -672,6 +686,12 @@ async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
             .collect();
         let rescan = rng.gen_bool(0.15);
         let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
+        // As in the terminal's runner: in about a third of the rounds one sale's pay reaches
+        // the upstream only after the hub gave up waiting for its answer.
+        if let Some(i) = rng.gen_bool(0.35).then(|| rng.gen_range(0..sales.len())) {
+            let (_, order_ref, code, _) = &sales[i];
+            e.proxy.hold_first_pay(dialect.sale_name(order_ref, code));
+        }
 
         if let HubFault::Failpoint(i, fp) = hub_fault {
             e.hubs[i].kill();
@@ -792,7 +812,15 @@ async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     }
     {
         let s = e.proxy.state.lock().unwrap();
+        // Every upstream call was of the run's dialect (the hub's config really chose it).
+        if let Some((id, op)) = s.trail.iter().find(|(_, op)| !dialect.speaks(op)) {
+            return Err(format!(
+                "hub chaos seed {seed}: a run with a {} upstream sent {op} for {id}",
+                dialect.name()
+            ));
+        }
         fig.calls = s.calls;
+        fig.late_pays = s.late_held;
         for (f, n) in &s.faults {
             fig.faults.insert(format!("{f:?}"), *n);
         }
@@ -806,15 +834,17 @@ async fn run_seed(seed: u64, rounds: u64) -> Result<Figures, String> {
     Ok(fig)
 }
 
-fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
+fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
     eprintln!(
-        "hub chaos {label}: seeds {seeds}: {} rounds, {} payments, {} upstream calls, faults \
-         {:?}; {} instance SIGKILLs, {} hub crash points ({} fired), {} hub restarts; {} \
+        "hub chaos {label} ({} upstream): seeds {seeds}: {} rounds, {} payments, {} upstream \
+         calls ({} pays held late as planned), faults {:?}; {} instance SIGKILLs, {} hub crash points ({} fired), {} hub restarts; {} \
          terminal SIGKILLs ({} of them silences), {} terminal crash points ({} fired); {} \
          active cancels; {} refunds, {} rescans; terminal/hub outcomes {:?}; {:.1} s",
+        dialect.name(),
         fig.rounds,
         fig.payments,
         fig.calls,
+        fig.late_pays,
         fig.faults,
         fig.instance_kills,
         fig.hub_failpoints,
@@ -835,19 +865,31 @@ fn print(label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
 /// Two seeds of four rounds at once: the default suite's share of the hub's seeded runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_chaos_smoke() {
+    smoke(Dialect::AlipayPlus).await;
+}
+
+/// The same with the hub's upstream speaking the mainland dialect (terminals speak AMS to the
+/// hub, the hub converts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_chaos_smoke_mainland() {
+    smoke(Dialect::Mainland).await;
+}
+
+async fn smoke(dialect: Dialect) {
     let t0 = Instant::now();
     let mut all = Figures::default();
-    let (a, b) = tokio::join!(run_seed(1, 4), run_seed(2, 4));
+    let (a, b) = tokio::join!(run_seed(dialect, 1, 4), run_seed(dialect, 2, 4));
     for fig in [a, b] {
         all.add(&fig.unwrap_or_else(|e| panic!("{e}")));
     }
-    print("smoke", "1..=2", &all, t0.elapsed());
+    print(dialect, "smoke", "1..=2", &all, t0.elapsed());
     assert_eq!(all.rounds, 8);
     assert!(all.payments >= 8, "{all:?}");
     assert!(all.silences >= 2, "{all:?}");
 }
 
-/// Replays one seed: `POSD_HUB_CHAOS_SEED=N [POSD_HUB_CHAOS_ROUNDS=R]`.
+/// Replays one seed: `POSD_HUB_CHAOS_SEED=N [POSD_HUB_CHAOS_ROUNDS=R]
+/// [POSD_HUB_CHAOS_DIALECT=alipay_cn]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "replays one seed: run with --ignored and POSD_HUB_CHAOS_SEED"]
 async fn hub_chaos_seed() {
@@ -856,25 +898,27 @@ async fn hub_chaos_seed() {
         .parse()
         .expect("POSD_HUB_CHAOS_SEED is a number");
     let rounds = env_u64("POSD_HUB_CHAOS_ROUNDS", 10);
+    let dialect = Dialect::from_env("POSD_HUB_CHAOS_DIALECT");
     let t0 = Instant::now();
-    let fig = run_seed(seed, rounds)
+    let fig = run_seed(dialect, seed, rounds)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    print("seed", &seed.to_string(), &fig, t0.elapsed());
+    print(dialect, "seed", &seed.to_string(), &fig, t0.elapsed());
 }
 
 /// The long run: `POSD_HUB_CHAOS_SEEDS=A..B` (end exclusive), `POSD_HUB_CHAOS_ROUNDS` per
-/// seed [10].
+/// seed [10], `POSD_HUB_CHAOS_DIALECT` (the upstream's) [alipay_plus].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run with --ignored and POSD_HUB_CHAOS_SEEDS"]
 async fn hub_chaos_long() {
     let (a, b) = seed_range("POSD_HUB_CHAOS_SEEDS", "1..21");
     let rounds = env_u64("POSD_HUB_CHAOS_ROUNDS", 10);
+    let dialect = Dialect::from_env("POSD_HUB_CHAOS_DIALECT");
     let t0 = Instant::now();
     let mut all = Figures::default();
     let mut failures = Vec::new();
     for seed in a..b {
-        match run_seed(seed, rounds).await {
+        match run_seed(dialect, seed, rounds).await {
             Ok(fig) => all.add(&fig),
             Err(e) => {
                 eprintln!("FAILED {e}");
@@ -882,12 +926,13 @@ async fn hub_chaos_long() {
             }
         }
         print(
+            dialect,
             "progress",
             &format!("{a}..{}", seed + 1),
             &all,
             t0.elapsed(),
         );
     }
-    print("total", &format!("{a}..{b}"), &all, t0.elapsed());
+    print(dialect, "total", &format!("{a}..{b}"), &all, t0.elapsed());
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
 }
