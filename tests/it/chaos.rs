@@ -1,19 +1,20 @@
 //! Seeded crash-and-fault runs: the real `posd run` binary against the sandbox gateway (run
 //! in this process, so it outlives every crash of the daemon, as the real gateway would),
 //! reached through a fault-injecting proxy, in either dialect (Alipay+ or the mainland
-//! `alipay.trade.*` API; the sandbox plays every scenario row the same way in both). For a seed, each round starts random sales over
-//! every sandbox scenario and then, as the seed decides, SIGKILLs the daemon at a random
-//! moment or at a crash point (one that fires in start-up recovery counts as a kill), holds
-//! the database's writer lock from another process, fills the database's small filesystem,
-//! starts posd on it read-only, aborts open sales, refunds and replays the queue, while the
-//! proxy holds, resets, truncates, answers 5xx or breaks the signature of gateway calls (and,
-//! in about a third of the rounds, holds one sale's pay until after posd gave up on it) and
-//! a relay duplicates, delays and re-delivers old notifications (notifyPayment, or the
-//! mainland `trade_status_sync` form). After each round every payment is driven final (a restart runs recovery; a refund still unconfirmed
-//! may wait in the queue) and posd's database is held against the sandbox's own record: no
-//! order charged twice, no charge the terminal does not know of, no charge reported as not
-//! charged without a queued reversal, nothing open, nothing left for a human (no sandbox
-//! answer calls for one), no panic.
+//! `alipay.trade.*` API; the sandbox plays every scenario row the same way in both). For a
+//! seed, each round starts random sales over every sandbox scenario and then, as the seed
+//! decides, SIGKILLs the daemon at a random moment or at a crash point (one that fires in
+//! start-up recovery counts as a kill), holds the database's writer lock from another
+//! process, fills the database's small filesystem, starts posd on it read-only, aborts open
+//! sales, refunds and replays the queue, while the proxy holds, resets, truncates, answers
+//! 5xx or breaks the signature of gateway calls (and, in about a third of the rounds, holds
+//! one sale's pay until after posd gave up on it) and a relay duplicates, delays and
+//! re-delivers old notifications (notifyPayment, or the mainland `trade_status_sync` form).
+//! After each round every payment is driven final (a restart runs recovery; a refund still
+//! unconfirmed may wait in the queue) and posd's database is held against the sandbox's own
+//! record: no order charged twice, no charge the terminal does not know of, no charge
+//! reported as not charged without a queued reversal, nothing open, nothing left for a
+//! human (no sandbox answer calls for one), no panic.
 //!
 //! The database sits on its own 32 MB tmpfs when the test may mount one (root); otherwise
 //! (or with `POSD_CHAOS_NO_MOUNT=1`) the full-disk and read-only faults are skipped.
@@ -960,8 +961,8 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
         "chaos {label} ({}): seeds {seeds}: {} rounds, {} payments, {} SIGKILLs + {} crash points \
          ({} fired in start-up recovery), {} restarts, {} writer-lock holds, {} full-disk \
          spells, {} read-only starts, {} aborts, {} rescans, {} refunds, {} queue replays; \
-         {} gateway calls ({} pays held late as planned), faults {:?}; {} notifications relayed, {:?}, {} old ones again; \
-         final states {:?}; {:.1} s",
+         {} gateway calls ({} pays held late as planned), faults {:?}; {} notifications \
+         relayed, {:?}, {} old ones again; final states {:?}; {:.1} s",
         dialect.name(),
         fig.rounds,
         fig.payments,

@@ -837,9 +837,10 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
 fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Duration) {
     eprintln!(
         "hub chaos {label} ({} upstream): seeds {seeds}: {} rounds, {} payments, {} upstream \
-         calls ({} pays held late as planned), faults {:?}; {} instance SIGKILLs, {} hub crash points ({} fired), {} hub restarts; {} \
-         terminal SIGKILLs ({} of them silences), {} terminal crash points ({} fired); {} \
-         active cancels; {} refunds, {} rescans; terminal/hub outcomes {:?}; {:.1} s",
+         calls ({} pays held late as planned), faults {:?}; {} instance SIGKILLs, {} hub \
+         crash points ({} fired), {} hub restarts; {} terminal SIGKILLs ({} of them \
+         silences), {} terminal crash points ({} fired); {} active cancels; {} refunds, {} \
+         rescans; terminal/hub outcomes {:?}; {:.1} s",
         dialect.name(),
         fig.rounds,
         fig.payments,
