@@ -143,9 +143,9 @@ pub struct ProxyState {
     pub late: std::collections::HashSet<String>,
     /// Planned late pays that reached the proxy and were held.
     pub late_held: u64,
-    /// How long a held pay is held, in ms ([`HOLD`] unless a runner sets it past its own
-    /// client's pay deadline).
-    pub pay_hold: std::ops::Range<u64>,
+    /// How long a held pay is held, in ms, where a runner sets it past its own client's pay
+    /// deadline; [`HOLD`] otherwise.
+    pub pay_hold: Option<std::ops::Range<u64>>,
 }
 
 /// How long a held call is held, in ms: past the terminal runner's call deadlines (a 600 ms
@@ -165,10 +165,7 @@ impl Proxy {
     pub async fn start(upstream: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ProxyState {
-            pay_hold: HOLD,
-            ..ProxyState::default()
-        }));
+        let state = Arc::new(Mutex::new(ProxyState::default()));
         let http = reqwest::Client::new();
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -195,7 +192,7 @@ impl Proxy {
     /// Holds pays (when their fault is a hold) for a time in `ms`, e.g. past a client's pay
     /// deadline longer than the terminal runner's.
     pub fn hold_pays(&self, ms: std::ops::Range<u64>) {
-        self.state.lock().unwrap().pay_hold = ms;
+        self.state.lock().unwrap().pay_hold = Some(ms);
     }
 
     /// Holds the first pay of the sale named `sale` (its AMS `referenceOrderId`, or its
@@ -281,11 +278,11 @@ fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, 
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&(s.round_seed, &key, nth), &mut h);
     let mut rng = StdRng::seed_from_u64(std::hash::Hasher::finish(&h));
-    let hold = Duration::from_millis(if call.pay {
-        rng.gen_range(s.pay_hold.clone())
-    } else {
-        rng.gen_range(HOLD)
-    });
+    let range = match &s.pay_hold {
+        Some(r) if call.pay => r.clone(),
+        _ => HOLD,
+    };
+    let hold = Duration::from_millis(rng.gen_range(range));
     if call.pay && call.sale.as_ref().is_some_and(|name| s.late.remove(name)) {
         s.late_held += 1;
         *s.faults.entry(Fault::Hold).or_default() += 1;
@@ -682,10 +679,7 @@ fn the_proxy_reads_both_dialects_calls() {
         }
     );
     // At a fault rate of 0, only a planned late pay is held, and only the sale's first pay.
-    let state = Mutex::new(ProxyState {
-        pay_hold: HOLD,
-        ..ProxyState::default()
-    });
+    let state = Mutex::new(ProxyState::default());
     state
         .lock()
         .unwrap()
