@@ -25,13 +25,36 @@ queue_backoff_initial = "30s"
 queue_backoff_max = "10m"
 "#;
 
-/// A free loopback port (bound then released; the daemon binds it right after).
+/// A free loopback port for a process under test to listen on (bound then released; the
+/// process binds it right after, and again at each restart). It is taken below the kernel's
+/// ephemeral range: a port from that range can be handed to any outgoing connection (a
+/// pool's connection to PostgreSQL, a client's to the sandbox) while a killed daemon or hub
+/// instance is down, and its restart would then find its own port taken. Ports are handed
+/// out in turn from a start that differs by process, so two tests never get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {high}")
+}
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`), 32768 when
+/// unreadable.
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn copy_key(from: &str, to: &Path, mode: u32) {
