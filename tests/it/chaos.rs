@@ -30,18 +30,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
 
 use super::chaos_kit::{
-    code, decimal, env_u64, forward, journal, open_db, payments, queued, read_request,
-    sandbox_took, seed_range, write_answer, Answer, Dialect, Proxy, Request, Row, FAILPOINTS,
-    SCENARIOS,
+    code, decimal, env_u64, journal, open_db, payments, queued, sandbox_took, seed_range, Dialect,
+    Proxy, Relay, Row, FAILPOINTS, SCENARIOS,
 };
 use super::daemon::TestDaemon;
 
@@ -87,151 +84,6 @@ fn gateway_section(dialect: Dialect, proxy: SocketAddr, relay: SocketAddr) -> St
             posd::gateway::sandbox::mainland::PATH
         ),
     }
-}
-
-/// What the notification relay does to one notification on its way from the sandbox to posd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Note {
-    /// Delivered twice at once.
-    Duplicate,
-    /// Held, then delivered: it arrives after later notifications, and after posd's own
-    /// inquiry, cancel or restart has moved the payment.
-    Late,
-}
-
-/// The relay's per-round plan and what it did.
-#[derive(Default)]
-struct RelayState {
-    rate: f64,
-    round_seed: u64,
-    seen: u64,
-    /// Every notification seen (bounded): some are delivered again in later rounds, after
-    /// their payment was cancelled, refunded or recovered (out of order).
-    stash: Vec<Request>,
-    notes: BTreeMap<Note, u64>,
-    stale: u64,
-    delivered: u64,
-}
-
-/// Relays the sandbox's notifications to posd's notification listener, duplicating some,
-/// holding others back, and delivering old ones again later.
-struct Relay {
-    addr: SocketAddr,
-    target: String,
-    state: Arc<Mutex<RelayState>>,
-    http: reqwest::Client,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(target: String) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(RelayState::default()));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .unwrap();
-        let (st, h, t) = (state.clone(), http.clone(), target.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (st, h, t) = (st.clone(), h.clone(), t.clone());
-                tokio::spawn(async move {
-                    let _ = relay_serve(sock, st, h, t).await;
-                });
-            }
-        });
-        Relay {
-            addr,
-            target,
-            state,
-            http,
-            task,
-        }
-    }
-
-    fn plan(&self, rate: f64, round_seed: u64) {
-        let mut s = self.state.lock().unwrap();
-        s.rate = rate;
-        s.round_seed = round_seed;
-    }
-
-    /// Delivers `n` old notifications again (chosen by `rng`), in the background.
-    fn redeliver(&self, n: usize, rng: &mut StdRng) {
-        let picked: Vec<Request> = {
-            let mut s = self.state.lock().unwrap();
-            if s.stash.is_empty() {
-                return;
-            }
-            let picked: Vec<Request> = (0..n)
-                .map(|_| s.stash[rng.gen_range(0..s.stash.len())].clone())
-                .collect();
-            s.stale += picked.len() as u64;
-            picked
-        };
-        for req in picked {
-            let (http, target) = (self.http.clone(), self.target.clone());
-            tokio::spawn(async move {
-                let _ = forward(&http, &target, &req).await;
-            });
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn relay_serve(
-    mut sock: TcpStream,
-    state: Arc<Mutex<RelayState>>,
-    http: reqwest::Client,
-    target: String,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    while let Some(req) = read_request(&mut sock, &mut buf).await? {
-        let (note, delay) = {
-            let mut s = state.lock().unwrap();
-            s.seen += 1;
-            s.delivered += 1;
-            if s.stash.len() < 256 {
-                s.stash.push(req.clone());
-            }
-            let mut rng = StdRng::seed_from_u64(s.round_seed ^ s.seen.wrapping_mul(0x9E37_79B9));
-            let note = rng.gen_bool(s.rate).then(|| {
-                if rng.gen_bool(0.5) {
-                    Note::Duplicate
-                } else {
-                    Note::Late
-                }
-            });
-            if let Some(n) = note {
-                *s.notes.entry(n).or_default() += 1;
-            }
-            (note, Duration::from_millis(rng.gen_range(100..1800)))
-        };
-        if note == Some(Note::Late) {
-            tokio::time::sleep(delay).await;
-        }
-        let answer = if note == Some(Note::Duplicate) {
-            let (a, _) = tokio::join!(forward(&http, &target, &req), forward(&http, &target, &req));
-            a
-        } else {
-            forward(&http, &target, &req).await
-        };
-        let answer = answer.unwrap_or_else(|| Answer {
-            status: 503,
-            headers: vec![("content-type".into(), "text/plain".into())],
-            body: b"posd unavailable".to_vec(),
-        });
-        write_answer(&mut sock, &answer, false).await?;
-    }
-    Ok(())
 }
 
 /// The database's own small filesystem (a tmpfs, when this process may mount one): it can
@@ -388,7 +240,7 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
         .unwrap();
     let proxy = Proxy::start(sandbox.base_url()).await;
     let notify_port = super::daemon::free_port();
-    let relay = Relay::start(format!("http://127.0.0.1:{notify_port}")).await;
+    let relay = Relay::start(vec![format!("http://127.0.0.1:{notify_port}")]).await;
     let disk = Disk::new(dir.path().join("db"));
     let mut d = TestDaemon::new(&format!(
         "{}{FLOW}\n\

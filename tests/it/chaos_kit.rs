@@ -1,8 +1,10 @@
 //! The pieces both seeded crash-and-fault runners use (the terminal's in `chaos.rs`, the
 //! hub's in `hub/chaos.rs`): the sandbox scenario rows and the terminal's crash points, the
 //! fault-injecting HTTP proxy in front of the sandbox (hold, reset, 5xx, truncate, bad
-//! signature, chosen per call from the round's seed), random payment codes, and a terminal's
-//! own SQLite record (its payments, its reversal queue and a payment's journal).
+//! signature, chosen per call from the round's seed), the notification relay (duplicates,
+//! late and stale deliveries, to one listener or to either of two), random payment codes,
+//! and a terminal's own SQLite record (its payments, its reversal queue and a payment's
+//! journal).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -608,6 +610,197 @@ pub fn journal(db: &std::path::Path, id: &str) -> String {
         .into_iter()
         .map(|(at, line)| format!("  {at} {line}\n"))
         .collect()
+}
+
+/// What the notification relay does to one notification on its way from the sandbox to its
+/// listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Note {
+    /// Delivered twice at once (with two listeners, once to each: two instances race to
+    /// apply it).
+    Duplicate,
+    /// Held, then delivered: it arrives after later notifications, and after the payment was
+    /// moved by an inquiry, a cancel or a restart.
+    Late,
+}
+
+/// The relay's per-round plan and what it did.
+#[derive(Default)]
+pub struct RelayState {
+    rate: f64,
+    round_seed: u64,
+    seen: u64,
+    /// Every notification seen (bounded): some are delivered again in later rounds, after
+    /// their payment was cancelled, refunded or recovered (out of order).
+    stash: Vec<Request>,
+    pub notes: BTreeMap<Note, u64>,
+    /// Old notifications delivered again.
+    pub stale: u64,
+    /// Notifications relayed (each once, whatever the relay did to it).
+    pub delivered: u64,
+    /// Deliveries that no listener answered (the relay answers 503: the sender retries).
+    pub unanswered: u64,
+}
+
+/// Relays the sandbox's notifications to the listeners at `targets` (a terminal's, or each
+/// hub instance's), duplicating some, holding others back, and delivering old ones again
+/// later. With more than one listener each delivery goes to one chosen by the round's seed,
+/// and to the next one when the chosen one does not answer (as a balancer would).
+pub struct Relay {
+    pub addr: SocketAddr,
+    targets: Arc<Vec<String>>,
+    pub state: Arc<Mutex<RelayState>>,
+    http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(targets: Vec<String>) -> Relay {
+        assert!(!targets.is_empty(), "a relay needs a listener");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(RelayState::default()));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        let targets = Arc::new(targets);
+        let (st, h, t) = (state.clone(), http.clone(), targets.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (st, h, t) = (st.clone(), h.clone(), t.clone());
+                tokio::spawn(async move {
+                    let _ = relay_serve(sock, st, h, t).await;
+                });
+            }
+        });
+        Relay {
+            addr,
+            targets,
+            state,
+            http,
+            task,
+        }
+    }
+
+    /// This round's share of notifications duplicated or held back, and its seed.
+    pub fn plan(&self, rate: f64, round_seed: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.rate = rate;
+        s.round_seed = round_seed;
+    }
+
+    /// Delivers `n` old notifications again (chosen by `rng`), in the background; each
+    /// handle ends when its delivery has been answered (or no listener answered).
+    pub fn redeliver(&self, n: usize, rng: &mut StdRng) -> Vec<tokio::task::JoinHandle<()>> {
+        let picked: Vec<(Request, usize)> = {
+            let mut s = self.state.lock().unwrap();
+            if s.stash.is_empty() {
+                return Vec::new();
+            }
+            let picked: Vec<(Request, usize)> = (0..n)
+                .map(|_| {
+                    let req = s.stash[rng.gen_range(0..s.stash.len())].clone();
+                    // One listener draws nothing: a terminal's schedule stays its own.
+                    let first = match self.targets.len() {
+                        1 => 0,
+                        n => rng.gen_range(0..n),
+                    };
+                    (req, first)
+                })
+                .collect();
+            s.stale += picked.len() as u64;
+            picked
+        };
+        picked
+            .into_iter()
+            .map(|(req, first)| {
+                let (http, targets) = (self.http.clone(), self.targets.clone());
+                tokio::spawn(async move {
+                    let _ = deliver(&http, &targets, first, &req).await;
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards `req` to `targets[first]`, then to the next ones in turn until one answers.
+async fn deliver(
+    http: &reqwest::Client,
+    targets: &[String],
+    first: usize,
+    req: &Request,
+) -> Option<Answer> {
+    for i in 0..targets.len() {
+        let target = &targets[(first + i) % targets.len()];
+        if let Some(a) = forward(http, target, req).await {
+            return Some(a);
+        }
+    }
+    None
+}
+
+async fn relay_serve(
+    mut sock: TcpStream,
+    state: Arc<Mutex<RelayState>>,
+    http: reqwest::Client,
+    targets: Arc<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut sock, &mut buf).await? {
+        let (note, delay, first) = {
+            let mut s = state.lock().unwrap();
+            s.seen += 1;
+            s.delivered += 1;
+            if s.stash.len() < 256 {
+                s.stash.push(req.clone());
+            }
+            let mut rng = StdRng::seed_from_u64(s.round_seed ^ s.seen.wrapping_mul(0x9E37_79B9));
+            let note = rng.gen_bool(s.rate).then(|| {
+                if rng.gen_bool(0.5) {
+                    Note::Duplicate
+                } else {
+                    Note::Late
+                }
+            });
+            if let Some(n) = note {
+                *s.notes.entry(n).or_default() += 1;
+            }
+            let delay = Duration::from_millis(rng.gen_range(100..1800));
+            (note, delay, rng.gen_range(0..targets.len()))
+        };
+        if note == Some(Note::Late) {
+            tokio::time::sleep(delay).await;
+        }
+        let answer = if note == Some(Note::Duplicate) {
+            let (a, _) = tokio::join!(
+                deliver(&http, &targets, first, &req),
+                deliver(&http, &targets, first + 1, &req)
+            );
+            a
+        } else {
+            deliver(&http, &targets, first, &req).await
+        };
+        let answer = answer.unwrap_or_else(|| {
+            state.lock().unwrap().unanswered += 1;
+            Answer {
+                status: 503,
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: b"no listener answered".to_vec(),
+            }
+        });
+        write_answer(&mut sock, &answer, false).await?;
+    }
+    Ok(())
 }
 
 /// A seed range from `var` (`A..B`, end exclusive), `default` when unset.

@@ -3,7 +3,9 @@
 //! through it, and the sandbox (in this process) behind the fault-injecting proxy of
 //! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls, a
 //! held pay reaching the upstream after the hub's pay deadline; in about a third of the
-//! rounds one sale's pay is held so by plan), the upstream speaking Alipay+ or, with
+//! rounds one sale's pay is held so by plan) and its notification relay (each notification
+//! to one instance or, duplicated, to both at once; some held late, old ones delivered
+//! again in later rounds), the upstream speaking Alipay+ or, with
 //! `POSD_HUB_CHAOS_DIALECT=alipay_cn`, the mainland dialect (`hub_chaos_smoke_mainland`). For
 //! a seed, each round starts random sales over every sandbox scenario (and sometimes scans
 //! an order again) and, as the seed decides, SIGKILLs one instance at a random moment or
@@ -32,11 +34,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::super::chaos_kit::{
-    self, code, decimal, env_u64, open_db, operation, payments, seed_range, Dialect, Proxy, Row,
-    FAILPOINTS, SCENARIOS,
+    self, code, decimal, env_u64, open_db, operation, payments, seed_range, Dialect, Proxy, Relay,
+    Row, FAILPOINTS, SCENARIOS,
 };
-use super::super::daemon::TestDaemon;
-use super::harness::{journal, register, terminal, Balancer, TestHub, Upstream};
+use super::super::daemon::{free_port, TestDaemon};
+use super::harness::{journal, notify_section, register, terminal, Balancer, TestHub, Upstream};
 use super::pg::TestDb;
 
 /// The hub's crash points (`git grep 'failpoint::hit' src/hub`).
@@ -104,6 +106,13 @@ struct Figures {
     active_cancels: u64,
     refunds: u64,
     rescans: u64,
+    /// Upstream notifications relayed to the instances, what the relay did to them (held
+    /// late, duplicated to both instances at once), and old ones delivered again.
+    notifications: u64,
+    notes: BTreeMap<String, u64>,
+    stale_notifications: u64,
+    /// What the hub's instances made of them (`hub_notifications.outcome`).
+    verdicts: BTreeMap<String, u64>,
     /// (terminal state, hub state) of every payment at the end.
     outcomes: BTreeMap<String, u64>,
 }
@@ -128,6 +137,14 @@ impl Figures {
         self.active_cancels += o.active_cancels;
         self.refunds += o.refunds;
         self.rescans += o.rescans;
+        self.notifications += o.notifications;
+        self.stale_notifications += o.stale_notifications;
+        for (k, v) in &o.notes {
+            *self.notes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.verdicts {
+            *self.verdicts.entry(k.clone()).or_default() += v;
+        }
         for (k, v) in &o.outcomes {
             *self.outcomes.entry(k.clone()).or_default() += v;
         }
@@ -140,6 +157,8 @@ struct Estate {
     pool: deadpool_postgres::Pool,
     up: Upstream,
     proxy: Proxy,
+    /// Between the upstream and the instances' notification listeners.
+    relay: Relay,
     hubs: Vec<TestHub>,
     /// The crash point each instance runs with, if any.
     hub_fp: Vec<Option<&'static str>>,
@@ -164,13 +183,25 @@ impl Estate {
         for (client_id, key) in &TERMINALS[..terminals] {
             register(&db, client_id, key).await;
         }
+        // Each instance listens for notifications; the upstream sends them to the relay,
+        // which hands each to one instance (the other when that one is down).
+        let ports = [free_port(), free_port()];
+        let relay = Relay::start(
+            ports
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+        )
+        .await;
         let mut hubs = Vec::new();
-        for name in ["hub-a", "hub-b"] {
+        for (name, port) in ["hub-a", "hub-b"].into_iter().zip(ports) {
             let hub_extra = format!("instance_id = \"{name}\"\n{HUB_EXTRA}");
+            let listen = notify_section(port);
             let mut h = match dialect {
-                Dialect::AlipayPlus => TestHub::new(&db, &upstream, &hub_extra, ""),
-                Dialect::Mainland => TestHub::mainland(&db, &upstream, &hub_extra, ""),
+                Dialect::AlipayPlus => TestHub::new(&db, &upstream, &hub_extra, &listen),
+                Dialect::Mainland => TestHub::mainland(&db, &upstream, &hub_extra, &listen),
             };
+            h.notify_url(&format!("http://{}/alipay/notify", relay.addr));
             h.start(None).await;
             hubs.push(h);
         }
@@ -186,6 +217,7 @@ impl Estate {
             pool,
             up,
             proxy,
+            relay,
             hubs,
             hub_fp: vec![None, None],
             _lb: lb,
@@ -430,6 +462,20 @@ async fn hub_rows(pool: &deadpool_postgres::Pool) -> HashMap<String, HubRow> {
     .collect()
 }
 
+/// How many notifications the instances recorded, by outcome.
+async fn notification_verdicts(pool: &deadpool_postgres::Pool) -> BTreeMap<String, u64> {
+    let c = pool.get().await.unwrap();
+    c.query(
+        "SELECT outcome, count(*) FROM hub_notifications GROUP BY outcome",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+    .collect()
+}
+
 /// What the merchant keeps of a payment, by a state name both the terminal and the hub use;
 /// `None` for NEEDS_ATTENTION (a human decides).
 fn kept(state: &str, amount: i64, refunded: i64) -> Option<i64> {
@@ -646,6 +692,19 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
             rng.gen_range(0.05..0.3)
         };
         e.proxy.plan(rate, round_seed);
+        // The notifications' faults come from a generator of their own, so that the rest of
+        // a seed's schedule is what it was before the hub listened for notifications.
+        let mut notes = StdRng::seed_from_u64(round_seed ^ 0x6e6f_7465);
+        let note_rate = if notes.gen_bool(0.2) {
+            0.0
+        } else {
+            notes.gen_range(0.2..0.8)
+        };
+        e.relay.plan(note_rate, round_seed);
+        if notes.gen_bool(0.3) {
+            // Old notifications again, while this round's sales and faults are under way.
+            e.relay.redeliver(notes.gen_range(1..=3), &mut notes);
+        }
         let hub_fault = match rng.gen_range(0..10) {
             0..=3 => HubFault::Kill(rng.gen_range(0..2), rng.gen_range(0..2000)),
             4..=6 => HubFault::Failpoint(
@@ -805,6 +864,14 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
                 e.settle(&mut fig).await.map_err(|w| at(&w))?;
             }
         }
+        if notes.gen_bool(0.7) {
+            // Old notifications again, each for a payment that is final by now (cancelled,
+            // refunded, failed or approved since), answered before the round is checked:
+            // none may move it.
+            for delivery in e.relay.redeliver(notes.gen_range(1..=4), &mut notes) {
+                let _ = delivery.await;
+            }
+        }
         if let Err(w) = check(&e, &mut fig, round + 1 == rounds).await {
             return Err(at(&explain(&e, w).await));
         }
@@ -824,6 +891,21 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
         for (f, n) in &s.faults {
             fig.faults.insert(format!("{f:?}"), *n);
         }
+        let r = e.relay.state.lock().unwrap();
+        fig.notifications = r.delivered;
+        fig.stale_notifications = r.stale;
+        for (f, n) in &r.notes {
+            fig.notes.insert(format!("{f:?}"), *n);
+        }
+    }
+    // A notification the upstream really sent is never refused, and its amount is the pay's.
+    for (verdict, n) in notification_verdicts(&e.pool).await {
+        if matches!(verdict.as_str(), "rejected" | "mismatch") {
+            return Err(format!(
+                "hub chaos seed {seed}: {n} of the upstream's own notifications were {verdict}"
+            ));
+        }
+        fig.verdicts.insert(verdict, n);
     }
     fig.payments = (0..n_terminals)
         .map(|t| payments(&e.terminal_db(t)).len() as u64)
@@ -840,7 +922,8 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
          calls ({} pays held late as planned), faults {:?}; {} instance SIGKILLs, {} hub \
          crash points ({} fired), {} hub restarts; {} terminal SIGKILLs ({} of them \
          silences), {} terminal crash points ({} fired); {} active cancels; {} refunds, {} \
-         rescans; terminal/hub outcomes {:?}; {:.1} s",
+         rescans; {} notifications relayed, {:?}, {} old ones again, recorded by the hub as \
+         {:?}; terminal/hub outcomes {:?}; {:.1} s",
         dialect.name(),
         fig.rounds,
         fig.payments,
@@ -858,6 +941,10 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
         fig.active_cancels,
         fig.refunds,
         fig.rescans,
+        fig.notifications,
+        fig.notes,
+        fig.stale_notifications,
+        fig.verdicts,
         fig.outcomes,
         elapsed.as_secs_f64()
     );
@@ -887,6 +974,9 @@ async fn smoke(dialect: Dialect) {
     assert_eq!(all.rounds, 8);
     assert!(all.payments >= 8, "{all:?}");
     assert!(all.silences >= 2, "{all:?}");
+    // The instances listen: the upstream's notifications reached them and were recorded.
+    assert!(all.notifications > 0, "{all:?}");
+    assert!(all.verdicts.values().sum::<u64>() > 0, "{all:?}");
 }
 
 /// Replays one seed: `POSD_HUB_CHAOS_SEED=N [POSD_HUB_CHAOS_ROUNDS=R]

@@ -157,6 +157,12 @@ lease = "2s"
 payment_expiry_margin = "0s"
 "#;
 
+/// The `[notify]` section of an instance listening for the upstream's notifications on
+/// `port`, at `/alipay/notify`.
+pub fn notify_section(port: u16) -> String {
+    format!("[notify]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npath = \"/alipay/notify\"\n")
+}
+
 /// One hub instance as a real process.
 pub struct TestHub {
     /// Its directory (config, keys, logs).
@@ -173,6 +179,17 @@ pub struct TestHub {
 }
 
 impl TestHub {
+    /// Has every pay tell the upstream to send its notifications to `url` (`[upstream]
+    /// notify_url`); takes effect at the next start.
+    pub fn notify_url(&self, url: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap().replacen(
+            "[upstream]\n",
+            &format!("[upstream]\nnotify_url = \"{url}\"\n"),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Writes a hub.toml for `db` and `upstream`; `hub_extra` lines go into `[hub]`, `extra`
     /// sections are appended (a `[flow]` there replaces [`FAST_HUB`]).
     pub fn new(db: &TestDb, upstream: &str, hub_extra: &str, extra: &str) -> TestHub {

@@ -12,8 +12,8 @@ use posd::gateway::sign::PrivateKey;
 use super::super::daemon::free_port;
 use super::super::support::gateway_key;
 use super::harness::{
-    code, hub_private, hub_state, journal, pay_body, register, terminal, wait_hub_state, Signer,
-    TestHub, Upstream, MAINLAND_APP_ID,
+    code, hub_private, hub_state, journal, notify_section, pay_body, register, terminal,
+    wait_hub_state, Signer, TestHub, Upstream, MAINLAND_APP_ID,
 };
 use super::pg::TestDb;
 
@@ -249,21 +249,9 @@ async fn mainland_notifications_are_verified_checked_and_applied_once() {
     let db = TestDb::new().await;
     let up = Upstream::start(Duration::from_secs(60)).await;
     register(&db, "T_A", "terminal_a").await;
-    let mut hub = TestHub::mainland(
-        &db,
-        &up.base_url(),
-        "",
-        &format!(
-            "[notify]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npath = \"/alipay/notify\"\n"
-        ),
-    );
+    let mut hub = TestHub::mainland(&db, &up.base_url(), "", &notify_section(port));
     // The upstream sends its notifications where the pay form said (notify_url).
-    let text = std::fs::read_to_string(&hub.config).unwrap().replacen(
-        "[upstream]\n",
-        &format!("[upstream]\nnotify_url = \"{url}\"\n"),
-        1,
-    );
-    std::fs::write(&hub.config, text).unwrap();
+    hub.notify_url(&url);
     hub.start(None).await;
     let t = Signer::new("T_A", "terminal_a");
 

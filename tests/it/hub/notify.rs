@@ -9,15 +9,9 @@ use posd::gateway::sign::Message;
 use super::super::daemon::free_port;
 use super::super::support::gateway_key;
 use super::harness::{
-    code, hub_state, pay_body, register, wait_hub_state, Signer, TestHub, Upstream,
+    code, hub_state, notify_section, pay_body, register, wait_hub_state, Signer, TestHub, Upstream,
 };
 use super::pg::TestDb;
-
-fn add_to_section(config: &std::path::Path, section: &str, line: &str) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let text = text.replacen(&format!("{section}\n"), &format!("{section}\n{line}\n"), 1);
-    std::fs::write(config, text).unwrap();
-}
 
 async fn notify(
     url: &str,
@@ -59,19 +53,8 @@ async fn notifications_are_verified_checked_and_applied_once() {
     register(&db, "T_A", "terminal_a").await;
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut hub = TestHub::new(
-        &db,
-        &up.base_url(),
-        "",
-        &format!(
-            "[notify]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npath = \"/alipay/notify\"\n"
-        ),
-    );
-    add_to_section(
-        &hub.config,
-        "[upstream]",
-        &format!("notify_url = \"{url}/alipay/notify\""),
-    );
+    let mut hub = TestHub::new(&db, &up.base_url(), "", &notify_section(port));
+    hub.notify_url(&format!("{url}/alipay/notify"));
     hub.start(None).await;
     let t = Signer::new("T_A", "terminal_a");
 
