@@ -892,3 +892,77 @@ fn the_proxy_reads_both_dialects_calls() {
     );
     assert_eq!((s.calls, s.late_held), (3, 1));
 }
+
+/// A listener that answers every request 200 and counts them.
+async fn counting_listener() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Ok(Some(_)) = read_request(&mut sock, &mut buf).await {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let ok = Answer {
+                        status: 200,
+                        headers: Vec::new(),
+                        body: b"ok".to_vec(),
+                    };
+                    if write_answer(&mut sock, &ok, false).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+/// The relay hands each notification to one listener and, when that one does not answer (an
+/// instance killed), to the next; with none answering the sender gets a 503 and retries.
+#[tokio::test]
+async fn the_relay_fails_over_to_a_listener_that_answers() {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let (live, count) = counting_listener().await;
+    let relay = Relay::start(vec![dead.clone(), live]).await;
+    relay.plan(0.0, 7);
+    let http = reqwest::Client::new();
+    for i in 0..6 {
+        let r = http
+            .post(format!("http://{}/alipay/notify", relay.addr))
+            .body(format!("{{\"n\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(count.load(SeqCst), 6, "every one reached the live listener");
+    // Again, each old one to the live listener, whichever the relay chose first.
+    let mut rng = StdRng::seed_from_u64(1);
+    for d in relay.redeliver(4, &mut rng) {
+        d.await.unwrap();
+    }
+    assert_eq!(count.load(SeqCst), 10);
+    {
+        let s = relay.state.lock().unwrap();
+        assert_eq!((s.delivered, s.stale, s.unanswered), (6, 4, 0));
+    }
+
+    let lost = Relay::start(vec![dead]).await;
+    let r = http
+        .post(format!("http://{}/alipay/notify", lost.addr))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "no listener: the sender must retry");
+    assert_eq!(lost.state.lock().unwrap().unanswered, 1);
+}
