@@ -170,15 +170,10 @@ impl Proxy {
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let http = reqwest::Client::new();
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (st, http, upstream) = (st.clone(), http.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    let _ = serve(sock, st, http, upstream).await;
-                });
+        let task = accept_each(listener, move |sock| {
+            let (st, http, upstream) = (st.clone(), http.clone(), upstream.clone());
+            async move {
+                let _ = serve(sock, st, http, upstream).await;
             }
         });
         Proxy { addr, state, task }
@@ -202,6 +197,20 @@ impl Proxy {
     pub fn hold_first_pay(&self, sale: String) {
         self.state.lock().unwrap().late.insert(sale);
     }
+}
+
+/// Serves each connection `listener` accepts with `serve`, on a task of its own, until the
+/// returned task is aborted.
+fn accept_each<F, Fut>(listener: TcpListener, serve: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(serve(sock));
+        }
+    })
 }
 
 impl Drop for Proxy {
@@ -666,15 +675,10 @@ impl Relay {
             .unwrap();
         let targets = Arc::new(targets);
         let (st, h, t) = (state.clone(), http.clone(), targets.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (st, h, t) = (st.clone(), h.clone(), t.clone());
-                tokio::spawn(async move {
-                    let _ = relay_serve(sock, st, h, t).await;
-                });
+        let task = accept_each(listener, move |sock| {
+            let (st, h, t) = (st.clone(), h.clone(), t.clone());
+            async move {
+                let _ = relay_serve(sock, st, h, t).await;
             }
         });
         Relay {
@@ -899,25 +903,24 @@ async fn counting_listener() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Ok(Some(_)) = read_request(&mut sock, &mut buf).await {
-                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let ok = Answer {
-                        status: 200,
-                        headers: Vec::new(),
-                        body: b"ok".to_vec(),
-                    };
-                    if write_answer(&mut sock, &ok, false).await.is_err() {
-                        return;
-                    }
+    // Runs until the test's runtime ends.
+    drop(accept_each(listener, move |mut sock| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Ok(Some(_)) = read_request(&mut sock, &mut buf).await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let ok = Answer {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: b"ok".to_vec(),
+                };
+                if write_answer(&mut sock, &ok, false).await.is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
+    }));
     (url, count)
 }
 
