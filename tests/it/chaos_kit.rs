@@ -969,3 +969,53 @@ async fn the_relay_fails_over_to_a_listener_that_answers() {
     assert_eq!(r.status(), 503, "no listener: the sender must retry");
     assert_eq!(lost.state.lock().unwrap().unanswered, 1);
 }
+
+/// `scripts/broken-builds/`: each deliberately broken build still applies to today's source
+/// (`git apply --check`), and names in its `caught-by:` line seeded smokes that exist, so
+/// `scripts/broken-builds/run` can show the runners catching it.
+#[test]
+fn every_broken_build_still_applies_and_names_its_smokes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("scripts/broken-builds");
+    let mut patches: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+        .collect();
+    patches.sort();
+    assert!(patches.len() >= 6, "{patches:?}");
+    for p in &patches {
+        let text = std::fs::read_to_string(p).unwrap();
+        let out = std::process::Command::new("git")
+            .args(["apply", "--check"])
+            .arg(p)
+            .current_dir(root)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "{} no longer applies to the source; mend it: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tests: Vec<&str> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("caught-by:"))
+            .unwrap_or_else(|| panic!("{} has no caught-by: line", p.display()))
+            .split_whitespace()
+            .collect();
+        assert!(!tests.is_empty(), "{}", p.display());
+        for t in tests {
+            // `hub::chaos::hub_chaos_smoke` is `fn hub_chaos_smoke` in tests/it/hub/chaos.rs.
+            let (module, name) = t.rsplit_once("::").unwrap();
+            let file = root.join(format!("tests/it/{}.rs", module.replace("::", "/")));
+            let source = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(
+                name.contains("smoke") && source.contains(&format!("async fn {name}()")),
+                "{}: caught-by names {t}, which is not a seeded smoke in {}",
+                p.display(),
+                file.display()
+            );
+        }
+    }
+}
