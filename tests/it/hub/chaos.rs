@@ -11,9 +11,10 @@
 //! an order again) and, as the seed decides, SIGKILLs one instance at a random moment or
 //! starts it with a hub crash point (`POSD_FAILPOINT`), SIGKILLs a terminal or starts it with
 //! one of its own crash points, or lets a terminal fall silent until the hub has closed its
-//! open payments by itself (active cancel); refunds go through the hub. After each round
-//! everything is driven final — what is down is restarted, the terminals' recovery finishes
-//! through the hub, both queues drain within a bound — and the terminals' SQLite, the hub's
+//! open payments by itself (active cancel); the cashier aborts a sale (most often one whose
+//! pay is held), and refunds go through the hub. After each round everything is driven
+//! final — what is down is restarted, the terminals' recovery finishes through the hub,
+//! both queues drain within a bound — and the terminals' SQLite, the hub's
 //! PostgreSQL and the sandbox's own record are held together: no order charged twice, no
 //! upstream payment that no terminal or the hub knows of, no pay forwarded after its cancel,
 //! money the same on all three, terminal and hub agreeing on each outcome, nothing open,
@@ -104,6 +105,8 @@ struct Figures {
     silences: u64,
     /// Cancels the hub decided on its own (journal `active_cancel`).
     active_cancels: u64,
+    /// Sales the cashier aborted on their terminal.
+    aborts: u64,
     refunds: u64,
     rescans: u64,
     /// Upstream notifications relayed to the instances, what the relay did to them (held
@@ -135,6 +138,7 @@ impl Figures {
         self.terminal_failpoints_fired += o.terminal_failpoints_fired;
         self.silences += o.silences;
         self.active_cancels += o.active_cancels;
+        self.aborts += o.aborts;
         self.refunds += o.refunds;
         self.rescans += o.rescans;
         self.notifications += o.notifications;
@@ -657,6 +661,17 @@ enum HubFault {
     Failpoint(usize, &'static str),
 }
 
+/// What the runner does at a moment of a round (milliseconds after its sales started).
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// SIGKILL hub instance `i`.
+    KillHub(usize),
+    /// SIGKILL terminal `t`.
+    KillTerminal(usize),
+    /// The cashier aborts the round's `i`-th sale on its terminal.
+    Abort(usize),
+}
+
 /// What happens to a terminal in a round.
 #[derive(Debug, Clone, Copy)]
 enum TerminalFault {
@@ -747,57 +762,80 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
         let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
         // As in the terminal's runner: in about a third of the rounds one sale's pay reaches
         // the upstream only after the hub gave up waiting for its answer.
-        if let Some(i) = rng.gen_bool(0.35).then(|| rng.gen_range(0..sales.len())) {
+        let late = rng.gen_bool(0.35).then(|| rng.gen_range(0..sales.len()));
+        if let Some(i) = late {
             let (_, order_ref, code, _) = &sales[i];
             e.proxy.hold_first_pay(dialect.sale_name(order_ref, code));
         }
+        // The cashier, from a generator of its own (the rest of a seed's schedule is what it
+        // was before): aborts the sale whose pay is held in most rounds that hold one, so
+        // that its cancel reaches the upstream before its pay does, and a sale at random in a
+        // fifth of the others; at a random moment either way.
+        let mut cashier = StdRng::seed_from_u64(round_seed ^ 0x6361_7368);
+        let abort = match late {
+            Some(i) if cashier.gen_bool(0.6) => Some(i),
+            _ if cashier.gen_bool(0.2) => Some(cashier.gen_range(0..sales.len())),
+            _ => None,
+        }
+        .map(|i| (cashier.gen_range(100..1400), i));
 
-        if let HubFault::Failpoint(i, fp) = hub_fault {
-            e.hubs[i].kill();
-            fig.hub_failpoints += 1;
-            // One that fires in the first worker pass leaves the instance down for the
-            // round; the other carries on.
-            e.start_hub(i, Some(fp), &mut fig).await;
-        }
-        if let TerminalFault::Failpoint(t, fp) = terminal_fault {
-            e.terminals[t].kill();
-            fig.terminal_failpoints += 1;
-            e.start_terminal(t, Some(fp), &mut fig).await;
-        }
         let started = Instant::now();
+        let mut ids: Vec<Option<String>> = Vec::new();
         for (t, order_ref, c, amount) in &sales {
             let body = json!({"amount": amount, "order_ref": order_ref, "code": c});
             let url = e.terminals[*t].url("/v1/payments");
-            let _ = e.http.post(&url).json(&body).send().await;
+            let id = match e.http.post(&url).json(&body).send().await {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["payment_request_id"].as_str().map(str::to_string)),
+                Err(_) => None,
+            };
+            ids.push(id);
             if rescan {
                 // The cashier scans again: never a second charge for the order.
                 fig.rescans += 1;
                 let _ = e.http.post(&url).json(&body).send().await;
             }
         }
-        // The kills, in the order of their moments.
-        let mut moments: Vec<(u64, bool, usize)> = Vec::new();
+        // The kills and the abort, in the order of their moments.
+        let mut moments: Vec<(u64, Moment)> = Vec::new();
         if let HubFault::Kill(i, ms) = hub_fault {
-            moments.push((ms, true, i));
+            moments.push((ms, Moment::KillHub(i)));
         }
         match terminal_fault {
             TerminalFault::Kill(t, ms) | TerminalFault::Silent(t, ms) => {
-                moments.push((ms, false, t))
+                moments.push((ms, Moment::KillTerminal(t)))
             }
             _ => {}
         }
-        moments.sort();
-        for (ms, is_hub, i) in moments {
+        if let Some((ms, i)) = abort {
+            moments.push((ms, Moment::Abort(i)));
+        }
+        moments.sort_by_key(|(ms, _)| *ms);
+        for (ms, moment) in moments {
             let elapsed = started.elapsed().as_millis() as u64;
             if ms > elapsed {
                 tokio::time::sleep(Duration::from_millis(ms - elapsed)).await;
             }
-            if is_hub {
-                e.hubs[i].kill();
-                fig.instance_kills += 1;
-            } else {
-                e.terminals[i].kill();
-                fig.terminal_kills += 1;
+            match moment {
+                Moment::KillHub(i) => {
+                    e.hubs[i].kill();
+                    fig.instance_kills += 1;
+                }
+                Moment::KillTerminal(t) => {
+                    e.terminals[t].kill();
+                    fig.terminal_kills += 1;
+                }
+                // Sent whatever the sale's state by then: an abort of a final sale is refused.
+                Moment::Abort(i) => {
+                    if let Some(id) = &ids[i] {
+                        fig.aborts += 1;
+                        let url = e.terminals[sales[i].0].url(&format!("/v1/payments/{id}/abort"));
+                        let _ = e.http.post(&url).send().await;
+                    }
+                }
             }
         }
         if let TerminalFault::Silent(t, _) = terminal_fault {
@@ -921,8 +959,8 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
         "hub chaos {label} ({} upstream): seeds {seeds}: {} rounds, {} payments, {} upstream \
          calls ({} pays held late as planned), faults {:?}; {} instance SIGKILLs, {} hub \
          crash points ({} fired), {} hub restarts; {} terminal SIGKILLs ({} of them \
-         silences), {} terminal crash points ({} fired); {} active cancels; {} refunds, {} \
-         rescans; {} notifications relayed, {:?}, {} old ones again, recorded by the hub as \
+         silences), {} terminal crash points ({} fired); {} active cancels; {} aborts, {} \
+         refunds, {} rescans; {} notifications relayed, {:?}, {} old ones again, recorded by the hub as \
          {:?}; terminal/hub outcomes {:?}; {:.1} s",
         dialect.name(),
         fig.rounds,
@@ -939,6 +977,7 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
         fig.terminal_failpoints,
         fig.terminal_failpoints_fired,
         fig.active_cancels,
+        fig.aborts,
         fig.refunds,
         fig.rescans,
         fig.notifications,
@@ -974,6 +1013,7 @@ async fn smoke(dialect: Dialect) {
     assert_eq!(all.rounds, 8);
     assert!(all.payments >= 8, "{all:?}");
     assert!(all.silences >= 2, "{all:?}");
+    assert!(all.aborts >= 1, "{all:?}");
     // The instances listen: the upstream's notifications reached them and were recorded.
     assert!(all.notifications > 0, "{all:?}");
     assert!(all.verdicts.values().sum::<u64>() > 0, "{all:?}");
