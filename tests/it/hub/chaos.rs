@@ -2,23 +2,23 @@
 //! PostgreSQL database behind a balancer, one or two real terminals (`posd run`) paying
 //! through it, and the sandbox (in this process) behind the fault-injecting proxy of
 //! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls, a
-//! held pay reaching the upstream after the hub's pay deadline; in about a third of the
-//! rounds one sale's pay is held so by plan) and its notification relay (each notification
-//! to one instance or, duplicated, to both at once; some held late, old ones delivered
-//! again in later rounds), the upstream speaking Alipay+ or, with
-//! `POSD_HUB_CHAOS_DIALECT=alipay_cn`, the mainland dialect (`hub_chaos_smoke_mainland`). For
-//! a seed, each round starts random sales over every sandbox scenario (and sometimes scans
-//! an order again) and, as the seed decides, SIGKILLs one instance at a random moment or
-//! starts it with a hub crash point (`POSD_FAILPOINT`), SIGKILLs a terminal or starts it with
-//! one of its own crash points, or lets a terminal fall silent until the hub has closed its
-//! open payments by itself (active cancel); the cashier aborts a sale (most often one whose
-//! pay is held), and refunds go through the hub. After each round everything is driven
-//! final — what is down is restarted, the terminals' recovery finishes through the hub,
-//! both queues drain within a bound — and the terminals' SQLite, the hub's
+//! held pay reaching the upstream after the hub's pay deadline; in half of the rounds one
+//! sale's pay is held so by plan) and its notification relay (each notification to one
+//! instance or, duplicated, to both at once; some held late, old ones delivered again in
+//! later rounds), the upstream speaking Alipay+ or, with
+//! `POSD_HUB_CHAOS_DIALECT=alipay_cn`, the mainland dialect (`hub_chaos_smoke_mainland`).
+//! For a seed, each round starts random sales over every sandbox scenario (and sometimes
+//! scans an order again) and, as the seed decides, SIGKILLs one instance at a random moment
+//! or starts it with a hub crash point (`POSD_FAILPOINT`), SIGKILLs a terminal or starts it
+//! with one of its own crash points, or lets a terminal fall silent until the hub has
+//! closed its open payments by itself (active cancel); the cashier aborts a sale (often
+//! the one whose pay is held), and refunds go through the hub. After each round
+//! everything is driven final — what is down is restarted, the terminals' recovery finishes
+//! through the hub, both queues drain within a bound — and the terminals' SQLite, the hub's
 //! PostgreSQL and the sandbox's own record are held together: no order charged twice, no
-//! upstream payment that no terminal or the hub knows of, no pay forwarded after its cancel,
-//! money the same on all three, terminal and hub agreeing on each outcome, nothing open,
-//! nothing left for a human on either side, no panic in any log.
+//! upstream payment that no terminal or the hub knows of, no pay forwarded after its
+//! cancel, money the same on all three, terminal and hub agreeing on each outcome, nothing
+//! open, nothing left for a human on either side, no panic in any log.
 //!
 //! The smoke run (`hub_chaos_smoke`) is part of the default suite. Long runs:
 //! `POSD_HUB_CHAOS_SEEDS=1..21 POSD_HUB_CHAOS_ROUNDS=10 cargo test --test integration
@@ -760,25 +760,38 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
             .collect();
         let rescan = rng.gen_bool(0.15);
         let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
-        // As in the terminal's runner: in about a third of the rounds one sale's pay reaches
-        // the upstream only after the hub gave up waiting for its answer.
-        let late = rng.gen_bool(0.35).then(|| rng.gen_range(0..sales.len()));
+        // In half of the rounds one sale's pay reaches the upstream only after the hub gave
+        // up waiting for its answer (the hub's whole reason to exist is that ambiguity).
+        let late = rng.gen_bool(0.5).then(|| rng.gen_range(0..sales.len()));
         if let Some(i) = late {
             let (_, order_ref, code, _) = &sales[i];
             e.proxy.hold_first_pay(dialect.sale_name(order_ref, code));
         }
         // The cashier, from a generator of its own (the rest of a seed's schedule is what it
-        // was before): aborts the sale whose pay is held in most rounds that hold one, so
-        // that its cancel reaches the upstream before its pay does, and a sale at random in a
-        // fifth of the others; at a random moment either way.
+        // was before): aborts the sale whose pay is held in half of the rounds that hold one,
+        // so that its cancel reaches the upstream before its pay does (in the other half the
+        // terminal's inquiries meet "no such payment" through the hub first), and a sale at
+        // random in a fifth of the other rounds; at a random moment either way.
         let mut cashier = StdRng::seed_from_u64(round_seed ^ 0x6361_7368);
         let abort = match late {
-            Some(i) if cashier.gen_bool(0.6) => Some(i),
+            Some(i) if cashier.gen_bool(0.5) => Some(i),
             _ if cashier.gen_bool(0.2) => Some(cashier.gen_range(0..sales.len())),
             _ => None,
         }
         .map(|i| (cashier.gen_range(100..1400), i));
 
+        if let HubFault::Failpoint(i, fp) = hub_fault {
+            e.hubs[i].kill();
+            fig.hub_failpoints += 1;
+            // One that fires in the first worker pass leaves the instance down for the
+            // round; the other carries on.
+            e.start_hub(i, Some(fp), &mut fig).await;
+        }
+        if let TerminalFault::Failpoint(t, fp) = terminal_fault {
+            e.terminals[t].kill();
+            fig.terminal_failpoints += 1;
+            e.start_terminal(t, Some(fp), &mut fig).await;
+        }
         let started = Instant::now();
         let mut ids: Vec<Option<String>> = Vec::new();
         for (t, order_ref, c, amount) in &sales {
