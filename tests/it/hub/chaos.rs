@@ -707,8 +707,8 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
             rng.gen_range(0.05..0.3)
         };
         e.proxy.plan(rate, round_seed);
-        // The notifications' faults come from a generator of their own, so that the rest of
-        // a seed's schedule is what it was before the hub listened for notifications.
+        // The notifications' faults come from a generator of their own: they draw nothing
+        // from the round's, so they move no other part of a seed's schedule.
         let mut notes = StdRng::seed_from_u64(round_seed ^ 0x6e6f_7465);
         let note_rate = if notes.gen_bool(0.2) {
             0.0
@@ -767,11 +767,11 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
             let (_, order_ref, code, _) = &sales[i];
             e.proxy.hold_first_pay(dialect.sale_name(order_ref, code));
         }
-        // The cashier, from a generator of its own (the rest of a seed's schedule is what it
-        // was before): aborts the sale whose pay is held in half of the rounds that hold one,
-        // so that its cancel reaches the upstream before its pay does (in the other half the
-        // terminal's inquiries meet "no such payment" through the hub first), and a sale at
-        // random in a fifth of the other rounds; at a random moment either way.
+        // The cashier, from a generator of its own as well: aborts the sale whose pay is held
+        // in half of the rounds that hold one, so that its cancel reaches the upstream before
+        // its pay does (in the other half the terminal's inquiries meet "no such payment"
+        // through the hub first), and a sale at random in a fifth of the other rounds; at a
+        // random moment either way.
         let mut cashier = StdRng::seed_from_u64(round_seed ^ 0x6361_7368);
         let abort = match late {
             Some(i) if cashier.gen_bool(0.5) => Some(i),
