@@ -8,8 +8,9 @@
 //! process, fills the database's small filesystem, starts posd on it read-only, aborts open
 //! sales, refunds and replays the queue, while the proxy holds, resets, truncates, answers
 //! 5xx or breaks the signature of gateway calls (and, in about a third of the rounds, holds
-//! one sale's pay until after posd gave up on it) and a relay duplicates, delays and
-//! re-delivers old notifications (notifyPayment, or the mainland `trade_status_sync` form).
+//! one sale's pay until after posd gave up on it) and a relay duplicates, delays, loses the
+//! acknowledgement of (so the sandbox sends again) and re-delivers old notifications
+//! (notifyPayment, or the mainland `trade_status_sync` form).
 //! After each round every payment is driven final (a restart runs recovery; a refund still
 //! unconfirmed may wait in the queue) and posd's database is held against the sandbox's own
 //! record: no order charged twice, no charge the terminal does not know of, no charge

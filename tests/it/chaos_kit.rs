@@ -631,6 +631,9 @@ pub enum Note {
     /// Held, then delivered: it arrives after later notifications, and after the payment was
     /// moved by an inquiry, a cancel or a restart.
     Late,
+    /// Delivered, and the listener's acknowledgement lost on its way back: the sender sees a
+    /// 503 and sends the notification again, to a listener that has already applied it.
+    AckLost,
 }
 
 /// The relay's per-round plan and what it did.
@@ -652,8 +655,8 @@ pub struct RelayState {
 }
 
 /// Relays the sandbox's notifications to the listeners at `targets` (a terminal's, or each
-/// hub instance's), duplicating some, holding others back, and delivering old ones again
-/// later. With more than one listener each delivery goes to one chosen by the round's seed,
+/// hub instance's), duplicating some, holding others back, losing the acknowledgement of
+/// others (the sandbox then sends them again), and delivering old ones again later. With more than one listener each delivery goes to one chosen by the round's seed,
 /// and to the next one when the chosen one does not answer (as a balancer would).
 pub struct Relay {
     pub addr: SocketAddr,
@@ -769,12 +772,10 @@ async fn relay_serve(
                 s.stash.push(req.clone());
             }
             let mut rng = StdRng::seed_from_u64(s.round_seed ^ s.seen.wrapping_mul(0x9E37_79B9));
-            let note = rng.gen_bool(s.rate).then(|| {
-                if rng.gen_bool(0.5) {
-                    Note::Duplicate
-                } else {
-                    Note::Late
-                }
+            let note = rng.gen_bool(s.rate).then(|| match rng.gen_range(0..3) {
+                0 => Note::Duplicate,
+                1 => Note::Late,
+                _ => Note::AckLost,
             });
             if let Some(n) = note {
                 *s.notes.entry(n).or_default() += 1;
@@ -794,14 +795,19 @@ async fn relay_serve(
         } else {
             deliver(&http, &targets, first, &req).await
         };
-        let answer = answer.unwrap_or_else(|| {
-            state.lock().unwrap().unanswered += 1;
-            Answer {
-                status: 503,
-                headers: vec![("content-type".into(), "text/plain".into())],
-                body: b"no listener answered".to_vec(),
+        let unavailable = |why: &str| Answer {
+            status: 503,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: why.as_bytes().to_vec(),
+        };
+        let answer = match answer {
+            None => {
+                state.lock().unwrap().unanswered += 1;
+                unavailable("no listener answered")
             }
-        });
+            Some(_) if note == Some(Note::AckLost) => unavailable("acknowledgement lost"),
+            Some(a) => a,
+        };
         write_answer(&mut sock, &answer, false).await?;
     }
     Ok(())
