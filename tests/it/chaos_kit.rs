@@ -2,9 +2,9 @@
 //! hub's in `hub/chaos.rs`): the sandbox scenario rows and the terminal's crash points, the
 //! fault-injecting HTTP proxy in front of the sandbox (hold, reset, 5xx, truncate, bad
 //! signature, chosen per call from the round's seed), the notification relay (duplicates,
-//! late and stale deliveries, to one listener or to either of two), random payment codes,
-//! and a terminal's own SQLite record (its payments, its reversal queue and a payment's
-//! journal).
+//! late and stale deliveries, lost acknowledgements, to one listener or to either of two),
+//! random payment codes, and a terminal's own SQLite record (its payments, its reversal
+//! queue and a payment's journal).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -656,8 +656,9 @@ pub struct RelayState {
 
 /// Relays the sandbox's notifications to the listeners at `targets` (a terminal's, or each
 /// hub instance's), duplicating some, holding others back, losing the acknowledgement of
-/// others (the sandbox then sends them again), and delivering old ones again later. With more than one listener each delivery goes to one chosen by the round's seed,
-/// and to the next one when the chosen one does not answer (as a balancer would).
+/// others (the sandbox then sends them again), and delivering old ones again later. With
+/// more than one listener each delivery goes to one chosen by the round's seed, and to the
+/// next one when the chosen one does not answer (as a balancer would).
 pub struct Relay {
     pub addr: SocketAddr,
     targets: Arc<Vec<String>>,
@@ -693,7 +694,8 @@ impl Relay {
         }
     }
 
-    /// This round's share of notifications duplicated or held back, and its seed.
+    /// This round's share of notifications duplicated, held back or left unacknowledged, and
+    /// its seed.
     pub fn plan(&self, rate: f64, round_seed: u64) {
         let mut s = self.state.lock().unwrap();
         s.rate = rate;
@@ -714,7 +716,7 @@ impl Relay {
                     // One listener draws nothing: a terminal's schedule stays its own.
                     let first = match self.targets.len() {
                         1 => 0,
-                        n => rng.gen_range(0..n),
+                        listeners => rng.gen_range(0..listeners),
                     };
                     (req, first)
                 })

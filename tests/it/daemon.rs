@@ -29,8 +29,9 @@ queue_backoff_max = "10m"
 /// process binds it right after, and again at each restart). It is taken below the kernel's
 /// ephemeral range: a port from that range can be handed to any outgoing connection (a
 /// pool's connection to PostgreSQL, a client's to the sandbox) while a killed daemon or hub
-/// instance is down, and its restart would then find its own port taken. Ports are handed
-/// out in turn from a start that differs by process, so two tests never get the same one.
+/// instance is down, and its restart would then find its own port taken. Within a process
+/// ports are handed out in turn, so two tests never get the same one; each process starts
+/// from its own place in the range, and a port another process holds fails the bind.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
 

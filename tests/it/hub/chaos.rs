@@ -4,8 +4,8 @@
 //! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls, a
 //! held pay reaching the upstream after the hub's pay deadline; in half of the rounds one
 //! sale's pay is held so by plan) and its notification relay (each notification to one
-//! instance or, duplicated, to both at once; some held late, old ones delivered again in
-//! later rounds), the upstream speaking Alipay+ or, with
+//! instance or, duplicated, to both at once; some held late, some with the acknowledgement
+//! lost, old ones delivered again in later rounds), the upstream speaking Alipay+ or, with
 //! `POSD_HUB_CHAOS_DIALECT=alipay_cn`, the mainland dialect (`hub_chaos_smoke_mainland`).
 //! For a seed, each round starts random sales over every sandbox scenario (and sometimes
 //! scans an order again) and, as the seed decides, SIGKILLs one instance at a random moment
