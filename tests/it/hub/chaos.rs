@@ -739,7 +739,7 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
             _ => TerminalFault::None,
         };
         let n = rng.gen_range(1..=4);
-        let sales: Vec<(usize, String, String, String)> = (0..n)
+        let mut sales: Vec<(usize, String, String, String)> = (0..n)
             .map(|i| {
                 order += 1;
                 let mut last2 = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
@@ -762,7 +762,18 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
         let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
         // In half of the rounds one sale's pay reaches the upstream only after the hub gave
         // up waiting for its answer (the hub's whole reason to exist is that ambiguity).
-        let late = rng.gen_bool(0.5).then(|| rng.gen_range(0..sales.len()));
+        let mut late = rng.gen_bool(0.5).then(|| rng.gen_range(0..sales.len()));
+        // Every seed's first round holds the pay of a sale the upstream charges (row 07), not
+        // aborted: its terminal inquires through the hub while the upstream has no such
+        // payment yet, and must go on asking, not end the sale, until the pay lands. (At
+        // random, with a few rounds, that comes up in some runs and not in others.) Set over
+        // the generator's draws, not instead of them: the rest of the schedule is unchanged.
+        let first = round == 0 && !matches!(terminal_fault, TerminalFault::Silent(..));
+        if first {
+            let i = late.unwrap_or(sales.len() - 1);
+            late = Some(i);
+            sales[i].2.replace_range(16.., "07");
+        }
         if let Some(i) = late {
             let (_, order_ref, code, _) = &sales[i];
             e.proxy.hold_first_pay(dialect.sale_name(order_ref, code));
@@ -778,7 +789,8 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
             _ if cashier.gen_bool(0.2) => Some(cashier.gen_range(0..sales.len())),
             _ => None,
         }
-        .map(|i| (cashier.gen_range(100..1400), i));
+        .map(|i| (cashier.gen_range(100..1400), i))
+        .filter(|&(_, i)| !(first && late == Some(i)));
 
         if let HubFault::Failpoint(i, fp) = hub_fault {
             e.hubs[i].kill();
