@@ -858,3 +858,44 @@ impl Drop for Gate {
         self.task.abort();
     }
 }
+
+/// Takes the payment's row lock in a transaction of its own, as a busy instance would, and
+/// keeps it until the returned sender is used (or dropped).
+pub async fn hold_row_lock(db: &TestDb, id: &str) -> tokio::sync::oneshot::Sender<()> {
+    let pool = db.pool().await;
+    let (locked_tx, locked) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let mut client = pool.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let n = tx
+            .execute(
+                "SELECT 1 FROM hub_payments WHERE payment_request_id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "the payment's row exists");
+        locked_tx.send(()).unwrap();
+        let _ = released.await;
+        tx.rollback().await.unwrap();
+    });
+    locked.await.unwrap();
+    release
+}
+
+/// The outcomes the hub recorded for the payment's notifications, in name order.
+pub async fn notifications_of(db: &TestDb, id: &str) -> Vec<String> {
+    let pool = db.pool().await;
+    let c = pool.get().await.unwrap();
+    c.query(
+        "SELECT outcome FROM hub_notifications WHERE payment_request_id = $1 ORDER BY outcome",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}

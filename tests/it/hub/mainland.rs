@@ -1,7 +1,8 @@
 //! A hub whose upstream is the mainland dialect (`kind = "alipay_cn"`, the sandbox's
 //! `/gateway.do`): an answer that does not verify is U to the terminal, never S; the hub's
 //! own work (active cancel, its queue) goes through the same conversion; mainland
-//! notifications reach the hub verified, amount-checked and applied once.
+//! notifications reach the hub verified, amount-checked and applied once, and one the hub
+//! cannot record is answered `fail`.
 
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use posd::gateway::sign::PrivateKey;
 use super::super::daemon::free_port;
 use super::super::support::gateway_key;
 use super::harness::{
-    code, hub_private, hub_state, journal, notify_section, pay_body, register, terminal,
-    wait_hub_state, Signer, TestHub, Upstream, MAINLAND_APP_ID,
+    code, hold_row_lock, hub_private, hub_state, journal, notifications_of, notify_section,
+    pay_body, register, terminal, wait_hub_state, Signer, TestHub, Upstream, MAINLAND_APP_ID,
 };
 use super::pg::TestDb;
 
@@ -301,4 +302,33 @@ async fn mainland_notifications_are_verified_checked_and_applied_once() {
     assert_eq!(post_form(&url, dup).await, "success");
     assert_eq!(applied().await, 1);
     assert_eq!(hub_state(&db, "CN_N84").await.as_deref(), Some("SUCCEEDED"));
+}
+
+/// A genuine mainland notification the hub cannot record (the payment's row locked past the
+/// hub's lock timeout) is answered `fail`, so Alipay sends it again, and changes nothing; sent
+/// again once the row is free, it is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mainland_notification_the_hub_cannot_record_is_answered_fail_and_changes_nothing() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/alipay/notify");
+    let db = TestDb::new().await;
+    let up = Upstream::start(Duration::from_secs(60)).await;
+    register(&db, "T_A", "terminal_a").await;
+    let mut hub = TestHub::mainland(&db, &up.base_url(), "", &notify_section(port));
+    hub.start(None).await;
+    let r = Signer::new("T_A", "terminal_a")
+        .send(&hub.base, "pay", &pay_body("CN_L83", &code("83")), 0)
+        .await;
+    assert_eq!(r.status(), "U", "{:?}", r.body);
+    let genuine = mainland_notification(&gateway_key(), "CN_L83", "2026T83", "12.34");
+
+    let release = hold_row_lock(&db, "CN_L83").await;
+    assert_eq!(post_form(&url, genuine.clone()).await, "fail");
+    assert_eq!(hub_state(&db, "CN_L83").await.as_deref(), Some("RECEIVED"));
+    assert!(notifications_of(&db, "CN_L83").await.is_empty());
+    release.send(()).unwrap();
+
+    assert_eq!(post_form(&url, genuine).await, "success");
+    assert_eq!(notifications_of(&db, "CN_L83").await, ["applied"]);
+    assert_eq!(hub_state(&db, "CN_L83").await.as_deref(), Some("SUCCEEDED"));
 }

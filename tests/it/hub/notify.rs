@@ -10,7 +10,8 @@ use posd::gateway::sign::Message;
 use super::super::daemon::free_port;
 use super::super::support::gateway_key;
 use super::harness::{
-    code, hub_state, notify_section, pay_body, register, wait_hub_state, Signer, TestHub, Upstream,
+    code, hold_row_lock, hub_state, notifications_of, notify_section, pay_body, register,
+    wait_hub_state, Signer, TestHub, Upstream,
 };
 use super::pg::TestDb;
 
@@ -133,47 +134,6 @@ async fn received_83(hub: &TestHub, db: &TestDb, id: &str) -> serde_json::Value 
         "paymentId": format!("{id}-PID"),
         "result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "success"},
         "paymentAmount": {"currency": "CNY", "value": "1234"}})
-}
-
-/// Takes the payment's row lock in a transaction of its own, as a busy instance would, and
-/// keeps it until the returned sender is used (or dropped).
-async fn hold_row_lock(db: &TestDb, id: &str) -> tokio::sync::oneshot::Sender<()> {
-    let pool = db.pool().await;
-    let (locked_tx, locked) = tokio::sync::oneshot::channel();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let id = id.to_string();
-    tokio::spawn(async move {
-        let mut client = pool.get().await.unwrap();
-        let tx = client.transaction().await.unwrap();
-        let n = tx
-            .execute(
-                "SELECT 1 FROM hub_payments WHERE payment_request_id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .unwrap();
-        assert_eq!(n, 1, "the payment's row exists");
-        locked_tx.send(()).unwrap();
-        let _ = released.await;
-        tx.rollback().await.unwrap();
-    });
-    locked.await.unwrap();
-    release
-}
-
-/// The outcomes the hub recorded for the payment's notifications, in name order.
-async fn notifications_of(db: &TestDb, id: &str) -> Vec<String> {
-    let pool = db.pool().await;
-    let c = pool.get().await.unwrap();
-    c.query(
-        "SELECT outcome FROM hub_notifications WHERE payment_request_id = $1 ORDER BY outcome",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
 }
 
 /// The same notification handed to both instances in the same instant (both wait on the
