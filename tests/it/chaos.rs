@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use super::chaos_kit::{
     code, decimal, env_u64, journal, open_db, payments, queued, sandbox_took, seed_range, Dialect,
-    Proxy, Relay, Row, FAILPOINTS, SCENARIOS,
+    InFlight, Proxy, Relay, Row, FAILPOINTS, SCENARIOS,
 };
 use super::daemon::TestDaemon;
 
@@ -242,6 +242,7 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
     let proxy = Proxy::start(sandbox.base_url()).await;
     let notify_port = super::daemon::free_port();
     let relay = Relay::start(vec![format!("http://127.0.0.1:{notify_port}")]).await;
+    let quiet = [&proxy.in_flight, &relay.in_flight];
     let disk = Disk::new(dir.path().join("db"));
     let mut d = TestDaemon::new(&format!(
         "{}{FLOW}\n\
@@ -427,7 +428,9 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
             d.start(None).await;
             fig.restarts += 1;
         }
-        settle(&mut d, &db, &mut fig).await.map_err(|e| at(&e))?;
+        settle(&mut d, &db, &quiet, &mut fig)
+            .await
+            .map_err(|e| at(&e))?;
         if let Some(full) = refund {
             let succeeded = payments(&db)
                 .into_iter()
@@ -456,7 +459,9 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
                 .await;
         }
         if refund.is_some() || replay {
-            settle(&mut d, &db, &mut fig).await.map_err(|e| at(&e))?;
+            settle(&mut d, &db, &quiet, &mut fig)
+                .await
+                .map_err(|e| at(&e))?;
         }
         check(&d, &db, &sandbox_db).map_err(|e| at(&e))?;
         fig.rounds += 1;
@@ -644,7 +649,12 @@ fn a_failure_prints_the_journal_in_time_order() {
 /// Waits until every payment is final (or its reversal waits in the queue) and the queue's
 /// worker is between attempts; if some stay open, restarts the daemon (recovery) and waits
 /// again. Open after that is a failure.
-async fn settle(d: &mut TestDaemon, db: &std::path::Path, fig: &mut Figures) -> Result<(), String> {
+async fn settle(
+    d: &mut TestDaemon,
+    db: &std::path::Path,
+    quiet: &[&InFlight],
+    fig: &mut Figures,
+) -> Result<(), String> {
     for attempt in 0..2 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -652,10 +662,20 @@ async fn settle(d: &mut TestDaemon, db: &std::path::Path, fig: &mut Figures) -> 
                 .into_iter()
                 .filter(|p| !p.is_final() && !queued(db, &p.id))
                 .collect();
-            if open.is_empty() && !queue_busy(db) {
+            // Nothing held at the proxy or the relay either: a late pay has reached the
+            // sandbox, a late notification the daemon.
+            let in_flight: u64 = quiet.iter().map(|q| q.count()).sum();
+            if open.is_empty() && !queue_busy(db) && in_flight == 0 {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                if attempt == 1 && open.is_empty() && in_flight > 0 {
+                    return Err(format!(
+                        "{in_flight} requests still in flight at the proxy and the relay after \
+                         20 s\n{}",
+                        d.log()
+                    ));
+                }
                 if attempt == 1 && open.is_empty() {
                     return Err(format!(
                         "the queue's worker never fell quiet after recovery (an item leased or \

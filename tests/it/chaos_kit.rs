@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -155,10 +156,39 @@ pub struct ProxyState {
 /// after the client gave up.
 pub const HOLD: std::ops::Range<u64> = 650..1500;
 
+/// Requests a proxy or a relay has taken in and not finished with (held, forwarded,
+/// answered). A round's check waits until there are none: a pay held past its deadline
+/// reaches the sandbox, and a notification held back reaches its listener, before the records
+/// are read, not in the next round's (or, after the last round, never).
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    /// Counts one request until the guard is dropped, however its handling ends.
+    fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// How many are in flight now.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct InFlightGuard(Arc<AtomicU64>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A fault-injecting HTTP/1.1 proxy in front of the sandbox.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<ProxyState>>,
+    pub in_flight: InFlight,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -169,14 +199,21 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let http = reqwest::Client::new();
-        let st = state.clone();
+        let in_flight = InFlight::default();
+        let (st, busy) = (state.clone(), in_flight.clone());
         let task = accept_each(listener, move |sock| {
-            let (st, http, upstream) = (st.clone(), http.clone(), upstream.clone());
+            let (st, http, upstream, busy) =
+                (st.clone(), http.clone(), upstream.clone(), busy.clone());
             async move {
-                let _ = serve(sock, st, http, upstream).await;
+                let _ = serve(sock, st, http, upstream, busy).await;
             }
         });
-        Proxy { addr, state, task }
+        Proxy {
+            addr,
+            state,
+            in_flight,
+            task,
+        }
     }
 
     /// This round's fault rate and seed.
@@ -436,9 +473,11 @@ async fn serve(
     state: Arc<Mutex<ProxyState>>,
     http: reqwest::Client,
     upstream: String,
+    in_flight: InFlight,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await? {
+        let _busy = in_flight.enter();
         let op = req.path.rsplit('/').next().unwrap_or("");
         let down = state.lock().unwrap().down.iter().any(|d| d == op);
         let (fault, hold) = match choose(&state, &req.path, &req.body) {
@@ -663,6 +702,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     targets: Arc<Vec<String>>,
     pub state: Arc<Mutex<RelayState>>,
+    pub in_flight: InFlight,
     http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
 }
@@ -678,17 +718,24 @@ impl Relay {
             .build()
             .unwrap();
         let targets = Arc::new(targets);
-        let (st, h, t) = (state.clone(), http.clone(), targets.clone());
+        let in_flight = InFlight::default();
+        let (st, h, t, busy) = (
+            state.clone(),
+            http.clone(),
+            targets.clone(),
+            in_flight.clone(),
+        );
         let task = accept_each(listener, move |sock| {
-            let (st, h, t) = (st.clone(), h.clone(), t.clone());
+            let (st, h, t, busy) = (st.clone(), h.clone(), t.clone(), busy.clone());
             async move {
-                let _ = relay_serve(sock, st, h, t).await;
+                let _ = relay_serve(sock, st, h, t, busy).await;
             }
         });
         Relay {
             addr,
             targets,
             state,
+            in_flight,
             http,
             task,
         }
@@ -728,7 +775,9 @@ impl Relay {
             .into_iter()
             .map(|(req, first)| {
                 let (http, targets) = (self.http.clone(), self.targets.clone());
+                let busy = self.in_flight.enter();
                 tokio::spawn(async move {
+                    let _busy = busy;
                     let _ = deliver(&http, &targets, first, &req).await;
                 })
             })
@@ -763,9 +812,11 @@ async fn relay_serve(
     state: Arc<Mutex<RelayState>>,
     http: reqwest::Client,
     targets: Arc<Vec<String>>,
+    in_flight: InFlight,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await? {
+        let _busy = in_flight.enter();
         let (note, delay, first) = {
             let mut s = state.lock().unwrap();
             s.seen += 1;
@@ -976,6 +1027,42 @@ async fn the_relay_fails_over_to_a_listener_that_answers() {
         .unwrap();
     assert_eq!(r.status(), 503, "no listener: the sender must retry");
     assert_eq!(lost.state.lock().unwrap().unanswered, 1);
+}
+
+/// A pay held past its client's deadline stays in flight at the proxy, though the client has
+/// given up, until it has reached the upstream: a round's check waits for that, so the late
+/// charge is in the record it reads.
+#[tokio::test]
+async fn a_held_pay_is_in_flight_until_it_reaches_the_upstream() {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let (upstream, count) = counting_listener().await;
+    let proxy = Proxy::start(upstream).await;
+    proxy.hold_pays(300..301);
+    proxy.hold_first_pay("S1-1".into());
+    let gave_up = reqwest::Client::new()
+        .post(format!("http://{}/ams/api/v1/payments/pay", proxy.addr))
+        .timeout(Duration::from_millis(50))
+        .body(r#"{"paymentRequestId":"PR1","order":{"referenceOrderId":"S1-1"}}"#)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up: {gave_up:?}");
+    assert_eq!(proxy.in_flight.count(), 1, "held, not forgotten");
+    assert_eq!(count.load(SeqCst), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.in_flight.count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count.load(SeqCst),
+        1,
+        "it reached the upstream before it left the count"
+    );
+    assert_eq!(proxy.state.lock().unwrap().late_held, 1);
 }
 
 /// `scripts/broken-builds/`: each deliberately broken build still applies to today's source
