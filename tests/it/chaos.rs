@@ -12,7 +12,8 @@
 //! acknowledgement of (so the sandbox sends again) and re-delivers old notifications
 //! (notifyPayment, or the mainland `trade_status_sync` form). After each round every
 //! payment is driven final (a restart runs recovery; a refund still unconfirmed may wait in
-//! the queue) and posd's database is held against the sandbox's own record: no order
+//! the queue), nothing is left held at the proxy or the relay, and posd's database is held
+//! against the sandbox's own record: no order
 //! charged twice, no charge the terminal does not know of, no charge reported as not
 //! charged without a queued reversal, nothing open, nothing left for a human (no sandbox
 //! answer calls for one), no panic.

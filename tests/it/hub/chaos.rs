@@ -2,8 +2,8 @@
 //! PostgreSQL database behind a balancer, one or two real terminals (`posd run`) paying
 //! through it, and the sandbox (in this process) behind the fault-injecting proxy of
 //! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls, a
-//! held pay reaching the upstream after the hub's pay deadline; in half of the rounds one
-//! sale's pay is held so by plan) and its notification relay (each notification to one
+//! held pay reaching the upstream after the hub's pay deadline; in half of the rounds, and
+//! in every seed's first, one sale's pay is held so by plan) and its notification relay (each notification to one
 //! instance or, duplicated, to both at once; some held late, some with the acknowledgement
 //! lost, old ones delivered again in later rounds), the upstream speaking Alipay+ or, with
 //! `POSD_HUB_CHAOS_DIALECT=alipay_cn`, the mainland dialect (`hub_chaos_smoke_mainland`).
@@ -14,7 +14,8 @@
 //! closed its open payments by itself (active cancel); the cashier aborts a sale (often
 //! the one whose pay is held), and refunds go through the hub. After each round
 //! everything is driven final — what is down is restarted, the terminals' recovery finishes
-//! through the hub, both queues drain within a bound — and the terminals' SQLite, the hub's
+//! through the hub, both queues drain within a bound, nothing is left held at the proxy or
+//! the relay — and the terminals' SQLite, the hub's
 //! PostgreSQL and the sandbox's own record are held together: no order charged twice, no
 //! upstream payment that no terminal or the hub knows of, no pay forwarded after its
 //! cancel, money the same on all three, terminal and hub agreeing on each outcome, nothing
