@@ -6,9 +6,10 @@
 //! decides, SIGKILLs the daemon at a random moment or at a crash point (one that fires in
 //! start-up recovery counts as a kill), holds the database's writer lock from another
 //! process, fills the database's small filesystem, starts posd on it read-only, aborts open
-//! sales, refunds and replays the queue, while the proxy holds, resets, truncates, answers
-//! 5xx or breaks the signature of gateway calls (and, in about a third of the rounds, holds
-//! one sale's pay until after posd gave up on it) and a relay duplicates, delays, loses the
+//! sales, refunds (a full one's first send lost before the gateway sees it) and replays the
+//! queue, while the proxy holds, resets, truncates, answers 5xx or breaks the signature of
+//! gateway calls (and, in about a third of the rounds, holds one sale's pay until after
+//! posd gave up on it) and a relay duplicates, delays, loses the
 //! acknowledgement of (so the sandbox sends again) and re-delivers old notifications
 //! (notifyPayment, or the mainland `trade_status_sync` form). After each round every
 //! payment is driven final (a restart runs recovery; a refund still unconfirmed may wait in
@@ -180,6 +181,8 @@ pub struct Figures {
     pub calls: u64,
     /// Planned late pays (held past posd's deadline, whatever the round's fault rate).
     pub late_pays: u64,
+    /// Full refunds whose first send was reset before the gateway saw it, as planned.
+    pub lost_refunds: u64,
     pub faults: BTreeMap<String, u64>,
     pub states: BTreeMap<String, u64>,
 }
@@ -206,6 +209,7 @@ impl Figures {
         self.restarts += o.restarts;
         self.calls += o.calls;
         self.late_pays += o.late_pays;
+        self.lost_refunds += o.lost_refunds;
         for (k, v) in &o.faults {
             *self.faults.entry(k.clone()).or_default() += v;
         }
@@ -439,6 +443,14 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
                 .collect::<Vec<_>>();
             if !succeeded.is_empty() {
                 let p = &succeeded[rng.gen_range(0..succeeded.len())];
+                // A full refund loses its first send before the gateway sees it. posd cannot
+                // tell that from a refund made whose answer was lost: it must send the
+                // identical refund again, never report the money given back unasked. (Partial
+                // refunds, and the refunds of a closed cancel window, meet the proxy's random
+                // faults only.)
+                if full {
+                    proxy.reset_next(&dialect.op("refund"));
+                }
                 let body = if full {
                     serde_json::json!({"reason": "chaos"})
                 } else {
@@ -479,6 +491,7 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
         }
         fig.calls = s.calls;
         fig.late_pays = s.late_held;
+        fig.lost_refunds = s.planned_resets;
         for (f, n) in &s.faults {
             fig.faults.insert(format!("{f:?}"), *n);
         }
@@ -834,8 +847,9 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
     eprintln!(
         "chaos {label} ({}): seeds {seeds}: {} rounds, {} payments, {} SIGKILLs + {} crash points \
          ({} fired in start-up recovery), {} restarts, {} writer-lock holds, {} full-disk \
-         spells, {} read-only starts, {} aborts, {} rescans, {} refunds, {} queue replays; \
-         {} gateway calls ({} pays held late as planned), faults {:?}; {} notifications \
+         spells, {} read-only starts, {} aborts, {} rescans, {} refunds ({} full ones' first \
+         send lost as planned), {} queue replays; {} gateway calls ({} pays held late as \
+         planned), faults {:?}; {} notifications \
          relayed, {:?}, {} old ones again; final states {:?}; {:.1} s",
         dialect.name(),
         fig.rounds,
@@ -850,6 +864,7 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
         fig.aborts,
         fig.rescans,
         fig.refunds,
+        fig.lost_refunds,
         fig.replays,
         fig.calls,
         fig.late_pays,
@@ -885,6 +900,10 @@ async fn smoke(dialect: Dialect) {
     print(dialect, "smoke", "1..=2", &all, t0.elapsed());
     assert_eq!(all.rounds, 20);
     assert!(all.payments >= 20, "{all:?}");
+    assert!(
+        all.lost_refunds >= 1,
+        "a full refund lost its first send: {all:?}"
+    );
 }
 
 /// Replays one seed: `POSD_CHAOS_SEED=N [POSD_CHAOS_ROUNDS=R] [POSD_CHAOS_DIALECT=alipay_cn]`.

@@ -77,6 +77,14 @@ impl Dialect {
         }
     }
 
+    /// The proxy's name of the operation `op` (`pay`, `refund`, …) in this dialect.
+    pub fn op(self, op: &str) -> String {
+        match self {
+            Dialect::AlipayPlus => op.to_string(),
+            Dialect::Mainland => format!("alipay.trade.{op}"),
+        }
+    }
+
     /// Whether the proxy's operation name `op` is of this dialect.
     pub fn speaks(self, op: &str) -> bool {
         op.starts_with("alipay.") == (self == Dialect::Mainland)
@@ -146,6 +154,11 @@ pub struct ProxyState {
     pub late: std::collections::HashSet<String>,
     /// Planned late pays that reached the proxy and were held.
     pub late_held: u64,
+    /// Operations whose next call is reset before it reaches the upstream, whatever the
+    /// rate (planned by the runner for this round; cleared when the next round is planned).
+    pub reset_next: Vec<String>,
+    /// Planned resets that met their call.
+    pub planned_resets: u64,
     /// How long a held pay is held, in ms, where a runner sets it past its own client's pay
     /// deadline; [`HOLD`] otherwise.
     pub pay_hold: Option<std::ops::Range<u64>>,
@@ -221,6 +234,14 @@ impl Proxy {
         let mut s = self.state.lock().unwrap();
         s.rate = rate;
         s.round_seed = round_seed;
+        s.reset_next.clear();
+    }
+
+    /// Resets the next call of `op` (the AMS path's last segment, or the mainland `method`)
+    /// before the upstream sees it, whatever this round's rate: a request its client cannot
+    /// tell from one the upstream acted on and whose answer was lost.
+    pub fn reset_next(&self, op: &str) {
+        self.state.lock().unwrap().reset_next.push(op.to_string());
     }
 
     /// Holds pays (when their fault is a hold) for a time in `ms`, e.g. past a client's pay
@@ -331,6 +352,12 @@ fn choose(state: &Mutex<ProxyState>, path: &str, body: &[u8]) -> Option<(Fault, 
         _ => HOLD,
     };
     let hold = Duration::from_millis(rng.gen_range(range));
+    if let Some(i) = s.reset_next.iter().position(|op| *op == call.op) {
+        s.reset_next.swap_remove(i);
+        s.planned_resets += 1;
+        *s.faults.entry(Fault::ResetBefore).or_default() += 1;
+        return Some((Fault::ResetBefore, Duration::ZERO));
+    }
     if call.pay && call.sale.as_ref().is_some_and(|name| s.late.remove(name)) {
         s.late_held += 1;
         *s.faults.entry(Fault::Hold).or_default() += 1;
