@@ -2,9 +2,9 @@
 //! hub's in `hub/chaos.rs`): the sandbox scenario rows and the terminal's crash points, the
 //! fault-injecting HTTP proxy in front of the sandbox (hold, reset, 5xx, truncate, bad
 //! signature, chosen per call from the round's seed), the notification relay (duplicates,
-//! late and stale deliveries, lost acknowledgements, to one listener or to either of two),
-//! random payment codes, and a terminal's own SQLite record (its payments, its reversal
-//! queue and a payment's journal).
+//! late and stale deliveries, lost acknowledgements, damaged bodies, to one listener or to
+//! either of two), random payment codes, and a terminal's own SQLite record (its payments,
+//! its reversal queue and a payment's journal).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -700,6 +700,10 @@ pub enum Note {
     /// Delivered, and the listener's acknowledgement lost on its way back: the sender sees a
     /// 503 and sends the notification again, to a listener that has already applied it.
     AckLost,
+    /// Delivered with its amount changed and its signature not (what a tampering hop, or a
+    /// forger without the key, sends): the listener must refuse it, and the sender, not
+    /// acknowledged, sends the genuine one again.
+    Damaged,
 }
 
 /// The relay's per-round plan and what it did.
@@ -718,6 +722,8 @@ pub struct RelayState {
     pub delivered: u64,
     /// Deliveries that no listener answered (the relay answers 503: the sender retries).
     pub unanswered: u64,
+    /// Damaged notifications a listener acknowledged (must stay 0).
+    pub damaged_acked: u64,
 }
 
 /// Relays the sandbox's notifications to the listeners at `targets` (a terminal's, or each
@@ -852,10 +858,11 @@ async fn relay_serve(
                 s.stash.push(req.clone());
             }
             let mut rng = StdRng::seed_from_u64(s.round_seed ^ s.seen.wrapping_mul(0x9E37_79B9));
-            let note = rng.gen_bool(s.rate).then(|| match rng.gen_range(0..3) {
+            let note = rng.gen_bool(s.rate).then(|| match rng.gen_range(0..4) {
                 0 => Note::Duplicate,
                 1 => Note::Late,
-                _ => Note::AckLost,
+                2 => Note::AckLost,
+                _ => Note::Damaged,
             });
             if let Some(n) = note {
                 *s.notes.entry(n).or_default() += 1;
@@ -866,7 +873,13 @@ async fn relay_serve(
         if note == Some(Note::Late) {
             tokio::time::sleep(delay).await;
         }
-        let answer = if note == Some(Note::Duplicate) {
+        let answer = if note == Some(Note::Damaged) {
+            let a = deliver(&http, &targets, first, &damaged(&req)).await;
+            if a.as_ref().is_some_and(acknowledges) {
+                state.lock().unwrap().damaged_acked += 1;
+            }
+            a
+        } else if note == Some(Note::Duplicate) {
             let (a, _) = tokio::join!(
                 deliver(&http, &targets, first, &req),
                 deliver(&http, &targets, first + 1, &req)
@@ -891,6 +904,49 @@ async fn relay_serve(
         write_answer(&mut sock, &answer, false).await?;
     }
     Ok(())
+}
+
+/// `req` with its amount changed (one digit of the AMS `paymentAmount.value`, or of the
+/// mainland `total_amount`; a byte in the middle when it carries neither) and its signature
+/// left as it was.
+fn damaged(req: &Request) -> Request {
+    let mut bad = req.clone();
+    let body = &mut bad.body;
+    let find = |needle: &[u8]| {
+        body.windows(needle.len())
+            .position(|w| w == needle)
+            .map(|i| i + needle.len())
+    };
+    let from = find(b"\"value\":\"").or_else(|| find(b"total_amount="));
+    match from.and_then(|i| (i..body.len()).find(|&j| body[j].is_ascii_digit())) {
+        Some(j) => body[j] = if body[j] == b'9' { b'1' } else { body[j] + 1 },
+        None if !body.is_empty() => {
+            let m = body.len() / 2;
+            body[m] ^= 1;
+        }
+        None => {}
+    }
+    bad
+}
+
+/// Whether a listener's answer acknowledges a notification (AMS: the `S` result JSON;
+/// mainland: `success`).
+fn acknowledges(a: &Answer) -> bool {
+    posd::gateway::sandbox::notify::is_ack(a.status, &a.body)
+        || (a.status == 200 && a.body == b"success")
+}
+
+impl Relay {
+    /// Fails when a listener acknowledged a damaged notification since the relay started.
+    pub fn check_damaged(&self) -> Result<(), String> {
+        match self.state.lock().unwrap().damaged_acked {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} notifications with their amount changed and their signature not were \
+                 acknowledged"
+            )),
+        }
+    }
 }
 
 /// A seed range from `var` (`A..B`, end exclusive), `default` when unset.
@@ -1054,6 +1110,76 @@ async fn the_relay_fails_over_to_a_listener_that_answers() {
         .unwrap();
     assert_eq!(r.status(), 503, "no listener: the sender must retry");
     assert_eq!(lost.state.lock().unwrap().unanswered, 1);
+}
+
+/// A damaged notification carries another amount under the same signature, in both
+/// dialects; one a listener acknowledges fails the round's check.
+#[tokio::test]
+async fn a_damaged_notification_changes_the_amount_and_must_not_be_acknowledged() {
+    let req = |body: &[u8]| Request {
+        path: "/alipay/notify".into(),
+        headers: vec![("signature".into(), "algorithm=RSA256,signature=abc".into())],
+        body: body.to_vec(),
+    };
+    let ams = damaged(&req(
+        br#"{"paymentAmount":{"currency":"CNY","value":"1934"},"x":"7"}"#,
+    ));
+    assert_eq!(
+        ams.body,
+        br#"{"paymentAmount":{"currency":"CNY","value":"2934"},"x":"7"}"#
+    );
+    assert_eq!(
+        ams.headers,
+        req(b"").headers,
+        "the signature is left as it was"
+    );
+    let cn = damaged(&req(
+        b"out_trade_no=P1&total_amount=9.50&trade_status=TRADE_SUCCESS",
+    ));
+    assert_eq!(
+        cn.body,
+        b"out_trade_no=P1&total_amount=1.50&trade_status=TRADE_SUCCESS"
+    );
+
+    // A listener that acknowledges whatever it is sent.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(accept_each(listener, |mut sock| async move {
+        let mut buf = Vec::new();
+        while let Ok(Some(_)) = read_request(&mut sock, &mut buf).await {
+            let ack = Answer {
+                status: 200,
+                headers: Vec::new(),
+                body: b"success".to_vec(),
+            };
+            if write_answer(&mut sock, &ack, false).await.is_err() {
+                return;
+            }
+        }
+    }));
+    let relay = Relay::start(vec![url]).await;
+    relay.plan(1.0, 3);
+    let http = reqwest::Client::new();
+    let mut sent = 0;
+    while relay
+        .state
+        .lock()
+        .unwrap()
+        .notes
+        .get(&Note::Damaged)
+        .is_none()
+    {
+        sent += 1;
+        assert!(sent < 100, "the relay damages a quarter of what it faults");
+        let _ = http
+            .post(format!("http://{}/alipay/notify", relay.addr))
+            .body("total_amount=12.34")
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(relay.state.lock().unwrap().damaged_acked, 1);
+    assert!(relay.check_damaged().is_err());
 }
 
 /// A pay held past its client's deadline stays in flight at the proxy, though the client has

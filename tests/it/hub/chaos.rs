@@ -499,6 +499,7 @@ fn kept(state: &str, amount: i64, refunded: i64) -> Option<i64> {
 
 /// The terminals', the hub's and the sandbox's records held together (after [`Estate::settle`]).
 async fn check(e: &Estate, fig: &mut Figures, last: bool) -> Result<(), String> {
+    e.relay.check_damaged()?;
     let upstream = e.up.records();
     let hub = hub_rows(&e.pool).await;
     let mut rows: Vec<(usize, Row)> = Vec::new();
