@@ -9,15 +9,15 @@
 //! sales, refunds (a full one's first send lost before the gateway sees it) and replays the
 //! queue, while the proxy holds, resets, truncates, answers 5xx or breaks the signature of
 //! gateway calls (and, in about a third of the rounds, holds one sale's pay until after
-//! posd gave up on it) and a relay duplicates, delays, loses the
-//! acknowledgement of (so the sandbox sends again) and re-delivers old notifications
-//! (notifyPayment, or the mainland `trade_status_sync` form). After each round every
-//! payment is driven final (a restart runs recovery; a refund still unconfirmed may wait in
-//! the queue), nothing is left held at the proxy or the relay, and posd's database is held
-//! against the sandbox's own record: no order
-//! charged twice, no charge the terminal does not know of, no charge reported as not
-//! charged without a queued reversal, nothing open, nothing left for a human (no sandbox
-//! answer calls for one), no panic.
+//! posd gave up on it) and a relay duplicates, delays, loses the acknowledgement of (so the
+//! sandbox sends again), changes the amount of (under the same signature: never to be
+//! acknowledged) and re-delivers old notifications (notifyPayment, or the mainland
+//! `trade_status_sync` form). After each round every payment is driven final (a restart
+//! runs recovery; a refund still unconfirmed may wait in the queue), nothing is left held
+//! at the proxy or the relay, and posd's database is held against the sandbox's own record:
+//! no order charged twice, no charge the terminal does not know of, no charge reported as
+//! not charged without a queued reversal, nothing open, nothing left for a human (no
+//! sandbox answer calls for one), no panic.
 //!
 //! The database sits on its own 32 MB tmpfs when the test may mount one (root); otherwise
 //! (or with `POSD_CHAOS_NO_MOUNT=1`) the full-disk and read-only faults are skipped.

@@ -3,23 +3,24 @@
 //! through it, and the sandbox (in this process) behind the fault-injecting proxy of
 //! `chaos_kit` (hold, reset, 5xx, truncate, bad signature on the hub's upstream calls, a
 //! held pay reaching the upstream after the hub's pay deadline; in half of the rounds, and
-//! in every seed's first, one sale's pay is held so by plan) and its notification relay (each notification to one
-//! instance or, duplicated, to both at once; some held late, some with the acknowledgement
-//! lost, old ones delivered again in later rounds), the upstream speaking Alipay+ or, with
+//! in every seed's first, one sale's pay is held so by plan) and its notification relay
+//! (each notification to one instance or, duplicated, to both at once; some held late, some
+//! with the acknowledgement lost, some with the amount changed under the same signature,
+//! old ones delivered again in later rounds), the upstream speaking Alipay+ or, with
 //! `POSD_HUB_CHAOS_DIALECT=alipay_cn`, the mainland dialect (`hub_chaos_smoke_mainland`).
 //! For a seed, each round starts random sales over every sandbox scenario (and sometimes
 //! scans an order again) and, as the seed decides, SIGKILLs one instance at a random moment
 //! or starts it with a hub crash point (`POSD_FAILPOINT`), SIGKILLs a terminal or starts it
 //! with one of its own crash points, or lets a terminal fall silent until the hub has
-//! closed its open payments by itself (active cancel); the cashier aborts a sale (often
-//! the one whose pay is held), and refunds go through the hub. After each round
-//! everything is driven final — what is down is restarted, the terminals' recovery finishes
-//! through the hub, both queues drain within a bound, nothing is left held at the proxy or
-//! the relay — and the terminals' SQLite, the hub's
-//! PostgreSQL and the sandbox's own record are held together: no order charged twice, no
-//! upstream payment that no terminal or the hub knows of, no pay forwarded after its
-//! cancel, money the same on all three, terminal and hub agreeing on each outcome, nothing
-//! open, nothing left for a human on either side, no panic in any log.
+//! closed its open payments by itself (active cancel); the cashier aborts a sale (often the
+//! one whose pay is held), and refunds go through the hub. After each round everything is
+//! driven final — what is down is restarted, the terminals' recovery finishes through the
+//! hub, both queues drain within a bound, nothing is left held at the proxy or the relay —
+//! and the terminals' SQLite, the hub's PostgreSQL and the sandbox's own record are held
+//! together: no order charged twice, no upstream payment that no terminal or the hub knows
+//! of, no pay forwarded after its cancel, money the same on all three, terminal and hub
+//! agreeing on each outcome, nothing open, nothing left for a human on either side, no
+//! panic in any log.
 //!
 //! The smoke run (`hub_chaos_smoke`) is part of the default suite. Long runs:
 //! `POSD_HUB_CHAOS_SEEDS=1..21 POSD_HUB_CHAOS_ROUNDS=10 cargo test --test integration
