@@ -899,3 +899,28 @@ pub async fn notifications_of(db: &TestDb, id: &str) -> Vec<String> {
     .map(|r| r.get(0))
     .collect()
 }
+
+/// A hub (its upstream AMS, or mainland with `mainland`) listening for notifications on a port
+/// of its own, with terminal `T_A` registered; the sandbox sends its own notifications there
+/// when `upstream_notifies`. Returns the listener's base URL beside the rest.
+pub async fn listening_hub(
+    mainland: bool,
+    upstream_notifies: bool,
+) -> (TestDb, Upstream, TestHub, String) {
+    let db = TestDb::new().await;
+    let up = Upstream::start(Duration::from_secs(60)).await;
+    register(&db, "T_A", "terminal_a").await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut hub = match mainland {
+        true => TestHub::mainland(&db, &up.base_url(), "", &notify_section(port)),
+        false => TestHub::new(&db, &up.base_url(), "", &notify_section(port)),
+    };
+    if upstream_notifies {
+        // The upstream sends its notifications where the pay said (`paymentNotifyUrl`, or
+        // the mainland form's `notify_url`).
+        hub.notify_url(&format!("{url}/alipay/notify"));
+    }
+    hub.start(None).await;
+    (db, up, hub, url)
+}

@@ -10,10 +10,9 @@ use posd::gateway::alipay_cn::sign::{sign_content, sign_rsa2};
 use posd::gateway::alipay_cn::wire::Params;
 use posd::gateway::sign::PrivateKey;
 
-use super::super::daemon::free_port;
 use super::super::support::gateway_key;
 use super::harness::{
-    code, hold_row_lock, hub_private, hub_state, journal, notifications_of, notify_section,
+    code, hold_row_lock, hub_private, hub_state, journal, listening_hub, notifications_of,
     pay_body, register, terminal, wait_hub_state, Signer, TestHub, Upstream, MAINLAND_APP_ID,
 };
 use super::pg::TestDb;
@@ -245,15 +244,8 @@ async fn post_form(url: &str, body: String) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mainland_notifications_are_verified_checked_and_applied_once() {
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/alipay/notify");
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(60)).await;
-    register(&db, "T_A", "terminal_a").await;
-    let mut hub = TestHub::mainland(&db, &up.base_url(), "", &notify_section(port));
-    // The upstream sends its notifications where the pay form said (notify_url).
-    hub.notify_url(&url);
-    hub.start(None).await;
+    let (db, up, hub, base) = listening_hub(true, true).await;
+    let url = format!("{base}/alipay/notify");
     let t = Signer::new("T_A", "terminal_a");
 
     // Row 84: the pay is not answered in time (U), the upstream charges and notifies.
@@ -309,13 +301,8 @@ async fn mainland_notifications_are_verified_checked_and_applied_once() {
 /// again once the row is free, it is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mainland_notification_the_hub_cannot_record_is_answered_fail_and_changes_nothing() {
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/alipay/notify");
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(60)).await;
-    register(&db, "T_A", "terminal_a").await;
-    let mut hub = TestHub::mainland(&db, &up.base_url(), "", &notify_section(port));
-    hub.start(None).await;
+    let (db, _up, hub, base) = listening_hub(true, false).await;
+    let url = format!("{base}/alipay/notify");
     let r = Signer::new("T_A", "terminal_a")
         .send(&hub.base, "pay", &pay_body("CN_L83", &code("83")), 0)
         .await;

@@ -10,8 +10,8 @@ use posd::gateway::sign::Message;
 use super::super::daemon::free_port;
 use super::super::support::gateway_key;
 use super::harness::{
-    code, hold_row_lock, hub_state, notifications_of, notify_section, pay_body, register,
-    wait_hub_state, Signer, TestHub, Upstream,
+    code, hold_row_lock, hub_state, listening_hub, notifications_of, notify_section, pay_body,
+    register, wait_hub_state, Signer, TestHub, Upstream,
 };
 use super::pg::TestDb;
 
@@ -50,14 +50,7 @@ async fn notify(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_are_verified_checked_and_applied_once() {
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(60)).await;
-    register(&db, "T_A", "terminal_a").await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut hub = TestHub::new(&db, &up.base_url(), "", &notify_section(port));
-    hub.notify_url(&format!("{url}/alipay/notify"));
-    hub.start(None).await;
+    let (db, up, hub, url) = listening_hub(false, true).await;
     let t = Signer::new("T_A", "terminal_a");
 
     // Row 84: the pay is not answered in time (U), but the upstream charges and notifies.
@@ -213,13 +206,7 @@ async fn one_notification_raced_across_two_instances_is_applied_once() {
 /// sent again once the row is free, it is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_the_hub_cannot_record_is_answered_try_again_and_changes_nothing() {
-    let db = TestDb::new().await;
-    let up = Upstream::start(Duration::from_secs(60)).await;
-    register(&db, "T_A", "terminal_a").await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut hub = TestHub::new(&db, &up.base_url(), "", &notify_section(port));
-    hub.start(None).await;
+    let (db, _up, hub, url) = listening_hub(false, false).await;
     let body = received_83(&hub, &db, "L-83").await;
 
     let release = hold_row_lock(&db, "L-83").await;
