@@ -1039,8 +1039,8 @@ fn the_proxy_reads_both_dialects_calls() {
     assert_eq!((s.calls, s.late_held), (3, 1));
 }
 
-/// A listener that answers every request 200 and counts them.
-async fn counting_listener() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+/// A listener that answers every request 200 with `body` and counts them.
+async fn counting_listener(body: &'static [u8]) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1055,7 +1055,7 @@ async fn counting_listener() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
                 let ok = Answer {
                     status: 200,
                     headers: Vec::new(),
-                    body: b"ok".to_vec(),
+                    body: body.to_vec(),
                 };
                 if write_answer(&mut sock, &ok, false).await.is_err() {
                     return;
@@ -1076,7 +1076,7 @@ async fn the_relay_fails_over_to_a_listener_that_answers() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let (live, count) = counting_listener().await;
+    let (live, count) = counting_listener(b"ok").await;
     let relay = Relay::start(vec![dead.clone(), live]).await;
     relay.plan(0.0, 7);
     let http = reqwest::Client::new();
@@ -1142,21 +1142,7 @@ async fn a_damaged_notification_changes_the_amount_and_must_not_be_acknowledged(
     );
 
     // A listener that acknowledges whatever it is sent.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(accept_each(listener, |mut sock| async move {
-        let mut buf = Vec::new();
-        while let Ok(Some(_)) = read_request(&mut sock, &mut buf).await {
-            let ack = Answer {
-                status: 200,
-                headers: Vec::new(),
-                body: b"success".to_vec(),
-            };
-            if write_answer(&mut sock, &ack, false).await.is_err() {
-                return;
-            }
-        }
-    }));
+    let (url, _) = counting_listener(b"success").await;
     let relay = Relay::start(vec![url]).await;
     relay.plan(1.0, 3);
     let http = reqwest::Client::new();
@@ -1188,7 +1174,7 @@ async fn a_damaged_notification_changes_the_amount_and_must_not_be_acknowledged(
 async fn a_held_pay_is_in_flight_until_it_reaches_the_upstream() {
     use std::sync::atomic::Ordering::SeqCst;
 
-    let (upstream, count) = counting_listener().await;
+    let (upstream, count) = counting_listener(b"ok").await;
     let proxy = Proxy::start(upstream).await;
     proxy.hold_pays(300..301);
     proxy.hold_first_pay("S1-1".into());
