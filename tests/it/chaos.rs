@@ -476,7 +476,7 @@ pub async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figure
                 .await
                 .map_err(|e| at(&e))?;
         }
-        relay.check_damaged().map_err(|e| at(&e))?;
+        relay.check_listeners().map_err(|e| at(&e))?;
         check(&d, &db, &sandbox_db).map_err(|e| at(&e))?;
         fig.rounds += 1;
     }

@@ -724,6 +724,9 @@ pub struct RelayState {
     pub unanswered: u64,
     /// Damaged notifications a listener acknowledged (must stay 0).
     pub damaged_acked: u64,
+    /// Notifications as the sandbox sent them that a listener refused with an AMS `F` (must
+    /// stay 0; a mainland `fail` also means "try again", so it is not counted).
+    pub genuine_refused: u64,
 }
 
 /// Relays the sandbox's notifications to the listeners at `targets` (a terminal's, or each
@@ -888,6 +891,9 @@ async fn relay_serve(
         } else {
             deliver(&http, &targets, first, &req).await
         };
+        if note != Some(Note::Damaged) && answer.as_ref().is_some_and(refuses) {
+            state.lock().unwrap().genuine_refused += 1;
+        }
         let unavailable = |why: &str| Answer {
             status: 503,
             headers: vec![("content-type".into(), "text/plain".into())],
@@ -936,16 +942,30 @@ fn acknowledges(a: &Answer) -> bool {
         || (a.status == 200 && a.body == b"success")
 }
 
+/// Whether a listener's answer refuses a notification for good (an AMS result `F`).
+fn refuses(a: &Answer) -> bool {
+    serde_json::from_slice::<Value>(&a.body).is_ok_and(|v| v["result"]["resultStatus"] == "F")
+}
+
 impl Relay {
-    /// Fails when a listener acknowledged a damaged notification since the relay started.
-    pub fn check_damaged(&self) -> Result<(), String> {
-        match self.state.lock().unwrap().damaged_acked {
-            0 => Ok(()),
-            n => Err(format!(
-                "{n} notifications with their amount changed and their signature not were \
-                 acknowledged"
-            )),
+    /// Fails when, since the relay started, a listener acknowledged a damaged notification or
+    /// refused one the sandbox really sent.
+    pub fn check_listeners(&self) -> Result<(), String> {
+        let s = self.state.lock().unwrap();
+        if s.damaged_acked > 0 {
+            return Err(format!(
+                "{} notifications with their amount changed and their signature not were \
+                 acknowledged",
+                s.damaged_acked
+            ));
         }
+        if s.genuine_refused > 0 {
+            return Err(format!(
+                "{} notifications the sandbox really sent were refused (result F)",
+                s.genuine_refused
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1113,7 +1133,8 @@ async fn the_relay_fails_over_to_a_listener_that_answers() {
 }
 
 /// A damaged notification carries another amount under the same signature, in both
-/// dialects; one a listener acknowledges fails the round's check.
+/// dialects; one a listener acknowledges fails the round's check, and so does a genuine one a
+/// listener refuses.
 #[tokio::test]
 async fn a_damaged_notification_changes_the_amount_and_must_not_be_acknowledged() {
     let req = |body: &[u8]| Request {
@@ -1164,7 +1185,19 @@ async fn a_damaged_notification_changes_the_amount_and_must_not_be_acknowledged(
             .unwrap();
     }
     assert_eq!(relay.state.lock().unwrap().damaged_acked, 1);
-    assert!(relay.check_damaged().is_err());
+    assert!(relay.check_listeners().is_err());
+
+    // A listener that refuses a notification as the sandbox sent it fails the check too.
+    let (url, _) = counting_listener(br#"{"result":{"resultStatus":"F"}}"#).await;
+    let relay = Relay::start(vec![url]).await;
+    relay.plan(0.0, 3);
+    http.post(format!("http://{}/alipay/notify", relay.addr))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relay.state.lock().unwrap().genuine_refused, 1);
+    assert!(relay.check_listeners().is_err());
 }
 
 /// A pay held past its client's deadline stays in flight at the proxy, though the client has
