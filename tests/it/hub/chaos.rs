@@ -91,6 +91,8 @@ struct Figures {
     calls: u64,
     /// Planned late pays (held past the hub's pay deadline, whatever the round's fault rate).
     late_pays: u64,
+    /// Refunds whose first send by the hub was reset before the upstream saw it.
+    lost_refunds: u64,
     faults: BTreeMap<String, u64>,
     /// Hub instances SIGKILLed at a random moment.
     instance_kills: u64,
@@ -128,6 +130,7 @@ impl Figures {
         self.payments += o.payments;
         self.calls += o.calls;
         self.late_pays += o.late_pays;
+        self.lost_refunds += o.lost_refunds;
         for (k, v) in &o.faults {
             *self.faults.entry(k.clone()).or_default() += v;
         }
@@ -921,6 +924,10 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
                 .collect();
             if !succeeded.is_empty() {
                 let (t, p) = &succeeded[rng.gen_range(0..succeeded.len())];
+                // The refund loses the hub's first send before the upstream sees it: the hub
+                // must send it again from its queue, never answer it done unasked. (The
+                // hub's own refunds, of a closed cancel window, meet the random faults only.)
+                e.proxy.reset_next(&dialect.op("refund"));
                 let body = if full {
                     json!({"reason": "hub chaos"})
                 } else {
@@ -960,6 +967,7 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
         }
         fig.calls = s.calls;
         fig.late_pays = s.late_held;
+        fig.lost_refunds = s.planned_resets;
         for (f, n) in &s.faults {
             fig.faults.insert(format!("{f:?}"), *n);
         }
@@ -995,7 +1003,7 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
          calls ({} pays held late as planned), faults {:?}; {} instance SIGKILLs, {} hub \
          crash points ({} fired), {} hub restarts; {} terminal SIGKILLs ({} of them \
          silences), {} terminal crash points ({} fired); {} active cancels; {} aborts, {} \
-         refunds, {} rescans; {} notifications relayed, {:?}, {} old ones again, recorded by the hub as \
+         refunds ({} first sends lost as planned), {} rescans; {} notifications relayed, {:?}, {} old ones again, recorded by the hub as \
          {:?}; terminal/hub outcomes {:?}; {:.1} s",
         dialect.name(),
         fig.rounds,
@@ -1014,6 +1022,7 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
         fig.active_cancels,
         fig.aborts,
         fig.refunds,
+        fig.lost_refunds,
         fig.rescans,
         fig.notifications,
         fig.notes,
@@ -1049,6 +1058,7 @@ async fn smoke(dialect: Dialect) {
     assert!(all.payments >= 8, "{all:?}");
     assert!(all.silences >= 2, "{all:?}");
     assert!(all.aborts >= 1, "{all:?}");
+    assert!(all.lost_refunds >= 1, "{all:?}");
     // The instances listen: the upstream's notifications reached them and were recorded.
     assert!(all.notifications > 0, "{all:?}");
     assert!(all.verdicts.values().sum::<u64>() > 0, "{all:?}");
