@@ -111,6 +111,11 @@ struct Figures {
     active_cancels: u64,
     /// Sales the cashier aborted on their terminal.
     aborts: u64,
+    /// The database's trouble: every session of the hub's database ended at a random moment
+    /// (as a PostgreSQL restart or a failover would), and a payment's row locked by another
+    /// session for a while (past the hub's lock timeout, sometimes).
+    session_drops: u64,
+    row_locks: u64,
     refunds: u64,
     rescans: u64,
     /// Upstream notifications relayed to the instances, what the relay did to them (held
@@ -144,6 +149,8 @@ impl Figures {
         self.silences += o.silences;
         self.active_cancels += o.active_cancels;
         self.aborts += o.aborts;
+        self.session_drops += o.session_drops;
+        self.row_locks += o.row_locks;
         self.refunds += o.refunds;
         self.rescans += o.rescans;
         self.notifications += o.notifications;
@@ -491,6 +498,27 @@ async fn notification_verdicts(pool: &deadpool_postgres::Pool) -> BTreeMap<Strin
     .collect()
 }
 
+/// Locks the hub's row of payment `id` in a transaction of its own for `hold`, as another
+/// session busy with it would; nothing when the row is not there yet or the session is ended.
+async fn lock_row_for(pool: deadpool_postgres::Pool, id: String, hold: Duration) {
+    let Ok(mut client) = pool.get().await else {
+        return;
+    };
+    let Ok(tx) = client.transaction().await else {
+        return;
+    };
+    let locked = tx
+        .execute(
+            "SELECT 1 FROM hub_payments WHERE payment_request_id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await;
+    if locked.is_ok_and(|n| n == 1) {
+        tokio::time::sleep(hold).await;
+    }
+    let _ = tx.rollback().await;
+}
+
 /// What the merchant keeps of a payment, by a state name both the terminal and the hub use;
 /// `None` for NEEDS_ATTENTION (a human decides).
 fn kept(state: &str, amount: i64, refunded: i64) -> Option<i64> {
@@ -682,6 +710,10 @@ enum Moment {
     KillTerminal(usize),
     /// The cashier aborts the round's `i`-th sale on its terminal.
     Abort(usize),
+    /// Every session of the hub's database is ended.
+    DropSessions,
+    /// The round's `i`-th sale's row at the hub is locked by another session for `ms`.
+    LockRow(usize, u64),
 }
 
 /// What happens to a terminal in a round.
@@ -850,6 +882,20 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
         if let Some((ms, i)) = abort {
             moments.push((ms, Moment::Abort(i)));
         }
+        // The database's trouble, from a generator of its own too.
+        let mut trouble = StdRng::seed_from_u64(round_seed ^ 0x7067_6462);
+        match trouble.gen_range(0..10) {
+            0..=1 => moments.push((trouble.gen_range(0..2000), Moment::DropSessions)),
+            2..=3 => {
+                let (ms, i) = (
+                    trouble.gen_range(0..1500),
+                    trouble.gen_range(0..sales.len()),
+                );
+                moments.push((ms, Moment::LockRow(i, trouble.gen_range(300..3500))));
+            }
+            _ => {}
+        }
+        let mut lockers = Vec::new();
         moments.sort_by_key(|(ms, _)| *ms);
         for (ms, moment) in moments {
             let elapsed = started.elapsed().as_millis() as u64;
@@ -873,7 +919,24 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
                         let _ = e.http.post(&url).send().await;
                     }
                 }
+                Moment::DropSessions => {
+                    fig.session_drops += 1;
+                    e.db.terminate_sessions().await;
+                }
+                Moment::LockRow(i, ms) => {
+                    if let Some(id) = ids[i].clone() {
+                        fig.row_locks += 1;
+                        lockers.push(tokio::spawn(lock_row_for(
+                            e.db.pool().await,
+                            id,
+                            Duration::from_millis(ms),
+                        )));
+                    }
+                }
             }
+        }
+        for locker in lockers {
+            let _ = locker.await;
         }
         if let TerminalFault::Silent(t, _) = terminal_fault {
             // Its terminal gone, each pay the hub still holds open must be closed by the
@@ -1003,7 +1066,8 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
          calls ({} pays held late as planned), faults {:?}; {} instance SIGKILLs, {} hub \
          crash points ({} fired), {} hub restarts; {} terminal SIGKILLs ({} of them \
          silences), {} terminal crash points ({} fired); {} active cancels; {} aborts, {} \
-         refunds ({} first sends lost as planned), {} rescans; {} notifications relayed, {:?}, {} old ones again, recorded by the hub as \
+         refunds ({} first sends lost as planned), {} rescans; {} database session drops, {} \
+         row locks; {} notifications relayed, {:?}, {} old ones again, recorded by the hub as \
          {:?}; terminal/hub outcomes {:?}; {:.1} s",
         dialect.name(),
         fig.rounds,
@@ -1024,6 +1088,8 @@ fn print(dialect: Dialect, label: &str, seeds: &str, fig: &Figures, elapsed: Dur
         fig.refunds,
         fig.lost_refunds,
         fig.rescans,
+        fig.session_drops,
+        fig.row_locks,
         fig.notifications,
         fig.notes,
         fig.stale_notifications,
