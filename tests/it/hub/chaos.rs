@@ -12,15 +12,17 @@
 //! scans an order again) and, as the seed decides, SIGKILLs one instance at a random moment
 //! or starts it with a hub crash point (`POSD_FAILPOINT`), SIGKILLs a terminal or starts it
 //! with one of its own crash points, or lets a terminal fall silent until the hub has
-//! closed its open payments by itself (active cancel); the cashier aborts a sale (often the
-//! one whose pay is held), and refunds go through the hub (each losing the hub's first send
-//! upstream). After each round everything is driven final — what is down is restarted, the
-//! terminals' recovery finishes through the hub, both queues drain within a bound, nothing
-//! is left held at the proxy or the relay — and the terminals' SQLite, the hub's PostgreSQL
-//! and the sandbox's own record are held together: no order charged twice, no upstream
-//! payment that no terminal or the hub knows of, no pay forwarded after its cancel, money
-//! the same on all three, terminal and hub agreeing on each outcome, nothing open, nothing
-//! left for a human on either side, no panic in any log.
+//! closed its open payments by itself (active cancel), and ends every session of the hub's
+//! database at a random moment or locks a sale's row from another session for a while; the
+//! cashier aborts a sale (often the one whose pay is held), and refunds go through the hub
+//! (each losing the hub's first send upstream). After each round everything is driven final
+//! — what is down is restarted, the terminals' recovery finishes through the hub, both
+//! queues drain within a bound, nothing is left held at the proxy or the relay — and the
+//! terminals' SQLite, the hub's PostgreSQL and the sandbox's own record are held together:
+//! no order charged twice, no upstream payment that no terminal or the hub knows of, no pay
+//! forwarded after its cancel, money the same on all three, terminal and hub agreeing on
+//! each outcome, nothing open, nothing left for a human on either side, no panic in any
+//! log.
 //!
 //! The smoke run (`hub_chaos_smoke`) is part of the default suite. Long runs:
 //! `POSD_HUB_CHAOS_SEEDS=1..21 POSD_HUB_CHAOS_ROUNDS=10 cargo test --test integration
