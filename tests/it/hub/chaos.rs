@@ -924,6 +924,9 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
                 Moment::DropSessions => {
                     fig.session_drops += 1;
                     e.db.terminate_sessions().await;
+                    // The runner's own connections went too; a pool may hand one out before
+                    // it has noticed.
+                    e.pool = e.db.pool().await;
                 }
                 Moment::LockRow(i, ms) => {
                     if let Some(id) = ids[i].clone() {
