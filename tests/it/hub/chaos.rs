@@ -43,7 +43,9 @@ use super::super::chaos_kit::{
     Row, FAILPOINTS, SCENARIOS,
 };
 use super::super::daemon::{free_port, TestDaemon};
-use super::harness::{journal, notify_section, register, terminal, Balancer, TestHub, Upstream};
+use super::harness::{
+    journal, lock_row_until, notify_section, register, terminal, Balancer, TestHub, Upstream,
+};
 use super::pg::TestDb;
 
 /// The hub's crash points (`git grep 'failpoint::hit' src/hub`).
@@ -500,27 +502,6 @@ async fn notification_verdicts(pool: &deadpool_postgres::Pool) -> BTreeMap<Strin
     .collect()
 }
 
-/// Locks the hub's row of payment `id` in a transaction of its own for `hold`, as another
-/// session busy with it would; nothing when the row is not there yet or the session is ended.
-async fn lock_row_for(pool: deadpool_postgres::Pool, id: String, hold: Duration) {
-    let Ok(mut client) = pool.get().await else {
-        return;
-    };
-    let Ok(tx) = client.transaction().await else {
-        return;
-    };
-    let locked = tx
-        .execute(
-            "SELECT 1 FROM hub_payments WHERE payment_request_id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await;
-    if locked.is_ok_and(|n| n == 1) {
-        tokio::time::sleep(hold).await;
-    }
-    let _ = tx.rollback().await;
-}
-
 /// What the merchant keeps of a payment, by a state name both the terminal and the hub use;
 /// `None` for NEEDS_ATTENTION (a human decides).
 fn kept(state: &str, amount: i64, refunded: i64) -> Option<i64> {
@@ -938,10 +919,12 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
                 Moment::LockRow(i, ms) => {
                     if let Some(id) = ids[i].clone() {
                         fig.row_locks += 1;
-                        lockers.push(tokio::spawn(lock_row_for(
+                        // Nothing is locked if the hub has no row for it yet.
+                        lockers.push(tokio::spawn(lock_row_until(
                             e.db.pool().await,
                             id,
-                            Duration::from_millis(ms),
+                            tokio::sync::oneshot::channel().0,
+                            tokio::time::sleep(Duration::from_millis(ms)),
                         )));
                     }
                 }

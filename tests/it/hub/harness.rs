@@ -859,29 +859,54 @@ impl Drop for Gate {
     }
 }
 
-/// Takes the payment's row lock in a transaction of its own, as a busy instance would, and
-/// keeps it until the returned sender is used (or dropped).
+/// Locks the hub's row of payment `id` in a transaction of its own, as a busy instance would,
+/// until `release` completes; `locked` hears whether there was a row to lock. An error (the
+/// session ended under it) ends it quietly, with `false` if nothing was locked yet.
+pub async fn lock_row_until(
+    pool: deadpool_postgres::Pool,
+    id: String,
+    locked: tokio::sync::oneshot::Sender<bool>,
+    release: impl std::future::Future<Output = ()>,
+) {
+    let Ok(mut client) = pool.get().await else {
+        let _ = locked.send(false);
+        return;
+    };
+    let Ok(tx) = client.transaction().await else {
+        let _ = locked.send(false);
+        return;
+    };
+    let rows = tx
+        .execute(
+            "SELECT 1 FROM hub_payments WHERE payment_request_id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await;
+    let held = rows.is_ok_and(|n| n == 1);
+    let _ = locked.send(held);
+    if held {
+        release.await;
+    }
+    let _ = tx.rollback().await;
+}
+
+/// Takes the payment's row lock (which must exist) as [`lock_row_until`] does, and keeps it
+/// until the returned sender is used (or dropped).
 pub async fn hold_row_lock(db: &TestDb, id: &str) -> tokio::sync::oneshot::Sender<()> {
-    let pool = db.pool().await;
     let (locked_tx, locked) = tokio::sync::oneshot::channel();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let id = id.to_string();
-    tokio::spawn(async move {
-        let mut client = pool.get().await.unwrap();
-        let tx = client.transaction().await.unwrap();
-        let n = tx
-            .execute(
-                "SELECT 1 FROM hub_payments WHERE payment_request_id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .unwrap();
-        assert_eq!(n, 1, "the payment's row exists");
-        locked_tx.send(()).unwrap();
-        let _ = released.await;
-        tx.rollback().await.unwrap();
-    });
-    locked.await.unwrap();
+    tokio::spawn(lock_row_until(
+        db.pool().await,
+        id.to_string(),
+        locked_tx,
+        async {
+            let _ = released.await;
+        },
+    ));
+    assert!(
+        locked.await.unwrap(),
+        "the payment's row exists and is locked"
+    );
     release
 }
 
