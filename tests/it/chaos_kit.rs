@@ -819,6 +819,26 @@ impl Relay {
             })
             .collect()
     }
+
+    /// Fails when, since the relay started, a listener acknowledged a damaged notification or
+    /// refused one the sandbox really sent.
+    pub fn check_listeners(&self) -> Result<(), String> {
+        let s = self.state.lock().unwrap();
+        if s.damaged_acked > 0 {
+            return Err(format!(
+                "{} notifications with their amount changed and their signature not were \
+                 acknowledged",
+                s.damaged_acked
+            ));
+        }
+        if s.genuine_refused > 0 {
+            return Err(format!(
+                "{} notifications the sandbox really sent were refused (result F)",
+                s.genuine_refused
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Relay {
@@ -939,34 +959,12 @@ fn damaged(req: &Request) -> Request {
 /// mainland: `success`).
 fn acknowledges(a: &Answer) -> bool {
     posd::gateway::sandbox::notify::is_ack(a.status, &a.body)
-        || (a.status == 200 && a.body == b"success")
+        || (a.status == 200 && a.body == posd::gateway::alipay_cn::notify::ACK.as_bytes())
 }
 
 /// Whether a listener's answer refuses a notification for good (an AMS result `F`).
 fn refuses(a: &Answer) -> bool {
     serde_json::from_slice::<Value>(&a.body).is_ok_and(|v| v["result"]["resultStatus"] == "F")
-}
-
-impl Relay {
-    /// Fails when, since the relay started, a listener acknowledged a damaged notification or
-    /// refused one the sandbox really sent.
-    pub fn check_listeners(&self) -> Result<(), String> {
-        let s = self.state.lock().unwrap();
-        if s.damaged_acked > 0 {
-            return Err(format!(
-                "{} notifications with their amount changed and their signature not were \
-                 acknowledged",
-                s.damaged_acked
-            ));
-        }
-        if s.genuine_refused > 0 {
-            return Err(format!(
-                "{} notifications the sandbox really sent were refused (result F)",
-                s.genuine_refused
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// A seed range from `var` (`A..B`, end exclusive), `default` when unset.
