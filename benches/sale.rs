@@ -12,10 +12,9 @@
 //!     the sales' latencies and how many sales one fsync served; timed in three stretches,
 //!     each also held against the floors measured just before and after it; with the CPU per
 //!     sale by thread (posd's worker, the gateway's, posd's database threads), and the
-//!     store's work for a sale done bare on one thread as the floor of the last;
-//! then (a) again on the same store, now in service: (b) has filled its WAL, so its commits
-//!     overwrite the WAL's blocks instead of growing the file, against the intent's commit on
-//!     a bare WAL in the same state (a growing WAL's fsync also journals the file's size).
+//!     store's work for a sale done bare on one thread as the floor of the last.
+//! Every commit floor is timed on a WAL that has wrapped, as the store's has by (a) (it prints
+//! the WAL's size around (a)): a growing WAL's fsync also journals the file's new size.
 //! The engine runs on the daemon's own runtime (`posd::cli::daemon_runtime`: one worker).
 //! Run: `cargo bench --bench sale`.
 
@@ -282,10 +281,23 @@ fn commit_bare_intent(c: &mut rusqlite::Connection, tag: &str) {
     c.execute_batch("COMMIT").unwrap();
 }
 
+/// A [`bare_db`] at `path` whose WAL has wrapped ([`floor::wrap_wal`]), filled with intents.
+fn bare_db_wrapped(path: &std::path::Path) -> rusqlite::Connection {
+    let mut c = bare_db(path);
+    floor::wrap_wal(path, |i| commit_bare_intent(&mut c, &format!("FILL{i}")));
+    c
+}
+
 /// Median of `n` intent commits made the cheapest way ([`commit_bare_intent`] on this
-/// thread). The commit side of (a) can cost no less.
-fn bare_intent_commit(dir: &std::path::Path, n: usize) -> Duration {
-    let mut c = bare_db(&dir.join(format!("intent-floor-{n}.sqlite3")));
+/// thread), on a WAL that has wrapped as the store's has by (a) (the bench prints its size
+/// before and after), or on a new, growing one. The commit side of (a) can cost no less.
+fn bare_intent_commit(dir: &std::path::Path, n: usize, wrapped: bool) -> Duration {
+    let path = dir.join(format!("intent-floor-{n}-{wrapped}.sqlite3"));
+    let mut c = if wrapped {
+        bare_db_wrapped(&path)
+    } else {
+        bare_db(&path)
+    };
     let mut took: Vec<Duration> = (0..n)
         .map(|i| {
             let t0 = Instant::now();
@@ -358,44 +370,12 @@ async fn one_at_a_time(
     t
 }
 
-/// Size of the `-wal` beside the database at `db` (0 when there is none).
-fn wal_bytes(db: &std::path::Path) -> u64 {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    std::fs::metadata(wal).map_or(0, |m| m.len())
-}
-
-/// Median of `n` intent commits made as [`bare_intent_commit`] makes them, on a database whose
-/// WAL has wrapped: filled first until its size has held for 200 commits (SQLite's automatic
-/// checkpoint at 1,000 pages, after which each writer starts again at the WAL's head), so
-/// that every commit timed overwrites the WAL's blocks instead of growing the file, as on a
-/// store long in service. A fresh WAL grows with every commit, and on ext4 each of those
-/// fsyncs also commits the file's new size to the filesystem's journal. Also returns the
-/// WAL's size after the timed commits, and whether they left it that size.
-fn bare_intent_commit_wrapped(dir: &std::path::Path, n: usize) -> (Duration, u64, bool) {
-    let path = dir.join(format!("intent-floor-wrapped-{n}.sqlite3"));
-    let mut c = bare_db(&path);
-    let (mut size, mut held) = (wal_bytes(&path), 0);
-    for i in 0.. {
-        assert!(i < 100_000, "the WAL never stopped growing");
-        commit_bare_intent(&mut c, &format!("FILL{i}"));
-        let now = wal_bytes(&path);
-        held = if now == size { held + 1 } else { 0 };
-        size = now;
-        if held == 200 {
-            break;
-        }
-    }
-    let mut took: Vec<Duration> = (0..n)
-        .map(|i| {
-            let t0 = Instant::now();
-            commit_bare_intent(&mut c, &format!("WRAPPED{i}"));
-            t0.elapsed()
-        })
-        .collect();
-    took.sort();
-    let after = wal_bytes(&path);
-    (took[took.len() / 2], after, after == size)
+/// How many payments the engine's store holds.
+async fn payment_count(e: &Engine) -> i64 {
+    e.store()
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM payments", [], |r| r.get(0))?))
+        .await
+        .unwrap()
 }
 
 /// Median of `n` overlaps done the cheapest way: this thread wakes a parked thread that
@@ -403,7 +383,7 @@ fn bare_intent_commit_wrapped(dir: &std::path::Path, n: usize) -> (Duration, u64
 /// waits for the commit. What two threads of this machine take to do the two at once,
 /// wake-up included: (a)'s floor if the overlap were perfect here.
 fn bare_overlap(dir: &std::path::Path, n: usize) -> Duration {
-    let mut c = bare_db(&dir.join(format!("overlap-floor-{n}.sqlite3")));
+    let mut c = bare_db_wrapped(&dir.join(format!("overlap-floor-{n}.sqlite3")));
     let (go_tx, go_rx) = std::sync::mpsc::channel::<usize>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let committer = std::thread::spawn(move || {
@@ -555,7 +535,8 @@ fn main() {
     let n_commit = if quick { 10 } else { 300 };
     let n_rsa = if quick { 5 } else { 300 };
     let floors_before = floor::Floors::measure(&dir.path().join("floor"), n_commit, n_rsa);
-    let intent_before = bare_intent_commit(dir.path(), n_commit as usize);
+    let intent_before = bare_intent_commit(dir.path(), n_commit as usize, true);
+    let growing_before = bare_intent_commit(dir.path(), n_commit as usize, false);
     let overlap_before = bare_overlap(dir.path(), n_commit as usize);
     // The gateway on a runtime of its own, as a remote one would be on its own threads; the
     // engine and the sales on the daemon's runtime (one worker), as `posd run` has them.
@@ -676,7 +657,10 @@ fn main() {
         );
         let hop_before = bare_hop(&gateway, n_lat).await;
         // (a) scan accepted -> pay on the wire, one sale at a time.
+        let db = dir.path().join("bench.sqlite3");
+        let fresh_store = (payment_count(&e).await, floor::wal_bytes(&db));
         let fresh = one_at_a_time(&e, &code, n_lat, &mut wire_rx, &mut rx).await;
+        let fresh_store = (fresh_store.0, fresh_store.1, floor::wal_bytes(&db));
         let OneAtATime {
             off,
             lat,
@@ -791,14 +775,21 @@ fn main() {
                 n_rsa,
             ));
         let hop_floor = hop_before.min(bare_hop(&gateway, n_lat).await);
-        let intent_floor = intent_before.min(bare_intent_commit(dir.path(), n_commit as usize + 1));
+        let intent_floor =
+            intent_before.min(bare_intent_commit(dir.path(), n_commit as usize + 1, true));
+        let growing_floor =
+            growing_before.min(bare_intent_commit(dir.path(), n_commit as usize + 1, false));
         let overlap_floor = overlap_before.min(bare_overlap(dir.path(), n_commit as usize + 1));
         println!(
             "(a) sale with its code -> pay on the wire (its first bytes read at the gateway's \
-             socket): median {}  p95 {}  ({} sales, one at a time)",
+             socket): median {}  p95 {}  ({} sales, one at a time; the store held {} payments, \
+             its -wal {} bytes before and {} after)",
             ms(median),
             ms(p95),
-            n_lat
+            n_lat,
+            fresh_store.0,
+            fresh_store.1,
+            fresh_store.2
         );
         println!(
             "    of which start_sale returned (intent committed, pay signed): median {}; from \
@@ -822,7 +813,9 @@ fn main() {
         );
         // (a): the sign overlaps the intent's commit, so the floor is the larger of the two.
         // The intent's commit is bounded below by the intent's own statements committed on a
-        // bare connection, and further below by a one-row commit: both ratios are printed.
+        // bare connection whose WAL has wrapped as the store's has, and further below by a
+        // one-row commit: both ratios are printed. The same commits on a new, growing WAL
+        // are printed beside, to show what the WAL's state costs.
         let larger = floors.sign.max(intent_floor);
         let strict = floors.sign.max(floors.commit);
         println!(
@@ -835,6 +828,12 @@ fn main() {
             median.as_secs_f64() / larger.as_secs_f64(),
             scan_median.as_secs_f64() / larger.as_secs_f64(),
             handler_median.as_secs_f64() / larger.as_secs_f64()
+        );
+        println!(
+            "    the intent's commit bare is on a WAL that has wrapped, as the store's (the WAL's \
+             size above); on a new, growing WAL it takes {} ms ({:.2} x)",
+            floor::ms(growing_floor),
+            growing_floor.as_secs_f64() / intent_floor.as_secs_f64()
         );
         println!(
             "    against a one-row commit ({} ms) instead: max = {} ms, (a) {:.2} x, (a') {:.2} x",
@@ -898,43 +897,6 @@ fn main() {
             100.0 * at_floor * shares.busy
         );
         stretches.report(done / STRETCHES, "sales");
-        // (a) again on this store, now long in service: (b)'s sales have filled its WAL and
-        // the automatic checkpoint has sent the writer back to the WAL's head, so its commits
-        // overwrite blocks instead of growing the file (the WAL's size, before and after,
-        // shows it), against the intent's commit made bare on a WAL in the same state.
-        let db = dir.path().join("bench.sqlite3");
-        let wal_before = wal_bytes(&db);
-        let served = one_at_a_time(&e, &code, n_lat, &mut wire_rx, &mut rx).await;
-        let wal_after = wal_bytes(&db);
-        let (wrapped_intent, wrapped_wal, held) =
-            bare_intent_commit_wrapped(dir.path(), n_commit as usize);
-        let larger_served = floors.sign.max(wrapped_intent);
-        let served_median = served.off[served.off.len() / 2];
-        println!(
-            "(a) again after (b), the store in service (its -wal {} bytes before, {} after): \
-             median {}  p95 {}; start_sale returned: median {}",
-            wal_before,
-            wal_after,
-            ms(served_median),
-            ms(served.off[served.off.len() * 95 / 100]),
-            ms(served.returned[served.returned.len() / 2])
-        );
-        println!(
-            "    floor: max(sign {} ms, the intent's statements committed bare on a wrapped WAL \
-             {} ms ({} bytes, {}; on a fresh one {} ms)) = {} ms; (a) in service is {:.2} x it \
-             (target <= 1.3 x)",
-            floor::ms(floors.sign),
-            floor::ms(wrapped_intent),
-            wrapped_wal,
-            if held {
-                "not grown by them"
-            } else {
-                "GROWN by them"
-            },
-            floor::ms(intent_floor),
-            floor::ms(larger_served),
-            served_median.as_secs_f64() / larger_served.as_secs_f64()
-        );
     };
     // On the worker thread, as the daemon's HTTP handlers run a sale (not on the thread that
     // blocks on the runtime).
