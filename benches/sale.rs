@@ -309,67 +309,6 @@ fn bare_intent_commit(dir: &std::path::Path, n: usize, wrapped: bool) -> Duratio
     took[took.len() / 2]
 }
 
-/// (a)'s timings of sales with their code made one at a time, each sorted: until the pay's
-/// first bytes are read at the gateway's socket (`off`) and until its handler runs (`lat`);
-/// `start_sale`'s return (the intent committed, the pay signed), from there to the wire (the
-/// payment's task, the HTTP client and loopback, none of which the floor counts), and the
-/// gateway's HTTP server until its handler runs.
-struct OneAtATime {
-    off: Vec<Duration>,
-    lat: Vec<Duration>,
-    returned: Vec<Duration>,
-    wire: Vec<Duration>,
-    server: Vec<Duration>,
-}
-
-async fn one_at_a_time(
-    e: &Engine,
-    code: &PaymentCode,
-    n: usize,
-    wire_rx: &mut mpsc::UnboundedReceiver<Instant>,
-    rx: &mut mpsc::UnboundedReceiver<Instant>,
-) -> OneAtATime {
-    let cny = Currency::from_code("CNY").unwrap();
-    let mut t = OneAtATime {
-        off: Vec::new(),
-        lat: Vec::new(),
-        returned: Vec::new(),
-        wire: Vec::new(),
-        server: Vec::new(),
-    };
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let r = e
-            .start_sale(SaleRequest {
-                amount: Amount::parse("12.34", cny).unwrap(),
-                order_ref: None,
-                code: Some(code.clone()),
-            })
-            .await
-            .unwrap();
-        let back = t0.elapsed();
-        t.returned.push(back);
-        let (t_off, t1) = (wire_rx.recv().await.unwrap(), rx.recv().await.unwrap());
-        t.lat.push(t1 - t0);
-        t.off.push(t_off - t0);
-        t.wire.push((t_off - t0).saturating_sub(back));
-        t.server.push(t1 - t_off);
-        e.wait_final(&r.payment_request_id, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
-    for v in [
-        &mut t.lat,
-        &mut t.off,
-        &mut t.returned,
-        &mut t.wire,
-        &mut t.server,
-    ] {
-        v.sort();
-    }
-    t
-}
-
 /// How many payments the engine's store holds.
 async fn payment_count(e: &Engine) -> i64 {
     e.store()
@@ -656,18 +595,43 @@ fn main() {
             ms(intents[intents.len() / 2])
         );
         let hop_before = bare_hop(&gateway, n_lat).await;
-        // (a) scan accepted -> pay on the wire, one sale at a time.
+        // The store's size and its WAL's, before and after (a): whether its commits grow
+        // the WAL or overwrite it, as the floor's do.
         let db = dir.path().join("bench.sqlite3");
-        let fresh_store = (payment_count(&e).await, floor::wal_bytes(&db));
-        let fresh = one_at_a_time(&e, &code, n_lat, &mut wire_rx, &mut rx).await;
-        let fresh_store = (fresh_store.0, fresh_store.1, floor::wal_bytes(&db));
-        let OneAtATime {
-            off,
-            lat,
-            returned,
-            wire,
-            server,
-        } = &fresh;
+        let (payments_before, wal_before) = (payment_count(&e).await, floor::wal_bytes(&db));
+        // (a) scan accepted -> pay on the wire, one sale at a time: until its first bytes are
+        // read at the gateway's socket (`off`), and until its handler runs (`lat`).
+        let (mut lat, mut off) = (Vec::new(), Vec::new());
+        let mut returned = Vec::new();
+        // From start_sale's return to the pay's arrival off the wire: the payment's task, the
+        // HTTP client and loopback, none of which the floor counts; then the gateway's HTTP
+        // server, until its handler runs.
+        let (mut wire, mut server) = (Vec::new(), Vec::new());
+        for _ in 0..n_lat {
+            let t0 = Instant::now();
+            let r = e
+                .start_sale(SaleRequest {
+                    amount: Amount::parse("12.34", cny).unwrap(),
+                    order_ref: None,
+                    code: Some(code.clone()),
+                })
+                .await
+                .unwrap();
+            let back = t0.elapsed();
+            returned.push(back);
+            let (t_off, t1) = (wire_rx.recv().await.unwrap(), rx.recv().await.unwrap());
+            lat.push(t1 - t0);
+            off.push(t_off - t0);
+            wire.push((t_off - t0).saturating_sub(back));
+            server.push(t1 - t_off);
+            e.wait_final(&r.payment_request_id, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        for v in [&mut lat, &mut off, &mut returned, &mut wire, &mut server] {
+            v.sort();
+        }
+        let wal_after = floor::wal_bytes(&db);
         let median = off[off.len() / 2];
         let p95 = off[off.len() * 95 / 100];
         let handler_median = lat[lat.len() / 2];
@@ -787,9 +751,9 @@ fn main() {
             ms(median),
             ms(p95),
             n_lat,
-            fresh_store.0,
-            fresh_store.1,
-            fresh_store.2
+            payments_before,
+            wal_before,
+            wal_after
         );
         println!(
             "    of which start_sale returned (intent committed, pay signed): median {}; from \
@@ -831,7 +795,7 @@ fn main() {
         );
         // SQLite checkpoints at 1,000 pages (4 KiB, each with a 24-byte frame header): a WAL
         // that size has wrapped at least once.
-        let store_wrapped = fresh_store.1 >= 1000 * (4096 + 24);
+        let store_wrapped = wal_before >= 1000 * (4096 + 24);
         println!(
             "    the intent's commit bare is on a WAL that has wrapped, {}; on a new, growing WAL \
              it takes {} ms ({:.2} x)",
