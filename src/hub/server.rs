@@ -181,8 +181,21 @@ async fn notification(
     body: Bytes,
 ) -> Response {
     if hub.upstream.converts() {
-        let (_, answer) = notify::handle_mainland(&hub, &body).await;
-        return ([("content-type", "text/plain; charset=utf-8")], answer).into_response();
+        let (verdict, answer) = notify::handle_mainland(&hub, &body).await;
+        // Alipay resends whatever is not `success`; the status tells the two `fail`s apart
+        // in the access logs, as the terminal's endpoint does: refused (forged, another app,
+        // a field missing) or not recorded (the hub's database).
+        let status = match verdict {
+            notify::NotifyVerdict::Rejected => StatusCode::BAD_REQUEST,
+            notify::NotifyVerdict::Error => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::OK,
+        };
+        return (
+            status,
+            [("content-type", "text/plain; charset=utf-8")],
+            answer,
+        )
+            .into_response();
     }
     let path = uri
         .path_and_query()

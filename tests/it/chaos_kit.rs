@@ -756,8 +756,8 @@ pub struct RelayState {
     /// Damaged notifications a listener acknowledged, by how they were damaged (must stay
     /// empty).
     pub damaged_acked: BTreeMap<Damage, u64>,
-    /// Notifications as the sandbox sent them that a listener refused with an AMS `F` (must
-    /// stay 0; a mainland `fail` also means "try again", so it is not counted).
+    /// Notifications as the sandbox sent them that a listener refused for good (an AMS `F`,
+    /// a mainland `fail` with a 400; must stay 0).
     pub genuine_refused: u64,
 }
 
@@ -864,7 +864,8 @@ impl Relay {
         }
         if s.genuine_refused > 0 {
             return Err(format!(
-                "{} notifications the sandbox really sent were refused (result F)",
+                "{} notifications the sandbox really sent were refused (AMS result F, or \
+                 mainland fail with a 400)",
                 s.genuine_refused
             ));
         }
@@ -1121,9 +1122,14 @@ fn acknowledges(a: &Answer) -> bool {
         || (a.status == 200 && a.body == posd::gateway::alipay_cn::notify::ACK.as_bytes())
 }
 
-/// Whether a listener's answer refuses a notification for good (an AMS result `F`).
+/// Whether a listener's answer refuses a notification for good: an AMS result `F`, or a
+/// mainland `fail` with a 400 (the terminal and the hub answer a `fail` they could not record
+/// with a 500, and the sender resends either).
 fn refuses(a: &Answer) -> bool {
-    serde_json::from_slice::<Value>(&a.body).is_ok_and(|v| v["result"]["resultStatus"] == "F")
+    let mainland = a.status == 400 && a.body == posd::gateway::alipay_cn::notify::RETRY.as_bytes();
+    mainland
+        || serde_json::from_slice::<Value>(&a.body)
+            .is_ok_and(|v| v["result"]["resultStatus"] == "F")
 }
 
 /// A seed range from `var` (`A..B`, end exclusive), `default` when unset.
@@ -1218,6 +1224,14 @@ fn the_proxy_reads_both_dialects_calls() {
 
 /// A listener that answers every request 200 with `body` and counts them.
 async fn counting_listener(body: &'static [u8]) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    answering_listener(200, body).await
+}
+
+/// A listener that answers every request `status` and `body`, and counts them.
+async fn answering_listener(
+    status: u16,
+    body: &'static [u8],
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1230,7 +1244,7 @@ async fn counting_listener(body: &'static [u8]) -> (String, Arc<std::sync::atomi
             while let Ok(Some(_)) = read_request(&mut sock, &mut buf).await {
                 seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let ok = Answer {
-                    status: 200,
+                    status,
                     headers: Vec::new(),
                     body: body.to_vec(),
                 };
@@ -1508,6 +1522,24 @@ async fn a_damaged_notification_must_not_be_acknowledged() {
         .unwrap();
     assert_eq!(relay.state.lock().unwrap().genuine_refused, 1);
     assert!(relay.check_listeners().is_err());
+
+    // A mainland `fail`: refused for good with a 400, "send it again" with a 500.
+    for (status, refused) in [(400, 1), (500, 0)] {
+        let (url, _) = answering_listener(status, b"fail").await;
+        let relay = Relay::start(vec![url]).await;
+        relay.plan(0.0, 3);
+        http.post(format!("http://{}/alipay/notify", relay.addr))
+            .body("out_trade_no=P1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            relay.state.lock().unwrap().genuine_refused,
+            refused,
+            "{status}"
+        );
+        assert_eq!(relay.check_listeners().is_err(), refused == 1, "{status}");
+    }
 }
 
 /// A pay held past its client's deadline stays in flight at the proxy, though the client has

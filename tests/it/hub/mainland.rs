@@ -229,17 +229,16 @@ fn mainland_notification(key: &PrivateKey, id: &str, trade_no: &str, yuan: &str)
     p.form_body()
 }
 
-async fn post_form(url: &str, body: String) -> String {
-    reqwest::Client::new()
+/// The hub's answer to a notification: its HTTP status and body.
+async fn post_form(url: &str, body: String) -> (u16, String) {
+    let r = reqwest::Client::new()
         .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body)
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,12 +270,16 @@ async fn mainland_notifications_are_verified_checked_and_applied_once() {
         "2026T83",
         "12.34",
     );
-    assert_eq!(post_form(&url, forged).await, "fail");
+    assert_eq!(
+        post_form(&url, forged).await,
+        (400, "fail".into()),
+        "refused for good: 400"
+    );
     assert_eq!(hub_state(&db, "CN_N83").await.as_deref(), Some("RECEIVED"));
 
     // Genuine but for another amount: acknowledged, the payment needs a human.
     let other = mainland_notification(&gateway_key(), "CN_N83", "2026T83", "9.99");
-    assert_eq!(post_form(&url, other).await, "success");
+    assert_eq!(post_form(&url, other).await, (200, "success".into()));
     assert_eq!(
         hub_state(&db, "CN_N83").await.as_deref(),
         Some("NEEDS_ATTENTION")
@@ -291,7 +294,7 @@ async fn mainland_notifications_are_verified_checked_and_applied_once() {
     };
     assert_eq!(applied().await, 1);
     let dup = mainland_notification(&gateway_key(), "CN_N84", "2026T84", "12.34");
-    assert_eq!(post_form(&url, dup).await, "success");
+    assert_eq!(post_form(&url, dup).await, (200, "success".into()));
     assert_eq!(applied().await, 1);
     assert_eq!(hub_state(&db, "CN_N84").await.as_deref(), Some("SUCCEEDED"));
 }
@@ -310,12 +313,16 @@ async fn a_mainland_notification_the_hub_cannot_record_is_answered_fail_and_chan
     let genuine = mainland_notification(&gateway_key(), "CN_L83", "2026T83", "12.34");
 
     let release = hold_row_lock(&db, "CN_L83").await;
-    assert_eq!(post_form(&url, genuine.clone()).await, "fail");
+    assert_eq!(
+        post_form(&url, genuine.clone()).await,
+        (500, "fail".into()),
+        "not recorded: 500"
+    );
     assert_eq!(hub_state(&db, "CN_L83").await.as_deref(), Some("RECEIVED"));
     assert!(notifications_of(&db, "CN_L83").await.is_empty());
     release.send(()).unwrap();
 
-    assert_eq!(post_form(&url, genuine).await, "success");
+    assert_eq!(post_form(&url, genuine).await, (200, "success".into()));
     assert_eq!(notifications_of(&db, "CN_L83").await, ["applied"]);
     assert_eq!(hub_state(&db, "CN_L83").await.as_deref(), Some("SUCCEEDED"));
 }
