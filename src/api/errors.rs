@@ -1,7 +1,8 @@
 //! One error shape on every listener: any 4xx/5xx reply that is not already JSON (axum's
 //! own rejections — unknown route, wrong method, an undecodable path segment or query, a body
 //! over the limit — and plain-text errors) is rewritten to `{"error":{"code","message"}}`,
-//! keeping its status and headers (`Allow`, `WWW-Authenticate`). HTML pages pass untouched.
+//! keeping its status and headers (`Allow`, `WWW-Authenticate`). HTML pages pass untouched,
+//! and so does a reply marked [`Verbatim`]: a body a protocol fixes.
 
 use axum::body::to_bytes;
 use axum::extract::Request;
@@ -43,6 +44,11 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// Marks a reply whose body a protocol fixes (a mainland notification's `fail`, which Alipay
+/// reads as it is): the rewrite leaves it untouched, whatever its status.
+#[derive(Debug, Clone, Copy)]
+pub struct Verbatim;
+
 /// Adds the rewrite to every route of `router` (and to its fallback).
 pub fn json_errors(router: Router) -> Router {
     router.layer(middleware::from_fn(rewrite))
@@ -53,7 +59,9 @@ async fn rewrite(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || resp.extensions().get::<Verbatim>().is_some()
+    {
         return resp;
     }
     let ct = resp
@@ -136,6 +144,14 @@ mod tests {
                 .route(
                     "/json",
                     get(|| async { error(StatusCode::CONFLICT, "mine", "kept") }),
+                )
+                .route(
+                    "/verbatim",
+                    get(|| async {
+                        let mut r = (StatusCode::BAD_REQUEST, "fail").into_response();
+                        r.extensions_mut().insert(Verbatim);
+                        r
+                    }),
                 ),
         );
         let (s, v) = call(app.clone(), "GET", "/plain").await;
@@ -147,8 +163,15 @@ mod tests {
         let (s, v) = call(app.clone(), "GET", "/nowhere").await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert!(v["error"]["message"].as_str().unwrap().contains("/nowhere"));
-        let (s, v) = call(app, "DELETE", "/json").await;
+        let (s, v) = call(app.clone(), "DELETE", "/json").await;
         assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(v["error"]["code"], "method_not_allowed");
+        // A body a protocol fixes is left as it is.
+        let resp = app
+            .oneshot(Request::get("/verbatim").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(to_bytes(resp.into_body(), 64).await.unwrap(), "fail");
     }
 }

@@ -36,13 +36,16 @@ pub fn router(state: NotifyState) -> Router {
     )
 }
 
+/// `body` as Alipay reads it: plain text, never rewritten to the listener's JSON error.
 fn text(status: StatusCode, body: &'static str) -> Response {
-    (
+    let mut r = (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         body,
     )
-        .into_response()
+        .into_response();
+    r.extensions_mut().insert(super::errors::Verbatim);
+    r
 }
 
 /// What the engine applies: paid on TRADE_SUCCESS / TRADE_FINISHED, not paid on a close

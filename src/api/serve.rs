@@ -110,6 +110,12 @@ impl Drop for Slot {
     }
 }
 
+/// What every listener adds around its `app`: the JSON error body on every error reply of
+/// whatever was merged into it (and its fallback), and the bounds on reading a body.
+pub fn layered(app: Router, limits: ListenLimits) -> Router {
+    super::errors::json_errors(app).layer(middleware::from_fn_with_state(limits, read_body))
+}
+
 /// Serves `app` on `listener` with `limits` until `token` is cancelled.
 pub async fn serve(
     listener: TcpListener,
@@ -117,9 +123,7 @@ pub async fn serve(
     limits: ListenLimits,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    // Whatever was merged into `app` (and its fallback), every error reply gets the JSON body.
-    let app =
-        super::errors::json_errors(app).layer(middleware::from_fn_with_state(limits, read_body));
+    let app = layered(app, limits);
     let peers = Peers::default();
     let tracker = TaskTracker::new();
     loop {

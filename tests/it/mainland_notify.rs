@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use posd::api::notify::NotifyState;
+use posd::api::serve::ListenLimits;
 use posd::domain::machine::{Inquiry, State};
 use posd::domain::money::Amount;
 use posd::engine::{Engine, EngineSettings};
@@ -55,12 +56,15 @@ struct Harness {
     app: Router,
 }
 
-fn settings() -> EngineSettings {
+fn config() -> posd::config::Config {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("config.toml")).expect("config.toml");
-    let cfg = posd::config::Config::parse(&text, &root.join("config.toml"), root)
-        .expect("the example config parses");
-    let mut s = EngineSettings::from_config(&cfg);
+    posd::config::Config::parse(&text, &root.join("config.toml"), root)
+        .expect("the example config parses")
+}
+
+fn settings() -> EngineSettings {
+    let mut s = EngineSettings::from_config(&config());
     s.inquiry_interval = Duration::from_millis(20);
     s
 }
@@ -69,13 +73,15 @@ impl Harness {
     fn new() -> Harness {
         let store = Store::open_in_memory().expect("in-memory store");
         let engine = Engine::new(store, Arc::new(Silent), settings());
-        let app = posd::api::notify_cn::router(NotifyState {
+        let router = posd::api::notify_cn::router(NotifyState {
             engine: engine.clone(),
             gateway_key: Arc::new(support::gateway_public()),
             client_id: APP_ID.into(),
             path: PATH.into(),
             metrics: Metrics::new(),
         });
+        // With what the listener adds around it, as the daemon serves it.
+        let app = posd::api::serve::layered(router, ListenLimits::notify(&config()));
         Harness { engine, app }
     }
 
@@ -202,6 +208,7 @@ fn assert_refused(r: &(StatusCode, String)) {
         "refused notifications are never acknowledged"
     );
     assert_eq!(r.0, StatusCode::BAD_REQUEST, "{}", r.1);
+    assert_eq!(r.1, "fail", "Alipay reads the body as it is");
 }
 
 #[tokio::test]
