@@ -975,26 +975,14 @@ async fn relay_serve(
 /// nothing `how` would change, a byte in the middle of its body is changed instead.
 fn damaged(req: &Request, how: Damage) -> Request {
     let mut bad = req.clone();
-    let body = &mut bad.body;
-    let header = |headers: &mut Vec<(String, String)>, name: &str| {
-        headers
-            .iter()
-            .position(|(k, _)| k.eq_ignore_ascii_case(name))
-    };
+    let (headers, body) = (&mut bad.headers, &mut bad.body);
     let done = match how {
-        Damage::Amount => {
-            let at = json_value(body, "value").or_else(|| form_value(body, "total_amount"));
-            at.and_then(|v| v.clone().find(|&j| body[j].is_ascii_digit()))
-                .map(|j| bump(&mut body[j]))
-                .is_some()
-        }
-        Damage::Payment => {
-            let at =
-                json_value(body, "paymentRequestId").or_else(|| form_value(body, "out_trade_no"));
-            at.and_then(|v| v.clone().rev().find(|&j| body[j].is_ascii_digit()))
-                .map(|j| bump(&mut body[j]))
-                .is_some()
-        }
+        Damage::Amount => json_value(body, "value")
+            .or_else(|| form_value(body, "total_amount"))
+            .is_some_and(|v| bump_digit(body, v, false)),
+        Damage::Payment => json_value(body, "paymentRequestId")
+            .or_else(|| form_value(body, "out_trade_no"))
+            .is_some_and(|v| bump_digit(body, v, true)),
         Damage::Outcome => [
             ("resultStatus", "\"S\"", "\"F\""),
             ("resultStatus", "\"F\"", "\"S\""),
@@ -1003,56 +991,40 @@ fn damaged(req: &Request, how: Damage) -> Request {
         ]
         .iter()
         .any(|(key, from, to)| {
-            let pairs = [
-                (format!("\"{key}\":{from}"), format!("\"{key}\":{to}")),
-                (format!("{key}={from}"), format!("{key}={to}")),
-            ];
-            pairs.iter().any(|(from, to)| replace(body, from, to))
+            replace(
+                body,
+                &format!("\"{key}\":{from}"),
+                &format!("\"{key}\":{to}"),
+            ) || replace(body, &format!("{key}={from}"), &format!("{key}={to}"))
         }),
-        Damage::Time => match header(&mut bad.headers, "request-time") {
+        Damage::Time => edit_header(headers, "request-time", |v| {
+            let all = 0..v.len();
+            bump_digit(v, all, true)
+        })
+        .unwrap_or_else(|| {
+            form_value(body, "notify_time").is_some_and(|v| bump_digit(body, v, true))
+        }),
+        Damage::Signature => edit_header(headers, "signature", |v| {
+            let end = v.len();
+            find(v, b"signature=").is_some_and(|i| flip_letter(v, i + "signature=".len()..end))
+        })
+        .unwrap_or_else(|| form_value(body, "sign").is_some_and(|v| flip_letter(body, v))),
+        Damage::Unsigned => match headers.iter().position(|(k, _)| k == "signature") {
             Some(h) => {
-                let mut v = std::mem::take(&mut bad.headers[h].1).into_bytes();
-                let last = v.iter().rposition(u8::is_ascii_digit);
-                last.map(|j| bump(&mut v[j]));
-                bad.headers[h].1 = String::from_utf8(v).unwrap();
-                last.is_some()
-            }
-            None => form_value(body, "notify_time")
-                .and_then(|v| v.clone().rev().find(|&j| body[j].is_ascii_digit()))
-                .map(|j| bump(&mut body[j]))
-                .is_some(),
-        },
-        Damage::Signature => match header(&mut bad.headers, "signature") {
-            Some(h) => {
-                let mut v = std::mem::take(&mut bad.headers[h].1).into_bytes();
-                let from = find(&v, b"signature=").map(|i| i + b"signature=".len());
-                let end = v.len();
-                let flipped = from.is_some_and(|i| flip_letter(&mut v, i..end));
-                bad.headers[h].1 = String::from_utf8(v).unwrap();
-                flipped
-            }
-            None => form_value(body, "sign").is_some_and(|v| flip_letter(body, v)),
-        },
-        Damage::Unsigned => match header(&mut bad.headers, "signature") {
-            Some(h) => {
-                bad.headers.remove(h);
+                headers.remove(h);
                 true
             }
-            None => match form_value(body, "sign") {
-                Some(v) => {
-                    // The field with the `&` that joins it to the next (or to the one before
-                    // it, when it is the last).
-                    let start = v.start - "sign=".len();
-                    let (cut_from, cut_to) = if v.end < body.len() {
-                        (start, v.end + 1)
-                    } else {
-                        (start.saturating_sub(1), v.end)
-                    };
-                    body.drain(cut_from..cut_to);
-                    true
+            // The field with the `&` that joins it to the next (or to the one before it, when
+            // it is the last).
+            None => form_value(body, "sign").is_some_and(|v| {
+                let start = v.start - "sign=".len();
+                if v.end < body.len() {
+                    body.drain(start..=v.end);
+                } else {
+                    body.drain(start.saturating_sub(1)..v.end);
                 }
-                None => false,
-            },
+                true
+            }),
         },
     };
     if !done && !body.is_empty() {
@@ -1060,6 +1032,31 @@ fn damaged(req: &Request, how: Damage) -> Request {
         body[m] ^= 1;
     }
     bad
+}
+
+/// Edits the value of header `name` (names are lower case, as [`read_request`] keeps them)
+/// with `edit`; `None` when there is no such header.
+fn edit_header(
+    headers: &mut [(String, String)],
+    name: &str,
+    edit: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> Option<bool> {
+    let (_, value) = headers.iter_mut().find(|(k, _)| k == name)?;
+    let mut bytes = std::mem::take(value).into_bytes();
+    let done = edit(&mut bytes);
+    *value = String::from_utf8(bytes).expect("a digit or a letter changed for another");
+    Some(done)
+}
+
+/// Bumps the first digit within `within` (the last one, `from_end`); whether there was one.
+fn bump_digit(bytes: &mut [u8], within: std::ops::Range<usize>, from_end: bool) -> bool {
+    let digit = |&j: &usize| bytes[j].is_ascii_digit();
+    let at = if from_end {
+        within.clone().rev().find(digit)
+    } else {
+        within.clone().find(digit)
+    };
+    at.map(|j| bump(&mut bytes[j])).is_some()
 }
 
 /// Where `needle` starts in `hay`.

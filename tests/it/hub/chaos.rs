@@ -86,6 +86,24 @@ const TERMINALS: &[(&str, &str)] = &[("T_A", "terminal_a"), ("T_B", "terminal_b"
 /// How long a round may take to become final after its faults.
 const SETTLE_WITHIN: Duration = Duration::from_secs(45);
 
+/// How long a whole round may take: far more than its bounded waits can add up to (a round
+/// takes seconds).
+const ROUND_WITHIN: Duration = Duration::from_secs(300);
+
+/// What a round is doing, for the message of one that does not finish.
+#[derive(Default)]
+struct Phase(std::sync::Mutex<&'static str>);
+
+impl Phase {
+    fn set(&self, what: &'static str) {
+        *self.0.lock().unwrap() = what;
+    }
+
+    fn get(&self) -> &'static str {
+        *self.0.lock().unwrap()
+    }
+}
+
 /// What a run did, summed over its rounds.
 #[derive(Debug, Default, Clone)]
 struct Figures {
@@ -699,6 +717,19 @@ enum Moment {
     LockRow(usize, u64),
 }
 
+impl Moment {
+    /// What the round is doing at this moment (for a round that does not finish).
+    fn what(&self) -> &'static str {
+        match self {
+            Moment::KillHub(_) => "killing an instance",
+            Moment::KillTerminal(_) => "killing a terminal",
+            Moment::Abort(_) => "aborting a sale",
+            Moment::DropSessions => "ending the database's sessions",
+            Moment::LockRow(..) => "locking a sale's row",
+        }
+    }
+}
+
 /// What happens to a terminal in a round.
 #[derive(Debug, Clone, Copy)]
 enum TerminalFault {
@@ -728,289 +759,324 @@ async fn run_seed(dialect: Dialect, seed: u64, rounds: u64) -> Result<Figures, S
                 dialect.name()
             )
         };
-        let rate = if rng.gen_bool(0.4) {
-            0.0
-        } else {
-            rng.gen_range(0.05..0.3)
-        };
-        e.proxy.plan(rate, round_seed);
-        // The notifications' faults come from a generator of their own: they draw nothing
-        // from the round's, so they move no other part of a seed's schedule.
-        let mut notes = StdRng::seed_from_u64(round_seed ^ 0x6e6f_7465);
-        let note_rate = if notes.gen_bool(0.2) {
-            0.0
-        } else {
-            notes.gen_range(0.2..0.8)
-        };
-        e.relay.plan(note_rate, round_seed);
-        if notes.gen_bool(0.3) {
-            // Old notifications again, while this round's sales and faults are under way.
-            e.relay.redeliver(notes.gen_range(1..=3), &mut notes);
-        }
-        let hub_fault = match rng.gen_range(0..10) {
-            0..=3 => HubFault::Kill(rng.gen_range(0..2), rng.gen_range(0..2000)),
-            4..=6 => HubFault::Failpoint(
-                rng.gen_range(0..2),
-                HUB_FAILPOINTS[rng.gen_range(0..HUB_FAILPOINTS.len())],
-            ),
-            _ => HubFault::None,
-        };
-        let tv = rng.gen_range(0..n_terminals);
-        // Every fifth round from the second a terminal falls silent, so that every run of
-        // two rounds or more has the hub close a silent terminal's payments itself.
-        let terminal_fault = match rng.gen_range(0..10) {
-            _ if round % 5 == 1 => TerminalFault::Silent(tv, rng.gen_range(0..1500)),
-            0..=2 => TerminalFault::Kill(tv, rng.gen_range(0..2000)),
-            3..=4 => TerminalFault::Failpoint(tv, FAILPOINTS[rng.gen_range(0..FAILPOINTS.len())]),
-            5 => TerminalFault::Silent(tv, rng.gen_range(0..1500)),
-            _ => TerminalFault::None,
-        };
-        let n = rng.gen_range(1..=4);
-        let mut sales: Vec<(usize, String, String, String)> = (0..n)
-            .map(|i| {
-                order += 1;
-                let mut last2 = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
-                let mut t = rng.gen_range(0..n_terminals);
-                if let (0, TerminalFault::Silent(silent, _)) = (i, terminal_fault) {
-                    // The silenced terminal's first sale is a pay the upstream keeps
-                    // PROCESSING (row 83): only a cancel closes it, the hub's own if the
-                    // terminal stays away.
-                    (last2, t) = ("83", silent);
-                }
-                (
-                    t,
-                    format!("H{seed}-{order}"),
-                    code(last2, &mut rng),
-                    decimal(rng.gen_range(1..100_000)),
-                )
-            })
-            .collect();
-        let rescan = rng.gen_bool(0.15);
-        let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
-        // In half of the rounds one sale's pay reaches the upstream only after the hub gave
-        // up waiting for its answer (the hub's whole reason to exist is that ambiguity).
-        let mut late = rng.gen_bool(0.5).then(|| rng.gen_range(0..sales.len()));
-        // Every seed's first round holds the pay of a sale the upstream charges (row 07), not
-        // aborted: its terminal inquires through the hub while the upstream has no such
-        // payment yet, and must go on asking, not end the sale, until the pay lands. (At
-        // random, with a few rounds, that comes up in some runs and not in others.) Set over
-        // the generator's draws, not instead of them: the rest of the schedule is unchanged.
-        let first = round == 0 && !matches!(terminal_fault, TerminalFault::Silent(..));
-        // And every seed's third the same, but aborted before its pay lands: its cancel
-        // meets "no such payment" upstream, and the pay must not be taken for never charged.
-        let third = round == 2 && !matches!(terminal_fault, TerminalFault::Silent(..));
-        if first || third {
-            let i = late.unwrap_or(sales.len() - 1);
-            late = Some(i);
-            sales[i].2.replace_range(16.., "07");
-        }
-        if let Some(i) = late {
-            let (_, order_ref, code, _) = &sales[i];
-            e.proxy.hold_first_pay(dialect.sale_name(order_ref, code));
-        }
-        // The cashier, from a generator of its own as well: aborts the sale whose pay is held
-        // in half of the rounds that hold one, so that its cancel reaches the upstream before
-        // its pay does (in the other half the terminal's inquiries meet "no such payment"
-        // through the hub first), and a sale at random in a fifth of the other rounds; at a
-        // random moment either way.
-        let mut cashier = StdRng::seed_from_u64(round_seed ^ 0x6361_7368);
-        let abort = match late {
-            Some(i) if cashier.gen_bool(0.5) => Some(i),
-            _ if cashier.gen_bool(0.2) => Some(cashier.gen_range(0..sales.len())),
-            _ => None,
-        }
-        .map(|i| (cashier.gen_range(100..1400), i))
-        .filter(|&(_, i)| !(first && late == Some(i)));
-        let abort = match (third, late) {
-            (true, Some(i)) => Some((abort.map_or(700, |(ms, _)| ms), i)),
-            _ => abort,
-        };
-
-        if let HubFault::Failpoint(i, fp) = hub_fault {
-            e.hubs[i].kill();
-            fig.hub_failpoints += 1;
-            // One that fires in the first worker pass leaves the instance down for the
-            // round; the other carries on.
-            e.start_hub(i, Some(fp), &mut fig).await;
-        }
-        if let TerminalFault::Failpoint(t, fp) = terminal_fault {
-            e.terminals[t].kill();
-            fig.terminal_failpoints += 1;
-            e.start_terminal(t, Some(fp), &mut fig).await;
-        }
-        let started = Instant::now();
-        let mut ids: Vec<Option<String>> = Vec::new();
-        for (t, order_ref, c, amount) in &sales {
-            let body = json!({"amount": amount, "order_ref": order_ref, "code": c});
-            let url = e.terminals[*t].url("/v1/payments");
-            let id = match e.http.post(&url).json(&body).send().await {
-                Ok(r) => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["payment_request_id"].as_str().map(str::to_string)),
-                Err(_) => None,
+        // Where the round is, for a round that does not finish.
+        let phase = Phase::default();
+        let round_body = async {
+            phase.set("planning");
+            let rate = if rng.gen_bool(0.4) {
+                0.0
+            } else {
+                rng.gen_range(0.05..0.3)
             };
-            ids.push(id);
-            if rescan {
-                // The cashier scans again: never a second charge for the order.
-                fig.rescans += 1;
-                let _ = e.http.post(&url).json(&body).send().await;
+            e.proxy.plan(rate, round_seed);
+            // The notifications' faults come from a generator of their own: they draw nothing
+            // from the round's, so they move no other part of a seed's schedule.
+            let mut notes = StdRng::seed_from_u64(round_seed ^ 0x6e6f_7465);
+            let note_rate = if notes.gen_bool(0.2) {
+                0.0
+            } else {
+                notes.gen_range(0.2..0.8)
+            };
+            e.relay.plan(note_rate, round_seed);
+            if notes.gen_bool(0.3) {
+                // Old notifications again, while this round's sales and faults are under way.
+                e.relay.redeliver(notes.gen_range(1..=3), &mut notes);
             }
-        }
-        // The kills and the abort, in the order of their moments.
-        let mut moments: Vec<(u64, Moment)> = Vec::new();
-        if let HubFault::Kill(i, ms) = hub_fault {
-            moments.push((ms, Moment::KillHub(i)));
-        }
-        match terminal_fault {
-            TerminalFault::Kill(t, ms) | TerminalFault::Silent(t, ms) => {
-                moments.push((ms, Moment::KillTerminal(t)))
-            }
-            _ => {}
-        }
-        if let Some((ms, i)) = abort {
-            moments.push((ms, Moment::Abort(i)));
-        }
-        // The database's trouble, from a generator of its own too.
-        let mut trouble = StdRng::seed_from_u64(round_seed ^ 0x7067_6462);
-        match trouble.gen_range(0..10) {
-            0..=1 => moments.push((trouble.gen_range(0..2000), Moment::DropSessions)),
-            2..=3 => {
-                let (ms, i) = (
-                    trouble.gen_range(0..1500),
-                    trouble.gen_range(0..sales.len()),
-                );
-                moments.push((ms, Moment::LockRow(i, trouble.gen_range(300..3500))));
-            }
-            _ => {}
-        }
-        let mut lockers = Vec::new();
-        moments.sort_by_key(|(ms, _)| *ms);
-        for (ms, moment) in moments {
-            let elapsed = started.elapsed().as_millis() as u64;
-            if ms > elapsed {
-                tokio::time::sleep(Duration::from_millis(ms - elapsed)).await;
-            }
-            match moment {
-                Moment::KillHub(i) => {
-                    e.hubs[i].kill();
-                    fig.instance_kills += 1;
+            let hub_fault = match rng.gen_range(0..10) {
+                0..=3 => HubFault::Kill(rng.gen_range(0..2), rng.gen_range(0..2000)),
+                4..=6 => HubFault::Failpoint(
+                    rng.gen_range(0..2),
+                    HUB_FAILPOINTS[rng.gen_range(0..HUB_FAILPOINTS.len())],
+                ),
+                _ => HubFault::None,
+            };
+            let tv = rng.gen_range(0..n_terminals);
+            // Every fifth round from the second a terminal falls silent, so that every run of
+            // two rounds or more has the hub close a silent terminal's payments itself.
+            let terminal_fault = match rng.gen_range(0..10) {
+                _ if round % 5 == 1 => TerminalFault::Silent(tv, rng.gen_range(0..1500)),
+                0..=2 => TerminalFault::Kill(tv, rng.gen_range(0..2000)),
+                3..=4 => {
+                    TerminalFault::Failpoint(tv, FAILPOINTS[rng.gen_range(0..FAILPOINTS.len())])
                 }
-                Moment::KillTerminal(t) => {
-                    e.terminals[t].kill();
-                    fig.terminal_kills += 1;
-                }
-                // Sent whatever the sale's state by then: an abort of a final sale is refused.
-                Moment::Abort(i) => {
-                    if let Some(id) = &ids[i] {
-                        fig.aborts += 1;
-                        let url = e.terminals[sales[i].0].url(&format!("/v1/payments/{id}/abort"));
-                        let _ = e.http.post(&url).send().await;
+                5 => TerminalFault::Silent(tv, rng.gen_range(0..1500)),
+                _ => TerminalFault::None,
+            };
+            let n = rng.gen_range(1..=4);
+            let mut sales: Vec<(usize, String, String, String)> = (0..n)
+                .map(|i| {
+                    order += 1;
+                    let mut last2 = SCENARIOS[rng.gen_range(0..SCENARIOS.len())];
+                    let mut t = rng.gen_range(0..n_terminals);
+                    if let (0, TerminalFault::Silent(silent, _)) = (i, terminal_fault) {
+                        // The silenced terminal's first sale is a pay the upstream keeps
+                        // PROCESSING (row 83): only a cancel closes it, the hub's own if the
+                        // terminal stays away.
+                        (last2, t) = ("83", silent);
                     }
-                }
-                Moment::DropSessions => {
-                    fig.session_drops += 1;
-                    e.db.terminate_sessions().await;
-                    // The runner's own connections went too; a pool may hand one out before
-                    // it has noticed.
-                    e.pool = e.db.pool().await;
-                }
-                Moment::LockRow(i, ms) => {
-                    if let Some(id) = ids[i].clone() {
-                        fig.row_locks += 1;
-                        // Nothing is locked if the hub has no row for it yet.
-                        lockers.push(tokio::spawn(lock_row_until(
-                            e.db.pool().await,
-                            id,
-                            tokio::sync::oneshot::channel().0,
-                            tokio::time::sleep(Duration::from_millis(ms)),
-                        )));
-                    }
-                }
-            }
-        }
-        for locker in lockers {
-            let _ = locker.await;
-        }
-        if let TerminalFault::Silent(t, _) = terminal_fault {
-            // Its terminal gone, each pay the hub still holds open must be closed by the
-            // hub: approved, failed, or cancelled on its own once `active_cancel_after` passed.
-            fig.silences += 1;
-            let client_id = TERMINALS[t].0;
-            let deadline = Instant::now() + ACTIVE_CANCEL_AFTER + Duration::from_secs(15);
-            loop {
-                // A hub instance killed or taken down by its crash point is restarted meanwhile.
-                e.revive_hubs(&mut fig).await.map_err(|w| at(&w))?;
-                let c = e.pool.get().await.unwrap();
-                let open: Vec<String> = c
-                    .query(
-                        "SELECT payment_request_id FROM hub_payments WHERE client_id = $1 \
-                         AND state = 'RECEIVED'",
-                        &[&client_id],
+                    (
+                        t,
+                        format!("H{seed}-{order}"),
+                        code(last2, &mut rng),
+                        decimal(rng.gen_range(1..100_000)),
                     )
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                drop(c);
-                if open.is_empty() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let mut why = format!(
-                        "terminal {t} silent, the hub still holds {open:?} open (RECEIVED)"
-                    );
-                    for id in &open {
-                        why.push_str(&format!("\njournal of {id}:\n{}", journal(&e.db, id).await));
-                    }
-                    return Err(at(&why));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        // Restart what was killed and drive the round final with the crash points still
-        // armed; then restart without them and drive final again.
-        e.settle(&mut fig).await.map_err(|w| at(&w))?;
-        e.disarm(&mut fig).await;
-        e.settle(&mut fig).await.map_err(|w| at(&w))?;
-        if let Some(full) = refund {
-            let succeeded: Vec<(usize, Row)> = (0..n_terminals)
-                .flat_map(|t| payments(&e.terminal_db(t)).into_iter().map(move |p| (t, p)))
-                .filter(|(_, p)| p.state == "SUCCEEDED")
+                })
                 .collect();
-            if !succeeded.is_empty() {
-                let (t, p) = &succeeded[rng.gen_range(0..succeeded.len())];
-                // The refund loses the hub's first send before the upstream sees it: the hub
-                // must send it again from its queue, never answer it done unasked. (The
-                // hub's own refunds, of a closed cancel window, meet the random faults only.)
-                e.proxy.reset_next(&dialect.op("refund"));
-                let body = if full {
-                    json!({"reason": "hub chaos"})
-                } else {
-                    json!({"amount": decimal((p.amount / 2).max(1)), "reason": "hub chaos"})
+            let rescan = rng.gen_bool(0.15);
+            let refund = rng.gen_bool(0.3).then(|| rng.gen_bool(0.5));
+            // In half of the rounds one sale's pay reaches the upstream only after the hub gave
+            // up waiting for its answer (the hub's whole reason to exist is that ambiguity).
+            let mut late = rng.gen_bool(0.5).then(|| rng.gen_range(0..sales.len()));
+            // Every seed's first round holds the pay of a sale the upstream charges (row 07), not
+            // aborted: its terminal inquires through the hub while the upstream has no such
+            // payment yet, and must go on asking, not end the sale, until the pay lands. (At
+            // random, with a few rounds, that comes up in some runs and not in others.) Set over
+            // the generator's draws, not instead of them: the rest of the schedule is unchanged.
+            let first = round == 0 && !matches!(terminal_fault, TerminalFault::Silent(..));
+            // And every seed's third the same, but aborted before its pay lands: its cancel
+            // meets "no such payment" upstream, and the pay must not be taken for never charged.
+            let third = round == 2 && !matches!(terminal_fault, TerminalFault::Silent(..));
+            if first || third {
+                let i = late.unwrap_or(sales.len() - 1);
+                late = Some(i);
+                sales[i].2.replace_range(16.., "07");
+            }
+            if let Some(i) = late {
+                let (_, order_ref, code, _) = &sales[i];
+                e.proxy.hold_first_pay(dialect.sale_name(order_ref, code));
+            }
+            // The cashier, from a generator of its own as well: aborts the sale whose pay is held
+            // in half of the rounds that hold one, so that its cancel reaches the upstream before
+            // its pay does (in the other half the terminal's inquiries meet "no such payment"
+            // through the hub first), and a sale at random in a fifth of the other rounds; at a
+            // random moment either way.
+            let mut cashier = StdRng::seed_from_u64(round_seed ^ 0x6361_7368);
+            let abort = match late {
+                Some(i) if cashier.gen_bool(0.5) => Some(i),
+                _ if cashier.gen_bool(0.2) => Some(cashier.gen_range(0..sales.len())),
+                _ => None,
+            }
+            .map(|i| (cashier.gen_range(100..1400), i))
+            .filter(|&(_, i)| !(first && late == Some(i)));
+            let abort = match (third, late) {
+                (true, Some(i)) => Some((abort.map_or(700, |(ms, _)| ms), i)),
+                _ => abort,
+            };
+
+            phase.set("starting an instance or a terminal with its crash point");
+            if let HubFault::Failpoint(i, fp) = hub_fault {
+                e.hubs[i].kill();
+                fig.hub_failpoints += 1;
+                // One that fires in the first worker pass leaves the instance down for the
+                // round; the other carries on.
+                e.start_hub(i, Some(fp), &mut fig).await;
+            }
+            if let TerminalFault::Failpoint(t, fp) = terminal_fault {
+                e.terminals[t].kill();
+                fig.terminal_failpoints += 1;
+                e.start_terminal(t, Some(fp), &mut fig).await;
+            }
+            phase.set("sending the sales");
+            let started = Instant::now();
+            let mut ids: Vec<Option<String>> = Vec::new();
+            for (t, order_ref, c, amount) in &sales {
+                let body = json!({"amount": amount, "order_ref": order_ref, "code": c});
+                let url = e.terminals[*t].url("/v1/payments");
+                let id = match e.http.post(&url).json(&body).send().await {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["payment_request_id"].as_str().map(str::to_string)),
+                    Err(_) => None,
                 };
-                fig.refunds += 1;
-                let _ = e
-                    .http
-                    .post(e.terminals[*t].url(&format!("/v1/payments/{}/refunds", p.id)))
-                    .json(&body)
-                    .send()
-                    .await;
-                e.settle(&mut fig).await.map_err(|w| at(&w))?;
+                ids.push(id);
+                if rescan {
+                    // The cashier scans again: never a second charge for the order.
+                    fig.rescans += 1;
+                    let _ = e.http.post(&url).json(&body).send().await;
+                }
             }
-        }
-        if notes.gen_bool(0.7) {
-            // Old notifications again, each for a payment that is final by now (cancelled,
-            // refunded, failed or approved since), answered before the round is checked:
-            // none may move it.
-            for delivery in e.relay.redeliver(notes.gen_range(1..=4), &mut notes) {
-                let _ = delivery.await;
+            // The kills and the abort, in the order of their moments.
+            let mut moments: Vec<(u64, Moment)> = Vec::new();
+            if let HubFault::Kill(i, ms) = hub_fault {
+                moments.push((ms, Moment::KillHub(i)));
             }
-        }
-        if let Err(w) = check(&e, &mut fig, round + 1 == rounds).await {
-            return Err(at(&explain(&e, w).await));
+            match terminal_fault {
+                TerminalFault::Kill(t, ms) | TerminalFault::Silent(t, ms) => {
+                    moments.push((ms, Moment::KillTerminal(t)))
+                }
+                _ => {}
+            }
+            if let Some((ms, i)) = abort {
+                moments.push((ms, Moment::Abort(i)));
+            }
+            // The database's trouble, from a generator of its own too.
+            let mut trouble = StdRng::seed_from_u64(round_seed ^ 0x7067_6462);
+            match trouble.gen_range(0..10) {
+                0..=1 => moments.push((trouble.gen_range(0..2000), Moment::DropSessions)),
+                2..=3 => {
+                    let (ms, i) = (
+                        trouble.gen_range(0..1500),
+                        trouble.gen_range(0..sales.len()),
+                    );
+                    moments.push((ms, Moment::LockRow(i, trouble.gen_range(300..3500))));
+                }
+                _ => {}
+            }
+            let mut lockers = Vec::new();
+            moments.sort_by_key(|(ms, _)| *ms);
+            for (ms, moment) in moments {
+                phase.set(moment.what());
+                let elapsed = started.elapsed().as_millis() as u64;
+                if ms > elapsed {
+                    tokio::time::sleep(Duration::from_millis(ms - elapsed)).await;
+                }
+                match moment {
+                    Moment::KillHub(i) => {
+                        e.hubs[i].kill();
+                        fig.instance_kills += 1;
+                    }
+                    Moment::KillTerminal(t) => {
+                        e.terminals[t].kill();
+                        fig.terminal_kills += 1;
+                    }
+                    // Sent whatever the sale's state by then: an abort of a final sale is refused.
+                    Moment::Abort(i) => {
+                        if let Some(id) = &ids[i] {
+                            fig.aborts += 1;
+                            let url =
+                                e.terminals[sales[i].0].url(&format!("/v1/payments/{id}/abort"));
+                            let _ = e.http.post(&url).send().await;
+                        }
+                    }
+                    Moment::DropSessions => {
+                        fig.session_drops += 1;
+                        e.db.terminate_sessions().await;
+                        // The runner's own connections went too; a pool may hand one out before
+                        // it has noticed.
+                        e.pool = e.db.pool().await;
+                    }
+                    Moment::LockRow(i, ms) => {
+                        if let Some(id) = ids[i].clone() {
+                            fig.row_locks += 1;
+                            // Nothing is locked if the hub has no row for it yet.
+                            lockers.push(tokio::spawn(lock_row_until(
+                                e.db.pool().await,
+                                id,
+                                tokio::sync::oneshot::channel().0,
+                                tokio::time::sleep(Duration::from_millis(ms)),
+                            )));
+                        }
+                    }
+                }
+            }
+            phase.set("waiting for the row locks to end");
+            for locker in lockers {
+                let _ = locker.await;
+            }
+            if let TerminalFault::Silent(t, _) = terminal_fault {
+                // Its terminal gone, each pay the hub still holds open must be closed by the
+                // hub: approved, failed, or cancelled on its own once `active_cancel_after` passed.
+                phase.set("waiting for the hub to close a silent terminal's pays");
+                fig.silences += 1;
+                let client_id = TERMINALS[t].0;
+                let deadline = Instant::now() + ACTIVE_CANCEL_AFTER + Duration::from_secs(15);
+                loop {
+                    // A hub instance killed or taken down by its crash point is restarted meanwhile.
+                    e.revive_hubs(&mut fig).await.map_err(|w| at(&w))?;
+                    let c = e.pool.get().await.unwrap();
+                    let open: Vec<String> = c
+                        .query(
+                            "SELECT payment_request_id FROM hub_payments WHERE client_id = $1 \
+                             AND state = 'RECEIVED'",
+                            &[&client_id],
+                        )
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    drop(c);
+                    if open.is_empty() {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        let mut why = format!(
+                            "terminal {t} silent, the hub still holds {open:?} open (RECEIVED)"
+                        );
+                        for id in &open {
+                            why.push_str(&format!(
+                                "\njournal of {id}:\n{}",
+                                journal(&e.db, id).await
+                            ));
+                        }
+                        return Err(at(&why));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            // Restart what was killed and drive the round final with the crash points still
+            // armed; then restart without them and drive final again.
+            phase.set("settling with the crash points armed");
+            e.settle(&mut fig).await.map_err(|w| at(&w))?;
+            phase.set("restarting without crash points");
+            e.disarm(&mut fig).await;
+            phase.set("settling without crash points");
+            e.settle(&mut fig).await.map_err(|w| at(&w))?;
+            if let Some(full) = refund {
+                let succeeded: Vec<(usize, Row)> = (0..n_terminals)
+                    .flat_map(|t| payments(&e.terminal_db(t)).into_iter().map(move |p| (t, p)))
+                    .filter(|(_, p)| p.state == "SUCCEEDED")
+                    .collect();
+                if !succeeded.is_empty() {
+                    let (t, p) = &succeeded[rng.gen_range(0..succeeded.len())];
+                    // The refund loses the hub's first send before the upstream sees it: the hub
+                    // must send it again from its queue, never answer it done unasked. (The
+                    // hub's own refunds, of a closed cancel window, meet the random faults only.)
+                    e.proxy.reset_next(&dialect.op("refund"));
+                    let body = if full {
+                        json!({"reason": "hub chaos"})
+                    } else {
+                        json!({"amount": decimal((p.amount / 2).max(1)), "reason": "hub chaos"})
+                    };
+                    phase.set("refunding, and settling after it");
+                    fig.refunds += 1;
+                    let _ = e
+                        .http
+                        .post(e.terminals[*t].url(&format!("/v1/payments/{}/refunds", p.id)))
+                        .json(&body)
+                        .send()
+                        .await;
+                    e.settle(&mut fig).await.map_err(|w| at(&w))?;
+                }
+            }
+            if notes.gen_bool(0.7) {
+                // Old notifications again, each for a payment that is final by now (cancelled,
+                // refunded, failed or approved since), answered before the round is checked:
+                // none may move it.
+                phase.set("delivering old notifications again");
+                for delivery in e.relay.redeliver(notes.gen_range(1..=4), &mut notes) {
+                    let _ = delivery.await;
+                }
+            }
+            phase.set("checking");
+            if let Err(w) = check(&e, &mut fig, round + 1 == rounds).await {
+                return Err(at(&explain(&e, w).await));
+            }
+            Ok(())
+        };
+        // A round that hangs fails, saying where it was: no wait of the runner's may go on
+        // for ever (each has a bound of its own; this is the bound of them all).
+        match tokio::time::timeout(ROUND_WITHIN, round_body).await {
+            Ok(done) => done?,
+            Err(_) => {
+                let why = format!(
+                    "the round did not finish within {ROUND_WITHIN:?}; it was {}",
+                    phase.get()
+                );
+                return Err(at(&explain(&e, why).await));
+            }
         }
         fig.rounds += 1;
     }
