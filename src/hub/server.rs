@@ -183,8 +183,8 @@ async fn notification(
     if hub.upstream.converts() {
         let (verdict, answer) = notify::handle_mainland(&hub, &body).await;
         // Alipay resends whatever is not `success`; the status tells the two `fail`s apart
-        // in the access logs, as the terminal's endpoint does: refused (forged, another app,
-        // a field missing) or not recorded (the hub's database).
+        // (to a balancer's or proxy's log), as the terminal's endpoint does: refused
+        // (forged, another app, a field missing) or not recorded (the hub's database).
         let status = match verdict {
             notify::NotifyVerdict::Rejected => StatusCode::BAD_REQUEST,
             notify::NotifyVerdict::Error => StatusCode::INTERNAL_SERVER_ERROR,
