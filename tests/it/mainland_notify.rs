@@ -277,6 +277,42 @@ async fn forged_and_edited_notifications_are_refused_and_change_nothing() {
     assert!(h.recorded().is_empty(), "nothing recorded");
 }
 
+/// A genuine notification the store cannot record (its write refused) is answered a plain
+/// `fail` with a 500, so Alipay sends it again, and changes nothing; sent again once the
+/// store takes writes, it is applied once.
+#[tokio::test]
+async fn a_notification_that_cannot_be_recorded_is_answered_fail_and_changes_nothing() {
+    let h = Harness::new();
+    h.payment("D1", State::Inquiring);
+    let refuse = |on: bool| {
+        let sql = if on {
+            "CREATE TRIGGER refuse BEFORE INSERT ON notifications \
+             BEGIN SELECT RAISE(ABORT, 'the disk refuses the write'); END"
+        } else {
+            "DROP TRIGGER refuse"
+        };
+        h.engine
+            .store()
+            .call_blocking(move |c| Ok(c.execute_batch(sql)?))
+            .unwrap();
+    };
+    let genuine = gateway_signed("D1", "TRADE_SUCCESS", "12.34");
+    refuse(true);
+    assert_eq!(
+        h.post(genuine.clone()).await,
+        (StatusCode::INTERNAL_SERVER_ERROR, "fail".to_string()),
+        "not recorded: a 500 and the plain fail Alipay reads"
+    );
+    assert_eq!(h.get("D1").state, State::Inquiring);
+    assert_eq!(h.events("D1"), 2);
+    assert!(h.recorded().is_empty(), "nothing recorded");
+    refuse(false);
+    assert_ack(&h.post(genuine.clone()).await);
+    assert_eq!(h.get("D1").state, State::Succeeded);
+    assert_ack(&h.post(genuine).await);
+    assert_eq!(h.recorded(), vec!["APPLIED", "DUPLICATE"]);
+}
+
 #[tokio::test]
 async fn another_app_id_is_refused_even_when_signed_by_the_gateway() {
     let h = Harness::new();
